@@ -1,0 +1,3 @@
+"""fleetsync: one consolidated, versioned, queryable view of many Kubernetes clusters."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,3 @@
+from fleetsync.cli.main import main
+
+raise SystemExit(main())

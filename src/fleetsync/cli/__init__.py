@@ -1,0 +1,1 @@
+"""The ``fleetsync`` command line: subcommands, and one composition root per process."""

@@ -1,0 +1,1 @@
+"""Pure domain model: resource types, selectors, Kubernetes Status errors. No I/O."""

@@ -1,0 +1,196 @@
+"""The resource types fleetsync knows, and one place that resolves a type by name.
+
+A type is identified on the wire by group/version/kind (``apps/v1/Deployment``,
+``v1/Pod`` for the core group) and on HTTP paths by group/version/plural. Both the
+simulator and (later) the hub's Kubernetes-compatible API serve from this registry,
+so a type is described exactly once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True, slots=True)
+class ResourceType:
+    """One served Kubernetes resource (a group/version/kind and its REST name)."""
+
+    group: str
+    version: str
+    kind: str
+    plural: str
+    namespaced: bool
+    short_names: tuple[str, ...] = ()
+    categories: tuple[str, ...] = ()
+    has_status: bool = False
+    #: Extra field-selector keys beyond ``metadata.name`` / ``metadata.namespace``.
+    selectable_fields: tuple[str, ...] = ()
+    #: True for types that are served as custom resources (they get a CRD object).
+    custom: bool = False
+    #: True for types with a ``scale`` subresource (``kubectl scale``).
+    scalable: bool = False
+    singular: str = field(default="")
+
+    def __post_init__(self) -> None:
+        if not self.singular:
+            object.__setattr__(self, "singular", self.kind.lower())
+
+    @property
+    def api_version(self) -> str:
+        """``apiVersion`` as it appears in objects: ``v1`` or ``apps/v1``."""
+        return f"{self.group}/{self.version}" if self.group else self.version
+
+    @property
+    def gvk(self) -> str:
+        """The wire name of the type: ``apps/v1/Deployment``, ``v1/Pod``."""
+        return f"{self.api_version}/{self.kind}"
+
+    @property
+    def list_kind(self) -> str:
+        return f"{self.kind}List"
+
+    @property
+    def field_selector_keys(self) -> frozenset[str]:
+        return frozenset(("metadata.name", "metadata.namespace", *self.selectable_fields))
+
+    def collection_path(self, namespace: str | None = None) -> str:
+        """REST path of the collection, e.g. ``/api/v1/namespaces/ns/pods``."""
+        base = f"/apis/{self.group}/{self.version}" if self.group else f"/api/{self.version}"
+        if namespace and self.namespaced:
+            return f"{base}/namespaces/{namespace}/{self.plural}"
+        return f"{base}/{self.plural}"
+
+    def __str__(self) -> str:
+        return self.gvk
+
+
+def _core(kind: str, plural: str, namespaced: bool = True, **kw: object) -> ResourceType:
+    return ResourceType(group="", version="v1", kind=kind, plural=plural, namespaced=namespaced, **kw)  # type: ignore[arg-type]
+
+
+NAMESPACE = _core("Namespace", "namespaces", False, short_names=("ns",), has_status=True, selectable_fields=("status.phase",))
+NODE = _core("Node", "nodes", False, short_names=("no",), has_status=True, selectable_fields=("spec.unschedulable",))
+SERVICE = _core("Service", "services", short_names=("svc",), categories=("all",), has_status=True, selectable_fields=("spec.clusterIP", "spec.type"))
+POD = _core(
+    "Pod",
+    "pods",
+    short_names=("po",),
+    categories=("all",),
+    has_status=True,
+    selectable_fields=(
+        "spec.nodeName",
+        "spec.restartPolicy",
+        "spec.schedulerName",
+        "spec.serviceAccountName",
+        "status.phase",
+        "status.podIP",
+        "status.nominatedNodeName",
+    ),
+)
+CONFIG_MAP = _core("ConfigMap", "configmaps", short_names=("cm",))
+ENDPOINT_SLICE = ResourceType("discovery.k8s.io", "v1", "EndpointSlice", "endpointslices", True)
+DEPLOYMENT = ResourceType("apps", "v1", "Deployment", "deployments", True, short_names=("deploy",), categories=("all",), has_status=True, scalable=True)
+REPLICA_SET = ResourceType("apps", "v1", "ReplicaSet", "replicasets", True, short_names=("rs",), categories=("all",), has_status=True, scalable=True)
+CRD = ResourceType(
+    "apiextensions.k8s.io",
+    "v1",
+    "CustomResourceDefinition",
+    "customresourcedefinitions",
+    False,
+    short_names=("crd", "crds"),
+    has_status=True,
+)
+
+
+def _istio(group: str, version: str, kind: str, plural: str, short: tuple[str, ...]) -> ResourceType:
+    return ResourceType(group, version, kind, plural, True, short_names=short, categories=("istio-io",), has_status=True, custom=True)
+
+
+VIRTUAL_SERVICE = _istio("networking.istio.io", "v1", "VirtualService", "virtualservices", ("vs",))
+DESTINATION_RULE = _istio("networking.istio.io", "v1", "DestinationRule", "destinationrules", ("dr",))
+GATEWAY = _istio("networking.istio.io", "v1", "Gateway", "gateways", ("gw",))
+SERVICE_ENTRY = _istio("networking.istio.io", "v1", "ServiceEntry", "serviceentries", ("se",))
+SIDECAR = _istio("networking.istio.io", "v1", "Sidecar", "sidecars", ())
+ENVOY_FILTER = _istio("networking.istio.io", "v1alpha3", "EnvoyFilter", "envoyfilters", ())
+PEER_AUTHENTICATION = _istio("security.istio.io", "v1", "PeerAuthentication", "peerauthentications", ("pa",))
+REQUEST_AUTHENTICATION = _istio("security.istio.io", "v1", "RequestAuthentication", "requestauthentications", ("ra",))
+AUTHORIZATION_POLICY = _istio("security.istio.io", "v1", "AuthorizationPolicy", "authorizationpolicies", ("ap",))
+WASM_PLUGIN = _istio("extensions.istio.io", "v1alpha1", "WasmPlugin", "wasmplugins", ())
+
+KUBERNETES_TYPES: tuple[ResourceType, ...] = (
+    NAMESPACE,
+    NODE,
+    SERVICE,
+    POD,
+    CONFIG_MAP,
+    ENDPOINT_SLICE,
+    DEPLOYMENT,
+    REPLICA_SET,
+    CRD,
+)
+ISTIO_TYPES: tuple[ResourceType, ...] = (
+    VIRTUAL_SERVICE,
+    DESTINATION_RULE,
+    GATEWAY,
+    SERVICE_ENTRY,
+    SIDECAR,
+    ENVOY_FILTER,
+    PEER_AUTHENTICATION,
+    REQUEST_AUTHENTICATION,
+    AUTHORIZATION_POLICY,
+    WASM_PLUGIN,
+)
+ALL_TYPES: tuple[ResourceType, ...] = KUBERNETES_TYPES + ISTIO_TYPES
+
+
+class UnknownResourceType(LookupError):
+    """A name that resolves to no known resource type."""
+
+
+class TypeRegistry:
+    """Resolves resource types by REST path parts, by wire name or by kubectl-style name."""
+
+    def __init__(self, types: Iterable[ResourceType] = ALL_TYPES) -> None:
+        self._types = tuple(types)
+        self._by_path = {(t.group, t.version, t.plural): t for t in self._types}
+        self._by_gvk = {t.gvk: t for t in self._types}
+
+    def __iter__(self) -> Iterator[ResourceType]:
+        return iter(self._types)
+
+    def __len__(self) -> int:
+        return len(self._types)
+
+    def by_path(self, group: str, version: str, plural: str) -> ResourceType | None:
+        return self._by_path.get((group, version, plural))
+
+    def by_gvk(self, gvk: str) -> ResourceType:
+        try:
+            return self._by_gvk[gvk]
+        except KeyError:
+            raise UnknownResourceType(f"unknown resource type {gvk!r}") from None
+
+    def resolve(self, name: str) -> ResourceType:
+        """Resolve what a user types (``pods``, ``po``, ``Pod``, ``deployments.apps``, ``apps/v1/Deployment``)."""
+        if name in self._by_gvk:
+            return self._by_gvk[name]
+        base, _, group = name.partition(".")
+        lowered = base.lower()
+        for t in self._types:
+            if group and t.group != group:
+                continue
+            if lowered in (t.plural, t.singular, t.kind.lower()) or lowered in t.short_names:
+                return t
+        raise UnknownResourceType(f'the server doesn\'t have a resource type "{name}"')
+
+    def groups(self) -> dict[str, list[str]]:
+        """API group name -> served versions (preferred first), core group excluded."""
+        groups: dict[str, list[str]] = {}
+        for t in self._types:
+            if t.group and t.version not in groups.setdefault(t.group, []):
+                groups[t.group].append(t.version)
+        return groups
+
+    def in_group_version(self, group: str, version: str) -> list[ResourceType]:
+        return [t for t in self._types if t.group == group and t.version == version]

@@ -1,0 +1,58 @@
+"""The simulated fleet: virtual clusters, their objects, tokens and churn."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+
+from fleetsync.sim.churn import Churn
+from fleetsync.sim.store import ClusterState
+from fleetsync.sim.workloads import ClusterBuilder
+
+REGIONS = ("eu-west-1", "us-east-1", "ap-south-1")
+ENVIRONMENTS = ("prod", "staging", "dev")
+
+
+@dataclass(frozen=True)
+class SimConfig:
+    """Sizes and behaviour of a simulated fleet (the ``fleetsync sim`` flags)."""
+
+    clusters: int = 3
+    pods: int = 100
+    namespaces: int = 3
+    pods_per_service: int = 5
+    churn: float = 0.0
+    seed: int = 1
+    history: int = 10_000
+    istio: bool = True
+    name_prefix: str = "c"
+
+
+@dataclass
+class SimCluster:
+    name: str
+    state: ClusterState
+    builder: ClusterBuilder
+    token: str
+    labels: dict[str, str] = field(default_factory=dict)
+
+
+class SimFleet:
+    """All virtual clusters of one ``fleetsync sim`` process."""
+
+    def __init__(self, config: SimConfig) -> None:
+        self.config = config
+        self.clusters: dict[str, SimCluster] = {}
+        for i in range(1, config.clusters + 1):
+            name = f"{config.name_prefix}{i}"
+            state = ClusterState(name, history_limit=config.history, seed=config.seed)
+            region = REGIONS[(i - 1) % len(REGIONS)]
+            builder = ClusterBuilder(state, seed=config.seed, region=region)
+            builder.populate(pods=config.pods, namespaces=config.namespaces, pods_per_service=config.pods_per_service, istio=config.istio)
+            token = "sim-" + hashlib.sha256(f"{config.seed}:{name}:token".encode()).hexdigest()[:32]
+            labels = {"region": region, "env": ENVIRONMENTS[(i - 1) % len(ENVIRONMENTS)]}
+            self.clusters[name] = SimCluster(name, state, builder, token, labels)
+        self.churn = Churn([c.builder for c in self.clusters.values()], rate=config.churn, seed=config.seed)
+
+    def total_objects(self) -> int:
+        return sum(c.state.count(rt) for c in self.clusters.values() for rt in c.state.types)
