@@ -177,3 +177,13 @@ def test_watch_from_an_expired_version_gets_410_gone(tmp_path: Path) -> None:
         assert (event["object"]["code"], event["object"]["reason"]) == (410, "Expired")
         status, body = http("GET", f"{sim.cluster_url('c1')}/api/v1/pods?limit=5&resourceVersion=1&resourceVersionMatch=Exact")
         assert (status, body["reason"]) == (410, "Expired")
+
+
+def test_deleting_a_namespace_deletes_its_objects_and_churn_carries_on(tmp_path: Path) -> None:
+    with run_sim(tmp_path, "--clusters", "1", "--pods", "40", "--namespaces", "2", "--churn", "20") as sim:
+        sim.kubectl("c1", "delete", "namespace", "ns-0")
+        assert sim.kubectl("c1", "get", "pods", "-n", "ns-0", "-o", "name").stdout.strip() == ""
+        assert all(p["metadata"]["namespace"] != "ns-0" for p in sim.truth("c1", "v1/Pod"))
+        before = sim.churn_operations()
+        wait_until(lambda: sim.churn_operations() > before + 50, timeout=20, what="churn to continue in the other namespace")
+        assert sim.process.poll() is None

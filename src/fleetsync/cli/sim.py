@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import shutil
 import signal
+import sys
 from pathlib import Path
 
 from fleetsync.cli.flags import add_flag, add_switch, non_negative_float, non_negative_int, positive_int
@@ -63,7 +65,7 @@ async def serve(args: argparse.Namespace, *, ready: asyncio.Event | None = None)
         f"fleetsync sim: {len(fleet.clusters)} clusters, {fleet.total_objects()} objects, churn {config.churn}/s per cluster\n"
         f"  API:         http://{args.host}:{server.port}/clusters/NAME   (NAME = {', '.join(fleet.clusters)})\n"
         f"  kubeconfigs: {args.kubeconfig_dir}/NAME.kubeconfig\n"
-        f"  try:         kubectl --kubeconfig {args.kubeconfig_dir}/{next(iter(fleet.clusters))}.kubeconfig get pods -A",
+        f"  try:         {_kubectl()} --kubeconfig {args.kubeconfig_dir}/{next(iter(fleet.clusters))}.kubeconfig get pods -A",
         flush=True,
     )
     stop = asyncio.Event()
@@ -77,6 +79,12 @@ async def serve(args: argparse.Namespace, *, ready: asyncio.Event | None = None)
     finally:
         log.info("shutting down")
         await server.stop()
+
+
+def _kubectl() -> str:
+    """The kubectl a user can run: the one beside this interpreter (the wheel), else PATH's."""
+    beside = Path(sys.executable).parent / "kubectl"
+    return str(beside) if beside.exists() else shutil.which("kubectl") or "kubectl"
 
 
 def run(args: argparse.Namespace) -> int:

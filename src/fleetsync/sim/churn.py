@@ -17,6 +17,7 @@ from collections import Counter
 from collections.abc import Sequence
 
 from fleetsync.model import types as t
+from fleetsync.model.status import ApiError
 from fleetsync.sim.workloads import ClusterBuilder, Workload, virtual_service_spec
 
 log = logging.getLogger(__name__)
@@ -65,7 +66,10 @@ class Churn:
             ops, self._credit = int(self._credit), self._credit - int(self._credit)
             for _ in range(ops):
                 for builder in self.builders:
-                    self.step(builder)
+                    try:
+                        self.step(builder)
+                    except Exception:  # churn must outlive any one bad operation
+                        log.exception("churn operation failed in cluster %s", builder.cluster.name)
 
     def step(self, builder: ClusterBuilder) -> str | None:
         """One random operation on one cluster; returns its name (None if nothing to do)."""
@@ -74,7 +78,14 @@ class Churn:
             return None
         op = self.rng.choices(self._names, self._weights)[0]
         w = self.rng.choice(candidates)
-        getattr(self, f"_{op}")(builder, w)
+        try:
+            getattr(self, f"_{op}")(builder, w)
+        except ApiError as exc:
+            # A user changed the cluster under us (deleted the namespace or the app's
+            # objects through the API): forget the application rather than fight.
+            log.info("churn: dropping %s/%s in %s after %s", w.namespace, w.name, builder.cluster.name, exc.message)
+            builder.workloads.remove(w)
+            return None
         self.counts[op] += 1
         return op
 
