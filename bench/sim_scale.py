@@ -597,6 +597,16 @@ async def bench(args: argparse.Namespace, sim: Sim, fig: dict[str, Any]) -> None
                 for phase in ("lists", "idle", "churn", "after")
                 if (ss := sampler.of(phase))
             }
+            fig["samples"] = [
+                {
+                    "t": round(x.t - sampler.samples[0].t, 2),
+                    "phase": x.phase,
+                    "sim_cpu": round(x.cpu, 3),
+                    "rss_mib": round(x.rss / MIB, 1),
+                    "bench_cpu": round(x.bench_cpu, 3),
+                }
+                for x in sampler.samples
+            ]
             fig["watch"] = {
                 "events_total": dict(stats.events),
                 "lists_total": stats.lists,
@@ -700,7 +710,7 @@ def report(fig: dict[str, Any]) -> str:
     stop = fig.get("stop")
     if stop:
         row("sim stop (SIGTERM)", f"exit {stop['status']} after {stop['seconds']:.1f} s{' (had to SIGKILL)' if stop['killed'] else ''}")
-    width = max(len(name) for name, _ in rows) + 2
+    width = max(len(name) for name, value in rows if value) + 2
     lines = ["", "=" * 100, "fleetsync sim scale: summary", "=" * 100]
     lines += [name if not value else f"{name.ljust(width)}{value}" for name, value in rows]
     for title, items in (
@@ -731,7 +741,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--idle", type=float, default=5.0, help="seconds with watches open and churn 0 before the churn (0 = skip)")
     p.add_argument("--page-size", type=int, default=0, help="LIST page size (limit=); 0 = one request per LIST")
-    p.add_argument("--watch-history", type=int, default=10_000, help="the sim's --watch-history")
+    p.add_argument("--watch-history", type=int, default=5_000, help="the sim's --watch-history")
     p.add_argument("--startup-timeout", type=float, default=1800.0, help="seconds to wait for the sim's /healthz")
     p.add_argument("--list-timeout", type=float, default=900.0, help="seconds allowed for the initial LISTs (and each LIST request)")
     p.add_argument("--watch-read-timeout", type=float, default=120.0, help="a watch silent this long (no event, no bookmark) counts as dropped")
