@@ -274,12 +274,7 @@ class ClusterState:
             return current
         if rv < self._history_floor:
             raise ApiError.gone(f"too old resource version: {rv} ({self._history_floor + 1})")
-        undo = []
-        for change in reversed(self._history):
-            if change.rv <= rv:
-                break
-            if change.rtype is rtype:
-                undo.append(change)
+        undo = self._changes_since(rtype, rv)
         if not undo:
             return current
         snapshot = SortedDict(current)
@@ -289,6 +284,16 @@ class ClusterState:
             else:
                 snapshot[change.prev.key] = change.prev
         return snapshot
+
+    def _changes_since(self, rtype: ResourceType, rv: int) -> list[Change]:
+        """The retained changes of ``rtype`` newer than ``rv``, newest first."""
+        changes = []
+        for change in reversed(self._history):
+            if change.rv <= rv:
+                break
+            if change.rtype is rtype:
+                changes.append(change)
+        return changes
 
     # ---- writes ------------------------------------------------------------------
 
@@ -427,12 +432,7 @@ class ClusterState:
                 raise ApiError.gone(f"too old resource version: {resource_version} ({self._history_floor + 1})")
             if resource_version > self.rv:
                 raise ApiError(504, "Timeout", f"Too large resource version: {resource_version}, current: {self.rv}")
-            replay = []
-            for change in reversed(self._history):
-                if change.rv <= resource_version:
-                    break
-                if change.rtype is rtype:
-                    replay.append(change)
+            replay = self._changes_since(rtype, resource_version)
             watcher.max_backlog += len(replay)
             for change in reversed(replay):
                 watcher.offer(change)
