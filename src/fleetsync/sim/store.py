@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import builtins
 import random
 import time
 import uuid
@@ -285,9 +286,9 @@ class ClusterState:
                 snapshot[change.prev.key] = change.prev
         return snapshot
 
-    def _changes_since(self, rtype: ResourceType, rv: int) -> list[Change]:
+    def _changes_since(self, rtype: ResourceType, rv: int) -> Sequence[Change]:
         """The retained changes of ``rtype`` newer than ``rv``, newest first."""
-        changes = []
+        changes: builtins.list[Change] = []
         for change in reversed(self._history):
             if change.rv <= rv:
                 break
