@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN     = $(VENV)/bin
 
-.PHONY: demo test lint install clean
+.PHONY: demo test lint install clean proto
 
 $(BIN)/.installed: pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit("fleetsync needs Python >= 3.11, found " + sys.version.split()[0]) if sys.version_info < (3, 11) else None'
@@ -27,6 +27,11 @@ lint: $(BIN)/.installed
 ## test: lint, type checks and the whole test suite
 test: lint
 	$(BIN)/python -m pytest -q
+
+## proto: regenerate the checked-in protocol code after editing fleetsync.proto
+proto: $(BIN)/.installed
+	cd src && ../$(BIN)/python -m grpc_tools.protoc -I . --python_out=. --grpc_python_out=. \
+		--mypy_out=. --plugin=protoc-gen-mypy=../$(BIN)/protoc-gen-mypy fleetsync/protocol/fleetsync.proto
 
 clean:
 	rm -rf $(VENV) .demo .pytest_cache .mypy_cache .ruff_cache
