@@ -15,9 +15,9 @@ $(BIN)/.installed: pyproject.toml
 
 install: $(BIN)/.installed
 
-## demo: three simulated clusters with churn; try the kubectl command it prints
+## demo: simulated clusters with churn -> agents -> hub; try the commands it prints
 demo: $(BIN)/.installed
-	$(BIN)/fleetsync sim --clusters 3 --pods 100 --churn 2 --port 8001 --kubeconfig-dir .demo/kubeconfigs
+	$(BIN)/fleetsync demo
 
 lint: $(BIN)/.installed
 	$(BIN)/ruff check src tests bench

@@ -144,3 +144,95 @@ def run_sim(tmp: Path, *args: str, startup_timeout: float = 60) -> Iterator[Sim]
             process.kill()
             process.wait()
         log.close()
+
+
+def fleetsync(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """Run a short fleetsync command (token create, check, get, ...)."""
+    return subprocess.run([str(BIN / "fleetsync"), *args], capture_output=True, text=True, timeout=timeout)
+
+
+@dataclass
+class Proc:
+    """A long-running fleetsync process with its log file."""
+
+    process: subprocess.Popen[bytes]
+    log: Path
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def spawn(tmp: Path, name: str, *args: str) -> Proc:
+    log = tmp / f"{name}.log"
+    with log.open("ab") as out:
+        process = subprocess.Popen([str(BIN / "fleetsync"), *args], stdout=out, stderr=subprocess.STDOUT)
+    return Proc(process, log)
+
+
+@dataclass
+class Hub:
+    proc: Proc
+    db: str
+    grpc_port: int
+    http_port: int
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    @property
+    def grpc_url(self) -> str:
+        return f"grpc://127.0.0.1:{self.grpc_port}"
+
+
+def start_hub(tmp: Path, db: str, *extra: str, grpc_port: int | None = None, http_port: int | None = None) -> Hub:
+    grpc_port = grpc_port or free_port()
+    http_port = http_port or free_port()
+    proc = spawn(tmp, f"hub-{http_port}", "hub", "--db", db, "--grpc", f"127.0.0.1:{grpc_port}", "--http", f"127.0.0.1:{http_port}", *extra)
+    hub = Hub(proc, db, grpc_port, http_port)
+
+    def up() -> bool:
+        if proc.process.poll() is not None:
+            raise RuntimeError(f"fleetsync hub exited with {proc.process.returncode}: {proc.output()[-2000:]}")
+        return http("GET", f"{hub.url}/readyz", timeout=1)[0] == 200
+
+    wait_until(up, timeout=30, what="fleetsync hub to be ready")
+    return hub
+
+
+def create_token(tmp: Path, db: str, name: str, role: str = "agent") -> Path:
+    result = fleetsync("token", "create", name, "--role", role, "--db", db)
+    assert result.returncode == 0, result.stderr
+    path = tmp / f"{name}-{role}.token"
+    path.write_text(result.stdout.strip())
+    return path
+
+
+def start_agent(tmp: Path, sim: Sim, cluster: str, hub_url: str, token_file: Path, *extra: str) -> Proc:
+    return spawn(
+        tmp,
+        f"agent-{cluster}-{time.monotonic_ns()}",
+        "agent",
+        "--kubeconfig",
+        str(sim.kubeconfig(cluster)),
+        "--cluster-id",
+        cluster,
+        "--hub",
+        hub_url,
+        "--token-file",
+        str(token_file),
+        *extra,
+    )
+
+
+def check(sim: Sim, hub: Hub) -> subprocess.CompletedProcess[str]:
+    return fleetsync("check", "--sim", sim.url, "--hub", hub.url)

@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 
 from fleetsync import __version__
-from fleetsync.cli import sim
+from fleetsync.cli import agent, client, demo, hub, sim, token
 from fleetsync.cli.flags import add_flag
 
 
@@ -19,6 +19,11 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     subparsers.required = True
     sim.register(subparsers)
+    hub.register(subparsers)
+    agent.register(subparsers)
+    token.register(subparsers)
+    client.register(subparsers)
+    demo.register(subparsers)
     return parser
 
 

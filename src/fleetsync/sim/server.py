@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,32 +34,9 @@ from fleetsync.sim import fieldmanager, patching
 from fleetsync.sim.fleet import SimCluster, SimFleet
 from fleetsync.sim.store import ClusterState, StoredObject, Watcher
 from fleetsync.sim.workloads import random_name_suffix
+from fleetsync.web import JSON, json_response, status_errors
 
 log = logging.getLogger(__name__)
-
-JSON = "application/json"
-
-
-def json_response(data: Any, status: int = 200) -> web.Response:
-    return web.Response(body=orjson.dumps(data), status=status, content_type=JSON)
-
-
-@web.middleware
-async def status_errors(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
-    """Every failure leaves as a Kubernetes ``Status`` object with the right code."""
-    try:
-        return await handler(request)
-    except ApiError as exc:
-        return json_response(exc.to_status(), exc.code)
-    except web.HTTPException as exc:
-        if exc.status < 400:
-            raise
-        return json_response(ApiError(exc.status, exc.reason, exc.text or exc.reason).to_status(), exc.status)
-    except (asyncio.CancelledError, ConnectionResetError):
-        raise
-    except Exception:
-        log.exception("internal error serving %s %s", request.method, request.path)
-        return json_response(ApiError(500, "InternalError", f"internal error serving {request.method} {request.path}; see the sim's log").to_status(), 500)
 
 
 @dataclass(frozen=True)

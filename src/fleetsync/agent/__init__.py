@@ -1,0 +1,1 @@
+"""The agent: watches one cluster and streams its state to the hub."""

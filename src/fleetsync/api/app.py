@@ -1,0 +1,219 @@
+"""The hub's HTTP API.
+
+- ``GET /api/v1/clusters``: every cluster with status, agent, last heartbeat, object counts;
+- ``/clusters/{cluster}/api/...`` and ``/clusters/{cluster}/apis/...``: Kubernetes-compatible
+  discovery, list (selectors, ``limit``/``continue``, server-side Tables) and get for every
+  synced type, so ``kubectl --server http://HUB/clusters/c1 get pods -A`` works;
+- ``/healthz``, ``/readyz``, ``/metrics`` (Prometheus).
+
+Object bodies are the agent's compressed JSON; they are decompressed here, to answer
+a read, and never parsed unless a field selector or a Table needs the object.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from typing import Any
+
+import orjson
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from fleetsync import __version__
+from fleetsync.hub.session import HubCore
+from fleetsync.model import discovery
+from fleetsync.model.objects import selectable_fields
+from fleetsync.model.selectors import FieldSelector, LabelSelector, SelectorError
+from fleetsync.model.status import ApiError
+from fleetsync.model.tables import table
+from fleetsync.model.types import ResourceType, TypeRegistry
+from fleetsync.protocol.codec import CodecError, body_json
+from fleetsync.store.contract import ObjectRecord
+from fleetsync.web import JSON, json_response, status_errors
+
+
+def _encode_cursor(cluster: str, namespace: str, name: str) -> str:
+    return base64.urlsafe_b64encode(orjson.dumps([cluster, namespace, name])).decode()
+
+
+def _decode_cursor(token: str) -> tuple[str, str, str]:
+    try:
+        cluster, namespace, name = orjson.loads(base64.urlsafe_b64decode(token.encode()))
+        return str(cluster), str(namespace), str(name)
+    except (binascii.Error, ValueError, TypeError):
+        raise ApiError.bad_request(f"continue key is not valid: {token!r} is not a token this hub issued") from None
+
+
+def _limit(request: web.Request) -> int:
+    raw = request.query.get("limit", "")
+    if not raw:
+        return 0
+    if not raw.isdigit():
+        raise ApiError.bad_request(f"invalid limit {raw!r}: must be a non-negative integer")
+    return int(raw)
+
+
+class ApiServer:
+    def __init__(self, core: HubCore, *, host: str = "127.0.0.1", port: int = 0, registry: TypeRegistry | None = None) -> None:
+        self.core = core
+        self.store = core.store
+        self.host = host
+        self.port = port
+        self.registry = registry or TypeRegistry()
+        self._runner: web.AppRunner | None = None
+
+    def app(self) -> web.Application:
+        app = web.Application(middlewares=[status_errors])
+        app.router.add_get("/healthz", self._healthz)
+        app.router.add_get("/readyz", self._readyz)
+        app.router.add_get("/metrics", self._metrics)
+        app.router.add_get("/api/v1/clusters", self._clusters)
+        app.router.add_get("/clusters/{cluster}/{tail:.*}", self._kube)
+        return app
+
+    async def start(self) -> None:
+        self._runner = web.AppRunner(self.app(), access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.host, self.port)
+        await site.start()
+        if self.port == 0:
+            self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+
+    async def stop(self) -> None:
+        if self._runner:
+            await self._runner.cleanup()
+
+    # ---- plain endpoints -------------------------------------------------------------------
+
+    async def _healthz(self, request: web.Request) -> web.Response:
+        return web.Response(text="ok")
+
+    async def _readyz(self, request: web.Request) -> web.Response:
+        try:
+            await self.store.current_rev()
+        except Exception as exc:
+            return web.Response(status=503, text=f"store not ready: {exc}")
+        return web.Response(text="ok")
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        return web.Response(body=generate_latest(self.core.metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def _clusters(self, request: web.Request) -> web.Response:
+        items = []
+        for c in await self.store.clusters():
+            streams = await self.store.streams(c.name)
+            items.append(
+                {
+                    "name": c.name,
+                    "status": c.status,
+                    "agent": c.agent_id,
+                    "incarnation": c.incarnation,
+                    "hub": c.hub_id,
+                    "connectedAt": c.connected_at,
+                    "lastHeartbeat": c.last_seen,
+                    "metadata": dict(c.metadata),
+                    "objects": await self.store.counts(c.name),
+                    "types": sorted(s.type for s in streams),
+                    "errors": {s.type: s.error for s in streams if s.error},
+                }
+            )
+        return json_response({"kind": "ClusterList", "apiVersion": "fleetsync.io/v1", "items": items})
+
+    # ---- Kubernetes-compatible reads ---------------------------------------------------------
+
+    async def _kube(self, request: web.Request) -> web.Response:
+        cluster = request.match_info["cluster"]
+        if not any(c.name == cluster for c in await self.store.clusters()):
+            raise ApiError(404, "NotFound", f'cluster "{cluster}" is not known to this hub')
+        parts = [p for p in request.match_info["tail"].split("/") if p]
+        if parts == ["version"]:
+            return json_response(discovery.version_info(f"v1.36.0-fleetsync-hub-{__version__}"))
+        if parts == ["api"]:
+            return json_response(discovery.api_versions())
+        if parts == ["apis"]:
+            return json_response(discovery.api_group_list(self.registry.groups()))
+        if len(parts) >= 2 and parts[0] == "api":
+            group, version, rest = "", parts[1], parts[2:]
+        elif len(parts) >= 3 and parts[0] == "apis":
+            group, version, rest = parts[1], parts[2], parts[3:]
+        elif len(parts) == 2 and parts[0] == "apis" and parts[1] in self.registry.groups():
+            return json_response(discovery.api_group(parts[1], self.registry.groups()[parts[1]]))
+        else:
+            raise ApiError.path_not_found(request.path)
+        if not rest:
+            types = self.registry.in_group_version(group, version)
+            if not types:
+                raise ApiError.path_not_found(request.path)
+            return json_response(discovery.api_resource_list(group, version, types, read_only=True))
+        namespace = None
+        if rest[0] == "namespaces" and len(rest) >= 3:
+            namespace, rest = rest[1], rest[2:]
+        rtype = self.registry.by_path(group, version, rest[0])
+        if rtype is None or len(rest) > 2 or (namespace and not rtype.namespaced):
+            raise ApiError.path_not_found(request.path)
+        if len(rest) == 2:
+            record = await self.store.get_object(cluster, rtype.gvk, namespace or "", rest[1])
+            if record is None:
+                raise ApiError.not_found(rtype.plural, rest[1], rtype.group)
+            body = self._body(record)
+            if "as=Table" in request.headers.get("Accept", ""):
+                return json_response(table(rtype.kind, [orjson.loads(body)], include_object=request.query.get("includeObject", "Metadata")))
+            return web.Response(body=body, content_type=JSON)
+        return await self._list(request, cluster, rtype, namespace)
+
+    @staticmethod
+    def _body(record: ObjectRecord) -> bytes:
+        try:
+            return body_json(record.body, record.compression)
+        except CodecError as exc:
+            raise ApiError(500, "InternalError", f"stored body of {record.cluster}/{record.type}/{record.key} is unreadable: {exc}") from None
+
+    async def _list(self, request: web.Request, cluster: str, rtype: ResourceType, namespace: str | None) -> web.Response:
+        if request.query.get("watch") in ("1", "true"):
+            raise ApiError(405, "MethodNotAllowed", "watch is not served by this hub yet; list instead")
+        try:
+            labels = LabelSelector.parse(request.query.get("labelSelector"))
+            fields = FieldSelector.parse(request.query.get("fieldSelector"), allowed=rtype.field_selector_keys)
+        except SelectorError as exc:
+            raise ApiError.bad_request(str(exc)) from None
+        limit = _limit(request)
+        token = request.query.get("continue")
+        after = _decode_cursor(token) if token else None
+        rev = await self.store.current_rev()
+        items: list[bytes] = []
+        last: ObjectRecord | None = None
+        more = False
+        batch = max(limit, 500)
+        while True:
+            records = await self.store.list_objects(rtype.gvk, cluster=cluster, namespace=namespace, after=after, limit=batch)
+            for record in records:
+                if not labels.matches(record.labels):
+                    continue
+                body = self._body(record)
+                if not fields.empty and not fields.matches(selectable_fields(rtype, orjson.loads(body))):
+                    continue
+                if limit and len(items) >= limit:
+                    more = True
+                    break
+                items.append(body)
+                last = record
+            if more or len(records) < batch:
+                break
+            tail = records[-1]
+            after = (tail.cluster, tail.namespace, tail.name)
+        meta: dict[str, Any] = {"resourceVersion": str(rev)}
+        if more and last is not None:
+            meta["continue"] = _encode_cursor(last.cluster, last.namespace, last.name)
+        if "as=Table" in request.headers.get("Accept", ""):
+            return json_response(
+                table(
+                    rtype.kind,
+                    [orjson.loads(b) for b in items],
+                    resource_version=str(rev),
+                    continue_token=meta.get("continue"),
+                    include_object=request.query.get("includeObject", "Metadata"),
+                )
+            )
+        head = orjson.dumps({"kind": rtype.list_kind, "apiVersion": rtype.api_version, "metadata": meta})
+        return web.Response(body=head[:-1] + b',"items":[' + b",".join(items) + b"]}", content_type=JSON)

@@ -1,0 +1,88 @@
+"""``fleetsync agent``: composition root of the agent process."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+from pathlib import Path
+
+from fleetsync.agent.runner import Agent, AgentConfig
+from fleetsync.cli.flags import add_flag
+from fleetsync.model.types import ENDPOINT_SLICE, ISTIO_TYPES, POD, SERVICE, TypeRegistry, UnknownResourceType
+from fleetsync.transport.base import parse_hub_url
+
+DEFAULT_TYPES = ",".join(t.gvk for t in (SERVICE, ENDPOINT_SLICE, POD, *ISTIO_TYPES))
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = subparsers.add_parser("agent", help="run an agent for one cluster", description="Watch one cluster and stream its state to a hub.")
+    add_flag(p, "--kubeconfig", default=None, help="kubeconfig file (default: in-cluster config)")
+    add_flag(p, "--cluster-id", default=None, help="this cluster's name on the hub (required)")
+    add_flag(p, "--hub", default=None, help="hub URL(s), comma-separated for failover: grpc://HOST:PORT (required)")
+    add_flag(p, "--token-file", type=Path, default=None, help="file holding the agent token from `fleetsync token create CLUSTER` (required)")
+    add_flag(p, "--agent-id", default="", help="stable agent identity (default: HOSTNAME/CLUSTER)")
+    add_flag(p, "--types", default=DEFAULT_TYPES, help="comma-separated types to sync (group/version/Kind or kubectl names)")
+    add_flag(p, "--namespaces", default="", help="only these namespaces (comma-separated; default all)")
+    add_flag(p, "--exclude-namespaces", default="", help="never these namespaces (comma-separated)")
+    add_flag(p, "--label", default="", help="cluster metadata as k=v,k=v (e.g. region=eu-west-1,env=prod)")
+    p.set_defaults(run=run)
+
+
+def _csv(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def config_from(args: argparse.Namespace) -> AgentConfig:
+    missing = [flag for flag, value in (("--cluster-id", args.cluster_id), ("--hub", args.hub), ("--token-file", args.token_file)) if not value]
+    if missing:
+        raise ValueError(f"missing {', '.join(missing)}")
+    try:
+        token = Path(args.token_file).read_text().strip()
+    except OSError as exc:
+        raise ValueError(f"--token-file {args.token_file}: {exc.strerror}") from None
+    if not token:
+        raise ValueError(f"--token-file {args.token_file} is empty")
+    registry = TypeRegistry()
+    try:
+        types = [registry.resolve(name) for name in _csv(args.types)]
+    except UnknownResourceType as exc:
+        raise ValueError(f"--types: {exc}") from None
+    metadata = {}
+    for pair in _csv(args.label):
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise ValueError(f"--label {pair!r}: expected key=value")
+        metadata[key] = value
+    return AgentConfig(
+        cluster_id=args.cluster_id,
+        hubs=[parse_hub_url(url) for url in _csv(args.hub)],
+        token=token,
+        types=types,
+        kubeconfig=args.kubeconfig,
+        agent_id=args.agent_id,
+        metadata=metadata,
+        namespaces=set(_csv(args.namespaces)),
+        exclude_namespaces=set(_csv(args.exclude_namespaces)),
+    )
+
+
+async def _run(config: AgentConfig) -> None:
+    agent = Agent(config)
+    task = asyncio.create_task(agent.run())
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, task.cancel)
+    try:
+        await task
+    except asyncio.CancelledError:
+        pass
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        config = config_from(args)
+    except ValueError as exc:
+        raise SystemExit(f"fleetsync agent: {exc}") from None
+    asyncio.run(_run(config))
+    return 0

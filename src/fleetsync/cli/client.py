@@ -1,0 +1,182 @@
+"""Client commands against a hub's HTTP API: ``clusters``, ``get``, ``check``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import time
+from typing import Any
+
+import aiohttp
+import orjson
+import yaml
+
+from fleetsync.cli.flags import add_flag
+from fleetsync.model.objects import human_duration
+from fleetsync.model.types import TypeRegistry, UnknownResourceType
+from fleetsync.protocol.codec import strip
+
+TABLE_ACCEPT = "application/json;as=Table;v=v1;g=meta.k8s.io,application/json"
+
+
+class ClientError(Exception):
+    """A request failed; the message names the URL and what the server said."""
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    add_flag(p, "--hub", default="http://127.0.0.1:8080", help="the hub's HTTP API URL")
+    add_flag(p, "--token", default="", help="API token (sent as Authorization: Bearer)")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = subparsers.add_parser("clusters", help="list the clusters the hub knows")
+    _common(p)
+    p.set_defaults(run=lambda a: _run(_clusters(a)))
+    p = subparsers.add_parser("get", help="list objects of a type, like kubectl get, across clusters")
+    p.add_argument("type", help="pods, svc, deployments.apps, v1/Pod, ...")
+    p.add_argument("-A", "--all-namespaces", action="store_true", help="all namespaces (the default when -n is not given)")
+    p.add_argument("-n", "--namespace", default=None, help="only this namespace")
+    p.add_argument("-l", "--selector", default="", help="label selector")
+    p.add_argument("-o", "--output", default="", choices=["", "wide", "json", "yaml", "name"], help="output format")
+    p.add_argument("--cluster", default=None, help="only this cluster (default: every cluster)")
+    _common(p)
+    p.set_defaults(run=lambda a: _run(_get(a)))
+    p = subparsers.add_parser("check", help="compare the hub's view with the simulator's truth; exit 1 on divergence")
+    add_flag(p, "--sim", default="http://127.0.0.1:8001", help="the simulator's URL")
+    _common(p)
+    p.set_defaults(run=lambda a: _run(_check(a)))
+
+
+def _run(coro: Any) -> int:
+    try:
+        return int(asyncio.run(coro))
+    except ClientError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+async def fetch(session: aiohttp.ClientSession, url: str, *, accept: str = "application/json", token: str = "") -> Any:
+    headers = {"Accept": accept}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    try:
+        async with session.get(url, headers=headers) as response:
+            body = await response.read()
+            if response.status >= 400:
+                try:
+                    message = orjson.loads(body).get("message", "")
+                except (orjson.JSONDecodeError, AttributeError):
+                    message = body.decode(errors="replace")[:200]
+                raise ClientError(f"{url}: {response.status} {message}")
+            return orjson.loads(body)
+    except aiohttp.ClientError as exc:
+        raise ClientError(f"cannot reach {url}: {exc}") from None
+
+
+def _print_table(headers: list[str], rows: list[list[Any]]) -> None:
+    widths = [max(len(str(x)) for x in column) for column in zip(headers, *rows, strict=False)]
+    for row in [headers, *rows]:
+        print("   ".join(str(cell).ljust(width) for cell, width in zip(row, widths, strict=False)).rstrip())
+
+
+async def _clusters(args: argparse.Namespace) -> int:
+    async with aiohttp.ClientSession() as session:
+        data = await fetch(session, f"{args.hub}/api/v1/clusters", token=args.token)
+    now = time.time()
+    rows = [
+        [
+            c["name"],
+            c["status"],
+            c["agent"] or "-",
+            human_duration(now - c["lastHeartbeat"]) + " ago" if c["lastHeartbeat"] else "-",
+            sum(c["objects"].values()),
+            len(c["errors"]),
+        ]
+        for c in data["items"]
+    ]
+    _print_table(["NAME", "STATUS", "AGENT", "LAST-HEARTBEAT", "OBJECTS", "ERRORS"], rows)
+    return 0
+
+
+async def _get(args: argparse.Namespace) -> int:
+    try:
+        rtype = TypeRegistry().resolve(args.type)
+    except UnknownResourceType as exc:
+        raise ClientError(str(exc)) from None
+    query = f"?labelSelector={args.selector}" if args.selector else ""
+    async with aiohttp.ClientSession() as session:
+        clusters = [args.cluster] if args.cluster else [c["name"] for c in (await fetch(session, f"{args.hub}/api/v1/clusters", token=args.token))["items"]]
+        path = rtype.collection_path(args.namespace)
+        if args.output in ("json", "yaml", "name"):
+            items = []
+            for cluster in clusters:
+                items += (await fetch(session, f"{args.hub}/clusters/{cluster}{path}{query}", token=args.token))["items"]
+            if args.output == "name":
+                for item in items:
+                    print(f"{rtype.plural}/{item['metadata']['name']}")
+                return 0
+            doc = {"apiVersion": "v1", "kind": "List", "items": items}
+            print(
+                orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode() if args.output == "json" else yaml.safe_dump(doc, sort_keys=False),
+                end="\n" if args.output == "json" else "",
+            )
+            return 0
+        headers: list[str] = []
+        rows: list[list[Any]] = []
+        wide = args.output == "wide"
+        for cluster in clusters:
+            tbl = await fetch(session, f"{args.hub}/clusters/{cluster}{path}{query}", accept=TABLE_ACCEPT, token=args.token)
+            keep = [i for i, c in enumerate(tbl["columnDefinitions"]) if wide or c["priority"] == 0]
+            headers = (
+                ["CLUSTER"] + (["NAMESPACE"] if rtype.namespaced and not args.namespace else []) + [tbl["columnDefinitions"][i]["name"].upper() for i in keep]
+            )
+            for row in tbl["rows"]:
+                ns = [row["object"]["metadata"].get("namespace", "")] if rtype.namespaced and not args.namespace else []
+                rows.append([cluster, *ns, *(row["cells"][i] for i in keep)])
+    if not rows:
+        print(f"No {rtype.plural} found.", file=sys.stderr)
+        return 0
+    _print_table(headers, rows)
+    return 0
+
+
+def canonical(obj: dict[str, Any]) -> bytes:
+    """An object as the agent ships it: stripped, sorted keys (equal objects, equal bytes)."""
+    return orjson.dumps(strip(obj), option=orjson.OPT_SORT_KEYS)
+
+
+async def divergence(session: aiohttp.ClientSession, sim: str, hub: str, *, token: str = "") -> dict[str, dict[str, tuple[int, int, int]]]:
+    """cluster -> type -> (missing, extra, stale) between the sim's truth and the hub, for every type the hub syncs."""
+    clusters = {c["name"]: c for c in (await fetch(session, f"{hub}/api/v1/clusters", token=token))["items"]}
+    report: dict[str, dict[str, tuple[int, int, int]]] = {}
+    registry = TypeRegistry()
+    for sim_cluster in (await fetch(session, f"{sim}/clusters"))["clusters"]:
+        name = sim_cluster["name"]
+        hub_cluster = clusters.get(name)
+        types = hub_cluster["types"] if hub_cluster else []
+        if not types:
+            report[name] = {"(cluster not synced)": (sum(sim_cluster["objects"].values()), 0, 0)}
+            continue
+        truth = (await fetch(session, f"{sim}/clusters/{name}/truth?" + "&".join(f"type={t}" for t in types)))["types"]
+        report[name] = {}
+        for type_ in types:
+            rtype = registry.by_gvk(type_)
+            want = {f"{o['metadata'].get('namespace', '')}/{o['metadata']['name']}": canonical(o) for o in truth.get(type_, [])}
+            held = (await fetch(session, f"{hub}/clusters/{name}{rtype.collection_path()}", token=token))["items"]
+            have = {f"{o['metadata'].get('namespace', '')}/{o['metadata']['name']}": canonical(o) for o in held}
+            missing = len(want.keys() - have.keys())
+            extra = len(have.keys() - want.keys())
+            stale = sum(1 for k in want.keys() & have.keys() if want[k] != have[k])
+            report[name][type_] = (missing, extra, stale)
+    return report
+
+
+async def _check(args: argparse.Namespace) -> int:
+    async with aiohttp.ClientSession() as session:
+        report = await divergence(session, args.sim, args.hub, token=args.token)
+    rows = [[c, t, m, e, s] for c, types in report.items() for t, (m, e, s) in types.items()]
+    _print_table(["CLUSTER", "TYPE", "MISSING", "EXTRA", "STALE"], rows)
+    diverged = sum(m + e + s for types in report.values() for m, e, s in types.values())
+    print(f"\n{'converged' if not diverged else f'DIVERGENT: {diverged} objects differ'}")
+    return 1 if diverged else 0

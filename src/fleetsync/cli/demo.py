@@ -1,0 +1,114 @@
+"""``fleetsync demo``: sim + hub (SQLite in a temporary directory) + one agent per cluster, in one process."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import signal
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from fleetsync.agent.runner import Agent, AgentConfig
+from fleetsync.api.app import ApiServer
+from fleetsync.cli.agent import DEFAULT_TYPES
+from fleetsync.cli.flags import add_flag, non_negative_float, positive_int
+from fleetsync.hub.auth import hash_token, new_token
+from fleetsync.hub.session import HubCore, HubSettings
+from fleetsync.model.types import TypeRegistry
+from fleetsync.sim.fleet import SimConfig, SimFleet
+from fleetsync.sim.kubeconfig import write_kubeconfig
+from fleetsync.sim.server import SimServer
+from fleetsync.store.sqlite import SQLiteStore
+from fleetsync.transport.base import HubAddress
+from fleetsync.transport.grpc import GrpcHubServer
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = subparsers.add_parser("demo", help="everything in one command: simulated clusters, a hub and agents")
+    add_flag(p, "--clusters", type=positive_int, default=3, help="simulated clusters")
+    add_flag(p, "--pods", type=positive_int, default=100, help="pods per cluster")
+    add_flag(p, "--churn", type=non_negative_float, default=2.0, help="changes per second per cluster")
+    add_flag(p, "--sim-port", type=int, default=8001, help="the simulator's port")
+    add_flag(p, "--http-port", type=int, default=8080, help="the hub's HTTP API port")
+    add_flag(p, "--grpc-port", type=int, default=7443, help="the hub's gRPC port")
+    p.set_defaults(run=run)
+
+
+async def demo(args: argparse.Namespace) -> None:
+    workdir = Path(tempfile.mkdtemp(prefix="fleetsync-demo-"))
+    fleet = SimFleet(SimConfig(clusters=args.clusters, pods=args.pods, churn=args.churn))
+    sim = SimServer(fleet, port=args.sim_port)
+    store = SQLiteStore(workdir / "hub.db")
+    await store.open()
+    core = HubCore(store, HubSettings(hub_id="demo-hub"))
+    grpc_server = GrpcHubServer(core, "127.0.0.1", args.grpc_port)
+    api = ApiServer(core, port=args.http_port)
+    try:
+        await sim.start()
+        await grpc_server.start()
+        await api.start()
+    except OSError as exc:
+        raise SystemExit(f"fleetsync demo: cannot listen: {exc.strerror} (another demo running? use --sim-port/--http-port/--grpc-port)") from None
+    registry = TypeRegistry()
+    agents = []
+    for name in fleet.clusters:
+        kubeconfig = write_kubeconfig(workdir / "kubeconfigs", name, sim.cluster_url(name), fleet.clusters[name].token)
+        token = new_token()
+        await store.add_token(name=name, role="agent", token_hash=hash_token(token))
+        config = AgentConfig(
+            cluster_id=name,
+            hubs=[HubAddress("grpc", "127.0.0.1", grpc_server.port)],
+            token=token,
+            types=[registry.resolve(t) for t in DEFAULT_TYPES.split(",")],
+            kubeconfig=str(kubeconfig),
+            agent_id=f"demo-agent-{name}",
+            metadata=fleet.clusters[name].labels,
+        )
+        agents.append(asyncio.create_task(Agent(config).run()))
+    hub_url = f"http://127.0.0.1:{api.port}"
+    kubectl = Path(sys.executable).parent / "kubectl"
+    print(
+        f"fleetsync demo: {len(fleet.clusters)} simulated clusters -> agents -> hub (SQLite in {workdir})\n"
+        f"  hub API:   {hub_url}/api/v1/clusters\n"
+        f"  try:       {kubectl if kubectl.exists() else 'kubectl'} --server {hub_url}/clusters/c1 get pods -A\n"
+        f"             {Path(sys.executable).parent / 'fleetsync'} get pods -A --hub {hub_url}\n"
+        f"             {Path(sys.executable).parent / 'fleetsync'} check --sim http://127.0.0.1:{sim.port} --hub {hub_url}\n"
+        f"  Ctrl-C stops everything.\n",
+        flush=True,
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    last_applied, last_time = 0.0, time.monotonic()
+    try:
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), 2.0)
+            applied = sum((float(s.value) for m in core.metrics.objects_applied.collect() for s in m.samples if s.name.endswith("_total")), 0.0)
+            now = time.monotonic()
+            rate = (applied - last_applied) / (now - last_time)
+            last_applied, last_time = applied, now
+            clusters = await store.clusters()
+            objects = sum([sum((await store.counts(c.name)).values()) for c in clusters])
+            active = sum(c.status == "active" for c in clusters)
+            tty = sys.stdout.isatty()  # a live line on a terminal, a log line otherwise
+            summary = f"clusters {active}/{len(fleet.clusters)} active   objects {objects:>7}   changes/s {rate:>7.1f}   hub rev {await store.current_rev():>8}"
+            print(f"\r  {summary}" if tty else f"  {summary}", end="" if tty else "\n", flush=True)
+    finally:
+        print("\nshutting down", flush=True)
+        for task in agents:
+            task.cancel()
+        await asyncio.gather(*agents, return_exceptions=True)
+        await grpc_server.stop(0.5)
+        await api.stop()
+        await sim.stop()
+        await store.close()
+
+
+def run(args: argparse.Namespace) -> int:
+    asyncio.run(demo(args))
+    return 0

@@ -1,0 +1,68 @@
+"""``fleetsync hub``: composition root of the hub process (store + transports + core + API)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import socket
+
+from fleetsync.cli.flags import add_flag, non_negative_float
+from fleetsync.hub.session import HubCore, HubSettings
+from fleetsync.store import open_store
+from fleetsync.transport.base import parse_listen_address
+from fleetsync.transport.grpc import GrpcHubServer
+
+log = logging.getLogger("fleetsync.hub")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = subparsers.add_parser("hub", help="run the hub", description="Accept agents over gRPC, apply their state to the store, serve the HTTP API.")
+    add_flag(p, "--db", default="sqlite:///fleetsync.db", help="store URL: sqlite:///PATH")
+    add_flag(p, "--grpc", default="127.0.0.1:7443", help="gRPC listen address for agents (HOST:PORT or :PORT)")
+    add_flag(p, "--http", default="127.0.0.1:8080", help="HTTP API listen address (HOST:PORT or :PORT)")
+    add_flag(p, "--hub-id", default=socket.gethostname(), help="this replica's name (in leases and logs)")
+    add_flag(p, "--heartbeat-interval", type=non_negative_float, default=10.0, help="seconds between agent heartbeats")
+    add_flag(p, "--grace-period", type=non_negative_float, default=15.0, help="seconds a disconnected agent's lease is kept for it")
+    p.set_defaults(run=run)
+
+
+async def serve(args: argparse.Namespace) -> None:
+    from fleetsync.api.app import ApiServer  # the API reads the store; imported here to keep layers one-way
+
+    try:
+        grpc_host, grpc_port = parse_listen_address(args.grpc)
+        http_host, http_port = parse_listen_address(args.http)
+        store = open_store(args.db)
+    except ValueError as exc:
+        raise SystemExit(f"fleetsync hub: {exc}") from None
+    await store.open()
+    core = HubCore(store, HubSettings(hub_id=args.hub_id, heartbeat_interval=args.heartbeat_interval, grace_period=args.grace_period))
+    try:
+        grpc_server = GrpcHubServer(core, grpc_host, grpc_port)
+    except (OSError, RuntimeError) as exc:
+        raise SystemExit(f"fleetsync hub: cannot listen on {args.grpc}: {exc}") from None
+    api = ApiServer(core, host=http_host, port=http_port)
+    await grpc_server.start()
+    try:
+        await api.start()
+    except OSError as exc:
+        raise SystemExit(f"fleetsync hub: cannot listen on {args.http}: {exc.strerror}") from None
+    print(f"fleetsync hub {args.hub_id}: gRPC on {grpc_host}:{grpc_server.port}, HTTP on http://{http_host}:{api.port}, store {args.db}", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        log.info("shutting down")
+        await grpc_server.stop()
+        await api.stop()
+        await store.close()
+
+
+def run(args: argparse.Namespace) -> int:
+    asyncio.run(serve(args))
+    return 0

@@ -1,0 +1,41 @@
+"""``fleetsync token create NAME [--role agent|read|admin] --db URL``: prints a new token once."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+
+from fleetsync.cli.flags import add_flag
+from fleetsync.hub.auth import ROLES, hash_token, new_token
+from fleetsync.store import open_store
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = subparsers.add_parser(
+        "token", help="manage hub tokens", description="Tokens authenticate agents (role agent: may write cluster NAME only) and API clients (read, admin)."
+    )
+    sub = p.add_subparsers(dest="token_command", metavar="ACTION", required=True)
+    create = sub.add_parser("create", help="create a token and print it (only its hash is stored)")
+    create.add_argument("name", help="role agent: the cluster the token may write; read/admin: a name for the API client")
+    add_flag(create, "--role", default="agent", choices=ROLES, help="what the token may do")
+    add_flag(create, "--db", default="sqlite:///fleetsync.db", help="the hub's store URL")
+    create.set_defaults(run=run_create)
+
+
+async def _create(args: argparse.Namespace) -> str:
+    store = open_store(args.db)
+    await store.open()
+    try:
+        token = new_token()
+        await store.add_token(name=args.name, role=args.role, token_hash=hash_token(token))
+        return token
+    finally:
+        await store.close()
+
+
+def run_create(args: argparse.Namespace) -> int:
+    try:
+        print(asyncio.run(_create(args)))
+    except ValueError as exc:
+        raise SystemExit(f"fleetsync token create: {exc}") from None
+    return 0

@@ -1,0 +1,1 @@
+"""The hub: sessions with agents, the sync engine and what it feeds. No HTTP here."""

@@ -1,0 +1,27 @@
+"""The hub's Prometheus metrics, in a registry of their own (one per hub, so tests can run several)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+
+class HubMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.bundles_applied = Counter("fleetsync_bundles_applied_total", "Bundles committed to the store", ["type"], registry=self.registry)
+        self.objects_applied = Counter("fleetsync_objects_applied_total", "Object upserts and deletes committed", ["type"], registry=self.registry)
+        self.apply_seconds = Histogram(
+            "fleetsync_apply_seconds",
+            "Time to commit one bundle",
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+            registry=self.registry,
+        )
+        self.connected_agents = Gauge("fleetsync_connected_agents", "Agents with an open session on this hub", registry=self.registry)
+        self.rejected = Counter("fleetsync_agents_rejected_total", "Agent connections rejected", ["reason"], registry=self.registry)
+        self.resyncs_requested = Counter("fleetsync_resync_requests_total", "ResyncRequests sent (gaps)", registry=self.registry)
+        self.objects = Gauge("fleetsync_objects", "Objects held, per cluster (updated on read of /metrics)", ["cluster"], registry=self.registry)
+
+    def applied(self, type_: str, objects: int, seconds: float) -> None:
+        self.bundles_applied.labels(type_).inc()
+        self.objects_applied.labels(type_).inc(objects)
+        self.apply_seconds.observe(seconds)

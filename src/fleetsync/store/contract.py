@@ -1,0 +1,187 @@
+"""What every store engine provides to the hub (one contract, one test suite for all engines).
+
+Bodies are opaque: the store keeps the agent's compressed bytes and the few
+extracted fields queries need, and never parses an object. Every change to an
+object gets the next value of one global, monotonic revision (``rev``): the hub's
+resourceVersion for List/Watch. The change log is kept for a window; reads of
+changes older than :meth:`Store.oldest_rev` must be answered with 410 by the API.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+EventType = Literal["ADDED", "MODIFIED", "DELETED"]
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectRecord:
+    """One object of one cluster, as stored."""
+
+    cluster: str
+    type: str  # group/version/Kind, e.g. "v1/Pod"
+    namespace: str
+    name: str
+    uid: str
+    resource_version: str  # the cluster's, informational
+    hash: int  # xxh3-64 of the canonical JSON body (unsigned 64-bit)
+    labels: Mapping[str, str]
+    owner: str
+    body: bytes  # as the agent sent it
+    compression: int  # fleetsync_pb2.Compression value of ``body``
+    incarnation: str = ""  # the agent incarnation that last wrote it
+    rev: int = 0  # the hub revision of its last change (set by the store)
+
+    @property
+    def key(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """One entry of the change log. For DELETED, ``obj`` is the last state before deletion."""
+
+    rev: int
+    type: EventType
+    obj: ObjectRecord
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterRecord:
+    name: str
+    agent_id: str = ""
+    incarnation: str = ""
+    status: str = "never"  # never | active | inactive
+    metadata: Mapping[str, str] = field(default_factory=dict)
+    connected_at: float = 0.0
+    last_seen: float = 0.0
+    hub_id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class StreamRecord:
+    cluster: str
+    type: str
+    incarnation: str
+    seq: int
+    error: str = ""  # the type failed to list: the last known state is kept
+    updated_at: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Lease:
+    """Who may write a cluster: ``holder`` (agent_id) until ``expires_at``."""
+
+    cluster: str
+    holder: str
+    incarnation: str
+    hub_id: str
+    expires_at: float
+    connected: bool  # False: the holder disconnected and the lease is in its grace period
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseResult:
+    granted: bool
+    lease: Lease  # the lease now in force (ours if granted, the other holder's if not)
+
+
+class Store(Protocol):
+    async def open(self) -> None:
+        """Connect and apply migrations (idempotent)."""
+
+    async def close(self) -> None: ...
+
+    # ---- tokens (only hashes are stored) -----------------------------------------------
+
+    async def add_token(self, *, name: str, role: str, token_hash: str) -> None: ...
+
+    async def find_token(self, token_hash: str) -> tuple[str, str] | None:
+        """(name, role) of a token hash, or None."""
+
+    # ---- clusters and leases -----------------------------------------------------------
+
+    async def upsert_cluster(self, record: ClusterRecord) -> None: ...
+
+    async def set_cluster_status(self, name: str, *, status: str, now: float) -> None: ...
+
+    async def touch_cluster(self, name: str, *, now: float) -> None:
+        """Record that a message from the cluster's agent arrived (last_seen)."""
+
+    async def clusters(self) -> list[ClusterRecord]: ...
+
+    async def acquire_lease(self, cluster: str, *, holder: str, incarnation: str, hub_id: str, now: float, ttl: float) -> LeaseResult:
+        """Take or renew the cluster's lease. Granted if there is none, it expired, or ``holder``
+        already holds it (connected or in grace: the same agent_id may reclaim)."""
+
+    async def release_lease(self, cluster: str, *, holder: str, incarnation: str, now: float, grace: float) -> None:
+        """The holder (this incarnation of it) disconnected: keep the lease for ``grace`` seconds for
+        the same agent_id only. A late close of an older incarnation's session changes nothing."""
+
+    # ---- streams and apply -------------------------------------------------------------
+
+    async def streams(self, cluster: str) -> list[StreamRecord]: ...
+
+    async def apply_bundle(
+        self,
+        cluster: str,
+        type: str,  # noqa: A002
+        *,
+        incarnation: str,
+        seq: int,
+        upserts: Sequence[ObjectRecord],
+        deletes: Sequence[str],
+        full_seq: int | None,
+        full_end: bool,
+        move_to: tuple[str, int] | None,
+        now: float,
+    ) -> int:
+        """Apply one bundle (or FULL chunk) in ONE transaction and return the store's revision after it.
+
+        - ``upserts``: objects whose hash differs from the stored one get a new rev and a
+          change-log entry (ADDED or MODIFIED); equal ones change nothing;
+        - ``deletes``: keys ("namespace/name") removed, each with a DELETED entry;
+        - ``full_seq``: this is part of FULL ``full_seq``: the upserted rows are marked with it;
+        - ``full_end``: the FULL is complete: every object of (cluster, type) not marked
+          with ``full_seq`` is deleted (with DELETED entries);
+        - ``move_to``: set the stream position to (incarnation, seq) in the same transaction.
+        """
+
+    async def set_stream_error(self, cluster: str, type: str, error: str, *, now: float) -> None:  # noqa: A002
+        """Record (or clear, with "") a type's list error; its objects are kept."""
+
+    async def object_hashes(self, cluster: str, type: str) -> dict[str, int]:  # noqa: A002
+        """key -> hash of every object of (cluster, type): what a digest is compared with."""
+
+    # ---- reads -------------------------------------------------------------------------
+
+    async def get_object(self, cluster: str, type: str, namespace: str, name: str) -> ObjectRecord | None:  # noqa: A002
+        ...
+
+    async def list_objects(
+        self,
+        type: str,  # noqa: A002
+        *,
+        cluster: str | None = None,
+        namespace: str | None = None,
+        after: tuple[str, str, str] | None = None,
+        limit: int = 0,
+    ) -> list[ObjectRecord]:
+        """Objects of ``type`` (one cluster or all), ordered by (cluster, namespace, name),
+        strictly after the ``after`` (cluster, namespace, name) cursor; ``limit`` 0 = all."""
+
+    async def counts(self, cluster: str) -> dict[str, int]:
+        """type -> number of objects, for one cluster."""
+
+    async def current_rev(self) -> int: ...
+
+    async def oldest_rev(self) -> int:
+        """The oldest revision whose successors are all still in the change log."""
+
+    async def changes_since(self, rev: int, *, limit: int = 1000) -> list[Change]:
+        """Change-log entries with rev > ``rev``, in rev order."""
+
+    async def trim_changes(self, *, keep: int) -> None:
+        """Drop the oldest change-log entries beyond the newest ``keep``."""

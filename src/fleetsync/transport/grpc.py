@@ -1,0 +1,118 @@
+"""gRPC transport: one bidirectional ``Connect`` stream per agent (grpc.aio)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+import grpc
+
+from fleetsync.hub.session import HubCore, SessionClosed
+from fleetsync.protocol import fleetsync_pb2 as pb
+from fleetsync.protocol import fleetsync_pb2_grpc as pb_grpc
+from fleetsync.transport.base import HubAddress, TransportError
+
+log = logging.getLogger(__name__)
+
+_END = object()
+
+
+def _options(max_message_bytes: int) -> list[tuple[str, int]]:
+    return [
+        ("grpc.max_receive_message_length", max_message_bytes),
+        ("grpc.max_send_message_length", max_message_bytes),
+        ("grpc.keepalive_time_ms", 20_000),
+        ("grpc.keepalive_timeout_ms", 10_000),
+        ("grpc.http2.max_pings_without_data", 0),
+        ("grpc.keepalive_permit_without_calls", 1),
+    ]
+
+
+class _Servicer(pb_grpc.FleetSyncServicer):
+    def __init__(self, core: HubCore) -> None:
+        self.core = core
+
+    async def Connect(self, request_iterator: AsyncIterator[pb.AgentMessage], context: grpc.aio.ServicerContext) -> AsyncIterator[pb.HubMessage]:  # type: ignore[override]
+        outbox: asyncio.Queue[object] = asyncio.Queue()
+        session = self.core.session(outbox.put, peer=context.peer())
+
+        async def pump() -> None:
+            try:
+                async for message in request_iterator:
+                    await session.handle(message)
+            except SessionClosed:
+                pass
+            except Exception:
+                log.exception("session with %s (cluster %r) failed", context.peer(), session.cluster)
+            finally:
+                await outbox.put(_END)
+
+        reader = asyncio.create_task(pump())
+        try:
+            while (item := await outbox.get()) is not _END:
+                yield item  # type: ignore[misc]
+        finally:
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reader
+            await session.close()
+
+
+class GrpcHubServer:
+    """Serves the protocol over gRPC for a :class:`HubCore`."""
+
+    def __init__(self, core: HubCore, host: str, port: int) -> None:
+        self.core = core
+        self.server = grpc.aio.server(options=_options(core.settings.max_message_bytes * 2))
+        pb_grpc.add_FleetSyncServicer_to_server(_Servicer(core), self.server)  # type: ignore[no-untyped-call]
+        self.port = self.server.add_insecure_port(f"{host}:{port}")
+        if self.port == 0:
+            raise OSError(f"cannot listen for gRPC on {host}:{port}")
+
+    async def start(self) -> None:
+        await self.server.start()
+
+    async def stop(self, grace: float = 2.0) -> None:
+        await self.server.stop(grace)
+
+
+class GrpcAgentConnection:
+    """The agent's end of a ``Connect`` stream."""
+
+    def __init__(self, channel: grpc.aio.Channel, call: grpc.aio.StreamStreamCall) -> None:  # type: ignore[type-arg]
+        self._channel = channel
+        self._call = call
+
+    @classmethod
+    async def open(cls, address: HubAddress, *, max_message_bytes: int = 8 * 1024 * 1024, connect_seconds: float = 10.0) -> GrpcAgentConnection:
+        channel = grpc.aio.insecure_channel(f"{address.host}:{address.port}", options=_options(max_message_bytes))
+        try:
+            await asyncio.wait_for(channel.channel_ready(), connect_seconds)
+        except TimeoutError:
+            await channel.close()
+            raise TransportError(f"hub {address} did not answer within {connect_seconds:.0f}s") from None
+        stub = pb_grpc.FleetSyncStub(channel)  # type: ignore[no-untyped-call]
+        return cls(channel, stub.Connect())
+
+    async def send(self, message: pb.AgentMessage) -> None:
+        try:
+            await self._call.write(message)
+        except (grpc.aio.AioRpcError, grpc.aio.UsageError) as exc:
+            raise TransportError(f"sending to the hub failed: {exc}") from None
+
+    async def receive(self) -> pb.HubMessage | None:
+        try:
+            message = await self._call.read()
+        except grpc.aio.AioRpcError as exc:
+            raise TransportError(f"the hub connection broke: {exc.code().name} {exc.details()}") from None
+        if message is grpc.aio.EOF:
+            return None
+        return message  # type: ignore[no-any-return]
+
+    async def close(self) -> None:
+        with contextlib.suppress(Exception):
+            await self._call.done_writing()
+        self._call.cancel()
+        await self._channel.close()

@@ -1,0 +1,629 @@
+"""The store contract (:mod:`fleetsync.store.contract`), checked against every engine.
+
+Each test gets a fresh, open store from the ``engine`` fixture; an engine is added by
+adding its name to the fixture's params and a branch to :func:`make_engine`. A few
+tests at the end check SQLite specifics (pragmas, migrations).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sqlite3
+import sys
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import pytest
+
+from fleetsync.store.contract import ClusterRecord, ObjectRecord, Store
+from fleetsync.store.sqlite import MIGRATIONS, SQLiteStore
+
+POD = "v1/Pod"
+CM = "v1/ConfigMap"
+BIG_HASH = 2**64 - 1  # does not fit a signed 64-bit integer
+HIGH_BIT_HASH = 2**63
+
+
+@dataclass(frozen=True)
+class Engine:
+    name: str
+    make: Callable[[], Store]  # a new, unopened store on the same data every time
+    source: str  # a Python expression building the same store in another process
+
+
+def make_engine(name: str, tmp_path: Path) -> Engine:
+    if name == "sqlite":
+        path = tmp_path / "hub.db"
+        return Engine(name, lambda: SQLiteStore(path), f"__import__('fleetsync.store.sqlite', fromlist=['x']).SQLiteStore({str(path)!r})")
+    raise AssertionError(f"unknown engine {name}")
+
+
+@pytest.fixture(params=["sqlite"])
+def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Engine:
+    return make_engine(request.param, tmp_path)
+
+
+@pytest.fixture
+async def store(engine: Engine) -> AsyncIterator[Store]:
+    s = engine.make()
+    await s.open()
+    try:
+        yield s
+    finally:
+        await s.close()
+
+
+def obj(name: str, h: int = 1, *, namespace: str = "default", cluster: str = "c1", type_: str = POD, body: bytes | None = None, **kw: object) -> ObjectRecord:
+    return ObjectRecord(
+        cluster=cluster,
+        type=type_,
+        namespace=namespace,
+        name=name,
+        uid=f"uid-{namespace}-{name}",
+        resource_version=str(h % 1000),
+        hash=h,
+        labels={"app": name, "tier": "web"},
+        owner="ReplicaSet/rs-1",
+        body=body if body is not None else f'{{"name":"{name}","h":{h}}}'.encode(),
+        compression=0,
+        incarnation="inc-1",
+        **kw,  # type: ignore[arg-type]
+    )
+
+
+async def apply(
+    store: Store,
+    upserts: Sequence[ObjectRecord] = (),
+    deletes: Sequence[str] = (),
+    *,
+    cluster: str = "c1",
+    type_: str = POD,
+    seq: int = 1,
+    full_seq: int | None = None,
+    full_end: bool = False,
+    move: bool = True,
+    now: float = 100.0,
+) -> int:
+    return await store.apply_bundle(
+        cluster,
+        type_,
+        incarnation="inc-1",
+        seq=seq,
+        upserts=list(upserts),
+        deletes=list(deletes),
+        full_seq=full_seq,
+        full_end=full_end,
+        move_to=("inc-1", seq) if move else None,
+        now=now,
+    )
+
+
+async def keys(store: Store, cluster: str = "c1", type_: str = POD) -> list[str]:
+    return sorted(await store.object_hashes(cluster, type_))
+
+
+def same_object(stored: ObjectRecord | None, sent: ObjectRecord) -> bool:
+    """Equal but for the rev the store assigned."""
+    return stored is not None and replace(stored, rev=0) == replace(sent, rev=0)
+
+
+# ---- apply ---------------------------------------------------------------------------
+
+
+async def test_a_new_store_is_empty_at_revision_zero(store: Store) -> None:
+    assert await store.current_rev() == 0
+    assert await store.oldest_rev() == 0
+    assert await store.changes_since(0) == []
+    assert await store.clusters() == []
+    assert await store.list_objects(POD) == []
+
+
+async def test_apply_assigns_increasing_revisions_and_logs_changes(store: Store) -> None:
+    a, b = obj("a", 1), obj("b", 2)
+    assert await apply(store, [a, b], seq=1) == 2
+    a2 = obj("a", 11)
+    assert await apply(store, [a2], ["default/b"], seq=2) == 4
+    assert await store.current_rev() == 4
+
+    changes = await store.changes_since(0)
+    assert [(c.rev, c.type, c.obj.key) for c in changes] == [
+        (1, "ADDED", "default/a"),
+        (2, "ADDED", "default/b"),
+        (3, "MODIFIED", "default/a"),
+        (4, "DELETED", "default/b"),
+    ]
+    assert all(c.obj.rev == c.rev for c in changes)
+    assert same_object(changes[0].obj, a) and same_object(changes[2].obj, a2)
+    assert same_object(changes[3].obj, b), "a DELETED entry carries the last state"
+
+    stored = await store.get_object("c1", POD, "default", "a")
+    assert same_object(stored, a2)
+    assert stored is not None and stored.rev == 3
+    assert await store.get_object("c1", POD, "default", "b") is None
+    assert [c.rev for c in await store.changes_since(2)] == [3, 4]
+    assert [c.rev for c in await store.changes_since(0, limit=3)] == [1, 2, 3]
+
+
+async def test_revisions_are_global_across_clusters_and_types(store: Store) -> None:
+    assert await apply(store, [obj("a")], cluster="c1") == 1
+    assert await apply(store, [obj("a", cluster="c2")], cluster="c2") == 2
+    assert await apply(store, [obj("a", type_=CM)], type_=CM) == 3
+    assert [(c.obj.cluster, c.obj.type) for c in await store.changes_since(0)] == [("c1", POD), ("c2", POD), ("c1", CM)]
+
+
+async def test_unchanged_hash_writes_no_change(store: Store) -> None:
+    await apply(store, [obj("a", 1), obj("b", 2)], seq=1)
+    # same hashes (even with another resource_version): nothing changes, not even the rev
+    assert await apply(store, [replace(obj("a", 1), resource_version="999"), obj("b", 2)], seq=2) == 2
+    assert len(await store.changes_since(0)) == 2
+    stored = await store.get_object("c1", POD, "default", "a")
+    assert stored is not None and stored.resource_version == "1" and stored.rev == 1
+    # one changed, one not: one change
+    assert await apply(store, [obj("a", 1), obj("b", 3)], seq=3) == 3
+
+
+async def test_deleting_a_missing_key_is_a_no_op(store: Store) -> None:
+    await apply(store, [obj("a")])
+    assert await apply(store, [], ["default/nope", "other/a"], seq=2) == 1
+    assert await keys(store) == ["default/a"]
+
+
+async def test_a_key_upserted_and_deleted_in_one_bundle_ends_deleted(store: Store) -> None:
+    assert await apply(store, [obj("a")], ["default/a"]) == 2
+    assert [c.type for c in await store.changes_since(0)] == ["ADDED", "DELETED"]
+    assert await keys(store) == []
+
+
+async def test_cluster_scoped_objects_have_an_empty_namespace(store: Store) -> None:
+    node = obj("node-1", namespace="", type_="v1/Node")
+    await apply(store, [node], type_="v1/Node")
+    assert await store.object_hashes("c1", "v1/Node") == {"/node-1": 1}
+    assert same_object(await store.get_object("c1", "v1/Node", "", "node-1"), node)
+    await apply(store, [], ["/node-1"], type_="v1/Node", seq=2)
+    assert await store.object_hashes("c1", "v1/Node") == {}
+
+
+async def test_full_end_deletes_what_the_full_lacked(store: Store) -> None:
+    await apply(store, [obj("a", 1), obj("b", 2), obj("d", 4)], seq=1)
+    # FULL seq 5 in two chunks: a (same hash: nothing to write, but it is part of the FULL),
+    # b (new hash); then c with the end: d, absent from the FULL, goes.
+    assert await apply(store, [obj("a", 1), obj("b", 22)], seq=5, full_seq=5, move=False) == 4
+    assert await keys(store) == ["default/a", "default/b", "default/d"], "nothing is deleted before the end"
+    assert await apply(store, [obj("c", 3)], seq=5, full_seq=5, full_end=True) == 6
+    assert await keys(store) == ["default/a", "default/b", "default/c"]
+    tail = await store.changes_since(3)
+    assert [(c.rev, c.type, c.obj.key) for c in tail] == [(4, "MODIFIED", "default/b"), (5, "ADDED", "default/c"), (6, "DELETED", "default/d")]
+    assert tail[2].obj.hash == 4
+    assert [(s.incarnation, s.seq) for s in await store.streams("c1")] == [("inc-1", 5)]
+
+
+async def test_full_end_deletes_everything_when_the_full_is_empty(store: Store) -> None:
+    await apply(store, [obj("a"), obj("b")], seq=1)
+    assert await apply(store, [], seq=2, full_seq=2, full_end=True) == 4
+    assert await keys(store) == []
+
+
+async def test_full_end_only_touches_its_cluster_and_type(store: Store) -> None:
+    await apply(store, [obj("a")], cluster="c1")
+    await apply(store, [obj("a", cluster="c2")], cluster="c2")
+    await apply(store, [obj("a", type_=CM)], type_=CM)
+    await apply(store, [obj("b")], cluster="c1", seq=2, full_seq=2, full_end=True)
+    assert await keys(store, "c1", POD) == ["default/b"]
+    assert await keys(store, "c2", POD) == ["default/a"]
+    assert await keys(store, "c1", CM) == ["default/a"]
+
+
+async def test_a_later_full_does_not_count_marks_of_an_earlier_one(store: Store) -> None:
+    await apply(store, [obj("a"), obj("b")], seq=1, full_seq=1, full_end=True)
+    await apply(store, [obj("a")], seq=2, full_seq=2, full_end=True)
+    assert await keys(store) == ["default/a"]
+
+
+async def test_move_to_sets_the_stream_position_in_the_same_transaction(store: Store) -> None:
+    assert await store.streams("c1") == []
+    await apply(store, [obj("a")], seq=3, now=50.0)
+    [stream] = await store.streams("c1")
+    assert (stream.cluster, stream.type, stream.incarnation, stream.seq, stream.error, stream.updated_at) == ("c1", POD, "inc-1", 3, "", 50.0)
+    # without move_to (a FULL chunk that is not the last) the position stays
+    await apply(store, [obj("b")], seq=4, full_seq=4, move=False)
+    assert [(s.incarnation, s.seq) for s in await store.streams("c1")] == [("inc-1", 3)]
+    # a bundle that changes no object still moves the stream
+    await store.apply_bundle("c1", POD, incarnation="inc-2", seq=1, upserts=[], deletes=[], full_seq=None, full_end=False, move_to=("inc-2", 1), now=60.0)
+    assert [(s.incarnation, s.seq, s.updated_at) for s in await store.streams("c1")] == [("inc-2", 1, 60.0)]
+    assert await store.current_rev() == 2
+
+
+async def test_stream_errors_are_recorded_and_cleared_keeping_objects_and_position(store: Store) -> None:
+    await apply(store, [obj("a")], seq=7)
+    await store.set_stream_error("c1", POD, "forbidden", now=70.0)
+    [stream] = await store.streams("c1")
+    assert (stream.seq, stream.error, stream.updated_at) == (7, "forbidden", 70.0)
+    assert await keys(store) == ["default/a"]
+    await store.set_stream_error("c1", POD, "", now=71.0)
+    assert [(s.seq, s.error) for s in await store.streams("c1")] == [(7, "")]
+    # a type that never applied can report an error; it holds no position of any incarnation
+    await store.set_stream_error("c1", CM, "no such kind", now=72.0)
+    streams = {s.type: s for s in await store.streams("c1")}
+    assert streams[CM].error == "no such kind" and streams[CM].incarnation == ""
+
+
+async def test_failed_apply_rolls_back_everything(store: Store) -> None:
+    await apply(store, [obj("a", 1), obj("b", 2)], seq=1)
+    before = (await store.current_rev(), await store.list_objects(POD), await store.streams("c1"), await store.changes_since(0))
+    # The first upsert is fine and gets written; the second has no body (NOT NULL) and
+    # fails mid-statement: the first, the delete and the stream move must all be undone.
+    bad = replace(obj("z"), body=None)  # type: ignore[arg-type]
+    with pytest.raises(Exception, match="body"):
+        await apply(store, [obj("new", 5), obj("a", 99), bad], ["default/b"], seq=2)
+    after = (await store.current_rev(), await store.list_objects(POD), await store.streams("c1"), await store.changes_since(0))
+    assert after == before
+    # the store is still usable, and no revision was burnt
+    assert await apply(store, [obj("new", 5)], seq=2) == 3
+
+
+async def test_a_bundle_is_never_half_visible_to_readers(store: Store) -> None:
+    """Readers running while bundles commit see whole bundles only: bundle i replaces
+    generation i-1 by generation i (upserts, then deletes in the same transaction)."""
+    batch = 200
+    stop = asyncio.Event()
+    seen: list[set[str]] = []
+
+    async def read() -> None:
+        while not stop.is_set():
+            seen.append({key.split("-")[0] for key in await store.object_hashes("c1", POD)})
+            await asyncio.sleep(0)
+
+    reader = asyncio.create_task(read())
+    for i in range(1, 11):
+        await apply(store, [obj(f"g{i}-{j}") for j in range(batch)], [f"default/g{i - 1}-{j}" for j in range(batch)], seq=i)
+        await asyncio.sleep(0)
+    stop.set()
+    await reader
+    assert len({frozenset(s) for s in seen}) > 3, "the reader ran between bundles"
+    assert all(len(generations) <= 1 for generations in seen), [sorted(g) for g in seen if len(g) > 1][:3]
+
+
+async def test_concurrent_applies_are_serialised(store: Store) -> None:
+    revs = await asyncio.gather(*(apply(store, [obj(f"o{j}", cluster=f"c{i}") for j in range(20)], cluster=f"c{i}") for i in range(8)))
+    assert sorted(revs) == [20 * (i + 1) for i in range(8)]
+    changes = await store.changes_since(0, limit=0)
+    assert [c.rev for c in changes] == list(range(1, 161))
+    for i in range(8):  # each bundle's revisions are consecutive
+        revs_of = [c.rev for c in changes if c.obj.cluster == f"c{i}"]
+        assert revs_of == list(range(revs_of[0], revs_of[0] + 20))
+
+
+async def test_large_unsigned_hash_round_trips(store: Store) -> None:
+    await apply(store, [obj("big", BIG_HASH), obj("high", HIGH_BIT_HASH), obj("low", 7)])
+    assert await store.object_hashes("c1", POD) == {"default/big": BIG_HASH, "default/high": HIGH_BIT_HASH, "default/low": 7}
+    stored = await store.get_object("c1", POD, "default", "big")
+    assert stored is not None and stored.hash == BIG_HASH
+    assert {c.obj.hash for c in await store.changes_since(0)} == {BIG_HASH, HIGH_BIT_HASH, 7}
+    assert {o.hash for o in await store.list_objects(POD)} == {BIG_HASH, HIGH_BIT_HASH, 7}
+    # compared as unsigned: the same big hash is unchanged
+    assert await apply(store, [obj("big", BIG_HASH)], seq=2) == 3
+    await apply(store, [], ["default/big"], seq=3)
+    assert (await store.changes_since(3))[0].obj.hash == BIG_HASH
+
+
+# ---- reads ---------------------------------------------------------------------------
+
+
+async def test_list_objects_pages_across_clusters_in_order(store: Store) -> None:
+    # names whose order is not obvious ('-' < '.' < '/' in ASCII), across clusters and namespaces
+    names = ["x", "x-1", "x.1", "y", "X"]
+    for cluster in ("c2", "c1", "c10"):
+        await apply(store, [obj(n, namespace=ns, cluster=cluster) for ns in ("b", "a") for n in names], cluster=cluster)
+    await apply(store, [obj("cm", type_=CM)], type_=CM)
+    expected = sorted((c, ns, n) for c in ("c1", "c10", "c2") for ns in ("a", "b") for n in names)
+
+    def triples(records: list[ObjectRecord]) -> list[tuple[str, str, str]]:
+        return [(r.cluster, r.namespace, r.name) for r in records]
+
+    assert triples(await store.list_objects(POD)) == expected
+    for page_size in (1, 4, 7, 30, 31):
+        got: list[tuple[str, str, str]] = []
+        after: tuple[str, str, str] | None = None
+        while True:
+            page = triples(await store.list_objects(POD, after=after, limit=page_size))
+            got += page
+            if len(page) < page_size:
+                break
+            after = page[-1]
+        assert got == expected, page_size
+
+    # filters, with cursors inside, before and after the filtered range
+    assert triples(await store.list_objects(POD, cluster="c10")) == [t for t in expected if t[0] == "c10"]
+    assert triples(await store.list_objects(POD, namespace="a")) == [t for t in expected if t[1] == "a"]
+    both = [t for t in expected if t[0] == "c10" and t[1] == "b"]
+    assert triples(await store.list_objects(POD, cluster="c10", namespace="b")) == both
+    filters: list[tuple[str | None, str | None]] = [(None, None), ("c10", None), (None, "b"), ("c10", "b")]
+    for cursor in [("c1", "b", "y"), ("c10", "a", "x"), ("c10", "b", "x-1"), ("c10", "c", ""), ("c2", "a", "")]:
+        for only_cluster, only_namespace in filters:
+            want = [t for t in expected if t > cursor and only_cluster in (None, t[0]) and only_namespace in (None, t[1])]
+            listed = await store.list_objects(POD, cluster=only_cluster, namespace=only_namespace, after=cursor)
+            assert triples(listed) == want, (cursor, only_cluster, only_namespace)
+            assert triples(await store.list_objects(POD, cluster=only_cluster, namespace=only_namespace, after=cursor, limit=2)) == want[:2]
+    assert triples(await store.list_objects(CM)) == [("c1", "default", "cm")]
+    assert await store.list_objects("v1/Secret") == []
+
+
+async def test_list_objects_returns_whole_records(store: Store) -> None:
+    a = obj("a", 5, body=b"\x04\x22\x4d\x18binary")
+    await apply(store, [a])
+    [listed] = await store.list_objects(POD)
+    assert same_object(listed, a) and listed.rev == 1
+    assert listed.labels == {"app": "a", "tier": "web"}
+
+
+async def test_counts_are_per_type_for_one_cluster(store: Store) -> None:
+    await apply(store, [obj("a"), obj("b")])
+    await apply(store, [obj("a", type_=CM)], type_=CM)
+    await apply(store, [obj("a", cluster="c2")], cluster="c2")
+    assert await store.counts("c1") == {POD: 2, CM: 1}
+    assert await store.counts("c2") == {POD: 1}
+    assert await store.counts("nope") == {}
+
+
+async def test_changes_since_and_trim_window(store: Store) -> None:
+    for i in range(10):
+        await apply(store, [obj(f"o{i}")], seq=i + 1)
+    assert await store.oldest_rev() == 0
+    await store.trim_changes(keep=4)
+    assert await store.oldest_rev() == 6
+    assert [c.rev for c in await store.changes_since(6)] == [7, 8, 9, 10]
+    assert [c.rev for c in await store.changes_since(8)] == [9, 10]
+    await store.trim_changes(keep=100)  # fewer than that: nothing goes
+    assert await store.oldest_rev() == 6
+    await store.trim_changes(keep=0)
+    assert await store.oldest_rev() == 10 == await store.current_rev()
+    assert await store.changes_since(0) == []
+    await apply(store, [obj("late")], seq=11)
+    assert await store.oldest_rev() == 10
+    assert [c.rev for c in await store.changes_since(10)] == [11]
+    assert len(await store.list_objects(POD)) == 11, "trimming the log keeps the objects"
+
+
+# ---- tokens, clusters, leases --------------------------------------------------------
+
+
+async def test_tokens_are_found_by_hash(store: Store) -> None:
+    await store.add_token(name="c1", role="agent", token_hash="h1")
+    await store.add_token(name="ops", role="admin", token_hash="h2")
+    assert await store.find_token("h1") == ("c1", "agent")
+    assert await store.find_token("h2") == ("ops", "admin")
+    assert await store.find_token("h3") is None
+    assert await store.find_token("c1") is None
+
+
+async def test_clusters_are_upserted_touched_and_marked(store: Store) -> None:
+    record = ClusterRecord(
+        name="c2", agent_id="ag", incarnation="i1", status="active", metadata={"region": "eu"}, connected_at=10.0, last_seen=10.0, hub_id="hub-a"
+    )
+    await store.upsert_cluster(record)
+    await store.upsert_cluster(ClusterRecord(name="c1"))
+    assert await store.clusters() == [ClusterRecord(name="c1"), record]
+    await store.touch_cluster("c2", now=12.5)
+    await store.touch_cluster("c2", now=12.0)  # never backwards
+    [_, c2] = await store.clusters()
+    assert c2.last_seen == 12.5
+    await store.set_cluster_status("c2", status="inactive", now=13.0)
+    [_, c2] = await store.clusters()
+    assert (c2.status, c2.last_seen, c2.connected_at, c2.metadata) == ("inactive", 13.0, 10.0, {"region": "eu"})
+    await store.upsert_cluster(replace(record, incarnation="i2", connected_at=20.0, last_seen=20.0, metadata={}))
+    [_, c2] = await store.clusters()
+    assert (c2.status, c2.incarnation, c2.connected_at, c2.metadata) == ("active", "i2", 20.0, {})
+    await store.set_cluster_status("unknown", status="inactive", now=1.0)
+    await store.touch_cluster("unknown", now=1.0)
+    assert [c.name for c in await store.clusters()] == ["c1", "c2"]
+
+
+async def test_last_seen_survives_reopen(engine: Engine, store: Store) -> None:
+    await store.upsert_cluster(ClusterRecord(name="c1", status="active", last_seen=1.0))
+    for t in (1.1, 1.2, 1.3):  # within a second of each other
+        await store.touch_cluster("c1", now=t)
+    await store.close()
+    again = engine.make()
+    await again.open()
+    try:
+        assert [c.last_seen for c in await again.clusters()] == [1.3]
+    finally:
+        await again.close()
+
+
+async def test_lease_is_exclusive_and_held_for_the_same_agent_during_grace(store: Store) -> None:
+    first = await store.acquire_lease("c1", holder="agent-a", incarnation="i1", hub_id="hub-1", now=100.0, ttl=30.0)
+    assert first.granted and first.lease.connected and first.lease.expires_at == 130.0
+    assert (first.lease.cluster, first.lease.holder, first.lease.incarnation, first.lease.hub_id) == ("c1", "agent-a", "i1", "hub-1")
+
+    other = await store.acquire_lease("c1", holder="agent-b", incarnation="j1", hub_id="hub-2", now=110.0, ttl=30.0)
+    assert not other.granted and other.lease == first.lease
+
+    renewed = await store.acquire_lease("c1", holder="agent-a", incarnation="i1", hub_id="hub-1", now=120.0, ttl=30.0)
+    assert renewed.granted and renewed.lease.expires_at == 150.0
+
+    await store.release_lease("c1", holder="agent-b", incarnation="j1", now=121.0, grace=60.0)  # not the holder: nothing happens
+    blocked = await store.acquire_lease("c1", holder="agent-b", incarnation="j1", hub_id="hub-2", now=122.0, ttl=30.0)
+    assert not blocked.granted and blocked.lease.connected
+
+    await store.release_lease("c1", holder="agent-a", incarnation="i0", now=124.0, grace=60.0)  # an older incarnation's late close: nothing happens
+    still = await store.acquire_lease("c1", holder="agent-b", incarnation="j1", hub_id="hub-2", now=124.5, ttl=30.0)
+    assert not still.granted and still.lease.connected
+    await store.release_lease("c1", holder="agent-a", incarnation="i1", now=125.0, grace=60.0)
+    in_grace = await store.acquire_lease("c1", holder="agent-b", incarnation="j1", hub_id="hub-2", now=170.0, ttl=30.0)
+    assert not in_grace.granted
+    assert (in_grace.lease.holder, in_grace.lease.connected, in_grace.lease.expires_at) == ("agent-a", False, 185.0)
+
+    back = await store.acquire_lease("c1", holder="agent-a", incarnation="i2", hub_id="hub-3", now=171.0, ttl=30.0)
+    assert back.granted and back.lease.connected and (back.lease.incarnation, back.lease.hub_id, back.lease.expires_at) == ("i2", "hub-3", 201.0)
+
+    unrelated = await store.acquire_lease("c2", holder="agent-b", incarnation="j1", hub_id="hub-2", now=171.0, ttl=30.0)
+    assert unrelated.granted
+
+
+async def test_expired_lease_can_be_taken_by_another_agent(store: Store) -> None:
+    await store.acquire_lease("c1", holder="agent-a", incarnation="i1", hub_id="hub-1", now=100.0, ttl=30.0)
+    # connected but not renewed (the hub died): expired at 130
+    taken = await store.acquire_lease("c1", holder="agent-b", incarnation="j1", hub_id="hub-2", now=130.0, ttl=30.0)
+    assert taken.granted and taken.lease.holder == "agent-b" and taken.lease.expires_at == 160.0
+    # released and the grace is over
+    await store.release_lease("c1", holder="agent-b", incarnation="j1", now=140.0, grace=5.0)
+    again = await store.acquire_lease("c1", holder="agent-a", incarnation="i2", hub_id="hub-1", now=145.0, ttl=30.0)
+    assert again.granted and again.lease.holder == "agent-a" and again.lease.connected
+    lost = await store.acquire_lease("c1", holder="agent-b", incarnation="j1", hub_id="hub-2", now=146.0, ttl=30.0)
+    assert not lost.granted and lost.lease.holder == "agent-a"
+
+
+# ---- durability ----------------------------------------------------------------------
+
+
+async def test_data_survives_reopen(engine: Engine, store: Store) -> None:
+    await store.add_token(name="c1", role="agent", token_hash="h")
+    await store.upsert_cluster(ClusterRecord(name="c1", agent_id="ag", status="active", metadata={"k": "v"}, last_seen=5.0))
+    await store.acquire_lease("c1", holder="ag", incarnation="i", hub_id="hub", now=1.0, ttl=1000.0)
+    await apply(store, [obj("a", BIG_HASH), obj("b")], seq=1)
+    await apply(store, [], ["default/b"], seq=2)
+    await store.set_stream_error("c1", POD, "partial", now=3.0)
+    snapshot = (
+        await store.clusters(),
+        await store.streams("c1"),
+        await store.list_objects(POD),
+        await store.changes_since(0),
+        await store.current_rev(),
+        await store.oldest_rev(),
+    )
+    await store.close()
+
+    again = engine.make()
+    await again.open()
+    try:
+        assert await again.find_token("h") == ("c1", "agent")
+        reopened = (
+            await again.clusters(),
+            await again.streams("c1"),
+            await again.list_objects(POD),
+            await again.changes_since(0),
+            await again.current_rev(),
+            await again.oldest_rev(),
+        )
+        assert reopened == snapshot
+        other = await again.acquire_lease("c1", holder="x", incarnation="i", hub_id="hub", now=2.0, ttl=1.0)
+        assert not other.granted and other.lease.holder == "ag"
+        assert await apply(again, [obj("c")], seq=3) == 4
+    finally:
+        await again.close()
+
+
+CHILD = """
+import asyncio, sys
+from fleetsync.store.contract import ObjectRecord
+
+async def main():
+    store = {source}
+    await store.open()
+    seq = 0
+    while True:  # bundle after bundle, as fast as it can, until killed
+        seq += 1
+        upserts = [
+            ObjectRecord(cluster="c1", type="v1/Pod", namespace="ns", name=f"p{{seq}}-{{i}}", uid="u", resource_version=str(seq),
+                         hash=2**64 - seq, labels={{}}, owner="", body=b"x" * 2000, compression=0, incarnation="i")
+            for i in range(50)
+        ]
+        rev = await store.apply_bundle("c1", "v1/Pod", incarnation="i", seq=seq, upserts=upserts, deletes=[], full_seq=None,
+                                       full_end=False, move_to=("i", seq), now=float(seq))
+        print("committed", seq, rev, flush=True)
+
+asyncio.run(main())
+"""
+
+
+async def test_committed_bundle_survives_kill_9(engine: Engine) -> None:
+    store = engine.make()
+    await store.open()  # create the schema first, so the child only applies bundles
+    await store.close()
+    child = await asyncio.create_subprocess_exec(sys.executable, "-c", CHILD.format(source=engine.source), stdout=asyncio.subprocess.PIPE)
+    try:
+        assert child.stdout is not None
+        for _ in range(5):
+            line = (await asyncio.wait_for(child.stdout.readline(), 60)).decode()
+            assert line.startswith("committed"), f"child said {line!r}"
+        os.kill(child.pid, signal.SIGKILL)  # right after the ack: the next bundle is likely mid-transaction
+        _, seq, rev = line.split()
+    finally:
+        if child.returncode is None:
+            child.kill()
+        await child.wait()
+    assert child.returncode == -signal.SIGKILL
+
+    again = engine.make()
+    await again.open()
+    try:
+        assert await again.current_rev() >= int(rev)
+        [stream] = await again.streams("c1")
+        assert stream.seq >= int(seq)
+        held = await again.object_hashes("c1", POD)
+        assert len(held) == await again.current_rev(), "whole bundles only"
+        for s in range(1, int(seq) + 1):
+            assert all(held[f"ns/p{s}-{i}"] == 2**64 - s for i in range(50))
+        stored = await again.get_object("c1", POD, "ns", f"p{seq}-49")
+        assert stored is not None and stored.body == b"x" * 2000
+    finally:
+        await again.close()
+
+
+# ---- SQLite specifics ----------------------------------------------------------------
+
+
+async def test_sqlite_uses_wal_and_applies_migrations_once(tmp_path: Path) -> None:
+    path = tmp_path / "m.db"
+    for _ in range(3):
+        s = SQLiteStore(path)
+        await s.open()
+        await s.open()  # idempotent
+        await s.close()
+    db = sqlite3.connect(path)
+    try:
+        assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert db.execute("SELECT version FROM schema_version ORDER BY version").fetchall() == [(n,) for n in range(1, len(MIGRATIONS) + 1)]
+        tables = {r[0] for r in db.execute("SELECT name FROM sqlite_schema WHERE type = 'table'")}
+        assert {"tokens", "clusters", "leases", "streams", "objects", "changes", "meta", "schema_version"} <= tables
+        db.execute("INSERT INTO schema_version (version, applied_at) VALUES (?, 0)", (len(MIGRATIONS) + 1,))
+        db.commit()
+    finally:
+        db.close()
+    newer = SQLiteStore(path)
+    with pytest.raises(RuntimeError, match="newer than this fleetsync"):
+        await newer.open()
+
+
+async def test_sqlite_rejects_an_unknown_synchronous_setting(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="synchronous"):
+        SQLiteStore(tmp_path / "x.db", synchronous="SOMETIMES")
+    s = SQLiteStore(tmp_path / "x.db", synchronous="normal")
+    await s.open()
+    await s.close()
+
+
+async def test_sqlite_change_log_keeps_its_window_by_itself(tmp_path: Path) -> None:
+    small = SQLiteStore(tmp_path / "small.db", change_log_keep=5)
+    await small.open()
+    try:
+        for i in range(4):
+            await apply(small, [obj(f"o{i}-{j}") for j in range(3)], seq=i + 1)
+        assert await small.current_rev() == 12
+        assert await small.oldest_rev() == 7
+        assert [c.rev for c in await small.changes_since(7)] == [8, 9, 10, 11, 12]
+    finally:
+        await small.close()
+    # trimmed in steps of 1% of the window: never less than the window, at most a step more
+    stepped = SQLiteStore(tmp_path / "stepped.db", change_log_keep=200)
+    await stepped.open()
+    try:
+        for i in range(260):
+            rev = await apply(stepped, [obj(f"o{i}")], seq=i + 1)
+            assert min(rev, 200) <= rev - await stepped.oldest_rev() <= 201
+    finally:
+        await stepped.close()
