@@ -115,3 +115,24 @@ def test_demo_runs_everything_and_shuts_down_cleanly(tmp_path: Path) -> None:
     finally:
         demo.stop(signal.SIGINT)
     assert demo.process.returncode == 0 and "shutting down" in demo.output()
+
+
+def test_a_type_that_fails_to_list_is_reported_and_the_others_sync(tmp_path: Path) -> None:
+    with run_sim(tmp_path, "--clusters", "1", "--pods", "30", "--no-istio") as sim:
+        db = f"sqlite:///{tmp_path / 'hub.db'}"
+        hub = start_hub(tmp_path, db)
+        token = create_token(tmp_path, db, "c1")
+        agent = start_agent(tmp_path, sim, "c1", hub.grpc_url, token, "--types", "v1/Pod,networking.istio.io/v1/VirtualService")
+        try:
+
+            def reported() -> bool:
+                (cluster,) = http("GET", f"{hub.url}/api/v1/clusters")[1]["items"]
+                return "404" in cluster["errors"].get("networking.istio.io/v1/VirtualService", "") and cluster["objects"].get("v1/Pod", 0) == len(
+                    sim.truth("c1", "v1/Pod")
+                )
+
+            wait_until(reported, timeout=30, interval=0.3, what="the VirtualService error reported while pods sync")
+            assert "ERRORS" in fleetsync("clusters", "--hub", hub.url).stdout
+        finally:
+            agent.stop()
+            hub.proc.stop()

@@ -70,7 +70,7 @@ class TypeWatcher:
         self.backoff = Backoff(initial=0.5, maximum=30)
 
     async def _get(self, query: list[tuple[str, Any]], timeout: float | None) -> Any:
-        return await self.api.call_api(
+        response = await self.api.call_api(
             self.rtype.collection_path(),
             "GET",
             query_params=query,
@@ -79,6 +79,16 @@ class TypeWatcher:
             _preload_content=False,
             _request_timeout=timeout,
         )
+        # Without _preload_content the library hands back the raw response, error or not.
+        if response.status >= 400:
+            body = await response.read()
+            response.release()
+            try:
+                message = orjson.loads(body).get("message", "")
+            except (orjson.JSONDecodeError, AttributeError):
+                message = body[:200].decode(errors="replace")
+            raise ApiException(status=response.status, reason=f"{self.rtype.collection_path()}: {message}")
+        return response
 
     async def list(self) -> str:
         """All objects (every page), handed over at once; returns the list's resourceVersion."""

@@ -97,6 +97,8 @@ class ApiServer:
         return web.Response(text="ok")
 
     async def _metrics(self, request: web.Request) -> web.Response:
+        for cluster in await self.store.clusters():
+            self.core.metrics.objects.labels(cluster.name).set(sum((await self.store.counts(cluster.name)).values()))
         return web.Response(body=generate_latest(self.core.metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def _clusters(self, request: web.Request) -> web.Response:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 
+from fleetsync.model import types as t
 from fleetsync.sim.churn import Churn
 from fleetsync.sim.store import ClusterState
 from fleetsync.sim.workloads import ClusterBuilder
@@ -45,7 +46,9 @@ class SimFleet:
         self.clusters: dict[str, SimCluster] = {}
         for i in range(1, config.clusters + 1):
             name = f"{config.name_prefix}{i}"
-            state = ClusterState(name, history_limit=config.history, seed=config.seed)
+            # Without Istio its CRDs are not installed: the Istio APIs answer 404, as on a real cluster.
+            served = t.ALL_TYPES if config.istio else t.KUBERNETES_TYPES
+            state = ClusterState(name, types=served, history_limit=config.history, seed=config.seed)
             region = REGIONS[(i - 1) % len(REGIONS)]
             builder = ClusterBuilder(state, seed=config.seed, region=region)
             builder.populate(pods=config.pods, namespaces=config.namespaces, pods_per_service=config.pods_per_service, istio=config.istio)

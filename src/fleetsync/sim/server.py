@@ -265,9 +265,10 @@ class SimServer:
     async def _kube(self, request: web.Request) -> web.StreamResponse:
         cluster = self._cluster(request)
         self._authenticate(request, cluster)
+        registry = TypeRegistry(cluster.state.types)  # discovery shows what this cluster serves
         parts = [p for p in request.match_info.get("tail", "").split("/") if p]
         if not parts:
-            return json_response({"paths": ["/api", "/api/v1", "/apis", "/healthz", "/version", *(f"/apis/{g}" for g in self.registry.groups())]})
+            return json_response({"paths": ["/api", "/api/v1", "/apis", "/healthz", "/version", *(f"/apis/{g}" for g in registry.groups())]})
         if parts == ["version"]:
             return json_response(discovery.version_info(f"v1.36.0-fleetsync-sim-{__version__}"))
         if parts[0] in ("healthz", "readyz", "livez"):
@@ -279,7 +280,7 @@ class SimServer:
                 return json_response(discovery.api_versions(f"{self.host}:{self.port}"))
             group, version, rest = "", parts[1], parts[2:]
         elif parts[0] == "apis":
-            groups = self.registry.groups()
+            groups = registry.groups()
             if len(parts) == 1:
                 return json_response(discovery.api_group_list(groups))
             if parts[1] not in groups:
@@ -290,7 +291,7 @@ class SimServer:
         else:
             raise ApiError.path_not_found(request.path)
         if not rest:
-            types = self.registry.in_group_version(group, version)
+            types = registry.in_group_version(group, version)
             if not types:
                 raise ApiError.path_not_found(request.path)
             return json_response(discovery.api_resource_list(group, version, types))

@@ -450,7 +450,7 @@ class ClusterState:
 
     def truth(self, rtypes: Iterable[ResourceType] | None = None) -> Mapping[ResourceType, Sequence[StoredObject]]:
         """Every current object, per type: what a converged hub must hold."""
-        return {rt: list(self._objects[rt].values()) for rt in (rtypes or self._objects)}
+        return {rt: list(self._objects[rt].values()) if rt in self._objects else [] for rt in (rtypes or self._objects)}
 
 
 def _spec_of(obj: dict[str, Any]) -> dict[str, Any]:
