@@ -111,7 +111,7 @@ def test_demo_runs_everything_and_shuts_down_cleanly(tmp_path: Path) -> None:
             what="demo converged",
         )
         assert "converged" in result.stdout
-        wait_until(lambda: "clusters 2/2 active" in demo.output(), timeout=10, what="the live summary")
+        wait_until(lambda: "clusters 2/2 active" in demo.output() and " ms   hub rev" in demo.output(), timeout=10, what="the live summary with the sync lag")
     finally:
         demo.stop(signal.SIGINT)
     assert demo.process.returncode == 0 and "shutting down" in demo.output()

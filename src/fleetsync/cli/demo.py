@@ -96,7 +96,7 @@ async def demo(args: argparse.Namespace) -> None:
             objects = sum([sum((await store.counts(c.name)).values()) for c in clusters])
             active = sum(c.status == "active" for c in clusters)
             tty = sys.stdout.isatty()  # a live line on a terminal, a log line otherwise
-            summary = f"clusters {active}/{len(fleet.clusters)} active   objects {objects:>7}   changes/s {rate:>7.1f}   hub rev {await store.current_rev():>8}"
+            summary = f"clusters {active}/{len(fleet.clusters)} active   objects {objects:>7}   changes/s {rate:>7.1f}   lag {core.metrics.max_lag() * 1000:>6.0f} ms   hub rev {await store.current_rev():>8}"
             print(f"\r  {summary}" if tty else f"  {summary}", end="" if tty else "\n", flush=True)
     finally:
         print("\nshutting down", flush=True)

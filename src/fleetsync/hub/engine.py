@@ -54,6 +54,7 @@ class ClusterEngine:
         self.streams: dict[str, HubStream] = {t: HubStream(applied=p) for t, p in positions.items()}
         self.applied_objects = 0
         self.on_applied: Callable[[str, int, float], None] | None = None  # (type, objects, seconds) for metrics
+        self.on_lag: Callable[[float], None] | None = None  # seconds from the agent seeing a change to its commit
 
     def stream(self, type_: str) -> HubStream:
         return self.streams.setdefault(type_, HubStream())
@@ -90,6 +91,8 @@ class ClusterEngine:
             self.applied_objects += len(bundle.upserts) + len(bundle.deletes)
             if self.on_applied:
                 self.on_applied(bundle.type, len(bundle.upserts) + len(bundle.deletes), time.perf_counter() - started)
+            if self.on_lag and bundle.collected_at_ms:
+                self.on_lag(max(0.0, self.clock() - bundle.collected_at_ms / 1000))
         position = stream.committed(header, decision)
         if position is None:
             return None

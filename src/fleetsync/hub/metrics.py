@@ -21,6 +21,16 @@ class HubMetrics:
         self.resyncs_requested = Counter("fleetsync_resync_requests_total", "ResyncRequests sent (gaps)", registry=self.registry)
         self.objects = Gauge("fleetsync_objects", "Objects held, per cluster (updated on read of /metrics)", ["cluster"], registry=self.registry)
 
+        self.sync_lag = Gauge(
+            "fleetsync_sync_lag_seconds",
+            "For the last bundle applied per cluster: commit time minus when the agent saw its newest change",
+            ["cluster"],
+            registry=self.registry,
+        )
+
+    def max_lag(self) -> float:
+        return max((float(s.value) for m in self.sync_lag.collect() for s in m.samples), default=0.0)
+
     def applied(self, type_: str, objects: int, seconds: float) -> None:
         self.bundles_applied.labels(type_).inc()
         self.objects_applied.labels(type_).inc(objects)

@@ -127,6 +127,7 @@ class Session:
         positions = {s.type: Position(s.incarnation, s.seq) for s in streams}
         self.engine = ClusterEngine(store, hello.cluster_id, positions, clock=core.clock)
         self.engine.on_applied = core.metrics.applied
+        self.engine.on_lag = core.metrics.sync_lag.labels(hello.cluster_id).set
         await store.upsert_cluster(
             ClusterRecord(
                 name=hello.cluster_id,
