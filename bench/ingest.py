@@ -70,14 +70,10 @@ import contextlib
 import http.client
 import itertools
 import multiprocessing
-import os
-import platform
 import re
 import shutil
 import signal
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -92,9 +88,28 @@ import aiohttp
 import orjson
 import psutil
 
-ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_FLEETSYNC = ROOT / ".venv" / "bin" / "fleetsync"
-MIB = 1024 * 1024
+from benchlib import (
+    DEFAULT_FLEETSYNC,
+    BenchError,
+    Child,
+    Processes,
+    core,
+    cpu_seconds,
+    divergent_rows,
+    free_port,
+    get_json,
+    machine,
+    mib,
+    ms,
+    parse_metrics,
+    percentile,
+    put_churn,
+    rss,
+    run_check,
+    tail,
+    vm_hwm,
+)
+
 LOG_PATTERNS = {
     "ERROR": re.compile(r" ERROR "),
     "WARNING": re.compile(r" WARNING "),
@@ -104,127 +119,6 @@ LOG_PATTERNS = {
     "watch expired": re.compile(r"watch expired|listing again"),
     "connection lost": re.compile(r"connection to hub .* lost|cannot reach hub|disconnected"),
 }
-
-
-class BenchError(Exception):
-    """A phase could not complete; the run is aborted with exit status 1."""
-
-
-# ---- processes -----------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _die_with_parent() -> None:
-    """In the child, before exec: get SIGTERM when the bench dies (Linux), so nothing is left behind."""
-    with contextlib.suppress(Exception):
-        import ctypes
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-
-
-@dataclass
-class Child:
-    """A long-running fleetsync process with its log file."""
-
-    name: str
-    proc: subprocess.Popen[bytes]
-    log: Path
-    ps: psutil.Process
-    stopped: dict[str, Any] = field(default_factory=dict)
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-
-class Processes:
-    """Every process the bench starts, so that all of them are stopped whatever happens."""
-
-    def __init__(self, fleetsync: Path, tmp: Path) -> None:
-        self.fleetsync = fleetsync
-        self.tmp = tmp
-        self.children: list[Child] = []
-
-    def spawn(self, name: str, *args: str) -> Child:
-        log = self.tmp / f"{name}.log"
-        with log.open("wb") as out:
-            proc = subprocess.Popen(
-                [str(self.fleetsync), *args],
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,  # Ctrl-C in the terminal reaches only the bench, which stops them in order
-                preexec_fn=_die_with_parent if sys.platform == "linux" else None,
-            )
-        child = Child(name, proc, log, psutil.Process(proc.pid))
-        self.children.append(child)
-        return child
-
-    def of(self, prefix: str) -> list[Child]:
-        return [c for c in self.children if c.name.startswith(prefix)]
-
-    def check_alive(self, *prefixes: str) -> None:
-        for child in self.children:
-            if child.name.startswith(prefixes) and not child.alive():
-                raise BenchError(f"{child.name} exited with status {child.proc.returncode}")
-
-    def stop(self, children: list[Child], grace: float) -> None:
-        """SIGTERM all of ``children`` at once, wait up to ``grace`` s, SIGKILL the rest."""
-        started = time.monotonic()
-        for child in children:
-            if child.alive():
-                with contextlib.suppress(ProcessLookupError):
-                    child.proc.send_signal(signal.SIGTERM)
-            else:
-                child.stopped = {"status": child.proc.returncode, "seconds": 0.0, "killed": False, "already_exited": True}
-        for child in children:
-            if child.stopped:
-                continue
-            killed = False
-            try:
-                child.proc.wait(max(0.1, grace - (time.monotonic() - started)))
-            except subprocess.TimeoutExpired:
-                killed = True
-                with contextlib.suppress(ProcessLookupError):
-                    child.proc.kill()
-                child.proc.wait()
-            child.stopped = {"status": child.proc.returncode, "seconds": time.monotonic() - started, "killed": killed, "already_exited": False}
-
-    def stop_all(self, grace: float) -> None:
-        """Agents first (so the hub sees clean disconnects), then the hub, then the sim."""
-        for prefix in ("agent-", "hub", "sim"):
-            self.stop(self.of(prefix), grace)
-        self.stop([c for c in self.children if not c.stopped], grace)
-
-
-def _rss(ps: psutil.Process) -> int:
-    try:
-        return int(ps.memory_info().rss)
-    except psutil.Error:
-        return 0
-
-
-def _cpu(ps: psutil.Process) -> float:
-    try:
-        t = ps.cpu_times()
-        return float(t.user + t.system)
-    except psutil.Error:
-        return 0.0
-
-
-def _vm_hwm(pid: int) -> int | None:
-    """Peak RSS since the process started (Linux: VmHWM in /proc/PID/status)."""
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return None
 
 
 # ---- sampling ------------------------------------------------------------------------
@@ -254,29 +148,29 @@ class Sampler(threading.Thread):
     def add(self, group: str, ps: psutil.Process) -> None:
         with self._lock:
             self.groups[group].append(ps)
-            self._last_cpu[ps.pid] = _cpu(ps)
+            self._last_cpu[ps.pid] = cpu_seconds(ps)
 
     def cpu_seconds(self, group: str) -> float:
         with self._lock:
-            return sum(_cpu(ps) for ps in self.groups.get(group, []))
+            return sum(cpu_seconds(ps) for ps in self.groups.get(group, []))
 
     def run(self) -> None:
         last = time.monotonic()
         while not self._halt.wait(self.interval):
             now = time.monotonic()
-            rss: dict[str, int] = {}
+            rss_by_group: dict[str, int] = {}
             cpu: dict[str, float] = {}
             with self._lock:
                 for group, members in self.groups.items():
-                    rss[group] = sum(_rss(ps) for ps in members)
+                    rss_by_group[group] = sum(rss(ps) for ps in members)
                     used = 0.0
                     for ps in members:
-                        c = _cpu(ps)
+                        c = cpu_seconds(ps)
                         if c:  # a process that went away keeps its last figure
                             used += c - self._last_cpu.get(ps.pid, c)
                             self._last_cpu[ps.pid] = c
                     cpu[group] = used / max(now - last, 1e-6)
-            self.samples.append(Sample(now, self.phase, rss, cpu))
+            self.samples.append(Sample(now, self.phase, rss_by_group, cpu))
             last = now
 
     def stop(self) -> None:
@@ -423,76 +317,16 @@ async def watch_pods(session: aiohttp.ClientSession, sim: str, cluster: str, log
 # ---- hub and sim reads ---------------------------------------------------------------
 
 
-async def get_json(session: aiohttp.ClientSession, url: str, timeout: float = 60) -> Any:
-    async with session.get(url, timeout=aiohttp.ClientTimeout(total=timeout)) as resp:
-        body = await resp.read()
-        if resp.status != 200:
-            raise BenchError(f"GET {url} answered HTTP {resp.status}: {body[:300]!r}")
-        return orjson.loads(body)
-
-
 async def get_text(session: aiohttp.ClientSession, url: str) -> str:
     async with session.get(url, timeout=aiohttp.ClientTimeout(total=60)) as resp:
         return await resp.text()
-
-
-async def put_churn(session: aiohttp.ClientSession, sim: str, rate: float) -> None:
-    async with session.put(f"{sim}/churn", data=orjson.dumps({"rate": rate}), headers={"Content-Type": "application/json"}) as resp:
-        if resp.status != 200:
-            raise BenchError(f"PUT /churn answered HTTP {resp.status}: {(await resp.read())[:300]!r}")
-
-
-_METRIC = re.compile(r"^(\w+)(?:\{([^}]*)\})? (\S+)$")
-
-
-def parse_metrics(text: str) -> dict[str, float]:
-    """Prometheus text -> metric name -> value summed over labels (only the families the bench reads)."""
-    totals: dict[str, float] = defaultdict(float)
-    for line in text.splitlines():
-        m = _METRIC.match(line)
-        if m:
-            totals[m.group(1)] += float(m.group(3))
-    return dict(totals)
 
 
 async def metrics(session: aiohttp.ClientSession, hub: str) -> dict[str, float]:
     return parse_metrics(await get_text(session, f"{hub}/metrics"))
 
 
-async def run_check(fleetsync: Path, sim: str, hub: str, timeout: float) -> tuple[int, float, str]:
-    """``fleetsync check``: (exit status, seconds, last lines of its output)."""
-    started = time.monotonic()
-    proc = await asyncio.create_subprocess_exec(
-        str(fleetsync), "check", "--sim", sim, "--hub", hub, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
-    )
-    try:
-        out, _ = await asyncio.wait_for(proc.communicate(), timeout)
-    except TimeoutError:
-        proc.kill()
-        await proc.wait()
-        return -1, time.monotonic() - started, f"(check timed out after {timeout:.0f} s)"
-    text = out.decode(errors="replace")
-    return proc.returncode or 0, time.monotonic() - started, text
-
-
-def divergent_rows(check_output: str) -> list[str]:
-    """The rows of a check table with something missing, extra or stale."""
-    rows = []
-    for line in check_output.splitlines():
-        cells = line.split()
-        if len(cells) >= 5 and all(c.isdigit() for c in cells[-3:]) and any(int(c) for c in cells[-3:]):
-            rows.append(" ".join(cells))
-    return rows
-
-
 # ---- the bench -----------------------------------------------------------------------
-
-
-def _percentile(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 def _synced_types(requested: str, served: set[str]) -> tuple[list[str], list[str]]:
@@ -548,9 +382,9 @@ def latency_figures(log: WatchLog, poll: dict[str, Any], churn_stopped: float) -
     gaps = [b - a for a, b in itertools.pairwise(starts)]
     return {
         "samples": len(latencies),
-        "p50": _percentile(latencies, 0.5),
-        "p90": _percentile(latencies, 0.9),
-        "p99": _percentile(latencies, 0.99),
+        "p50": percentile(latencies, 0.5),
+        "p90": percentile(latencies, 0.9),
+        "p99": percentile(latencies, 0.99),
         "max": max(latencies, default=float("nan")),
         "mean": statistics.mean(latencies) if latencies else float("nan"),
         "hub_before_watch": early,
@@ -647,7 +481,7 @@ async def bench(args: argparse.Namespace, procs: Processes, tmp: Path, fig: dict
                 raise BenchError(f"fleetsync token create {name} failed ({proc.returncode}): {err.decode(errors='replace').strip()[-500:]}")
             token_files[name] = tmp / f"{name}.token"
             token_files[name].write_text(out.decode().strip())
-        fig["hub_rss_before_agents"] = _rss(hub.ps)
+        fig["hub_rss_before_agents"] = rss(hub.ps)
 
         # -- 1. initial sync (churn 0) ------------------------------------------------------
         m0 = await metrics(session, hub_url)
@@ -693,8 +527,8 @@ async def bench(args: argparse.Namespace, procs: Processes, tmp: Path, fig: dict
             "objects_per_s": applied / sync_s,
             "bundles": m1.get("fleetsync_bundles_applied_total", 0) - m0.get("fleetsync_bundles_applied_total", 0),
             "cpu": {g: (sampler.cpu_seconds(g) - cpu0[g]) / sync_s for g in cpu0},
-            "hub_rss": _rss(hub.ps),
-            "agents_rss": sum(_rss(a.ps) for a in procs.of("agent-")),
+            "hub_rss": rss(hub.ps),
+            "agents_rss": sum(rss(a.ps) for a in procs.of("agent-")),
         }
         print(
             f"hub holds every object after {sync_s:.1f} s ({applied:,.0f} objects applied, {applied / sync_s:,.0f}/s); running fleetsync check ...", flush=True
@@ -830,8 +664,8 @@ async def bench(args: argparse.Namespace, procs: Processes, tmp: Path, fig: dict
         fig["hub_clusters"] = {
             c["name"]: {"status": c["status"], "errors": c["errors"]} for c in (await get_json(session, f"{hub_url}/api/v1/clusters"))["items"]
         }
-        fig["end"] = {"hub_rss": _rss(hub.ps), "hub_vmhwm": _vm_hwm(hub.proc.pid), "agents_rss": sum(_rss(a.ps) for a in procs.of("agent-"))}
-        fig["end"]["agents_vmhwm_max"] = max((_vm_hwm(a.proc.pid) or 0 for a in procs.of("agent-")), default=0)
+        fig["end"] = {"hub_rss": rss(hub.ps), "hub_vmhwm": vm_hwm(hub.proc.pid), "agents_rss": sum(rss(a.ps) for a in procs.of("agent-"))}
+        fig["end"]["agents_vmhwm_max"] = max((vm_hwm(a.proc.pid) or 0 for a in procs.of("agent-")), default=0)
 
 
 # ---- report --------------------------------------------------------------------------
@@ -859,41 +693,6 @@ def log_findings(children: list[Child], cutoff: dict[str, int]) -> dict[str, Any
     return found
 
 
-def _mib(n: float | None) -> str:
-    return "n/a" if n is None else f"{n / MIB:,.0f} MiB"
-
-
-def _core(x: float) -> str:
-    return f"{x:.2f} core"
-
-
-def _ms(x: float | None) -> str:
-    return "n/a" if x is None or x != x else f"{x * 1000:,.0f} ms"
-
-
-def machine() -> dict[str, Any]:
-    model = ""
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    try:
-        from fleetsync import __version__ as version
-    except ImportError:
-        version = "?"
-    return {
-        "nproc": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
-        "cpu_count": os.cpu_count(),
-        "cpu_model": model,
-        "memory": psutil.virtual_memory().total,
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "fleetsync": version,
-        "loadavg_start": os.getloadavg(),
-    }
-
-
 def report(fig: dict[str, Any]) -> str:
     cfg = fig["config"]
     mach = fig["machine"]
@@ -907,7 +706,7 @@ def report(fig: dict[str, Any]) -> str:
 
     section("machine")
     row("nproc / CPU", f"{mach['nproc']} ({mach['cpu_model'] or 'unknown model'})")
-    row("memory", _mib(mach["memory"]))
+    row("memory", mib(mach["memory"]))
     row("python / platform", f"{mach['python']} / {mach['platform']}")
     row("fleetsync", str(mach["fleetsync"]))
     row("load average at start", " ".join(f"{x:.2f}" for x in mach["loadavg_start"]))
@@ -928,8 +727,8 @@ def report(fig: dict[str, Any]) -> str:
         row("agents started -> fleetsync check passes", f"{s['check_converged_s']:.2f} s  ({s['checks']} check(s), {s['check_seconds']:.1f} s each)")
         row("objects applied", f"{s['objects_applied']:,.0f} in {s['bundles']:,.0f} bundles")
         row("objects/s applied", f"{s['objects_per_s']:,.0f}")
-        row("CPU mean hub / agents (sum, incl. start-up) / sim / bench", " / ".join(_core(s["cpu"][g]) for g in ("hub", "agents", "sim", "bench")))
-        row("RSS hub / agents (total) when synced", f"{_mib(s['hub_rss'])} / {_mib(s['agents_rss'])}")
+        row("CPU mean hub / agents (sum, incl. start-up) / sim / bench", " / ".join(core(s["cpu"][g]) for g in ("hub", "agents", "sim", "bench")))
+        row("RSS hub / agents (total) when synced", f"{mib(s['hub_rss'])} / {mib(s['agents_rss'])}")
     if "churn" in fig:
         c = fig["churn"]
         section(f"2. sustained churn ({c['seconds']:.1f} s at {c['rate']:g} operations/s per cluster)")
@@ -937,17 +736,17 @@ def report(fig: dict[str, Any]) -> str:
         row("sim writes, all types (resourceVersion delta)", f"{c['writes']:,}  ({c['writes'] / c['seconds']:,.1f}/s)")
         row("objects/s applied by the hub", f"{c['objects_per_s']:,.1f}  ({c['objects_applied']:,.0f} objects)")
         row("bundles/s applied; mean commit per bundle", f"{c['bundles_per_s']:,.1f}; {c['apply_ms_mean']:.1f} ms")
-        row("CPU mean hub / agents (sum) / sim / bench", " / ".join(_core(c["cpu"][g]) for g in ("hub", "agents", "sim", "bench")))
-        row("hub CPU per-second max", _core(c["hub_cpu_sample_max"]))
-        row("peak RSS hub / agents (total)", f"{_mib(c['hub_rss_peak'])} / {_mib(c['agents_rss_peak'])}")
+        row("CPU mean hub / agents (sum) / sim / bench", " / ".join(core(c["cpu"][g]) for g in ("hub", "agents", "sim", "bench")))
+        row("hub CPU per-second max", core(c["hub_cpu_sample_max"]))
+        row("peak RSS hub / agents (total)", f"{mib(c['hub_rss_peak'])} / {mib(c['agents_rss_peak'])}")
     lat = fig.get("latency")
     if lat and "error" not in lat:
         section(f"   change-to-hub latency, Pods of {', '.join(lat['clusters'])} (upper bound: includes the poll interval)")
         row(
             "poll interval (set / measured mean)",
-            f"{cfg['poll_interval'] * 1000:.0f} ms / {_ms(lat['poll_interval_mean'])}  (round of {len(lat['clusters'])} GETs: mean {_ms(lat['poll_round_mean'])}, max {_ms(lat['poll_round_max'])})",
+            f"{cfg['poll_interval'] * 1000:.0f} ms / {ms(lat['poll_interval_mean'])}  (round of {len(lat['clusters'])} GETs: mean {ms(lat['poll_round_mean'])}, max {ms(lat['poll_round_max'])})",
         )
-        row("p50 / p90 / p99 / max", f"{_ms(lat['p50'])} / {_ms(lat['p90'])} / {_ms(lat['p99'])} / {_ms(lat['max'])}  (mean {_ms(lat['mean'])})")
+        row("p50 / p90 / p99 / max", f"{ms(lat['p50'])} / {ms(lat['p90'])} / {ms(lat['p99'])} / {ms(lat['max'])}  (mean {ms(lat['mean'])})")
         row("samples (versions seen at the hub)", f"{lat['samples']:,}")
         row("versions superseded before the hub showed them", f"{lat['superseded']:,}")
         row("versions never seen at the hub (not superseded)", f"{lat['never_seen']:,}")
@@ -957,7 +756,7 @@ def report(fig: dict[str, Any]) -> str:
         if secs == secs and secs > 0:
             row(
                 "polling load on the hub",
-                f"{lat['poll_requests'] / secs:.1f} req/s, {lat['poll_bytes'] / secs / 1e6:.1f} MB/s, {_ms(lat['poll_request_mean'])} per request",
+                f"{lat['poll_requests'] / secs:.1f} req/s, {lat['poll_bytes'] / secs / 1e6:.1f} MB/s, {ms(lat['poll_request_mean'])} per request",
             )
     elif lat:
         row("latency", lat["error"])
@@ -976,18 +775,18 @@ def report(fig: dict[str, Any]) -> str:
     if "end" in fig:
         e = fig["end"]
         section("3. memory and CPU")
-        row("hub RSS before agents", _mib(fig["hub_rss_before_agents"]))
+        row("hub RSS before agents", mib(fig["hub_rss_before_agents"]))
         peak = max((s.rss.get("hub", 0) for s in fig.get("samples_raw", [])), default=0)
-        row("hub peak RSS (1 s samples) / VmHWM", f"{_mib(peak)} / {_mib(e['hub_vmhwm'])}")
-        row("hub RSS at the end", _mib(e["hub_rss"]))
+        row("hub peak RSS (1 s samples) / VmHWM", f"{mib(peak)} / {mib(e['hub_vmhwm'])}")
+        row("hub RSS at the end", mib(e["hub_rss"]))
         apeak = max((s.rss.get("agents", 0) for s in fig.get("samples_raw", [])), default=0)
         row(
             "agents total RSS peak (1 s samples) / at end",
-            f"{_mib(apeak)} / {_mib(e['agents_rss'])}  ({_mib(e['agents_rss'] / max(1, cfg['clusters']))} per agent at end, max VmHWM {_mib(e['agents_vmhwm_max'])})",
+            f"{mib(apeak)} / {mib(e['agents_rss'])}  ({mib(e['agents_rss'] / max(1, cfg['clusters']))} per agent at end, max VmHWM {mib(e['agents_vmhwm_max'])})",
         )
         phases = fig.get("phases", {})
         if phases:
-            row("hub CPU mean by phase (1 s samples)", ", ".join(f"{p} {_core(x['hub_cpu'])}" for p, x in phases.items()))
+            row("hub CPU mean by phase (1 s samples)", ", ".join(f"{p} {core(x['hub_cpu'])}" for p, x in phases.items()))
     section("checks")
     if "counters" in fig:
         k = fig["counters"]
@@ -1024,13 +823,6 @@ def report(fig: dict[str, Any]) -> str:
             lines += [f"   {x}" for x in items]
     lines.append("=" * 110)
     return "\n".join(lines)
-
-
-def _tail(path: Path, n: int = 30) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-n:]) or "(empty)"
-    except OSError as exc:
-        return f"(cannot read {path}: {exc})"
 
 
 # ---- main ----------------------------------------------------------------------------
@@ -1107,7 +899,7 @@ def main(argv: list[str] | None = None) -> int:
         if status == 1:
             for child in procs.children:
                 if child.name in ("sim", "hub") or child.stopped.get("already_exited"):
-                    print(f"--- {child.name} log (last 30 lines) ---\n{_tail(child.log)}", file=sys.stderr)
+                    print(f"--- {child.name} log (last 30 lines) ---\n{tail(child.log)}", file=sys.stderr)
     print(report(fig), flush=True)
     if args.json:
         samples = fig.pop("samples_raw", [])

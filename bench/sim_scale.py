@@ -51,7 +51,6 @@ import argparse
 import asyncio
 import contextlib
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -66,8 +65,7 @@ import aiohttp
 import orjson
 import psutil
 
-ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_FLEETSYNC = ROOT / ".venv" / "bin" / "fleetsync"
+from benchlib import DEFAULT_FLEETSYNC, MIB, BenchError, cpu_seconds, free_port, get_json, mib, percentile, put_churn, tail, vm_hwm
 
 #: Watchable types: name -> (collection path across all namespaces, gvk as in GET /clusters "objects").
 WATCH_TYPES: dict[str, tuple[str, str]] = {
@@ -84,11 +82,6 @@ WATCH_TYPES: dict[str, tuple[str, str]] = {
     "authorizationpolicies": ("/apis/security.istio.io/v1/authorizationpolicies", "security.istio.io/v1/AuthorizationPolicy"),
 }
 EVENT_TYPES = ("ADDED", "MODIFIED", "DELETED", "BOOKMARK", "ERROR")
-MIB = 1024 * 1024
-
-
-class BenchError(Exception):
-    """A phase could not complete; the run is aborted with exit status 1."""
 
 
 class SimDied(BenchError):
@@ -292,25 +285,7 @@ class Sim:
 
     def peak_rss(self) -> int | None:
         """The kernel's high-water mark of the sim's RSS (VmHWM), Linux only."""
-        return _vm_hwm(self.proc.pid)
-
-
-def _vm_hwm(pid: int) -> int | None:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return None
-
-
-def _tail(path: Path, lines: int = 40) -> str:
-    try:
-        text = path.read_text(errors="replace")
-    except OSError as exc:
-        return f"(cannot read {path}: {exc})"
-    return "\n".join(text.splitlines()[-lines:]) or "(empty)"
+        return vm_hwm(self.proc.pid)
 
 
 def _log_findings(path: Path) -> dict[str, Any]:
@@ -328,12 +303,6 @@ def _log_findings(path: Path) -> dict[str, Any]:
     }
     found["examples"] = [x for x in lines if " ERROR " in x or " WARNING " in x or "closing watch" in x][:8]
     return found
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def stop_sim(proc: subprocess.Popen[bytes], grace: float = 20.0) -> tuple[int | None, float, bool]:
@@ -390,24 +359,6 @@ class Sampler:
 # ---- the run -------------------------------------------------------------------------
 
 
-async def _get_json(session: aiohttp.ClientSession, url: str) -> Any:
-    async with session.get(url, timeout=aiohttp.ClientTimeout(total=60)) as resp:
-        body = await resp.read()
-        if resp.status != 200:
-            raise BenchError(f"GET {url} answered HTTP {resp.status}: {body[:300]!r}")
-        return orjson.loads(body)
-
-
-async def _put_churn(session: aiohttp.ClientSession, base: str, rate: float) -> Any:
-    async with session.put(
-        f"{base}/churn", data=orjson.dumps({"rate": rate}), headers={"Content-Type": "application/json"}, timeout=aiohttp.ClientTimeout(total=60)
-    ) as resp:
-        body = await resp.read()
-        if resp.status != 200:
-            raise BenchError(f"PUT /churn answered HTTP {resp.status}: {body[:300]!r}")
-        return orjson.loads(body)
-
-
 async def _wait_healthy(session: aiohttp.ClientSession, sim: Sim, deadline_s: float) -> float:
     deadline = sim.spawned + deadline_s
     while True:
@@ -424,13 +375,6 @@ async def _wait_healthy(session: aiohttp.ClientSession, sim: Sim, deadline_s: fl
         await asyncio.sleep(0.1)
 
 
-def _percentile(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
-
-
 def _total_objects(clusters: list[dict[str, Any]], gvks: set[str] | None = None) -> int:
     return sum(n for c in clusters for gvk, n in c["objects"].items() if gvks is None or gvk in gvks)
 
@@ -445,7 +389,7 @@ async def bench(args: argparse.Namespace, sim: Sim, fig: dict[str, Any]) -> None
         fig["startup_s"] = await _wait_healthy(session, sim, args.startup_timeout)
         fig["rss_after_population"] = sim.rss()
         fig["sim_cpu_s_population"] = sim.cpu_seconds()
-        clusters = (await _get_json(session, f"{sim.base}/clusters"))["clusters"]
+        clusters = (await get_json(session, f"{sim.base}/clusters"))["clusters"]
         names = [c["name"] for c in clusters]
         gvks = {WATCH_TYPES[w][1] for w in args.watch_types}
         fig["clusters"] = len(names)
@@ -470,13 +414,13 @@ async def bench(args: argparse.Namespace, sim: Sim, fig: dict[str, Any]) -> None
         list_timeout = aiohttp.ClientTimeout(total=args.list_timeout, sock_connect=30)
         watch_timeout = aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=args.watch_read_timeout)
         watches = [Watch(sim.base, name, w, page_size=args.page_size, stats=stats) for name in names for w in args.watch_types]
-        cpu0, my0, t0 = sim.cpu_seconds(), _cpu(me), time.monotonic()
+        cpu0, my0, t0 = sim.cpu_seconds(), cpu_seconds(me), time.monotonic()
         tasks = [asyncio.create_task(w.run(session, list_timeout, watch_timeout), name=w.name) for w in watches]
         try:
             await sim.guard(asyncio.gather(*(w.listed.wait() for w in watches)), "the initial LISTs", args.list_timeout)
             fig["lists_s"] = time.monotonic() - t0
             fig["lists_sim_cpu"] = (sim.cpu_seconds() - cpu0) / fig["lists_s"]
-            fig["lists_bench_cpu"] = (_cpu(me) - my0) / fig["lists_s"]
+            fig["lists_bench_cpu"] = (cpu_seconds(me) - my0) / fig["lists_s"]
             await sim.guard(asyncio.gather(*(w.watching.wait() for w in watches)), "opening the watches", args.list_timeout)
             fig["watches_open_s"] = time.monotonic() - t0
             fig["lists"] = len(watches)
@@ -485,7 +429,7 @@ async def bench(args: argparse.Namespace, sim: Sim, fig: dict[str, Any]) -> None
             for wtype in args.watch_types:
                 lat = [w.first_list_seconds or 0.0 for w in watches if w.wtype == wtype]
                 size = [w.first_list_bytes for w in watches if w.wtype == wtype]
-                fig["list_latency"][wtype] = {"p50": _percentile(lat, 0.5), "p95": _percentile(lat, 0.95), "max": max(lat), "bytes_mean": statistics.mean(size)}
+                fig["list_latency"][wtype] = {"p50": percentile(lat, 0.5), "p95": percentile(lat, 0.95), "max": max(lat), "bytes_mean": statistics.mean(size)}
             print(
                 f"initial LISTs of {len(watches)} (cluster, type) pairs done in {fig['lists_s']:.1f} s; all watches open after {fig['watches_open_s']:.1f} s",
                 flush=True,
@@ -497,7 +441,7 @@ async def bench(args: argparse.Namespace, sim: Sim, fig: dict[str, Any]) -> None
                 async with session.get(f"{sim.base}/clusters/{names[0]}{WATCH_TYPES[wtype][0]}", timeout=list_timeout) as resp:
                     await resp.read()
                 fig["single_list_s"][wtype] = time.perf_counter() - started
-            listing = (await _get_json(session, f"{sim.base}/clusters"))["clusters"]
+            listing = (await get_json(session, f"{sim.base}/clusters"))["clusters"]
             fig["sim_watchers"] = sum(c["watchers"] for c in listing)
             fig["expected_watchers"] = len(watches)
             fig["rss_with_watches"] = sim.rss()
@@ -505,33 +449,33 @@ async def bench(args: argparse.Namespace, sim: Sim, fig: dict[str, Any]) -> None
             # -- idle: watches open, no churn --------------------------------------------
             if args.idle > 0:
                 sampler.phase = "idle"
-                before, cpu0, my0, t0 = stats.snapshot(), sim.cpu_seconds(), _cpu(me), time.monotonic()
+                before, cpu0, my0, t0 = stats.snapshot(), sim.cpu_seconds(), cpu_seconds(me), time.monotonic()
                 await sim.guard(asyncio.sleep(args.idle), "the idle phase")
                 wall = time.monotonic() - t0
                 after = stats.snapshot()
                 fig["idle"] = {
                     "seconds": wall,
                     "sim_cpu": (sim.cpu_seconds() - cpu0) / wall,
-                    "bench_cpu": (_cpu(me) - my0) / wall,
+                    "bench_cpu": (cpu_seconds(me) - my0) / wall,
                     "events_per_s": sum((after["events"] - before["events"]).values()) / wall,
                 }
 
             # -- churn -----------------------------------------------------------------
-            churn0 = await _get_json(session, f"{sim.base}/churn")
-            rv0 = {c["name"]: int(c["resourceVersion"]) for c in (await _get_json(session, f"{sim.base}/clusters"))["clusters"]}
+            churn0 = await get_json(session, f"{sim.base}/churn")
+            rv0 = {c["name"]: int(c["resourceVersion"]) for c in (await get_json(session, f"{sim.base}/clusters"))["clusters"]}
             sampler.phase = "churn"
-            before, cpu0, my0 = stats.snapshot(), sim.cpu_seconds(), _cpu(me)
-            await _put_churn(session, sim.base, args.churn)
+            before, cpu0, my0 = stats.snapshot(), sim.cpu_seconds(), cpu_seconds(me)
+            await put_churn(session, sim.base, args.churn)
             t0 = time.monotonic()
             print(f"churn at {args.churn} operations/s per cluster for {args.duration:.0f} s ...", flush=True)
             await sim.guard(asyncio.sleep(args.duration), "the churn phase")
-            await _put_churn(session, sim.base, 0)
+            await put_churn(session, sim.base, 0)
             wall = time.monotonic() - t0
-            cpu1, my1 = sim.cpu_seconds(), _cpu(me)
+            cpu1, my1 = sim.cpu_seconds(), cpu_seconds(me)
             sampler.phase = "after"
             after = stats.snapshot()
-            churn1 = await _get_json(session, f"{sim.base}/churn")
-            clusters_after = (await _get_json(session, f"{sim.base}/clusters"))["clusters"]
+            churn1 = await get_json(session, f"{sim.base}/churn")
+            clusters_after = (await get_json(session, f"{sim.base}/clusters"))["clusters"]
             rv1 = {c["name"]: int(c["resourceVersion"]) for c in clusters_after}
             events = after["events"] - before["events"]
             ops = sum(churn1["operations"].values()) - sum(churn0["operations"].values())
@@ -549,7 +493,7 @@ async def bench(args: argparse.Namespace, sim: Sim, fig: dict[str, Any]) -> None
                 "change_events_per_s": changes / wall,
                 "event_mb_per_s": (after["bytes"] - before["bytes"]) / wall / 1e6,
                 "sim_cpu_mean": (cpu1 - cpu0) / wall,
-                "sim_cpu_sample_p95": _percentile([s.cpu for s in samples], 0.95),
+                "sim_cpu_sample_p95": percentile([s.cpu for s in samples], 0.95),
                 "sim_cpu_sample_max": max((s.cpu for s in samples), default=float("nan")),
                 "bench_cpu_mean": (my1 - my0) / wall,
                 "rss_peak": max((s.rss for s in samples), default=0),
@@ -619,16 +563,7 @@ async def bench(args: argparse.Namespace, sim: Sim, fig: dict[str, Any]) -> None
             }
 
 
-def _cpu(proc: psutil.Process) -> float:
-    times = proc.cpu_times()
-    return float(times.user + times.system)
-
-
 # ---- report --------------------------------------------------------------------------
-
-
-def _mib(n: int | None) -> str:
-    return "n/a" if n is None else f"{n / MIB:,.0f} MiB"
 
 
 def _core(x: float) -> str:
@@ -648,7 +583,7 @@ def report(fig: dict[str, Any]) -> str:
     section(f"sim: {cfg['clusters']} clusters x {cfg['pods']} pods, watching {','.join(cfg['watch_types'])} in every cluster")
     if "startup_s" in fig:
         row("startup until /healthz (population)", f"{fig['startup_s']:.1f} s  (sim CPU {fig['sim_cpu_s_population']:.1f} s)")
-        row("RSS after population", _mib(fig["rss_after_population"]))
+        row("RSS after population", mib(fig["rss_after_population"]))
     if "objects" in fig:
         row("objects (GET /clusters)", f"{fig['objects']:,}  ({fig['objects_watched_types']:,} of the watched types)")
     if "rv_population" in fig:
@@ -662,9 +597,9 @@ def report(fig: dict[str, Any]) -> str:
         row("time until every watch was open", f"{fig['watches_open_s']:.2f} s")
         row("one LIST alone (first cluster)", ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in fig["single_list_s"].items()))
         row("watchers the sim reports / expected", f"{fig['sim_watchers']} / {fig['expected_watchers']}")
-        row("RSS with watches open", _mib(fig["rss_with_watches"]))
+        row("RSS with watches open", mib(fig["rss_with_watches"]))
         if "lists" in fig.get("phases", {}):
-            row("peak RSS during LISTs (1 s samples)", _mib(fig["phases"]["lists"]["rss_peak"]))
+            row("peak RSS during LISTs (1 s samples)", mib(fig["phases"]["lists"]["rss_peak"]))
     if "idle" in fig:
         idle = fig["idle"]
         section(f"idle ({idle['seconds']:.0f} s, churn 0, watches open)")
@@ -682,13 +617,13 @@ def report(fig: dict[str, Any]) -> str:
         row("sim CPU mean (fraction of one core)", _core(ch["sim_cpu_mean"]))
         row("sim CPU per-second p95 / max", f"{ch['sim_cpu_sample_p95']:.2f} / {ch['sim_cpu_sample_max']:.2f} core")
         row("bench CPU mean (the client)", _core(ch["bench_cpu_mean"]))
-        row("peak RSS during churn (1 s samples)", _mib(ch["rss_peak"]))
-        row("RSS at end of churn", _mib(ch["rss_end"]))
+        row("peak RSS during churn (1 s samples)", mib(ch["rss_peak"]))
+        row("RSS at end of churn", mib(ch["rss_end"]))
     if "rss_hwm" in fig:
         section("memory overall")
-        row("RSS after population", _mib(fig["rss_after_population"]))
-        row("peak RSS sampled (after startup)", _mib(fig["rss_peak_sampled"]))
-        row("peak RSS since start (VmHWM)", _mib(fig["rss_hwm"]))
+        row("RSS after population", mib(fig["rss_after_population"]))
+        row("peak RSS sampled (after startup)", mib(fig["rss_peak_sampled"]))
+        row("peak RSS since start (VmHWM)", mib(fig["rss_hwm"]))
         hist = fig["history_entries_end"]
         row(
             "watch history",
@@ -802,8 +737,8 @@ def main(argv: list[str] | None = None) -> int:
                 print("figures so far:" + report(fig), file=sys.stderr)
             if rc is not None and rc not in (0, -signal.SIGTERM):
                 print(f"sim exit status: {rc}", file=sys.stderr)
-            print(f"--- sim stderr (last 40 lines of {stderr_path.name}) ---\n{_tail(stderr_path)}", file=sys.stderr)
-            print(f"--- sim stdout (last 10 lines) ---\n{_tail(stdout_path, 10)}", file=sys.stderr)
+            print(f"--- sim stderr (last 40 lines of {stderr_path.name}) ---\n{tail(stderr_path, 40)}", file=sys.stderr)
+            print(f"--- sim stdout (last 10 lines) ---\n{tail(stdout_path, 10)}", file=sys.stderr)
             return status
         print(report(fig), flush=True)
         if args.json:

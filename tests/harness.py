@@ -234,5 +234,41 @@ def start_agent(tmp: Path, sim: Sim, cluster: str, hub_url: str, token_file: Pat
     )
 
 
-def check(sim: Sim, hub: Hub) -> subprocess.CompletedProcess[str]:
-    return fleetsync("check", "--sim", sim.url, "--hub", hub.url)
+def check(sim: Sim, hub: Hub, *clusters: str, types: str = "") -> subprocess.CompletedProcess[str]:
+    """``fleetsync check`` of every simulated cluster (or of ``clusters``), of ``types`` (default: what the hub holds)."""
+    extra = (["--clusters", ",".join(clusters)] if clusters else []) + (["--types", types] if types else [])
+    return fleetsync("check", "--sim", sim.url, "--hub", hub.url, *extra, timeout=120)
+
+
+def converged(sim: Sim, hub: Hub, *clusters: str, types: str = "") -> bool:
+    return check(sim, hub, *clusters, types=types).returncode == 0
+
+
+def hub_events(hub: Hub, **query: str) -> list[dict[str, Any]]:
+    """The hub's events (oldest first), filtered like ``GET /api/v1/events``."""
+    params = "&".join(f"{k}={v}" for k, v in {"limit": "10000", **query}.items())
+    status, body = http("GET", f"{hub.url}/api/v1/events?{params}")
+    assert status == 200, body
+    return list(body["items"])
+
+
+def hub_objects(hub: Hub, cluster: str) -> int:
+    """How many objects the hub holds for ``cluster`` (0 if it does not know it)."""
+    found = [c for c in http("GET", f"{hub.url}/api/v1/clusters")[1]["items"] if c["name"] == cluster]
+    return sum(found[0]["objects"].values()) if found else 0
+
+
+def metric(url: str, name: str, **labels: str) -> float:
+    """The sum of a Prometheus metric's samples at ``url`` (``/metrics``) whose labels include ``labels``."""
+    status, text = http("GET", url)
+    assert status == 200, text
+    total = 0.0
+    for line in str(text).splitlines():
+        if not line.startswith(name) or line.startswith("#"):
+            continue
+        head, _, value = line.rpartition(" ")
+        sample, _, raw_labels = head.partition("{")
+        if sample != name or not all(f'{k}="{v}"' in raw_labels for k, v in labels.items()):
+            continue
+        total += float(value)
+    return total

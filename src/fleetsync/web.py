@@ -1,4 +1,4 @@
-"""aiohttp pieces shared by every HTTP server of fleetsync (the sim's and the hub's API)."""
+"""aiohttp pieces shared by every HTTP server of fleetsync (the sim's, the hub's API, the agent's metrics)."""
 
 from __future__ import annotations
 
@@ -37,3 +37,19 @@ async def status_errors(request: web.Request, handler: Callable[[web.Request], A
     except Exception:
         log.exception("internal error serving %s %s", request.method, request.path)
         return json_response(ApiError(500, "InternalError", f"internal error serving {request.method} {request.path}; see the server's log").to_status(), 500)
+
+
+async def serve(app: web.Application, host: str, port: int, **runner_options: Any) -> tuple[web.AppRunner, int]:
+    """Start serving ``app`` on host:port (0: a free port); returns the runner (to clean up) and the port."""
+    backlog = runner_options.pop("backlog", 128)
+    runner = web.AppRunner(app, access_log=None, **runner_options)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port, backlog=backlog)
+    try:
+        await site.start()
+    except BaseException:
+        await runner.cleanup()
+        raise
+    if port == 0:
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    return runner, port

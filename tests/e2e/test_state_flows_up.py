@@ -11,7 +11,22 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness import Hub, Proc, Sim, check, create_token, fleetsync, http, kubectl_binary, run_sim, start_agent, start_hub, wait_until
+from tests.harness import (
+    Hub,
+    Proc,
+    Sim,
+    check,
+    converged,
+    create_token,
+    fleetsync,
+    http,
+    hub_events,
+    kubectl_binary,
+    run_sim,
+    start_agent,
+    start_hub,
+    wait_until,
+)
 
 FAST = ("--types", "v1/Service,discovery.k8s.io/v1/EndpointSlice,v1/Pod,networking.istio.io/v1/VirtualService")
 
@@ -29,10 +44,6 @@ def fleet(tmp_path: Path) -> Iterator[tuple[Sim, Hub, dict[str, Proc], Path]]:
             for agent in agents.values():
                 agent.stop()
             hub.proc.stop()
-
-
-def converged(sim: Sim, hub: Hub) -> bool:
-    return check(sim, hub).returncode == 0
 
 
 def test_churn_converges_and_kubectl_reads_the_hub(fleet: tuple[Sim, Hub, dict[str, Proc], Path]) -> None:
@@ -92,6 +103,9 @@ def test_kill_9_of_agent_and_hub_converges_without_losing_acknowledged_data(flee
     wait_until(lambda: sim.churn_operations() > 300, timeout=60, what="churn across the restarts")
     sim.set_churn(0)
     wait_until(lambda: converged(sim, hub), timeout=30, interval=0.5, what="convergence after kill -9 of agent and hub")
+    # the restarted hub asked every cluster for a digest of every type it holds (its startup broadcast)
+    started = [e for e in hub_events(hub, reason="ResyncStarted") if "hub startup" in e["message"]]
+    assert {e["cluster"] for e in started} == {"c1", "c2", "c3"}, started
 
 
 def test_demo_runs_everything_and_shuts_down_cleanly(tmp_path: Path) -> None:

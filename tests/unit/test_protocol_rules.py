@@ -15,7 +15,7 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fleetsync.protocol.rules import AgentStream, BundleHeader, HubStream, Plan, Position, Verdict, compare_digest
+from fleetsync.protocol.rules import AckPosition, AgentStream, BundleHeader, HubStream, Plan, Position, Verdict, can_merge, compare_digest, supersedes
 
 
 def delta(inc: str, seq: int, base: int) -> BundleHeader:
@@ -25,15 +25,16 @@ def delta(inc: str, seq: int, base: int) -> BundleHeader:
 def test_duplicate_bundle_is_acked_and_ignored() -> None:
     hub = HubStream(applied=Position("a", 5))
     decision = hub.decide(delta("a", 4, 3))
-    assert decision.verdict is Verdict.DUPLICATE and decision.acks
-    assert hub.committed(delta("a", 4, 3), decision) == Position("a", 5)
+    assert decision.verdict is Verdict.DUPLICATE
+    assert hub.committed(delta("a", 4, 3), decision) == AckPosition("a", 5)
 
 
 def test_delta_on_the_applied_seq_applies_and_moves_the_stream() -> None:
     hub = HubStream(applied=Position("a", 5))
     decision = hub.decide(delta("a", 6, 5))
     assert decision.verdict is Verdict.APPLY_DELTA
-    assert hub.committed(delta("a", 6, 5), decision) == Position("a", 6) == hub.applied
+    assert hub.committed(delta("a", 6, 5), decision) == AckPosition("a", 6)
+    assert hub.applied == Position("a", 6)
 
 
 def test_delta_past_a_gap_asks_for_resync() -> None:
@@ -47,22 +48,26 @@ def test_new_incarnation_needs_a_full_or_digest_first() -> None:
     full = BundleHeader("b", 1, 0, full=True, chunk=0, last=True)
     decision = hub.decide(full)
     assert decision.verdict is Verdict.FULL_LAST and decision.full_restart
-    assert hub.committed(full, decision) == Position("b", 1)
+    assert hub.committed(full, decision) == AckPosition("b", 1)
 
 
-def test_chunked_full_completes_only_at_its_last_chunk() -> None:
+def test_chunked_full_completes_only_at_its_last_chunk_and_acks_each_chunk_partially() -> None:
     hub = HubStream()
     chunks = [BundleHeader("a", 1, 0, full=True, chunk=i, last=i == 2) for i in range(3)]
     assert hub.decide(chunks[1]).verdict is Verdict.GAP  # no chunk 0 seen
-    for chunk in chunks[:2]:
+    for i, chunk in enumerate(chunks[:2]):
         decision = hub.decide(chunk)
-        assert decision.verdict is Verdict.FULL_CHUNK and not decision.acks
-        assert hub.committed(chunk, decision) is None
+        assert decision.verdict is Verdict.FULL_CHUNK
+        assert hub.committed(chunk, decision) == AckPosition("a", 1, i, partial=True)
     assert hub.decide(chunks[0]).full_restart  # a resent chunk 0 starts over
-    assert hub.decide(chunks[1]).verdict is Verdict.DUPLICATE
+    duplicate = hub.decide(chunks[1])
+    assert duplicate.verdict is Verdict.DUPLICATE
+    # a resent chunk is acked as the chunks done so far, never as the complete FULL
+    assert hub.committed(chunks[1], duplicate) == AckPosition("a", 1, 1, partial=True)
     last = hub.decide(chunks[2])
     assert last.verdict is Verdict.FULL_LAST
-    assert hub.committed(chunks[2], last) == Position("a", 1)
+    assert hub.committed(chunks[2], last) == AckPosition("a", 1)
+    assert hub.applied == Position("a", 1)
 
 
 def test_digest_repair_adopts_the_agents_incarnation() -> None:
@@ -71,8 +76,24 @@ def test_digest_repair_adopts_the_agents_incarnation() -> None:
     repair = delta("new", 8, 7)
     decision = hub.decide(repair)
     assert decision.verdict is Verdict.APPLY_DELTA
-    assert hub.committed(repair, decision) == Position("new", 8)
+    assert hub.committed(repair, decision) == AckPosition("new", 8)
     assert hub.decide(delta("new", 9, 8)).verdict is Verdict.APPLY_DELTA
+
+
+def test_only_a_contiguous_successor_delta_merges() -> None:
+    assert can_merge(delta("a", 5, 4), delta("a", 6, 5))
+    assert can_merge(delta("a", 5, 4), delta("a", 7, 3))  # an older base is exact too
+    assert not can_merge(delta("a", 5, 4), delta("a", 8, 7))  # past a gap: merging would hide it
+    assert not can_merge(delta("a", 5, 4), delta("b", 6, 5))  # another incarnation
+    assert not can_merge(delta("a", 5, 4), delta("a", 5, 4))  # a duplicate is not a successor
+
+
+def test_a_full_supersedes_only_earlier_bundles_of_its_incarnation() -> None:
+    full = BundleHeader("a", 10, 9, full=True)
+    assert supersedes(full, delta("a", 9, 8))
+    assert supersedes(full, BundleHeader("a", 7, 6, full=True, chunk=3))
+    assert not supersedes(full, delta("a", 11, 10))  # after the FULL: still needed
+    assert not supersedes(full, delta("other", 50, 49))  # incarnations are not ordered: it may be the newer one
 
 
 def test_digest_comparison_names_missing_stale_and_extra_keys() -> None:
@@ -140,10 +161,10 @@ class SimHub:
                 if decision.verdict is Verdict.FULL_LAST:
                     for key in [k for k in self.objects if k not in self.full_seen]:
                         del self.objects[key]
-        position = self.stream.committed(b, decision)
-        if decision.verdict is not Verdict.DUPLICATE and position is not None:
-            self.persisted = position
-        return [Msg("ack", {"inc": position.incarnation, "seq": position.seq})] if position else []
+        ack = self.stream.committed(b, decision)
+        if decision.verdict in (Verdict.APPLY_DELTA, Verdict.FULL_LAST):
+            self.persisted = self.stream.applied
+        return [Msg("ack", {"inc": ack.incarnation, "seq": ack.seq, "chunk": ack.chunk, "partial": ack.partial})] if ack else []
 
 
 @dataclass
@@ -186,7 +207,7 @@ class SimAgent:
             return [payload for _, _, payload in resend]  # type: ignore[misc]
         if plan is Plan.DIGEST:
             return self.digest()
-        seq, base = self.stream.next_seq()
+        seq, base = self.stream.start_full()
         self.pending = set()
         keys = sorted(self.cluster)
         chunks = [keys[i : i + 2] for i in range(0, len(keys), 2)] or [[]]
@@ -194,8 +215,7 @@ class SimAgent:
         for i, chunk in enumerate(chunks):
             header = BundleHeader(self.stream.incarnation, seq, base, full=True, chunk=i, last=i == len(chunks) - 1)
             out.append(Msg("bundle", {"header": header, "upserts": {k: self.cluster[k] for k in chunk}, "deletes": []}))
-        self.stream.sent(seq, base, out[-1])
-        self.stream.held.pop(seq)  # a FULL is not resumable piecewise; a reconnect re-plans
+            self.stream.full_chunk_sent(i, out[-1], last=header.last)
         return out
 
     def digest(self) -> list[Msg]:
@@ -204,7 +224,7 @@ class SimAgent:
 
     def receive(self, msg: Msg) -> list[Msg]:
         if msg.kind == "ack":
-            self.stream.on_ack(msg.data["inc"], msg.data["seq"])
+            self.stream.on_ack(msg.data["inc"], msg.data["seq"], chunk=msg.data["chunk"], partial=msg.data["partial"])
             return self.flush()
         if msg.kind == "resync":
             return [] if self.stream.awaiting_digest is not None else self.digest()

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from fleetsync.store.contract import ClusterRecord, ObjectRecord, Store
+from fleetsync.store.contract import ClusterRecord, EventRecord, ObjectRecord, Store, TokenRecord
 from fleetsync.store.sqlite import MIGRATIONS, SQLiteStore
 
 POD = "v1/Pod"
@@ -393,10 +393,46 @@ async def test_changes_since_and_trim_window(store: Store) -> None:
 async def test_tokens_are_found_by_hash(store: Store) -> None:
     await store.add_token(name="c1", role="agent", token_hash="h1")
     await store.add_token(name="ops", role="admin", token_hash="h2")
-    assert await store.find_token("h1") == ("c1", "agent")
-    assert await store.find_token("h2") == ("ops", "admin")
+    assert await store.find_token("h1") == TokenRecord("c1", "agent")
+    assert await store.find_token("h2") == TokenRecord("ops", "admin")
     assert await store.find_token("h3") is None
     assert await store.find_token("c1") is None
+
+
+async def test_agent_tokens_may_be_scoped_to_types(store: Store) -> None:
+    await store.add_token(name="c1", role="agent", token_hash="h1", types=["v1/Pod", "v1/Service"])
+    assert await store.find_token("h1") == TokenRecord("c1", "agent", ("v1/Pod", "v1/Service"))
+
+
+async def test_inactive_clusters_expire_once_and_are_named(store: Store) -> None:
+    for name, seen in (("old", 10.0), ("fresh", 50.0), ("gone", 5.0)):
+        await store.upsert_cluster(ClusterRecord(name=name, status="active", last_seen=seen))
+    await store.set_cluster_status("gone", status="inactive", now=5.0)
+    await store.touch_cluster("old", now=45.0)  # a pending touch counts
+    assert await store.expire_clusters(cutoff=40.0) == []
+    assert await store.expire_clusters(cutoff=48.0) == ["old"]
+    assert await store.expire_clusters(cutoff=48.0) == [], "an expired cluster is reported once"
+    assert {c.name: c.status for c in await store.clusters()} == {"fresh": "active", "gone": "inactive", "old": "inactive"}
+
+
+async def test_leases_are_listed(store: Store) -> None:
+    await store.acquire_lease("c1", holder="a", incarnation="i", hub_id="h", now=0.0, ttl=30)
+    await store.release_lease("c1", holder="a", incarnation="i", now=5.0, grace=15)
+    (lease,) = await store.leases()
+    assert (lease.cluster, lease.holder, lease.connected, lease.expires_at) == ("c1", "a", False, 20.0)
+
+
+async def test_events_keep_their_order_and_filter(store: Store) -> None:
+    await store.add_events(
+        [EventRecord(time=float(i), cluster=f"c{i % 2}", reason="Connected" if i % 3 else "GapDetected", message=f"m{i}") for i in range(10)]
+    )
+    newest = await store.events(limit=3)
+    assert [e.message for e in newest] == ["m7", "m8", "m9"]
+    assert [e.id for e in newest] == sorted(e.id for e in newest)
+    after = await store.events(after=newest[0].id, limit=100)
+    assert [e.message for e in after] == ["m8", "m9"]
+    assert [e.message for e in await store.events(cluster="c0", reason="GapDetected")] == ["m0", "m6"]
+    assert (await store.events(limit=1))[0].time == 9.0
 
 
 async def test_clusters_are_upserted_touched_and_marked(store: Store) -> None:
@@ -406,6 +442,7 @@ async def test_clusters_are_upserted_touched_and_marked(store: Store) -> None:
     await store.upsert_cluster(record)
     await store.upsert_cluster(ClusterRecord(name="c1"))
     assert await store.clusters() == [ClusterRecord(name="c1"), record]
+    assert await store.cluster("c2") == record and await store.cluster("c3") is None
     await store.touch_cluster("c2", now=12.5)
     await store.touch_cluster("c2", now=12.0)  # never backwards
     [_, c2] = await store.clusters()
@@ -500,7 +537,7 @@ async def test_data_survives_reopen(engine: Engine, store: Store) -> None:
     again = engine.make()
     await again.open()
     try:
-        assert await again.find_token("h") == ("c1", "agent")
+        assert await again.find_token("h") == TokenRecord("c1", "agent")
         reopened = (
             await again.clusters(),
             await again.streams("c1"),
@@ -589,7 +626,7 @@ async def test_sqlite_uses_wal_and_applies_migrations_once(tmp_path: Path) -> No
         assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         assert db.execute("SELECT version FROM schema_version ORDER BY version").fetchall() == [(n,) for n in range(1, len(MIGRATIONS) + 1)]
         tables = {r[0] for r in db.execute("SELECT name FROM sqlite_schema WHERE type = 'table'")}
-        assert {"tokens", "clusters", "leases", "streams", "objects", "changes", "meta", "schema_version"} <= tables
+        assert {"tokens", "clusters", "leases", "streams", "objects", "changes", "events", "meta", "schema_version"} <= tables
         db.execute("INSERT INTO schema_version (version, applied_at) VALUES (?, 0)", (len(MIGRATIONS) + 1,))
         db.commit()
     finally:
@@ -627,3 +664,15 @@ async def test_sqlite_change_log_keeps_its_window_by_itself(tmp_path: Path) -> N
             assert min(rev, 200) <= rev - await stepped.oldest_rev() <= 201
     finally:
         await stepped.close()
+
+
+async def test_sqlite_events_keep_their_window_by_itself(tmp_path: Path) -> None:
+    small = SQLiteStore(tmp_path / "events.db", events_keep=100)
+    await small.open()
+    try:
+        for i in range(250):
+            await small.add_events([EventRecord(time=float(i), cluster="c1", reason="Connected", message=str(i))])
+        kept = await small.events(limit=10_000)
+        assert 100 <= len(kept) <= 101 and kept[-1].message == "249"
+    finally:
+        await small.close()

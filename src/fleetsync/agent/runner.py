@@ -1,9 +1,11 @@
-"""The agent's main loop: watch every type, connect to a hub (forever), and keep each stream in sync.
+"""The agent's main loop: watch every type, connect to a hub (forever), and drive the uplink.
 
-On every connection: Hello -> Welcome (the hub's applied position per type) -> per
-type, once its first LIST is done, resume / digest / FULL as the protocol rules
-decide -> deltas every ``flush_interval`` -> heartbeats. A broken connection is
-retried with backoff and jitter, across the hub URLs in turn, and never given up.
+On every connection: Hello -> Welcome (or Reject) -> an :class:`~fleetsync.agent.uplink.Uplink`
+decides, per type, what to send; this module only moves its messages over the
+connection, wakes it when the cluster changes (after a short batching window), when
+the hub says something, or when one of its timers is due. A broken connection is
+retried with backoff and jitter, across the hub URLs in turn, and never given up; a
+rejection is retried no sooner than the hub's ``retry_after``.
 """
 
 from __future__ import annotations
@@ -19,21 +21,19 @@ from typing import Any
 
 from fleetsync import __version__
 from fleetsync.agent.kube import TypeWatcher, api_client
+from fleetsync.agent.metrics import AgentMetrics, MetricsServer
 from fleetsync.agent.typesync import TypeSync
+from fleetsync.agent.uplink import HubRejected, Outgoing, Uplink, UplinkSettings
 from fleetsync.backoff import Backoff
 from fleetsync.model.types import ResourceType
 from fleetsync.protocol import fleetsync_pb2 as pb
-from fleetsync.protocol.rules import Plan, Position
 from fleetsync.transport.base import AgentConnection, HubAddress, TransportError
+from fleetsync.transport.faults import FaultInjector, FaultSpec, FaultyConnection
 from fleetsync.transport.grpc import GrpcAgentConnection
 
 log = logging.getLogger(__name__)
 
-
-class Rejected(Exception):
-    def __init__(self, reject: pb.Reject) -> None:
-        super().__init__(reject.message)
-        self.reject = reject
+PROTOCOL_VERSION = 1
 
 
 @dataclass
@@ -47,15 +47,17 @@ class AgentConfig:
     metadata: dict[str, str] = field(default_factory=dict)
     namespaces: set[str] = field(default_factory=set)
     exclude_namespaces: set[str] = field(default_factory=set)
+    #: Changes are sent after this batching window (seconds).
     flush_interval: float = 0.05
-    max_bundle_bytes: int = 1024 * 1024
-    heartbeat_interval: float = 10.0
-
-
-async def open_connection(address: HubAddress) -> AgentConnection:
-    if address.scheme == "grpc":
-        return await GrpcAgentConnection.open(address)
-    raise TransportError(f"{address.scheme}:// is not supported yet; use grpc://")
+    #: No message to the hub is larger (the hub's Welcome may lower it).
+    max_message_bytes: int = 512 * 1024
+    uplink: UplinkSettings = field(default_factory=UplinkSettings)
+    #: Seconds to wait for the hub's answer to Hello.
+    hello_timeout: float = 30.0
+    #: Serve /metrics here (host, port); None: no metrics endpoint.
+    metrics_address: tuple[str, int] | None = None
+    #: Inject message faults into every connection (a testing aid).
+    faults: FaultSpec | None = None
 
 
 class Agent:
@@ -64,11 +66,15 @@ class Agent:
         self.agent_id = config.agent_id or f"{socket.gethostname()}/{config.cluster_id}"
         self.incarnation = uuid.uuid4().hex[:16]
         self.syncs = {
-            rt.gvk: TypeSync(rt, self.incarnation, max_bundle_bytes=config.max_bundle_bytes, namespaces=config.namespaces, exclude=config.exclude_namespaces)
+            rt.gvk: TypeSync(rt, self.incarnation, max_message_bytes=config.max_message_bytes, namespaces=config.namespaces, exclude=config.exclude_namespaces)
             for rt in config.types
         }
+        self.metrics = AgentMetrics(config.cluster_id)
+        self.metrics_server = (
+            MetricsServer(self.metrics, self.syncs, host=config.metrics_address[0], port=config.metrics_address[1]) if config.metrics_address else None
+        )
+        self.faults = FaultInjector(config.faults) if config.faults else None
         self._changed = asyncio.Event()
-        self._welcome: dict[str, Position] | None = None
         self.connected = asyncio.Event()
 
     # ---- cluster side ----------------------------------------------------------------------
@@ -82,13 +88,16 @@ class Agent:
         self._changed.set()
 
     async def _on_error(self, rtype: ResourceType, error: str) -> None:
-        self.syncs[rtype.gvk].error = error
+        self.syncs[rtype.gvk].list_error = error
         self._changed.set()
 
     # ---- main loop ---------------------------------------------------------------------------
 
     async def run(self) -> None:
         api = await api_client(self.config.kubeconfig)
+        if self.metrics_server:
+            await self.metrics_server.start()
+            log.info("agent metrics on http://%s:%d/metrics", self.metrics_server.host, self.metrics_server.port)
         watchers = [
             asyncio.create_task(TypeWatcher(api, rt, on_list=self._on_list, on_event=self._on_event, on_error=self._on_error).run(), name=f"watch-{rt.gvk}")
             for rt in self.config.types
@@ -100,131 +109,139 @@ class Agent:
                 task.cancel()
             await asyncio.gather(*watchers, return_exceptions=True)
             await api.close()
+            if self.metrics_server:
+                await self.metrics_server.stop()
+
+    async def _open(self, address: HubAddress) -> AgentConnection:
+        if address.scheme != "grpc":
+            raise TransportError(f"{address.scheme}:// is not supported yet; use grpc://")
+        connection: AgentConnection = await GrpcAgentConnection.open(address, max_message_bytes=self.config.max_message_bytes * 2)
+        return FaultyConnection(connection, self.faults) if self.faults else connection
 
     async def _connect_forever(self) -> None:
-        backoff = Backoff(initial=0.2, maximum=30)
+        # Capped at 10s: after a long outage, recovery should not wait for a long backoff; the
+        # jitter spreads a fleet's reconnects when a hub comes back.
+        backoff = Backoff(initial=0.2, maximum=10)
         attempt = 0
         while True:
             address = self.config.hubs[attempt % len(self.config.hubs)]
             attempt += 1
             try:
-                connection = await open_connection(address)
+                connection = await self._open(address)
             except TransportError as exc:
+                self.metrics.connections.labels("failed").inc()
                 delay = backoff.next_delay()
                 log.warning("cannot reach hub %s: %s; retrying in %.1fs", address, exc, delay)
                 await asyncio.sleep(delay)
                 continue
             try:
                 await self._session(connection, address, backoff)
-            except Rejected as exc:
-                reason = pb.RejectReason.Name(exc.reject.reason)  # type: ignore[arg-type]
+            except HubRejected as exc:
+                self.metrics.connections.labels("rejected").inc()
                 delay = max(exc.reject.retry_after_ms / 1000, backoff.next_delay())
-                log.error("hub %s rejected cluster %s (%s): %s; retrying in %.1fs", address, self.config.cluster_id, reason, exc.reject.message, delay)
+                log.error("hub %s rejected cluster %s (%s): %s; retrying in %.1fs", address, self.config.cluster_id, exc.reason, exc.reject.message, delay)
                 await asyncio.sleep(delay)
             except TransportError as exc:
                 delay = backoff.next_delay()
                 log.warning("connection to hub %s lost: %s; reconnecting in %.1fs", address, exc, delay)
                 await asyncio.sleep(delay)
+            except Exception:
+                # A bug, or a library failing in a way we did not foresee: this connection is done
+                # for, but the agent is not -- its state is intact, and the next connection
+                # resumes or repairs by digest.
+                delay = backoff.next_delay()
+                log.exception("session with hub %s failed unexpectedly; reconnecting in %.1fs", address, delay)
+                await asyncio.sleep(delay)
             finally:
                 self.connected.clear()
+                self.metrics.connected.set(0)
                 await connection.close()
 
-    async def _session(self, connection: AgentConnection, address: HubAddress, backoff: Backoff) -> None:
-        hello = pb.Hello(
+    async def _send(self, connection: AgentConnection, out: Outgoing) -> None:
+        await connection.send(out.message)
+        self.metrics.sent(out.kind, out.message.ByteSize())
+
+    def _hello(self) -> pb.Hello:
+        return pb.Hello(
             cluster_id=self.config.cluster_id,
             agent_id=self.agent_id,
             incarnation=self.incarnation,
             token=self.config.token,
             metadata={"agent_version": __version__, **self.config.metadata},
-            capabilities=["digest", "lz4"],
+            capabilities=["digest", "lz4", "chunk-acks"],
             resumable=[
                 pb.StreamPosition(type=t, incarnation=s.stream.incarnation, seq=min(s.stream.held, default=s.stream.seq)) for t, s in self.syncs.items()
             ],
-            protocol_version=1,
+            protocol_version=PROTOCOL_VERSION,
         )
-        await connection.send(pb.AgentMessage(hello=hello))
-        first = await connection.receive()
+
+    async def _welcome(self, connection: AgentConnection) -> pb.Welcome:
+        await self._send(connection, Outgoing("hello", pb.AgentMessage(hello=self._hello())))
+        try:
+            first = await asyncio.wait_for(connection.receive(), self.config.hello_timeout)
+        except TimeoutError:
+            raise TransportError(f"the hub did not answer Hello within {self.config.hello_timeout:.0f}s") from None
         if first is None:
             raise TransportError("the hub closed the connection before answering Hello")
-        if first.WhichOneof("message") == "reject":
-            raise Rejected(first.reject)
-        if first.WhichOneof("message") != "welcome":
-            raise TransportError(f"expected Welcome, got {first.WhichOneof('message')}")
-        welcome = first.welcome
-        self._welcome = {p.type: Position(p.incarnation, p.seq) for p in welcome.applied}
-        for sync in self.syncs.values():
-            sync.planned = False
-            sync.error_reported = ""
-        heartbeat = welcome.heartbeat_interval_ms / 1000 or self.config.heartbeat_interval
+        kind = first.WhichOneof("message")
+        self.metrics.received(kind or "", first.ByteSize())
+        if kind == "reject":
+            raise HubRejected(first.reject)
+        if kind != "welcome":
+            raise TransportError(f"expected Welcome, got {kind}")
+        return first.welcome
+
+    async def _session(self, connection: AgentConnection, address: HubAddress, backoff: Backoff) -> None:
+        welcome = await self._welcome(connection)
+        uplink = Uplink(self.syncs, welcome, settings=self.config.uplink, now=time.monotonic())
         log.info("connected to hub %s (%s) as agent %s, incarnation %s", address, welcome.hub_id, self.agent_id, self.incarnation)
+        self.metrics.connections.labels("welcomed").inc()
+        self.metrics.connected.set(1)
         backoff.reset()
         self.connected.set()
-        sender = asyncio.create_task(self._send_loop(connection, heartbeat))
+        inbox: asyncio.Queue[pb.HubMessage | Exception] = asyncio.Queue()
+        reader = asyncio.create_task(self._read(connection, inbox), name="hub-reader")
         try:
             while True:
-                receive = asyncio.ensure_future(connection.receive())
-                done, _ = await asyncio.wait({receive, sender}, return_when=asyncio.FIRST_COMPLETED)
-                if sender in done:
-                    receive.cancel()
-                    sender.result()  # raises the sender's TransportError
-                    return
-                message = receive.result()
-                if message is None:
-                    raise TransportError("the hub closed the connection")
-                await self._on_hub_message(connection, message)
+                for out in uplink.poll(time.monotonic()):
+                    await self._send(connection, out)
+                self.metrics.resyncs_outstanding.set(uplink.resyncs_outstanding)
+                item = await self._wait(inbox, timeout=uplink.next_deadline(time.monotonic()) - time.monotonic())
+                while item is not None:
+                    if isinstance(item, Exception):
+                        raise item
+                    uplink.receive(item, time.monotonic())
+                    item = inbox.get_nowait() if not inbox.empty() else None
         finally:
-            sender.cancel()
-            with contextlib.suppress(asyncio.CancelledError, TransportError):
-                await sender
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reader
 
-    async def _on_hub_message(self, connection: AgentConnection, message: pb.HubMessage) -> None:
-        kind = message.WhichOneof("message")
-        if kind == "ack":
-            sync = self.syncs.get(message.ack.type)
-            if sync:
-                sync.stream.on_ack(message.ack.incarnation, message.ack.seq)
-                self._changed.set()
-        elif kind == "resync":
-            targets = [self.syncs[message.resync.type]] if message.resync.type in self.syncs else list(self.syncs.values())
-            for sync in targets:
-                if sync.listed and sync.stream.awaiting_digest is None:
-                    log.info("hub asks to resync %s (%s): sending a digest", sync.type, message.resync.reason)
-                    await connection.send(pb.AgentMessage(digest=sync.digest()))
-        elif kind == "digest_diff":
-            sync = self.syncs.get(message.digest_diff.type)
-            if sync:
-                for bundle in sync.repair(message.digest_diff):
-                    await connection.send(pb.AgentMessage(bundle=bundle))
-        elif kind == "reject":
-            raise Rejected(message.reject)
+    async def _read(self, connection: AgentConnection, inbox: asyncio.Queue[pb.HubMessage | Exception]) -> None:
+        """Hub messages into ``inbox``, in order; the end of the connection as a TransportError."""
+        try:
+            while (message := await connection.receive()) is not None:
+                self.metrics.received(message.WhichOneof("message") or "", message.ByteSize())
+                inbox.put_nowait(message)
+            inbox.put_nowait(TransportError("the hub closed the connection"))
+        except TransportError as exc:
+            inbox.put_nowait(exc)
 
-    async def _send_loop(self, connection: AgentConnection, heartbeat: float) -> None:
-        next_heartbeat = time.monotonic() + heartbeat
-        while True:
-            for sync in self.syncs.values():
-                if sync.listed and not sync.planned:
-                    await self._plan(connection, sync)
-                if sync.error and (report := sync.error_report()):
-                    await connection.send(pb.AgentMessage(bundle=report))
-                for bundle in sync.deltas():
-                    await connection.send(pb.AgentMessage(bundle=bundle))
-            if time.monotonic() >= next_heartbeat:
-                await connection.send(pb.AgentMessage(heartbeat=pb.Heartbeat(sent_at_ms=int(time.time() * 1000))))
-                next_heartbeat = time.monotonic() + heartbeat
-            self._changed.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._changed.wait(), timeout=min(1.0, max(0.0, next_heartbeat - time.monotonic())))
+    async def _wait(self, inbox: asyncio.Queue[pb.HubMessage | Exception], *, timeout: float) -> pb.HubMessage | Exception | None:
+        """The next hub message; or None after a cluster change (and the batching window) or the timeout."""
+        if not inbox.empty():
+            return inbox.get_nowait()
+        get = asyncio.ensure_future(inbox.get())
+        changed = asyncio.ensure_future(self._changed.wait())
+        try:
+            await asyncio.wait({get, changed}, timeout=max(0.0, timeout), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            changed.cancel()
+            if not get.done():
+                get.cancel()
+        if get.done() and not get.cancelled():
+            return get.result()
+        if self._changed.is_set():
             await asyncio.sleep(self.config.flush_interval)  # the batching window
-
-    async def _plan(self, connection: AgentConnection, sync: TypeSync) -> None:
-        sync.planned = True
-        plan, resend = sync.stream.plan((self._welcome or {}).get(sync.type))
-        if plan is Plan.RESUME:
-            log.debug("%s: resuming with %d held bundles", sync.type, len(resend))
-            for _, _, bundle in resend:
-                await connection.send(pb.AgentMessage(bundle=bundle))  # type: ignore[arg-type]
-        elif plan is Plan.DIGEST:
-            await connection.send(pb.AgentMessage(digest=sync.digest()))
-        else:
-            for bundle in sync.full():
-                await connection.send(pb.AgentMessage(bundle=bundle))
+            self._changed.clear()
+        return None

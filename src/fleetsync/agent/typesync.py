@@ -2,18 +2,31 @@
 
 The cache holds each object as made once for the wire (stripped, hashed,
 compressed) so FULLs, digest repairs and resends never re-serialize anything.
+
+Every message this module builds stays under ``max_message_bytes``: FULLs and
+deltas are split into bundles, digests into chunks. A FULL is cut into chunks
+lazily, as the in-flight window lets them go, from a snapshot of the keys taken
+when it starts; a chunk carries each object's state at the time the chunk is made
+(a change after the start is also pending, so a delta repeats it after the FULL).
+An object too large for any message is left out, and reported as the type's error.
 """
 
 from __future__ import annotations
 
+import itertools
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from fleetsync.model.types import ResourceType
 from fleetsync.protocol import codec
 from fleetsync.protocol import fleetsync_pb2 as pb
 from fleetsync.protocol.rules import AgentStream
+
+#: Room kept in every message for the envelope (type, incarnation, seqs, flags).
+ENVELOPE_BYTES = 1024
+#: Per-entry framing of a repeated message field (tag + length varint), generously.
+FIELD_BYTES = 8
 
 
 def _now_ms() -> int:
@@ -22,60 +35,119 @@ def _now_ms() -> int:
 
 class TypeSync:
     def __init__(
-        self, rtype: ResourceType, incarnation: str, *, max_bundle_bytes: int, namespaces: set[str] | None = None, exclude: set[str] | None = None
+        self,
+        rtype: ResourceType,
+        incarnation: str,
+        *,
+        max_message_bytes: int,
+        namespaces: set[str] | None = None,
+        exclude: set[str] | None = None,
+        resume_window: int = 256,
     ) -> None:
+        if max_message_bytes < 4 * ENVELOPE_BYTES:
+            raise ValueError(f"max message size {max_message_bytes} is too small (at least {4 * ENVELOPE_BYTES} bytes)")
         self.rtype = rtype
         self.type = rtype.gvk
-        self.stream = AgentStream(incarnation)
-        self.max_bundle_bytes = max_bundle_bytes
+        self.stream = AgentStream(incarnation, window=resume_window)
+        self.max_message_bytes = max_message_bytes
+        self.budget = max_message_bytes - ENVELOPE_BYTES
         self.include = namespaces or set()
         self.exclude = exclude or set()
         self.cache: dict[str, pb.Object] = {}
+        self.sizes: dict[str, int] = {}  # key -> serialized size of the cached object
         self.pending: dict[str, pb.Object | None] = {}
         self.pending_since_ms = 0
+        self.oversized: dict[str, int] = {}  # key -> size of objects left out (too large for any message)
         self.listed = False
-        self.error = ""
-        self.error_reported = ""
-        self.planned = False  # this connection's resume / digest / FULL has been decided
+        self.list_error = ""
+        self.error_reported: str | None = None  # None: not reported on this connection yet
+        self.refused = ""  # the hub refused this type (Reject with type): nothing more is sent for it
+        self._full_keys: list[str] = []
+        self._full_next = 0
+
+    def limit_to(self, hub_max_message_bytes: int) -> None:
+        """Use the smaller of the agent's own limit and the hub's (Welcome.max_message_bytes; 0: none).
+        Cached objects that no longer fit are left out from now on."""
+        limit = min(self.max_message_bytes, hub_max_message_bytes or self.max_message_bytes)
+        self.budget = max(limit, 4 * ENVELOPE_BYTES) - ENVELOPE_BYTES
+        for key in [k for k, size in self.sizes.items() if size > self.budget]:
+            self.oversized[key] = self.sizes.pop(key)
+            del self.cache[key]
+            self._changed(key, None)
 
     def wanted(self, namespace: str) -> bool:
         if self.include and namespace not in self.include:
             return False
         return namespace not in self.exclude
 
+    @property
+    def error(self) -> str:
+        """What the hub should show for this type: the list error and objects left out, if any."""
+        parts = [self.list_error] if self.list_error else []
+        if self.oversized:
+            largest = sorted(self.oversized.items(), key=lambda kv: -kv[1])[:3]
+            parts.append(
+                f"{len(self.oversized)} object(s) larger than the max message size ({self.budget + ENVELOPE_BYTES} bytes) are not synced: "
+                + ", ".join(f"{k} ({size} bytes)" for k, size in largest)
+            )
+        return "; ".join(parts)
+
     # ---- from the cluster --------------------------------------------------------------
+
+    def _make(self, item: dict[str, Any]) -> tuple[str, pb.Object | None, int]:
+        """(key, object or None when too large, size) of a cluster object."""
+        obj = codec.make_object(item)
+        key = codec.key_of(obj.namespace, obj.name)
+        size = obj.ByteSize() + FIELD_BYTES
+        if size > self.budget:
+            self.oversized[key] = size
+            return key, None, size
+        self.oversized.pop(key, None)
+        return key, obj, size
 
     def on_list(self, items: list[dict[str, Any]]) -> None:
         fresh: dict[str, pb.Object] = {}
+        sizes: dict[str, int] = {}
+        self.oversized.clear()
         for item in items:
             meta = item.get("metadata") or {}
             if not self.wanted(meta.get("namespace", "")):
                 continue
-            obj = codec.make_object(item)
-            fresh[codec.key_of(obj.namespace, obj.name)] = obj
+            key, obj, size = self._make(item)
+            if obj is not None:
+                fresh[key] = obj
+                sizes[key] = size
         for key, obj in fresh.items():
             old = self.cache.get(key)
             if old is None or old.hash != obj.hash:
                 self._changed(key, obj)
         for key in self.cache.keys() - fresh.keys():
             self._changed(key, None)
-        self.cache = fresh
+        self.cache, self.sizes = fresh, sizes
         self.listed = True
-        self.error = ""
+        self.list_error = ""
 
     def on_event(self, kind: str, item: dict[str, Any]) -> None:
         meta = item.get("metadata") or {}
         if not self.wanted(meta.get("namespace", "")):
             return
-        key = codec.key_of(meta.get("namespace", ""), meta.get("name", ""))
         if kind == "DELETED":
+            key = codec.key_of(meta.get("namespace", ""), meta.get("name", ""))
+            self.oversized.pop(key, None)
             if self.cache.pop(key, None) is not None:
+                del self.sizes[key]
                 self._changed(key, None)
             return
-        obj = codec.make_object(item)
+        key, obj, size = self._make(item)
+        if obj is None:
+            if self.cache.pop(key, None) is not None:  # it grew too large: the hub must not keep an old state
+                del self.sizes[key]
+                self._changed(key, None)
+            return
         old = self.cache.get(key)
         if old is None or old.hash != obj.hash:
             self.cache[key] = obj
+            self.sizes[key] = size
             self._changed(key, obj)
 
     def _changed(self, key: str, obj: pb.Object | None) -> None:
@@ -85,64 +157,127 @@ class TypeSync:
 
     # ---- to the hub ----------------------------------------------------------------------
 
-    def _split(self, objects: list[pb.Object], deletes: list[str]) -> Iterator[tuple[list[pb.Object], list[str]]]:
-        """Groups that stay under the max bundle size."""
-        batch: list[pb.Object] = []
-        size = 0
-        for obj in objects:
-            obj_size = obj.ByteSize() + 16
-            if batch and size + obj_size > self.max_bundle_bytes:
-                yield batch, []
-                batch, size = [], 0
-            batch.append(obj)
-            size += obj_size
-        yield batch, deletes
+    def _size(self, key: str, obj: pb.Object | None) -> int:
+        return self.sizes.get(key, 0) if obj is not None else len(key) + FIELD_BYTES
 
-    def full(self) -> list[pb.Bundle]:
-        """The whole cache as one FULL (chunked below the size bound); pending changes are in it."""
-        seq, base = self.stream.next_seq()
+    def _groups(self, changes: Iterable[tuple[str, pb.Object | None]]) -> Iterator[dict[str, pb.Object | None]]:
+        """Consecutive groups of changes that each fit one message."""
+        group: dict[str, pb.Object | None] = {}
+        size = 0
+        for key, obj in changes:
+            cost = self._size(key, obj)
+            if group and size + cost > self.budget:
+                yield group
+                group, size = {}, 0
+            group[key] = obj
+            size += cost
+        if group:
+            yield group
+
+    def start_full(self) -> None:
+        """Begin a FULL of the cache as it is now; what is pending is in it."""
+        self.stream.start_full()
         self.pending.clear()
-        chunks = list(self._split(list(self.cache.values()), []))
-        bundles = [
-            pb.Bundle(
+        self._full_keys = sorted(self.cache)
+        self._full_next = 0
+
+    def next_full_chunk(self) -> pb.Bundle:
+        """The next chunk of the FULL in progress (the last one has ``last`` set)."""
+        full = self.stream.full
+        assert full is not None and not full.all_sent, "no FULL chunk to send"
+        objects: list[pb.Object] = []
+        size = 0
+        keys = self._full_keys
+        while self._full_next < len(keys):
+            key = keys[self._full_next]
+            obj = self.cache.get(key)  # gone since the FULL started: leave it out (its delete is pending)
+            if obj is not None:
+                cost = self.sizes[key]
+                if objects and size + cost > self.budget:
+                    break
+                objects.append(obj)
+                size += cost
+            self._full_next += 1
+        last = self._full_next >= len(keys)
+        chunk = pb.Bundle(
+            type=self.type,
+            incarnation=self.stream.incarnation,
+            seq=full.seq,
+            base_seq=full.base_seq,
+            kind=pb.FULL,
+            chunk=full.next_chunk,
+            last=last,
+            upserts=objects,
+            compression=pb.COMPRESSION_LZ4,
+            collected_at_ms=_now_ms(),
+        )
+        self.stream.full_chunk_sent(full.next_chunk, chunk, last=last)
+        if last:
+            self._full_keys = []
+        return chunk
+
+    def digest(self) -> list[pb.Digest]:
+        """The cache's (key, hash) as of now, in chunks under the message size; deltas wait for the diff."""
+        at = self.stream.start_digest()
+        entries = [pb.DigestEntry(key=k, hash=self.cache[k].hash) for k in sorted(self.cache)]
+        chunks: list[list[pb.DigestEntry]] = [[]]
+        size = 0
+        for entry in entries:
+            cost = len(entry.key) + 2 * FIELD_BYTES + 8
+            if chunks[-1] and size + cost > self.budget:
+                chunks.append([])
+                size = 0
+            chunks[-1].append(entry)
+            size += cost
+        return [
+            pb.Digest(
                 type=self.type,
-                incarnation=self.stream.incarnation,
-                seq=seq,
-                base_seq=base,
-                kind=pb.FULL,
+                incarnation=at.incarnation,
+                seq=at.seq,
+                compression=pb.COMPRESSION_LZ4,
+                packed=codec.pack_digest_entries(part),
                 chunk=i,
                 last=i == len(chunks) - 1,
-                upserts=objs,
-                compression=pb.COMPRESSION_LZ4,
-                collected_at_ms=_now_ms(),
             )
-            for i, (objs, _) in enumerate(chunks)
+            for i, part in enumerate(chunks)
         ]
-        return bundles
 
-    def digest(self) -> pb.Digest:
-        at = self.stream.start_digest()
-        return pb.Digest(type=self.type, incarnation=at.incarnation, seq=at.seq, entries=[pb.DigestEntry(key=k, hash=o.hash) for k, o in self.cache.items()])
+    def repair(self, diff: pb.DigestDiff) -> list[pb.Bundle] | None:
+        """Answer the DigestDiff of the digest we wait for (None: it answers an older one, ignore it).
 
-    def repair(self, diff: pb.DigestDiff) -> list[pb.Bundle]:
-        """The one DELTA (split if large) answering a DigestDiff: current state of every key it names plus what changed meanwhile."""
+        Normally one DELTA (split if large) based on the digest's seq, with the current state
+        of every key the diff names plus what changed meanwhile -- sent even when empty, so
+        that the hub's stream adopts this incarnation. If the hub asks for a FULL instead, it
+        starts here and its chunks go out as the window allows."""
         if not self.stream.accept_diff(diff.incarnation, diff.seq):
+            return None
+        if diff.send_full:
+            self.start_full()
             return []
         keys = set(diff.missing) | set(diff.stale) | set(diff.extra) | set(self.pending)
+        collected = self.pending_since_ms or _now_ms()
         self.pending.clear()
-        return self._deltas({k: self.cache.get(k) for k in keys})
+        groups = list(self._groups((k, self.cache.get(k)) for k in sorted(keys)))
+        return self._bundles(groups or [{}], collected_at_ms=collected)
 
-    def deltas(self) -> list[pb.Bundle]:
-        if not self.pending or not self.stream.can_send_delta:
+    def deltas(self, limit: int) -> list[pb.Bundle]:
+        """Up to ``limit`` DELTA bundles of what is pending (the rest stays pending)."""
+        if not self.pending or not self.stream.can_send_delta or limit <= 0:
             return []
-        changes, self.pending = self.pending, {}
-        return self._deltas(changes)
+        # islice: a large backlog is grouped only as far as the window lets it go
+        groups = list(itertools.islice(self._groups(self.pending.items()), limit))
+        collected = self.pending_since_ms
+        for group in groups:
+            for key in group:
+                del self.pending[key]
+        if not self.pending:
+            self.pending_since_ms = 0
+        return self._bundles(groups, collected_at_ms=collected)
 
-    def _deltas(self, changes: dict[str, pb.Object | None]) -> list[pb.Bundle]:
-        upserts = [o for o in changes.values() if o is not None]
-        deletes = sorted(k for k, o in changes.items() if o is None)
+    def _bundles(self, groups: list[dict[str, pb.Object | None]], *, collected_at_ms: int) -> list[pb.Bundle]:
+        """One DELTA per group, numbered in the stream and held for resends and resumes."""
         bundles = []
-        for objs, dels in self._split(upserts, deletes):
+        for group in groups:
             seq, base = self.stream.next_seq()
             bundle = pb.Bundle(
                 type=self.type,
@@ -150,18 +285,19 @@ class TypeSync:
                 seq=seq,
                 base_seq=base,
                 kind=pb.DELTA,
-                upserts=objs,
-                deletes=dels,
+                upserts=[o for o in group.values() if o is not None],
+                deletes=sorted(k for k, o in group.items() if o is None),
                 compression=pb.COMPRESSION_LZ4,
-                collected_at_ms=self.pending_since_ms or _now_ms(),
+                collected_at_ms=collected_at_ms,
             )
             self.stream.sent(seq, base, bundle)
             bundles.append(bundle)
         return bundles
 
     def error_report(self) -> pb.Bundle | None:
-        """A type that fails to list is reported (once per distinct error); its last state stays on the hub."""
-        if self.error == self.error_reported:
+        """The type's error (a failed list, objects left out), once per distinct error; its last state stays on the hub."""
+        error = self.error
+        if error == self.error_reported:
             return None
-        self.error_reported = self.error
-        return pb.Bundle(type=self.type, incarnation=self.stream.incarnation, error=self.error)
+        self.error_reported = error
+        return pb.Bundle(type=self.type, incarnation=self.stream.incarnation, error=error)

@@ -1,10 +1,16 @@
 """The hub's HTTP API.
 
-- ``GET /api/v1/clusters``: every cluster with status, agent, last heartbeat, object counts;
+- ``GET /api/v1/clusters``: every cluster with status (active / inactive, and ``stale``
+  when inactive), whether an agent is connected, last message, object counts, errors;
+- ``POST /api/v1/clusters/{cluster}/resync[?type=T]``: ask its agent for a digest resync;
+- ``GET /api/v1/events[?cluster=C&reason=R&since=ID&limit=N]``: cluster events;
 - ``/clusters/{cluster}/api/...`` and ``/clusters/{cluster}/apis/...``: Kubernetes-compatible
   discovery, list (selectors, ``limit``/``continue``, server-side Tables) and get for every
   synced type, so ``kubectl --server http://HUB/clusters/c1 get pods -A`` works;
 - ``/healthz``, ``/readyz``, ``/metrics`` (Prometheus).
+
+Reads of an inactive cluster carry a ``Warning`` header (kubectl prints it): the
+objects are its last known state.
 
 Object bodies are the agent's compressed JSON; they are decompressed here, to answer
 a read, and never parsed unless a field selector or a Table needs the object.
@@ -14,6 +20,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import time
 from typing import Any
 
 import orjson
@@ -21,16 +28,17 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from fleetsync import __version__
-from fleetsync.hub.session import HubCore
+from fleetsync.hub.core import HubCore, NotConnected
+from fleetsync.hub.events import REASONS
 from fleetsync.model import discovery
 from fleetsync.model.objects import selectable_fields
 from fleetsync.model.selectors import FieldSelector, LabelSelector, SelectorError
 from fleetsync.model.status import ApiError
 from fleetsync.model.tables import table
-from fleetsync.model.types import ResourceType, TypeRegistry
+from fleetsync.model.types import ResourceType, TypeRegistry, UnknownResourceType
 from fleetsync.protocol.codec import CodecError, body_json
-from fleetsync.store.contract import ObjectRecord
-from fleetsync.web import JSON, json_response, status_errors
+from fleetsync.store.contract import ClusterRecord, ObjectRecord
+from fleetsync.web import JSON, json_response, serve, status_errors
 
 
 def _encode_cursor(cluster: str, namespace: str, name: str) -> str:
@@ -45,13 +53,24 @@ def _decode_cursor(token: str) -> tuple[str, str, str]:
         raise ApiError.bad_request(f"continue key is not valid: {token!r} is not a token this hub issued") from None
 
 
-def _limit(request: web.Request) -> int:
-    raw = request.query.get("limit", "")
+def _count(request: web.Request, name: str, default: int = 0) -> int:
+    """A non-negative integer query parameter."""
+    raw = request.query.get(name, "")
     if not raw:
-        return 0
+        return default
     if not raw.isdigit():
-        raise ApiError.bad_request(f"invalid limit {raw!r}: must be a non-negative integer")
+        raise ApiError.bad_request(f"invalid {name} {raw!r}: must be a non-negative integer")
     return int(raw)
+
+
+def _limit(request: web.Request) -> int:
+    return _count(request, "limit")
+
+
+def _stale_warning(cluster: ClusterRecord) -> str:
+    """A Kubernetes ``Warning`` header value (kubectl shows it) for reads of an inactive cluster."""
+    since = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(cluster.last_seen)) if cluster.last_seen else "ever"
+    return f'299 - "cluster {cluster.name} is inactive (no message from its agent since {since}): this is its last known state"'
 
 
 class ApiServer:
@@ -69,16 +88,13 @@ class ApiServer:
         app.router.add_get("/readyz", self._readyz)
         app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/api/v1/clusters", self._clusters)
+        app.router.add_post("/api/v1/clusters/{cluster}/resync", self._resync)
+        app.router.add_get("/api/v1/events", self._events)
         app.router.add_get("/clusters/{cluster}/{tail:.*}", self._kube)
         return app
 
     async def start(self) -> None:
-        self._runner = web.AppRunner(self.app(), access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, self.host, self.port)
-        await site.start()
-        if self.port == 0:
-            self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self._runner, self.port = await serve(self.app(), self.host, self.port)
 
     async def stop(self) -> None:
         if self._runner:
@@ -97,11 +113,15 @@ class ApiServer:
         return web.Response(text="ok")
 
     async def _metrics(self, request: web.Request) -> web.Response:
-        for cluster in await self.store.clusters():
+        clusters = await self.store.clusters()
+        for cluster in clusters:
             self.core.metrics.objects.labels(cluster.name).set(sum((await self.store.counts(cluster.name)).values()))
+        self.core.metrics.inactive.set(sum(c.status == "inactive" for c in clusters))
         return web.Response(body=generate_latest(self.core.metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def _clusters(self, request: web.Request) -> web.Response:
+        now = self.core.clock()
+        connected = {lease.cluster for lease in await self.store.leases() if lease.connected and lease.expires_at > now}
         items = []
         for c in await self.store.clusters():
             streams = await self.store.streams(c.name)
@@ -109,11 +129,13 @@ class ApiServer:
                 {
                     "name": c.name,
                     "status": c.status,
+                    "stale": c.status == "inactive",
+                    "connected": c.name in connected,
                     "agent": c.agent_id,
                     "incarnation": c.incarnation,
                     "hub": c.hub_id,
                     "connectedAt": c.connected_at,
-                    "lastHeartbeat": c.last_seen,
+                    "lastHeartbeat": c.last_seen,  # the last message of any kind
                     "metadata": dict(c.metadata),
                     "objects": await self.store.counts(c.name),
                     "types": sorted(s.type for s in streams),
@@ -122,12 +144,62 @@ class ApiServer:
             )
         return json_response({"kind": "ClusterList", "apiVersion": "fleetsync.io/v1", "items": items})
 
+    async def _cluster(self, name: str) -> ClusterRecord:
+        found = await self.store.cluster(name)
+        if found is None:
+            raise ApiError(404, "NotFound", f'cluster "{name}" is not known to this hub')
+        return found
+
+    async def _resync(self, request: web.Request) -> web.Response:
+        cluster = (await self._cluster(request.match_info["cluster"])).name
+        type_ = None
+        if request.query.get("type"):
+            try:
+                type_ = self.registry.resolve(request.query["type"]).gvk
+            except UnknownResourceType as exc:
+                raise ApiError.bad_request(f"type: {exc}") from None
+        try:
+            await self.core.request_resync(cluster, type_, reason="requested through the API")
+        except NotConnected:
+            raise ApiError(
+                409,
+                "Conflict",
+                f"cluster {cluster} has no agent connected to this hub: nothing to resync now (a cluster is resynced by digest when its agent reconnects)",
+            ) from None
+        what = type_ or "every type"
+        return json_response(
+            {
+                "kind": "ResyncRequest",
+                "apiVersion": "fleetsync.io/v1",
+                "cluster": cluster,
+                "type": type_ or "",
+                "message": f"digest resync of {what} requested",
+            },
+            status=202,
+        )
+
+    async def _events(self, request: web.Request) -> web.Response:
+        reason = request.query.get("reason") or None
+        if reason is not None and reason not in REASONS:
+            raise ApiError.bad_request(f"unknown event reason {reason!r}: one of {', '.join(REASONS)}")
+        since = _count(request, "since") if "since" in request.query else None
+        limit = _count(request, "limit", 100)
+        if not 0 < limit <= 10_000:
+            raise ApiError.bad_request(f"invalid limit {limit}: must be between 1 and 10000")
+        records = await self.store.events(cluster=request.query.get("cluster") or None, reason=reason, after=since, limit=limit)
+        items = [{"id": e.id, "time": e.time, "cluster": e.cluster, "reason": e.reason, "type": e.type, "message": e.message, "hub": e.hub_id} for e in records]
+        return json_response({"kind": "EventList", "apiVersion": "fleetsync.io/v1", "items": items})
+
     # ---- Kubernetes-compatible reads ---------------------------------------------------------
 
     async def _kube(self, request: web.Request) -> web.Response:
-        cluster = request.match_info["cluster"]
-        if not any(c.name == cluster for c in await self.store.clusters()):
-            raise ApiError(404, "NotFound", f'cluster "{cluster}" is not known to this hub')
+        record = await self._cluster(request.match_info["cluster"])
+        response = await self._kube_read(request, record.name)
+        if record.status == "inactive":
+            response.headers["Warning"] = _stale_warning(record)
+        return response
+
+    async def _kube_read(self, request: web.Request, cluster: str) -> web.Response:
         parts = [p for p in request.match_info["tail"].split("/") if p]
         if parts == ["version"]:
             return json_response(discovery.version_info(f"v1.36.0-fleetsync-hub-{__version__}"))

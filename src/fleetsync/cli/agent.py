@@ -8,9 +8,11 @@ import signal
 from pathlib import Path
 
 from fleetsync.agent.runner import Agent, AgentConfig
-from fleetsync.cli.flags import add_flag
+from fleetsync.agent.uplink import UplinkSettings
+from fleetsync.cli.flags import add_flag, positive_float, positive_int
 from fleetsync.model.types import ENDPOINT_SLICE, ISTIO_TYPES, POD, SERVICE, TypeRegistry, UnknownResourceType
-from fleetsync.transport.base import parse_hub_url
+from fleetsync.transport.base import parse_hub_url, parse_listen_address
+from fleetsync.transport.faults import FaultSpec
 
 DEFAULT_TYPES = ",".join(t.gvk for t in (SERVICE, ENDPOINT_SLICE, POD, *ISTIO_TYPES))
 
@@ -22,10 +24,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     add_flag(p, "--hub", default=None, help="hub URL(s), comma-separated for failover: grpc://HOST:PORT (required)")
     add_flag(p, "--token-file", type=Path, default=None, help="file holding the agent token from `fleetsync token create CLUSTER` (required)")
     add_flag(p, "--agent-id", default="", help="stable agent identity (default: HOSTNAME/CLUSTER)")
-    add_flag(p, "--types", default=DEFAULT_TYPES, help="comma-separated types to sync (group/version/Kind or kubectl names)")
+    add_flag(p, "--types", default=DEFAULT_TYPES, help="comma-separated types to sync (group/version/Kind or kubectl names), or all")
     add_flag(p, "--namespaces", default="", help="only these namespaces (comma-separated; default all)")
     add_flag(p, "--exclude-namespaces", default="", help="never these namespaces (comma-separated)")
     add_flag(p, "--label", default="", help="cluster metadata as k=v,k=v (e.g. region=eu-west-1,env=prod)")
+    add_flag(p, "--max-message-bytes", type=positive_int, default=512 * 1024, help="largest message sent to the hub (the hub may ask for less)")
+    add_flag(p, "--window", type=positive_int, default=32, help="unacknowledged messages allowed per type (flow control)")
+    add_flag(p, "--ack-timeout", type=positive_float, default=15.0, help="seconds without an ack before unacknowledged messages are sent again")
+    add_flag(p, "--metrics", default="", help="serve Prometheus metrics on HOST:PORT (or :PORT); default: off")
+    add_flag(p, "--inject-faults", default="", help="testing aid: drop/duplicate/reorder/delay messages, e.g. drop=0.05,reorder=0.1,delay=0.2,after=5,for=20")
     p.set_defaults(run=run)
 
 
@@ -45,7 +52,7 @@ def config_from(args: argparse.Namespace) -> AgentConfig:
         raise ValueError(f"--token-file {args.token_file} is empty")
     registry = TypeRegistry()
     try:
-        types = [registry.resolve(name) for name in _csv(args.types)]
+        types = list(registry) if args.types.strip() == "all" else [registry.resolve(name) for name in _csv(args.types)]
     except UnknownResourceType as exc:
         raise ValueError(f"--types: {exc}") from None
     metadata = {}
@@ -54,6 +61,11 @@ def config_from(args: argparse.Namespace) -> AgentConfig:
         if not sep:
             raise ValueError(f"--label {pair!r}: expected key=value")
         metadata[key] = value
+    try:
+        faults = FaultSpec.parse(args.inject_faults) if args.inject_faults else None
+        metrics = parse_listen_address(args.metrics) if args.metrics else None
+    except ValueError as exc:
+        raise ValueError(f"--inject-faults / --metrics: {exc}") from None
     return AgentConfig(
         cluster_id=args.cluster_id,
         hubs=[parse_hub_url(url) for url in _csv(args.hub)],
@@ -64,6 +76,10 @@ def config_from(args: argparse.Namespace) -> AgentConfig:
         metadata=metadata,
         namespaces=set(_csv(args.namespaces)),
         exclude_namespaces=set(_csv(args.exclude_namespaces)),
+        max_message_bytes=args.max_message_bytes,
+        uplink=UplinkSettings(window=args.window, ack_timeout=args.ack_timeout),
+        metrics_address=metrics,
+        faults=faults,
     )
 
 

@@ -1,4 +1,4 @@
-"""Client commands against a hub's HTTP API: ``clusters``, ``get``, ``check``."""
+"""Client commands against a hub's HTTP API: ``clusters``, ``get``, ``check``, ``events``, ``resync``."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import sys
 import time
+import urllib.parse
 from typing import Any
 
 import aiohttp
@@ -44,8 +45,26 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.set_defaults(run=lambda a: _run(_get(a)))
     p = subparsers.add_parser("check", help="compare the hub's view with the simulator's truth; exit 1 on divergence")
     add_flag(p, "--sim", default="http://127.0.0.1:8001", help="the simulator's URL")
+    p.add_argument("--clusters", default="", help="only these clusters (comma-separated; default: every simulated cluster)")
+    p.add_argument(
+        "--types",
+        default="",
+        help="compare these types (comma-separated, or all; default: every type the hub holds a stream or an object of, per cluster)",
+    )
     _common(p)
     p.set_defaults(run=lambda a: _run(_check(a)))
+    p = subparsers.add_parser("events", help="cluster events (connected, inactive, resyncs, gaps, ...), oldest first")
+    p.add_argument("--cluster", default=None, help="only this cluster")
+    p.add_argument("--reason", default=None, help="only this reason (Connected, Disconnected, Rejected, Inactive, Active, ResyncStarted, ...)")
+    p.add_argument("--limit", type=int, default=100, help="the newest this many (default: 100)")
+    p.add_argument("-o", "--output", default="", choices=["", "json"], help="output format")
+    _common(p)
+    p.set_defaults(run=lambda a: _run(_events(a)))
+    p = subparsers.add_parser("resync", help="ask a cluster's agent for a digest resync (every type, or one)")
+    p.add_argument("cluster", help="the cluster")
+    p.add_argument("--type", default="", help="only this type (pods, v1/Pod, ...)")
+    _common(p)
+    p.set_defaults(run=lambda a: _run(_resync(a)))
 
 
 def _run(coro: Any) -> int:
@@ -56,12 +75,13 @@ def _run(coro: Any) -> int:
         return 2
 
 
-async def fetch(session: aiohttp.ClientSession, url: str, *, accept: str = "application/json", token: str = "") -> Any:
+async def fetch(session: aiohttp.ClientSession, url: str, *, accept: str = "application/json", token: str = "", method: str = "GET") -> Any:
+    """The decoded JSON answer of ``url``; a ClientError naming the URL and the server's message otherwise."""
     headers = {"Accept": accept}
     if token:
         headers["Authorization"] = f"Bearer {token}"
     try:
-        async with session.get(url, headers=headers) as response:
+        async with session.request(method, url, headers=headers) as response:
             body = await response.read()
             if response.status >= 400:
                 try:
@@ -87,7 +107,8 @@ async def _clusters(args: argparse.Namespace) -> int:
     rows = [
         [
             c["name"],
-            c["status"],
+            c["status"] + (" (stale)" if c.get("stale") else ""),
+            "yes" if c.get("connected") else "no",
             c["agent"] or "-",
             human_duration(now - c["lastHeartbeat"]) + " ago" if c["lastHeartbeat"] else "-",
             sum(c["objects"].values()),
@@ -95,7 +116,35 @@ async def _clusters(args: argparse.Namespace) -> int:
         ]
         for c in data["items"]
     ]
-    _print_table(["NAME", "STATUS", "AGENT", "LAST-HEARTBEAT", "OBJECTS", "ERRORS"], rows)
+    _print_table(["NAME", "STATUS", "CONNECTED", "AGENT", "LAST-SEEN", "OBJECTS", "ERRORS"], rows)
+    return 0
+
+
+async def _events(args: argparse.Namespace) -> int:
+    query = {"limit": str(args.limit)}
+    if args.cluster:
+        query["cluster"] = args.cluster
+    if args.reason:
+        query["reason"] = args.reason
+    async with aiohttp.ClientSession() as session:
+        data = await fetch(session, f"{args.hub}/api/v1/events?{urllib.parse.urlencode(query)}", token=args.token)
+    if args.output == "json":
+        print(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode())
+        return 0
+    if not data["items"]:
+        print("No events found.", file=sys.stderr)
+        return 0
+    now = time.time()
+    rows = [[human_duration(now - e["time"]), e["cluster"], e["reason"], e["type"] or "-", e["message"]] for e in data["items"]]
+    _print_table(["AGE", "CLUSTER", "REASON", "TYPE", "MESSAGE"], rows)
+    return 0
+
+
+async def _resync(args: argparse.Namespace) -> int:
+    query = f"?{urllib.parse.urlencode({'type': args.type})}" if args.type else ""
+    async with aiohttp.ClientSession() as session:
+        data = await fetch(session, f"{args.hub}/api/v1/clusters/{urllib.parse.quote(args.cluster)}/resync{query}", token=args.token, method="POST")
+    print(f"{args.cluster}: {data['message']}; follow it with `fleetsync events --cluster {args.cluster}`")
     return 0
 
 
@@ -146,25 +195,35 @@ def canonical(obj: dict[str, Any]) -> bytes:
     return orjson.dumps(strip(obj), option=orjson.OPT_SORT_KEYS)
 
 
-async def divergence(session: aiohttp.ClientSession, sim: str, hub: str, *, token: str = "") -> dict[str, dict[str, tuple[int, int, int]]]:
-    """cluster -> type -> (missing, extra, stale) between the sim's truth and the hub, for every type the hub syncs."""
+async def divergence(
+    session: aiohttp.ClientSession, sim: str, hub: str, *, token: str = "", only: set[str] | None = None, types: list[str] | None = None
+) -> dict[str, dict[str, tuple[int, int, int]]]:
+    """cluster -> type -> (missing, extra, stale) between the sim's truth and the hub (of every simulated
+    cluster, or of ``only`` these), for ``types`` or else every type the hub holds a stream or an object of."""
     clusters = {c["name"]: c for c in (await fetch(session, f"{hub}/api/v1/clusters", token=token))["items"]}
     report: dict[str, dict[str, tuple[int, int, int]]] = {}
     registry = TypeRegistry()
-    for sim_cluster in (await fetch(session, f"{sim}/clusters"))["clusters"]:
+    simulated = (await fetch(session, f"{sim}/clusters"))["clusters"]
+    unknown = (only or set()) - {c["name"] for c in simulated}
+    if unknown:
+        raise ClientError(f"the simulator has no cluster {', '.join(sorted(unknown))}")
+    for sim_cluster in simulated:
         name = sim_cluster["name"]
+        if only and name not in only:
+            continue
         hub_cluster = clusters.get(name)
-        types = hub_cluster["types"] if hub_cluster else []
-        if not types:
+        if hub_cluster is None or not (hub_cluster["types"] or hub_cluster["objects"]):
             report[name] = {"(cluster not synced)": (sum(sim_cluster["objects"].values()), 0, 0)}
             continue
-        truth = (await fetch(session, f"{sim}/clusters/{name}/truth?" + "&".join(f"type={t}" for t in types)))["types"]
+        held = set(hub_cluster["types"]) | set(hub_cluster["objects"])
+        compare = sorted(held if types is None else set(types) & set(sim_cluster["objects"]))
+        truth = (await fetch(session, f"{sim}/clusters/{name}/truth?" + "&".join(f"type={t}" for t in compare)))["types"]
         report[name] = {}
-        for type_ in types:
+        for type_ in compare:
             rtype = registry.by_gvk(type_)
             want = {f"{o['metadata'].get('namespace', '')}/{o['metadata']['name']}": canonical(o) for o in truth.get(type_, [])}
-            held = (await fetch(session, f"{hub}/clusters/{name}{rtype.collection_path()}", token=token))["items"]
-            have = {f"{o['metadata'].get('namespace', '')}/{o['metadata']['name']}": canonical(o) for o in held}
+            listed = (await fetch(session, f"{hub}/clusters/{name}{rtype.collection_path()}", token=token))["items"]
+            have = {f"{o['metadata'].get('namespace', '')}/{o['metadata']['name']}": canonical(o) for o in listed}
             missing = len(want.keys() - have.keys())
             extra = len(have.keys() - want.keys())
             stale = sum(1 for k in want.keys() & have.keys() if want[k] != have[k])
@@ -172,9 +231,22 @@ async def divergence(session: aiohttp.ClientSession, sim: str, hub: str, *, toke
     return report
 
 
+def _check_types(text: str) -> list[str] | None:
+    if not text.strip():
+        return None
+    registry = TypeRegistry()
+    if text.strip() == "all":
+        return [t.gvk for t in registry]
+    try:
+        return [registry.resolve(name.strip()).gvk for name in text.split(",") if name.strip()]
+    except UnknownResourceType as exc:
+        raise ClientError(f"--types: {exc}") from None
+
+
 async def _check(args: argparse.Namespace) -> int:
     async with aiohttp.ClientSession() as session:
-        report = await divergence(session, args.sim, args.hub, token=args.token)
+        only = {c.strip() for c in args.clusters.split(",") if c.strip()} or None
+        report = await divergence(session, args.sim, args.hub, token=args.token, only=only, types=_check_types(args.types))
     rows = [[c, t, m, e, s] for c, types in report.items() for t, (m, e, s) in types.items()]
     _print_table(["CLUSTER", "TYPE", "MISSING", "EXTRA", "STALE"], rows)
     diverged = sum(m + e + s for types in report.values() for m, e, s in types.values())

@@ -16,7 +16,7 @@ from fleetsync.api.app import ApiServer
 from fleetsync.cli.agent import DEFAULT_TYPES
 from fleetsync.cli.flags import add_flag, non_negative_float, positive_int
 from fleetsync.hub.auth import hash_token, new_token
-from fleetsync.hub.session import HubCore, HubSettings
+from fleetsync.hub.core import HubCore, HubSettings
 from fleetsync.model.types import TypeRegistry
 from fleetsync.sim.fleet import SimConfig, SimFleet
 from fleetsync.sim.kubeconfig import write_kubeconfig
@@ -48,6 +48,7 @@ async def demo(args: argparse.Namespace) -> None:
     api = ApiServer(core, port=args.http_port)
     try:
         await sim.start()
+        await core.start()
         await grpc_server.start()
         await api.start()
     except OSError as exc:
@@ -76,6 +77,8 @@ async def demo(args: argparse.Namespace) -> None:
         f"  try:       {kubectl if kubectl.exists() else 'kubectl'} --server {hub_url}/clusters/c1 get pods -A\n"
         f"             {Path(sys.executable).parent / 'fleetsync'} get pods -A --hub {hub_url}\n"
         f"             {Path(sys.executable).parent / 'fleetsync'} check --sim http://127.0.0.1:{sim.port} --hub {hub_url}\n"
+        f"             {Path(sys.executable).parent / 'fleetsync'} events --hub {hub_url}\n"
+        f"             {Path(sys.executable).parent / 'fleetsync'} resync c1 --type pods --hub {hub_url}\n"
         f"  Ctrl-C stops everything.\n",
         flush=True,
     )
@@ -104,6 +107,7 @@ async def demo(args: argparse.Namespace) -> None:
             task.cancel()
         await asyncio.gather(*agents, return_exceptions=True)
         await grpc_server.stop(0.5)
+        await core.stop()
         await api.stop()
         await sim.stop()
         await store.close()

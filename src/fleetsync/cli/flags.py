@@ -44,6 +44,13 @@ def non_negative_float(text: str) -> float:
     return value
 
 
+def positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise ValueError(text)
+    return value
+
+
 def positive_int(text: str) -> int:
     value = int(text)
     if value <= 0:
@@ -60,5 +67,6 @@ def non_negative_int(text: str) -> int:
 
 # argparse prints the type's __name__ in its error message ("invalid positive_int value")
 non_negative_float.__name__ = "non-negative number"
+positive_float.__name__ = "positive number"
 positive_int.__name__ = "positive integer"
 non_negative_int.__name__ = "non-negative integer"

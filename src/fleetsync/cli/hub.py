@@ -8,8 +8,8 @@ import logging
 import signal
 import socket
 
-from fleetsync.cli.flags import add_flag, non_negative_float
-from fleetsync.hub.session import HubCore, HubSettings
+from fleetsync.cli.flags import add_flag, add_switch, non_negative_float, positive_float, positive_int
+from fleetsync.hub.core import DigestSchedule, HubCore, HubSettings
 from fleetsync.store import open_store
 from fleetsync.transport.base import parse_listen_address
 from fleetsync.transport.grpc import GrpcHubServer
@@ -23,9 +23,32 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     add_flag(p, "--grpc", default="127.0.0.1:7443", help="gRPC listen address for agents (HOST:PORT or :PORT)")
     add_flag(p, "--http", default="127.0.0.1:8080", help="HTTP API listen address (HOST:PORT or :PORT)")
     add_flag(p, "--hub-id", default=socket.gethostname(), help="this replica's name (in leases and logs)")
-    add_flag(p, "--heartbeat-interval", type=non_negative_float, default=10.0, help="seconds between agent heartbeats")
-    add_flag(p, "--grace-period", type=non_negative_float, default=15.0, help="seconds a disconnected agent's lease is kept for it")
+    add_flag(p, "--heartbeat-interval", type=positive_float, default=10.0, help="agents send a heartbeat after this many idle seconds (H)")
+    add_flag(p, "--inactivity-timeout", type=positive_float, default=30.0, help="a cluster with no message for this many seconds becomes inactive (T)")
+    add_flag(p, "--grace-period", type=non_negative_float, default=15.0, help="seconds a disconnected agent's lease is kept for it (G)")
+    add_flag(p, "--max-message-bytes", type=positive_int, default=512 * 1024, help="largest agent message accepted; agents chunk below it")
+    add_flag(
+        p,
+        "--digest-interval",
+        default="300",
+        help="seconds between periodic digest resyncs, as DEFAULT[,TYPE=SECONDS...] (e.g. 300,v1/Pod=60); 0 turns one off",
+    )
+    add_switch(p, "--resync-on-startup", help="ask every cluster for a digest of every type on its first connection after the hub starts (default: on)")
     p.set_defaults(run=run)
+
+
+def settings_from(args: argparse.Namespace) -> HubSettings:
+    if args.heartbeat_interval >= args.inactivity_timeout:
+        raise ValueError(f"--heartbeat-interval ({args.heartbeat_interval:g}s) must be shorter than --inactivity-timeout ({args.inactivity_timeout:g}s)")
+    return HubSettings(
+        hub_id=args.hub_id,
+        heartbeat_interval=args.heartbeat_interval,
+        inactivity_timeout=args.inactivity_timeout,
+        grace_period=args.grace_period,
+        max_message_bytes=args.max_message_bytes,
+        digest_schedule=DigestSchedule.parse(args.digest_interval),
+        resync_on_startup=args.resync_on_startup is not False,
+    )
 
 
 async def serve(args: argparse.Namespace) -> None:
@@ -34,16 +57,18 @@ async def serve(args: argparse.Namespace) -> None:
     try:
         grpc_host, grpc_port = parse_listen_address(args.grpc)
         http_host, http_port = parse_listen_address(args.http)
+        settings = settings_from(args)
         store = open_store(args.db)
     except ValueError as exc:
         raise SystemExit(f"fleetsync hub: {exc}") from None
     await store.open()
-    core = HubCore(store, HubSettings(hub_id=args.hub_id, heartbeat_interval=args.heartbeat_interval, grace_period=args.grace_period))
+    core = HubCore(store, settings)
     try:
         grpc_server = GrpcHubServer(core, grpc_host, grpc_port)
     except (OSError, RuntimeError) as exc:
         raise SystemExit(f"fleetsync hub: cannot listen on {args.grpc}: {exc}") from None
     api = ApiServer(core, host=http_host, port=http_port)
+    await core.start()
     await grpc_server.start()
     try:
         await api.start()
@@ -59,6 +84,7 @@ async def serve(args: argparse.Namespace) -> None:
     finally:
         log.info("shutting down")
         await grpc_server.stop()
+        await core.stop()
         await api.stop()
         await store.close()
 

@@ -7,6 +7,7 @@ import asyncio
 
 from fleetsync.cli.flags import add_flag
 from fleetsync.hub.auth import ROLES, hash_token, new_token
+from fleetsync.model.types import TypeRegistry, UnknownResourceType
 from fleetsync.store import open_store
 
 
@@ -19,15 +20,28 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     create.add_argument("name", help="role agent: the cluster the token may write; read/admin: a name for the API client")
     add_flag(create, "--role", default="agent", choices=ROLES, help="what the token may do")
     add_flag(create, "--db", default="sqlite:///fleetsync.db", help="the hub's store URL")
+    add_flag(create, "--types", default="", help="role agent: only these types may be written (comma-separated; default: every type)")
     create.set_defaults(run=run_create)
 
 
+def _types(args: argparse.Namespace) -> list[str]:
+    names = [t.strip() for t in args.types.split(",") if t.strip()]
+    if names and args.role != "agent":
+        raise ValueError("--types applies to agent tokens only")
+    registry = TypeRegistry()
+    try:
+        return [registry.resolve(name).gvk for name in names]
+    except UnknownResourceType as exc:
+        raise ValueError(f"--types: {exc}") from None
+
+
 async def _create(args: argparse.Namespace) -> str:
+    types = _types(args)
     store = open_store(args.db)
     await store.open()
     try:
         token = new_token()
-        await store.add_token(name=args.name, role=args.role, token_hash=hash_token(token))
+        await store.add_token(name=args.name, role=args.role, token_hash=hash_token(token), types=types)
         return token
     finally:
         await store.close()

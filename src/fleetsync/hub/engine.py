@@ -1,24 +1,41 @@
 """The sync engine: applies one cluster's bundles in order, by the protocol's rules, and acks after commit.
 
-One :class:`ClusterEngine` per connected cluster; the session feeds it messages in
-arrival order, so a cluster's bundles are applied strictly one after another. The
-rules themselves live in :mod:`fleetsync.protocol.rules`; this module only turns
-their decisions into one store transaction and the answer to send.
+One :class:`ClusterEngine` per connected cluster. The session puts the agent's
+bundles and digests into the engine's :class:`~fleetsync.hub.inbox.Inbox` as they
+arrive (where they conflate while the engine is behind); :meth:`ClusterEngine.run`
+takes them out one at a time, so a cluster's bundles are applied strictly in order.
+The rules themselves live in :mod:`fleetsync.protocol.rules`; this module turns their
+decisions into one store transaction each and the answer to send (an Ack, only after
+the commit; a ResyncRequest on a gap; a DigestDiff).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import math
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
 
 import xxhash
 
+from fleetsync.hub import events
+from fleetsync.hub.events import EventLog
+from fleetsync.hub.inbox import Inbox, QueuedDelta, QueuedDigest, header_of
+from fleetsync.hub.metrics import HubMetrics
 from fleetsync.protocol import fleetsync_pb2 as pb
-from fleetsync.protocol.rules import BundleHeader, HubStream, Position, Verdict, compare_digest
-from fleetsync.store.contract import ObjectRecord, Store
+from fleetsync.protocol.rules import HubStream, Position, Verdict, compare_digest
+from fleetsync.store.contract import ObjectRecord, Store, StreamRecord
 
 log = logging.getLogger(__name__)
+
+Send = Callable[[pb.HubMessage], Awaitable[None]]
+
+#: A stream past a gap is asked for a resync at most this often (seconds); every bundle past it would otherwise ask again.
+GAP_REQUEST_INTERVAL = 1.0
+#: Why the hub asks for a periodic digest; digests for it that find nothing make no event.
+PERIODIC = "periodic"
 
 
 def full_mark(incarnation: str, seq: int) -> int:
@@ -44,67 +61,206 @@ def object_record(cluster: str, type_: str, incarnation: str, obj: pb.Object, co
     )
 
 
+@dataclass
+class _Resync:
+    """A resync of one type under way: why, since when, and what it repairs."""
+
+    what: str
+    started: float
+
+
 class ClusterEngine:
     """Ordered apply for one cluster."""
 
-    def __init__(self, store: Store, cluster: str, positions: dict[str, Position], *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        store: Store,
+        cluster: str,
+        streams: Iterable[StreamRecord],
+        *,
+        send: Send,
+        events: EventLog,
+        metrics: HubMetrics,
+        max_message_bytes: int,
+        inbox_bytes: int = 64 * 1024 * 1024,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.store = store
         self.cluster = cluster
+        self.send = send
+        self.events = events
+        self.metrics = metrics
         self.clock = clock
-        self.streams: dict[str, HubStream] = {t: HubStream(applied=p) for t, p in positions.items()}
+        self.max_diff_bytes = max_message_bytes // 2
+        self.inbox = Inbox(max_bytes=inbox_bytes)
+        self.streams: dict[str, HubStream] = {}
+        self.errors: dict[str, str] = {}
+        for s in streams:
+            self.streams[s.type] = HubStream(applied=Position(s.incarnation, s.seq) if s.incarnation else None)
+            self.errors[s.type] = s.error
         self.applied_objects = 0
-        self.on_applied: Callable[[str, int, float], None] | None = None  # (type, objects, seconds) for metrics
-        self.on_lag: Callable[[float], None] | None = None  # seconds from the agent seeing a change to its commit
+        self._asked: dict[str, str] = {}  # type -> why the hub asked for its resync
+        self._resyncs: dict[str, _Resync] = {}
+        self._gaps: dict[str, float] = {}  # type -> when the gap was seen (until the stream moves again)
+        self._gap_asked: dict[str, float] = {}
+        self._conflated = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
 
     def stream(self, type_: str) -> HubStream:
         return self.streams.setdefault(type_, HubStream())
 
-    async def apply(self, bundle: pb.Bundle) -> pb.HubMessage | None:
-        """Apply ``bundle`` if the rules allow; return the Ack (after commit) or ResyncRequest to send."""
-        if bundle.kind == pb.BUNDLE_KIND_UNSPECIFIED:
-            # an error report only: the type failed to list; keep its last known state
-            await self.store.set_stream_error(self.cluster, bundle.type, bundle.error, now=self.clock())
-            return None
-        stream = self.stream(bundle.type)
-        header = BundleHeader(bundle.incarnation, bundle.seq, bundle.base_seq, full=bundle.kind == pb.FULL, chunk=bundle.chunk, last=bundle.last)
+    # ---- in -----------------------------------------------------------------------------
+
+    async def submit(self, message: pb.Bundle | pb.Digest) -> None:
+        """Queue a received bundle or digest chunk; waits while too much is queued (backpressure)."""
+        self.inbox.put(message)
+        self._idle.clear()
+        self._observe_inbox()
+        await self.inbox.room()
+
+    def _observe_inbox(self) -> None:
+        if self.inbox.conflated != self._conflated:
+            self.metrics.conflated.inc(self.inbox.conflated - self._conflated)
+            self._conflated = self.inbox.conflated
+        self.metrics.queued_bytes.labels(self.cluster).set(self.inbox.bytes)
+
+    async def request_resync(self, types: Iterable[str], reason: str, *, all_types: bool = False) -> None:
+        """Ask the agent for a digest resync of ``types`` (``all_types``: of every type it syncs)."""
+        wanted = list(self.streams) if all_types else list(types)
+        for t in wanted:
+            self._asked[t] = reason
+        self.metrics.resyncs_requested.labels(reason.split(":")[0]).inc()
+        if all_types:
+            await self.send(pb.HubMessage(resync=pb.ResyncRequest(type="", reason=reason)))
+        else:
+            for t in wanted:
+                await self.send(pb.HubMessage(resync=pb.ResyncRequest(type=t, reason=reason)))
+
+    # ---- the worker ---------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Apply what arrives, in order, forever (cancelled when the session ends)."""
+        while True:
+            if not len(self.inbox):
+                self._idle.set()
+            await self.step()
+
+    async def step(self) -> None:
+        """Apply the next queued item (waiting for one) and send what answers it."""
+        item = await self.inbox.get()
+        self._observe_inbox()
+        for answer in await self.process(item):
+            await self.send(answer)
+
+    async def drained(self) -> None:
+        """Wait until everything submitted so far is applied and answered."""
+        await self._idle.wait()
+
+    async def process(self, item: QueuedDelta | QueuedDigest | pb.Bundle) -> list[pb.HubMessage]:
+        if isinstance(item, QueuedDigest):
+            return [await self._answer_digest(item)]
+        if isinstance(item, pb.Bundle) and item.kind == pb.BUNDLE_KIND_UNSPECIFIED:
+            await self._type_error(item.type, item.error)
+            return []
+        return await self._apply(item)
+
+    async def _apply(self, item: QueuedDelta | pb.Bundle) -> list[pb.HubMessage]:
+        if isinstance(item, QueuedDelta):
+            header, upserts, deletes = item.header, item.upserts, item.deletes
+        else:
+            header, upserts, deletes = header_of(item), list(item.upserts), list(item.deletes)
+        type_ = item.type
+        stream = self.stream(type_)
         decision = stream.decide(header)
         if decision.verdict is Verdict.GAP:
-            log.info("cluster %s type %s: gap (%s); asking for a resync", self.cluster, bundle.type, decision.reason)
-            return pb.HubMessage(resync=pb.ResyncRequest(type=bundle.type, reason=decision.reason))
+            return await self._gap(type_, decision.reason)
+        if decision.full_restart:
+            self._resyncs[type_] = _Resync("FULL sync", self.clock())
+            await self.events.record(self.cluster, events.RESYNC_STARTED, f"FULL sync started (incarnation {header.incarnation}, seq {header.seq})", type=type_)
+        repairing = stream.pending_digest is not None
         if decision.verdict is not Verdict.DUPLICATE:
             started = time.perf_counter()
             moves = decision.verdict in (Verdict.APPLY_DELTA, Verdict.FULL_LAST)
             await self.store.apply_bundle(
                 self.cluster,
-                bundle.type,
-                incarnation=bundle.incarnation,
-                seq=bundle.seq,
-                upserts=[object_record(self.cluster, bundle.type, bundle.incarnation, o, bundle.compression) for o in bundle.upserts],
-                deletes=list(bundle.deletes),
-                full_seq=full_mark(bundle.incarnation, bundle.seq) if header.full else None,
+                type_,
+                incarnation=header.incarnation,
+                seq=header.seq,
+                upserts=[object_record(self.cluster, type_, header.incarnation, o, item.compression) for o in upserts],
+                deletes=deletes,
+                full_seq=full_mark(header.incarnation, header.seq) if header.full else None,
                 full_end=decision.verdict is Verdict.FULL_LAST,
-                move_to=(bundle.incarnation, bundle.seq) if moves else None,
+                move_to=(header.incarnation, header.seq) if moves else None,
                 now=self.clock(),
             )
-            if bundle.error or moves:
-                await self.store.set_stream_error(self.cluster, bundle.type, bundle.error, now=self.clock())
-            self.applied_objects += len(bundle.upserts) + len(bundle.deletes)
-            if self.on_applied:
-                self.on_applied(bundle.type, len(bundle.upserts) + len(bundle.deletes), time.perf_counter() - started)
-            if self.on_lag and bundle.collected_at_ms:
-                self.on_lag(max(0.0, self.clock() - bundle.collected_at_ms / 1000))
-        position = stream.committed(header, decision)
-        if position is None:
-            return None
-        return pb.HubMessage(ack=pb.Ack(type=bundle.type, incarnation=position.incarnation, seq=position.seq))
+            objects = len(upserts) + len(deletes)
+            self.applied_objects += objects
+            self.metrics.applied(type_, objects, time.perf_counter() - started)
+            if item.collected_at_ms:
+                self.metrics.sync_lag.labels(self.cluster).set(max(0.0, self.clock() - item.collected_at_ms / 1000))
+        ack = stream.committed(header, decision)
+        if decision.verdict in (Verdict.APPLY_DELTA, Verdict.FULL_LAST):
+            self._gaps.pop(type_, None)
+            if decision.verdict is Verdict.FULL_LAST or (repairing and stream.pending_digest is None):
+                await self._resync_finished(type_)
+        if ack is None:
+            return []
+        return [pb.HubMessage(ack=pb.Ack(type=type_, incarnation=ack.incarnation, seq=ack.seq, chunk=ack.chunk, partial=ack.partial))]
 
-    async def answer_digest(self, digest: pb.Digest) -> pb.HubMessage:
-        """Compare the agent's digest with what the store holds; the agent repairs with one DELTA."""
+    async def _gap(self, type_: str, reason: str) -> list[pb.HubMessage]:
+        now = self.clock()
+        if type_ not in self._gaps:
+            self._gaps[type_] = now
+            await self.events.record(self.cluster, events.GAP_DETECTED, f"{reason}; asking the agent for a digest resync", type=type_)
+        if now - self._gap_asked.get(type_, -math.inf) < GAP_REQUEST_INTERVAL:
+            return []
+        self._gap_asked[type_] = now
+        self._asked[type_] = "gap"
+        self.metrics.resyncs_requested.labels("gap").inc()
+        return [pb.HubMessage(resync=pb.ResyncRequest(type=type_, reason=f"gap: {reason}"))]
+
+    async def _answer_digest(self, digest: QueuedDigest) -> pb.HubMessage:
+        """Compare the agent's digest with what the store holds; the agent repairs with one DELTA (or a FULL)."""
         held = await self.store.object_hashes(self.cluster, digest.type)
-        diff = compare_digest({e.key: e.hash for e in digest.entries}, held)
+        diff = compare_digest(digest.entries, held)
         self.stream(digest.type).digest_answered(digest.incarnation, digest.seq)
+        reason = self._asked.pop(digest.type, "")
+        keys = [*diff.missing, *diff.stale, *diff.extra]
+        send_full = sum(len(k) + 3 for k in keys) > self.max_diff_bytes
+        self.metrics.digests_answered.labels("full" if send_full else "repair" if keys else "clean").inc()
+        if keys or reason not in ("", PERIODIC):
+            why = f" ({reason})" if reason else ""
+            found = f"{len(diff.missing)} missing, {len(diff.stale)} stale, {len(diff.extra)} extra"
+            self._resyncs[digest.type] = _Resync(f"repair of {found}", self.clock())
+            await self.events.record(
+                self.cluster,
+                events.RESYNC_STARTED,
+                f"digest of {len(digest.entries)} objects{why}: {found}" + ("; too many to list, asking for a FULL" if send_full else ""),
+                type=digest.type,
+            )
+        if send_full:
+            return pb.HubMessage(digest_diff=pb.DigestDiff(type=digest.type, incarnation=digest.incarnation, seq=digest.seq, send_full=True))
         return pb.HubMessage(
             digest_diff=pb.DigestDiff(
                 type=digest.type, incarnation=digest.incarnation, seq=digest.seq, missing=diff.missing, stale=diff.stale, extra=diff.extra
             )
         )
+
+    async def _resync_finished(self, type_: str) -> None:
+        resync = self._resyncs.pop(type_, None)
+        if resync is not None:
+            took = self.clock() - resync.started
+            await self.events.record(self.cluster, events.RESYNC_FINISHED, f"{resync.what} done in {took:.1f}s", type=type_)
+
+    async def _type_error(self, type_: str, error: str) -> None:
+        """A type failed to list (or recovered): its last known state is kept either way."""
+        before = self.errors.get(type_, "")
+        if error == before:
+            return
+        self.errors[type_] = error
+        await self.store.set_stream_error(self.cluster, type_, error, now=self.clock())
+        if error:
+            await self.events.record(self.cluster, events.TYPE_FAILED, f"{error}; keeping its last known state", type=type_)
+        else:
+            await self.events.record(self.cluster, events.TYPE_RECOVERED, "syncing again", type=type_)

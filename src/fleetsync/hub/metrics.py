@@ -8,7 +8,9 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 class HubMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
-        self.bundles_applied = Counter("fleetsync_bundles_applied_total", "Bundles committed to the store", ["type"], registry=self.registry)
+        self.bundles_applied = Counter(
+            "fleetsync_bundles_applied_total", "Bundles committed to the store (a conflated run of bundles commits once)", ["type"], registry=self.registry
+        )
         self.objects_applied = Counter("fleetsync_objects_applied_total", "Object upserts and deletes committed", ["type"], registry=self.registry)
         self.apply_seconds = Histogram(
             "fleetsync_apply_seconds",
@@ -18,7 +20,26 @@ class HubMetrics:
         )
         self.connected_agents = Gauge("fleetsync_connected_agents", "Agents with an open session on this hub", registry=self.registry)
         self.rejected = Counter("fleetsync_agents_rejected_total", "Agent connections rejected", ["reason"], registry=self.registry)
-        self.resyncs_requested = Counter("fleetsync_resync_requests_total", "ResyncRequests sent (gaps)", registry=self.registry)
+        self.resyncs_requested = Counter(
+            "fleetsync_resync_requests_total",
+            "ResyncRequests sent to agents, by reason (gap, periodic, reactivated, hub-startup, api)",
+            ["reason"],
+            registry=self.registry,
+        )
+        self.digests_answered = Counter(
+            "fleetsync_digests_answered_total", "Digests compared, by outcome (clean, repair, full)", ["outcome"], registry=self.registry
+        )
+        self.conflated = Counter(
+            "fleetsync_bundles_conflated_total",
+            "Bundles merged into a queued one or dropped as redundant while the hub was behind",
+            registry=self.registry,
+        )
+        self.queued_bytes = Gauge("fleetsync_inbox_bytes", "Bytes received and not yet applied, per cluster", ["cluster"], registry=self.registry)
+        self.events = Counter("fleetsync_events_total", "Cluster events recorded, by reason", ["reason"], registry=self.registry)
+        self.inactive = Gauge("fleetsync_inactive_clusters", "Clusters with no message for the inactivity timeout", registry=self.registry)
+        self.refused = Counter(
+            "fleetsync_messages_refused_total", "Agent messages refused (malformed, oversized, not allowed)", ["reason"], registry=self.registry
+        )
         self.objects = Gauge("fleetsync_objects", "Objects held, per cluster (updated on read of /metrics)", ["cluster"], registry=self.registry)
 
         self.sync_lag = Gauge(

@@ -1,112 +1,167 @@
-"""One agent's session: authentication, the cluster lease, then messages into the engine.
+"""One agent's session: authentication, the cluster lease, checks on every message, then the engine.
 
-Transport-independent: a transport adapter feeds :meth:`Session.handle` the agent's
-messages in order and delivers what ``send`` is given. The first message must be a
-``Hello``; a token only lets an agent write the cluster it was issued for.
+Transport-independent: a transport adapter creates a :class:`Session` per connection,
+feeds :meth:`Session.handle` the agent's messages in order, delivers what ``send`` is
+given, and calls :meth:`Session.close` when the connection ends. The first message
+must be a ``Hello``. The cluster a session writes is the one its token was issued
+for, never one a message names: a token cannot write another cluster's state.
+
+Every message is checked before it reaches the engine: too large (a protocol
+error: the session ends), a type the hub does not know or the token may not write
+(that type is refused with ``Reject{type}``, the session goes on), a malformed bundle
+or digest (refused likewise). Nothing refused is applied, and nothing else is lost.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-import time
+import random
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 
+from fleetsync.hub import events
 from fleetsync.hub.auth import hash_token
-from fleetsync.hub.engine import ClusterEngine
-from fleetsync.hub.metrics import HubMetrics
+from fleetsync.hub.core import HubCore
+from fleetsync.hub.engine import PERIODIC, ClusterEngine
+from fleetsync.model.types import UnknownResourceType
 from fleetsync.protocol import fleetsync_pb2 as pb
-from fleetsync.protocol.rules import Position
-from fleetsync.store.contract import ClusterRecord, Store
+from fleetsync.protocol.codec import CodecError
+from fleetsync.store.contract import ClusterRecord, TokenRecord
 
 log = logging.getLogger(__name__)
 
 Send = Callable[[pb.HubMessage], Awaitable[None]]
+End = Callable[[], Awaitable[None]]
 
 
 class SessionClosed(Exception):
     """The session ended (rejected or protocol error); the transport closes the connection."""
 
 
-@dataclass
-class HubSettings:
-    hub_id: str = "hub-1"
-    heartbeat_interval: float = 10.0
-    lease_ttl: float = 30.0
-    grace_period: float = 15.0
-    max_message_bytes: int = 4 * 1024 * 1024
-
-
-@dataclass
-class HubCore:
-    """What every session shares: the store, settings and metrics."""
-
-    store: Store
-    settings: HubSettings = field(default_factory=HubSettings)
-    metrics: HubMetrics = field(default_factory=HubMetrics)
-    clock: Callable[[], float] = time.time
-
-    def session(self, send: Send, *, peer: str = "") -> Session:
-        return Session(self, send, peer=peer)
+def malformed(bundle: pb.Bundle) -> str:
+    """What is wrong with a bundle's structure ("" if nothing)."""
+    if bundle.kind not in (pb.FULL, pb.DELTA, pb.BUNDLE_KIND_UNSPECIFIED):
+        return f"unknown bundle kind {bundle.kind}"
+    if bundle.kind == pb.BUNDLE_KIND_UNSPECIFIED:
+        return "" if not (bundle.upserts or bundle.deletes) else "an error report carries no objects"
+    if not bundle.incarnation or bundle.seq < 1 or bundle.base_seq >= bundle.seq:
+        return f"needs an incarnation and base_seq < seq (got incarnation {bundle.incarnation!r}, seq {bundle.seq}, base_seq {bundle.base_seq})"
+    if bundle.compression not in (pb.COMPRESSION_NONE, pb.COMPRESSION_LZ4):
+        return f"unknown compression {bundle.compression}"
+    for i, obj in enumerate(bundle.upserts):
+        if not obj.name:
+            return f"object #{i} has no name"
+    for key in bundle.deletes:
+        if "/" not in key:
+            return f"delete key {key!r} is not namespace/name"
+    return ""
 
 
 class Session:
-    def __init__(self, core: HubCore, send: Send, *, peer: str = "") -> None:
+    def __init__(self, core: HubCore, send: Send, *, peer: str = "", end: End | None = None) -> None:
         self.core = core
         self.send = send
+        self.end = end
         self.peer = peer
         self.hello: pb.Hello | None = None
+        self.token: TokenRecord | None = None
         self.engine: ClusterEngine | None = None
+        #: False once the cluster went inactive (no message for the timeout); the next message reactivates it.
+        self.active = True
+        self.superseded = False
+        self._worker: asyncio.Task[None] | None = None
         self._renewal: asyncio.Task[None] | None = None
+        self._refused: set[str] = set()
+        self._next_digest: dict[str, float] = {}
 
     @property
     def cluster(self) -> str:
         return self.hello.cluster_id if self.hello else ""
 
-    async def reject(self, reason: int, message: str, retry_after: float = 0.0) -> None:
-        log.info("rejecting agent %s for cluster %r: %s", self.peer, self.cluster, message)
-        self.core.metrics.rejected.labels(pb.RejectReason.Name(reason)).inc()  # type: ignore[arg-type]
+    async def reject(self, reason: int, message: str, retry_after: float = 0.0, *, event: bool = True) -> None:
+        """Refuse or end the session (raises SessionClosed)."""
+        name = pb.RejectReason.Name(reason)  # type: ignore[arg-type]
+        self.core.metrics.rejected.labels(name).inc()
+        if event and self.cluster:
+            await self.core.events.record(self.cluster, events.REJECTED, f"{name}: {message} (from {self.peer or 'unknown peer'})")
+        else:
+            log.warning("rejecting agent %s for cluster %r: %s", self.peer, self.cluster, message)
         await self.send(pb.HubMessage(reject=pb.Reject(reason=reason, message=message, retry_after_ms=int(retry_after * 1000))))  # type: ignore[arg-type]
         raise SessionClosed(message)
 
+    # ---- messages ------------------------------------------------------------------------
+
     async def handle(self, message: pb.AgentMessage) -> None:
         kind = message.WhichOneof("message")
+        size = message.ByteSize()
+        limit = self.core.settings.max_message_bytes
+        if size > limit:
+            self.core.metrics.refused.labels("oversized").inc()
+            await self.reject(pb.PROTOCOL, f"{kind} message of {size} bytes exceeds the hub's max message size of {limit} bytes")
         if self.engine is None:
             if kind != "hello":
-                await self.reject(pb.PROTOCOL, f"the first message must be Hello, got {kind}")
+                await self.reject(pb.PROTOCOL, f"the first message must be Hello, got {kind}", event=False)
             await self._start(message.hello)
             return
-        store, now = self.core.store, self.core.clock()
+        now = self.core.clock()
+        await self.core.store.touch_cluster(self.cluster, now=now)
+        if not self.active:
+            await self._reactivate()
         if kind == "bundle":
-            answer = await self.engine.apply(message.bundle)
-            if answer is not None:
-                if answer.WhichOneof("message") == "resync":
-                    self.core.metrics.resyncs_requested.inc()
-                await self.send(answer)
+            await self._submit(message.bundle.type, message.bundle, malformed(message.bundle))
         elif kind == "digest":
-            await self.send(await self.engine.answer_digest(message.digest))
-        elif kind == "heartbeat":
-            pass
+            await self._submit(message.digest.type, message.digest, "")
         elif kind == "hello":
             await self.reject(pb.PROTOCOL, "Hello sent twice on one connection")
-        else:
-            log.debug("cluster %s: %s not handled yet", self.cluster, kind)
-        await store.touch_cluster(self.cluster, now=now)
+        elif kind in ("status", "local_change"):
+            log.debug("cluster %s: %s is not handled by this hub yet", self.cluster, kind)
+
+    async def _submit(self, type_: str, message: pb.Bundle | pb.Digest, problem: str) -> None:
+        assert self.engine is not None
+        refusal = self._refusal(type_)
+        if refusal is None and problem:
+            refusal = (pb.PROTOCOL, f"malformed {type(message).__name__} of {type_}: {problem}")
+        if refusal is None:
+            try:
+                await self.engine.submit(message)
+                return
+            except CodecError as exc:
+                refusal = (pb.PROTOCOL, str(exc))
+        reason, text = refusal
+        self.core.metrics.refused.labels(pb.RejectReason.Name(reason).lower()).inc()  # type: ignore[arg-type]
+        if type_ not in self._refused:
+            self._refused.add(type_)
+            await self.core.events.record(self.cluster, events.TYPE_REFUSED, text, type=type_)
+        await self.send(pb.HubMessage(reject=pb.Reject(reason=reason, message=text, type=type_)))  # type: ignore[arg-type]
+
+    def _refusal(self, type_: str) -> tuple[int, str] | None:
+        """Why the hub will not take ``type_`` from this agent (None: it will)."""
+        try:
+            self.core.registry.by_gvk(type_)
+        except UnknownResourceType:
+            return pb.PROTOCOL, f"type {type_!r} is not a resource type this hub knows (group/version/Kind, e.g. v1/Pod)"
+        assert self.token is not None
+        if self.token.types and type_ not in self.token.types:
+            return pb.PERMISSION_DENIED, f"the token of cluster {self.cluster!r} may write only {', '.join(self.token.types)}; not {type_}"
+        return None
+
+    # ---- the session's life ------------------------------------------------------------------
 
     async def _start(self, hello: pb.Hello) -> None:
         self.hello = hello
         core, store, now = self.core, self.core.store, self.core.clock()
         if not hello.cluster_id or not hello.agent_id or not hello.incarnation:
-            await self.reject(pb.PROTOCOL, "Hello needs cluster_id, agent_id and incarnation")
-        found = await store.find_token(hash_token(hello.token)) if hello.token else None
-        if found is None:
+            await self.reject(pb.PROTOCOL, "Hello needs cluster_id, agent_id and incarnation", event=False)
+        token = await store.find_token(hash_token(hello.token)) if hello.token else None
+        if token is None:
             await self.reject(
                 pb.UNAUTHENTICATED, f"invalid token for cluster {hello.cluster_id!r}: create one with `fleetsync token create {hello.cluster_id}`"
             )
-        name, role = found  # type: ignore[misc]
-        if role != "agent" or name != hello.cluster_id:
-            await self.reject(pb.PERMISSION_DENIED, f"this token is for {role} {name!r}; it cannot write cluster {hello.cluster_id!r}")
+        assert token is not None
+        if token.role != "agent" or token.name != hello.cluster_id:
+            await self.reject(pb.PERMISSION_DENIED, f"this token is for {token.role} {token.name!r}; it cannot write cluster {hello.cluster_id!r}")
+        self.token = token
         result = await store.acquire_lease(
             hello.cluster_id, holder=hello.agent_id, incarnation=hello.incarnation, hub_id=core.settings.hub_id, now=now, ttl=core.settings.lease_ttl
         )
@@ -123,11 +178,22 @@ class Session:
                 f"cluster {hello.cluster_id!r} is held for agent {lease.holder!r} for {remaining:.1f}s more (grace period after its disconnect)",
                 remaining,
             )
+        previous = core.sessions.get(hello.cluster_id)
+        if previous is not None:
+            await previous.supersede()  # the same agent again (a half-open connection's successor)
+        before = await store.cluster(hello.cluster_id)
         streams = await store.streams(hello.cluster_id)
-        positions = {s.type: Position(s.incarnation, s.seq) for s in streams}
-        self.engine = ClusterEngine(store, hello.cluster_id, positions, clock=core.clock)
-        self.engine.on_applied = core.metrics.applied
-        self.engine.on_lag = core.metrics.sync_lag.labels(hello.cluster_id).set
+        self.engine = ClusterEngine(
+            store,
+            hello.cluster_id,
+            streams,
+            send=self.send,
+            events=core.events,
+            metrics=core.metrics,
+            max_message_bytes=core.settings.max_message_bytes,
+            inbox_bytes=core.settings.inbox_bytes,
+            clock=core.clock,
+        )
         await store.upsert_cluster(
             ClusterRecord(
                 name=hello.cluster_id,
@@ -140,19 +206,60 @@ class Session:
                 hub_id=core.settings.hub_id,
             )
         )
+        core.sessions[hello.cluster_id] = self
         core.metrics.connected_agents.inc()
-        self._renewal = asyncio.create_task(self._renew_lease(), name=f"lease-{hello.cluster_id}")
-        log.info("cluster %s connected: agent %s incarnation %s from %s", hello.cluster_id, hello.agent_id, hello.incarnation, self.peer)
         await self.send(
             pb.HubMessage(
                 welcome=pb.Welcome(
                     hub_id=core.settings.hub_id,
-                    applied=[pb.StreamPosition(type=t, incarnation=p.incarnation, seq=p.seq) for t, p in positions.items()],
+                    applied=[pb.StreamPosition(type=s.type, incarnation=s.incarnation, seq=s.seq) for s in streams if s.incarnation],
                     heartbeat_interval_ms=int(core.settings.heartbeat_interval * 1000),
                     max_message_bytes=core.settings.max_message_bytes,
                 )
             )
         )
+        await core.events.record(
+            hello.cluster_id, events.CONNECTED, f"agent {hello.agent_id} (incarnation {hello.incarnation}) from {self.peer or 'unknown peer'}"
+        )
+        self.start_engine()
+        self._renewal = asyncio.create_task(self._renew_lease(), name=f"lease-{hello.cluster_id}")
+        first = core.first_connection_since_start(hello.cluster_id)
+        if before is not None and before.status == "inactive":
+            await self._reactivate(since=before.last_seen)
+        elif first and core.settings.resync_on_startup and self.engine.streams:
+            await self.engine.request_resync([], "hub startup", all_types=True)
+
+    def start_engine(self) -> None:
+        """Apply what arrives in the background (a test may drive ``engine.step()`` itself instead)."""
+        assert self.engine is not None
+        self._worker = asyncio.create_task(self.engine.run(), name=f"engine-{self.cluster}")
+
+    async def _reactivate(self, since: float | None = None) -> None:
+        """The cluster was inactive and speaks again: it is active, and its state is checked by digest."""
+        assert self.engine is not None
+        self.active = True
+        now = self.core.clock()
+        await self.core.store.set_cluster_status(self.cluster, status="active", now=now)
+        gone = f" after {now - since:.0f}s" if since else ""
+        await self.core.events.record(self.cluster, events.ACTIVE, f"messages again{gone}; resyncing every type by digest")
+        await self.engine.request_resync([], "reactivated", all_types=True)
+
+    async def tick(self, now: float) -> None:
+        """Periodic anti-entropy: ask for a digest of each type whose interval has passed."""
+        if self.engine is None or self.superseded:
+            return
+        schedule = self.core.settings.digest_schedule
+        due = []
+        for type_ in self.engine.streams:
+            interval = schedule.interval(type_)
+            if interval <= 0:
+                continue
+            at = self._next_digest.setdefault(type_, now + interval * random.uniform(0.5, 1.0))  # jitter spreads a fleet's digests
+            if now >= at:
+                due.append(type_)
+                self._next_digest[type_] = now + interval
+        if due:
+            await self.engine.request_resync(due, PERIODIC)
 
     async def _renew_lease(self) -> None:
         settings = self.core.settings
@@ -168,19 +275,38 @@ class Session:
                 ttl=settings.lease_ttl,
             )
             if not result.granted:
-                log.warning("cluster %s: lease lost to %s", self.cluster, result.lease.holder)
+                log.warning("cluster %s: lease lost to %s; ending the session", self.cluster, result.lease.holder)
+                if self.end is not None:
+                    await self.end()
+                return
+
+    async def _stop_tasks(self) -> None:
+        for task in (self._worker, self._renewal):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._worker = self._renewal = None
+
+    async def supersede(self) -> None:
+        """A newer session of the same agent took over the cluster on this hub: stop, hand nothing back."""
+        self.superseded = True
+        await self._stop_tasks()
+        self.core.metrics.connected_agents.dec()
+        log.info("cluster %s: session from %s superseded by a new connection of the same agent", self.cluster, self.peer)
+        if self.end is not None:
+            await self.end()
 
     async def close(self) -> None:
-        """The connection is gone: keep the lease for the grace period, mark the cluster inactive."""
-        if self._renewal:
-            self._renewal.cancel()
-        if self.engine is None or self.hello is None:
+        """The connection is gone: keep the lease for the grace period (for the same agent only)."""
+        await self._stop_tasks()
+        if self.engine is None or self.hello is None or self.superseded:
             return
-        now = self.core.clock()
-        self.core.metrics.connected_agents.dec()
-        await self.core.store.release_lease(
-            self.cluster, holder=self.hello.agent_id, incarnation=self.hello.incarnation, now=now, grace=self.core.settings.grace_period
-        )
-        await self.core.store.set_cluster_status(self.cluster, status="inactive", now=now)
-        log.info("cluster %s disconnected (agent %s)", self.cluster, self.hello.agent_id)
         self.engine = None
+        if self.core.sessions.get(self.cluster) is self:
+            del self.core.sessions[self.cluster]
+        self.core.metrics.connected_agents.dec()
+        now = self.core.clock()
+        grace = self.core.settings.grace_period
+        await self.core.store.release_lease(self.cluster, holder=self.hello.agent_id, incarnation=self.hello.incarnation, now=now, grace=grace)
+        await self.core.events.record(self.cluster, events.DISCONNECTED, f"agent {self.hello.agent_id} disconnected; its lease is held for it for {grace:.0f}s")

@@ -96,3 +96,22 @@ def body_json(body: bytes, compression: int) -> bytes:
 
 def key_of(namespace: str, name: str) -> str:
     return f"{namespace}/{name}"
+
+
+def pack_digest_entries(entries: list[pb.DigestEntry]) -> bytes:
+    """The LZ4 form of digest entries (sorted keys share prefixes: ~22 bytes per entry, not ~47)."""
+    return bytes(lz4.frame.compress(pb.DigestEntries(entries=entries).SerializeToString()))
+
+
+def digest_entries(digest: pb.Digest) -> dict[str, int]:
+    """key -> hash of one digest chunk, whatever its compression."""
+    if digest.compression == pb.COMPRESSION_LZ4:
+        packed = pb.DigestEntries()
+        try:
+            packed.ParseFromString(lz4.frame.decompress(digest.packed))
+        except (RuntimeError, DecodeError) as exc:
+            raise CodecError(f"digest of {digest.type} chunk {digest.chunk}: packed entries are not valid: {exc}") from None
+        return {e.key: e.hash for e in packed.entries}
+    if digest.compression != pb.COMPRESSION_NONE:
+        raise CodecError(f"digest of {digest.type}: unknown compression {digest.compression}")
+    return {e.key: e.hash for e in digest.entries}

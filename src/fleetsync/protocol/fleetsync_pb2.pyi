@@ -355,18 +355,35 @@ Global___DigestEntry: _TypeAlias = DigestEntry  # noqa: Y015
 
 @_typing.final
 class Digest(_message.Message):
+    """The agent's (key, hash) of every object of one type, as of (incarnation, seq).
+    Entries are sorted by key. A large digest comes in chunks (same incarnation and seq,
+    chunk 0, 1, ..., last set on the final one), each under the max message size; the
+    hub compares once it has the last chunk.
+    """
+
     DESCRIPTOR: _descriptor.Descriptor
 
     TYPE_FIELD_NUMBER: _builtins.int
     INCARNATION_FIELD_NUMBER: _builtins.int
     SEQ_FIELD_NUMBER: _builtins.int
     ENTRIES_FIELD_NUMBER: _builtins.int
+    COMPRESSION_FIELD_NUMBER: _builtins.int
+    PACKED_FIELD_NUMBER: _builtins.int
+    CHUNK_FIELD_NUMBER: _builtins.int
+    LAST_FIELD_NUMBER: _builtins.int
     type: _builtins.str
     incarnation: _builtins.str
     seq: _builtins.int
     """the stream state the entries describe"""
+    compression: Global___Compression.ValueType
+    packed: _builtins.bytes
+    """compression LZ4: an lz4 frame of a serialized DigestEntries (sorted keys compress to ~22 bytes/entry)"""
+    chunk: _builtins.int
+    last: _builtins.bool
     @_builtins.property
-    def entries(self) -> _containers.RepeatedCompositeFieldContainer[Global___DigestEntry]: ...
+    def entries(self) -> _containers.RepeatedCompositeFieldContainer[Global___DigestEntry]:
+        """compression NONE: the entries as they are"""
+
     def __init__(
         self,
         *,
@@ -374,14 +391,38 @@ class Digest(_message.Message):
         incarnation: _builtins.str = ...,
         seq: _builtins.int = ...,
         entries: _abc.Iterable[Global___DigestEntry] | None = ...,
+        compression: Global___Compression.ValueType = ...,
+        packed: _builtins.bytes = ...,
+        chunk: _builtins.int = ...,
+        last: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["entries", b"entries", "incarnation", b"incarnation", "seq", b"seq", "type", b"type"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunk", b"chunk", "compression", b"compression", "entries", b"entries", "incarnation", b"incarnation", "last", b"last", "packed", b"packed", "seq", b"seq", "type", b"type"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Digest: _TypeAlias = Digest  # noqa: Y015
+
+@_typing.final
+class DigestEntries(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ENTRIES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def entries(self) -> _containers.RepeatedCompositeFieldContainer[Global___DigestEntry]: ...
+    def __init__(
+        self,
+        *,
+        entries: _abc.Iterable[Global___DigestEntry] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["entries", b"entries"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DigestEntries: _TypeAlias = DigestEntries  # noqa: Y015
 
 @_typing.final
 class Heartbeat(_message.Message):
@@ -563,24 +604,32 @@ Global___Welcome: _TypeAlias = Welcome  # noqa: Y015
 
 @_typing.final
 class Reject(_message.Message):
+    """Without `type`: the session is refused or ended. With `type`: only that type is
+    refused (e.g. the token may not write it, or its name is malformed); the session
+    goes on and the agent stops sending that type.
+    """
+
     DESCRIPTOR: _descriptor.Descriptor
 
     REASON_FIELD_NUMBER: _builtins.int
     MESSAGE_FIELD_NUMBER: _builtins.int
     RETRY_AFTER_MS_FIELD_NUMBER: _builtins.int
+    TYPE_FIELD_NUMBER: _builtins.int
     reason: Global___RejectReason.ValueType
     message: _builtins.str
     retry_after_ms: _builtins.int
+    type: _builtins.str
     def __init__(
         self,
         *,
         reason: Global___RejectReason.ValueType = ...,
         message: _builtins.str = ...,
         retry_after_ms: _builtins.int = ...,
+        type: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["message", b"message", "reason", b"reason", "retry_after_ms", b"retry_after_ms"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["message", b"message", "reason", b"reason", "retry_after_ms", b"retry_after_ms", "type", b"type"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -593,20 +642,30 @@ class Ack(_message.Message):
     TYPE_FIELD_NUMBER: _builtins.int
     INCARNATION_FIELD_NUMBER: _builtins.int
     SEQ_FIELD_NUMBER: _builtins.int
+    CHUNK_FIELD_NUMBER: _builtins.int
+    PARTIAL_FIELD_NUMBER: _builtins.int
     type: _builtins.str
     incarnation: _builtins.str
     seq: _builtins.int
     """everything up to and including seq is committed"""
+    chunk: _builtins.int
+    """partial: only chunks 0..chunk of the FULL with this seq are committed (flow
+    control: the agent keeps a bounded window of unacknowledged messages); the
+    FULL is complete when its last chunk is acked without partial.
+    """
+    partial: _builtins.bool
     def __init__(
         self,
         *,
         type: _builtins.str = ...,
         incarnation: _builtins.str = ...,
         seq: _builtins.int = ...,
+        chunk: _builtins.int = ...,
+        partial: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["incarnation", b"incarnation", "seq", b"seq", "type", b"type"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunk", b"chunk", "incarnation", b"incarnation", "partial", b"partial", "seq", b"seq", "type", b"type"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -645,10 +704,15 @@ class DigestDiff(_message.Message):
     MISSING_FIELD_NUMBER: _builtins.int
     STALE_FIELD_NUMBER: _builtins.int
     EXTRA_FIELD_NUMBER: _builtins.int
+    SEND_FULL_FIELD_NUMBER: _builtins.int
     type: _builtins.str
     incarnation: _builtins.str
     seq: _builtins.int
     """the digest's seq"""
+    send_full: _builtins.bool
+    """The difference is too large to list under the max message size: send a FULL
+    instead of a repair DELTA (the lists are then empty).
+    """
     @_builtins.property
     def missing(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """keys the hub lacks"""
@@ -670,10 +734,11 @@ class DigestDiff(_message.Message):
         missing: _abc.Iterable[_builtins.str] | None = ...,
         stale: _abc.Iterable[_builtins.str] | None = ...,
         extra: _abc.Iterable[_builtins.str] | None = ...,
+        send_full: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["extra", b"extra", "incarnation", b"incarnation", "missing", b"missing", "seq", b"seq", "stale", b"stale", "type", b"type"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["extra", b"extra", "incarnation", b"incarnation", "missing", b"missing", "send_full", b"send_full", "seq", b"seq", "stale", b"stale", "type", b"type"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -34,7 +34,7 @@ from fleetsync.sim import fieldmanager, patching
 from fleetsync.sim.fleet import SimCluster, SimFleet
 from fleetsync.sim.store import ClusterState, StoredObject, Watcher
 from fleetsync.sim.workloads import random_name_suffix
-from fleetsync.web import JSON, json_response, status_errors
+from fleetsync.web import JSON, json_response, serve, status_errors
 
 log = logging.getLogger(__name__)
 
@@ -182,12 +182,7 @@ class SimServer:
         return app
 
     async def start(self) -> None:
-        self._runner = web.AppRunner(self.app(), access_log=None, handler_cancellation=True)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, self.host, self.port, backlog=1024)
-        await site.start()
-        if self.port == 0:
-            self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self._runner, self.port = await serve(self.app(), self.host, self.port, handler_cancellation=True, backlog=1024)
         self._churn_task = asyncio.create_task(self.fleet.churn.run(), name="churn")
 
     async def stop(self) -> None:

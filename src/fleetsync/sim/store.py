@@ -226,6 +226,13 @@ class ClusterState:
         for key in _scope_range(objects, namespace, None):
             yield objects[key]
 
+    def scan_prefix(self, rtype: ResourceType, namespace: str, prefix: str) -> Iterator[StoredObject]:
+        """Objects of ``namespace`` whose names start with ``prefix`` (a key range, not a scan of the namespace)."""
+        objects = self._objects[rtype]
+        low = f"{namespace}/{prefix}"
+        for key in objects.irange(low, low + "\U0010ffff"):
+            yield objects[key]
+
     def list(
         self,
         rtype: ResourceType,

@@ -386,7 +386,8 @@ class ClusterBuilder:
                 self.cluster.delete(rtype, w.namespace, name)
 
     def pods_of(self, w: Workload) -> list[Any]:
-        return [p for p in self.cluster.scan(t.POD, w.namespace) if p.labels.get("app") == w.name]
+        # Pod names start with the workload's name (via its ReplicaSet's); the label decides.
+        return [p for p in self.cluster.scan_prefix(t.POD, w.namespace, f"{w.name}-") if p.labels.get("app") == w.name]
 
     def _next_ip(self) -> str:
         self._ip += 1

@@ -61,6 +61,29 @@ class ClusterRecord:
 
 
 @dataclass(frozen=True, slots=True)
+class TokenRecord:
+    """What a token is for: role ``agent`` writes cluster ``name``; ``read``/``admin`` are API clients."""
+
+    name: str
+    role: str
+    #: Types an agent token may write ("group/version/Kind"); empty: every type the hub knows.
+    types: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class EventRecord:
+    """A cluster-level event (connected, inactive, resync finished, ...), kept for a window."""
+
+    time: float
+    cluster: str
+    reason: str  # CamelCase, like Kubernetes event reasons: Connected, GapDetected, ...
+    message: str
+    type: str = ""  # the resource type it concerns, if any
+    hub_id: str = ""
+    id: int = 0  # assigned by the store, increasing
+
+
+@dataclass(frozen=True, slots=True)
 class StreamRecord:
     cluster: str
     type: str
@@ -96,10 +119,10 @@ class Store(Protocol):
 
     # ---- tokens (only hashes are stored) -----------------------------------------------
 
-    async def add_token(self, *, name: str, role: str, token_hash: str) -> None: ...
+    async def add_token(self, *, name: str, role: str, token_hash: str, types: Sequence[str] = ()) -> None: ...
 
-    async def find_token(self, token_hash: str) -> tuple[str, str] | None:
-        """(name, role) of a token hash, or None."""
+    async def find_token(self, token_hash: str) -> TokenRecord | None:
+        """The token with this hash, or None."""
 
     # ---- clusters and leases -----------------------------------------------------------
 
@@ -111,6 +134,14 @@ class Store(Protocol):
         """Record that a message from the cluster's agent arrived (last_seen)."""
 
     async def clusters(self) -> list[ClusterRecord]: ...
+
+    async def cluster(self, name: str) -> ClusterRecord | None: ...
+
+    async def expire_clusters(self, *, cutoff: float) -> list[str]:
+        """Set every ``active`` cluster last seen before ``cutoff`` to ``inactive``, atomically (so of
+        several hub replicas exactly one sees each transition); returns their names."""
+
+    async def leases(self) -> list[Lease]: ...
 
     async def acquire_lease(self, cluster: str, *, holder: str, incarnation: str, hub_id: str, now: float, ttl: float) -> LeaseResult:
         """Take or renew the cluster's lease. Granted if there is none, it expired, or ``holder``
@@ -185,3 +216,11 @@ class Store(Protocol):
 
     async def trim_changes(self, *, keep: int) -> None:
         """Drop the oldest change-log entries beyond the newest ``keep``."""
+
+    # ---- events ----------------------------------------------------------------------
+
+    async def add_events(self, events: Sequence[EventRecord]) -> None:
+        """Append events (their ids are assigned in order); the oldest beyond the store's window are dropped."""
+
+    async def events(self, *, cluster: str | None = None, reason: str | None = None, after: int | None = None, limit: int = 100) -> list[EventRecord]:
+        """Events in id order: with ``after``, the first ``limit`` with a larger id; without, the newest ``limit``."""

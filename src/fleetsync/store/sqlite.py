@@ -38,7 +38,7 @@ from typing import Any
 import aiosqlite
 import orjson
 
-from fleetsync.store.contract import Change, ClusterRecord, EventType, Lease, LeaseResult, ObjectRecord, StreamRecord
+from fleetsync.store.contract import Change, ClusterRecord, EventRecord, EventType, Lease, LeaseResult, ObjectRecord, StreamRecord, TokenRecord
 
 log = logging.getLogger(__name__)
 
@@ -146,6 +146,21 @@ MIGRATIONS: tuple[str, ...] = (
     ) STRICT;
     INSERT INTO meta (key, value) VALUES ('rev', 0);
     """,
+    # 2: cluster events; agent tokens scoped to types
+    """
+    ALTER TABLE tokens ADD COLUMN types TEXT NOT NULL DEFAULT '';  -- comma-separated gvks; '' = any
+
+    CREATE TABLE events (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        at REAL NOT NULL,
+        cluster TEXT NOT NULL,
+        reason TEXT NOT NULL,
+        type TEXT NOT NULL,
+        message TEXT NOT NULL,
+        hub_id TEXT NOT NULL
+    ) STRICT;
+    CREATE INDEX events_by_cluster ON events (cluster, id);
+    """,
 )
 
 _OBJECT_FIELDS = "uid, resource_version, hash, labels, owner, body, compression, incarnation"
@@ -251,13 +266,14 @@ class SQLiteStore:
     ``synchronous``: the SQLite setting; keep FULL for the hub (see the module docstring).
     """
 
-    def __init__(self, path: str | Path, *, change_log_keep: int = 100_000, synchronous: str = "FULL") -> None:
+    def __init__(self, path: str | Path, *, change_log_keep: int = 100_000, events_keep: int = 10_000, synchronous: str = "FULL") -> None:
         if synchronous.upper() not in SYNCHRONOUS:
             raise ValueError(f"synchronous must be one of {', '.join(SYNCHRONOUS)}, not {synchronous!r}")
         if change_log_keep < 0:
             raise ValueError(f"change_log_keep must be >= 0, not {change_log_keep}")
         self.path = Path(path)
         self.change_log_keep = change_log_keep
+        self.events_keep = events_keep
         self.synchronous = synchronous.upper()
         self._db: aiosqlite.Connection | None = None  # the writer
         self._rdb: aiosqlite.Connection | None = None  # the reader
@@ -368,17 +384,19 @@ class SQLiteStore:
 
     # ---- tokens --------------------------------------------------------------------------
 
-    async def add_token(self, *, name: str, role: str, token_hash: str) -> None:
+    async def add_token(self, *, name: str, role: str, token_hash: str, types: Sequence[str] = ()) -> None:
         async with self._autocommit() as db:
             await db.execute(
-                "INSERT INTO tokens (token_hash, name, role, created_at) VALUES (?, ?, ?, ?)"
-                " ON CONFLICT (token_hash) DO UPDATE SET name = excluded.name, role = excluded.role",
-                (token_hash, name, role, time.time()),
+                "INSERT INTO tokens (token_hash, name, role, types, created_at) VALUES (?, ?, ?, ?, ?)"
+                " ON CONFLICT (token_hash) DO UPDATE SET name = excluded.name, role = excluded.role, types = excluded.types",
+                (token_hash, name, role, ",".join(types), time.time()),
             )
 
-    async def find_token(self, token_hash: str) -> tuple[str, str] | None:
-        rows = await self._read("SELECT name, role FROM tokens WHERE token_hash = ?", (token_hash,))
-        return (rows[0][0], rows[0][1]) if rows else None
+    async def find_token(self, token_hash: str) -> TokenRecord | None:
+        rows = await self._read("SELECT name, role, types FROM tokens WHERE token_hash = ?", (token_hash,))
+        if not rows:
+            return None
+        return TokenRecord(name=rows[0][0], role=rows[0][1], types=tuple(t for t in rows[0][2].split(",") if t))
 
     # ---- clusters and leases -------------------------------------------------------------
 
@@ -443,7 +461,16 @@ class SQLiteStore:
             self._seen[name] = max(t, self._seen.get(name, -math.inf))
 
     async def clusters(self) -> list[ClusterRecord]:
-        rows = await self._read("SELECT name, agent_id, incarnation, status, metadata, connected_at, last_seen, hub_id FROM clusters ORDER BY name")
+        return await self._clusters("")
+
+    async def cluster(self, name: str) -> ClusterRecord | None:
+        found = await self._clusters("WHERE name = ?", name)
+        return found[0] if found else None
+
+    async def _clusters(self, where: str, *params: Any) -> list[ClusterRecord]:
+        rows = await self._read(
+            f"SELECT name, agent_id, incarnation, status, metadata, connected_at, last_seen, hub_id FROM clusters {where} ORDER BY name", params
+        )
         seen = dict(self._seen)
         return [
             ClusterRecord(
@@ -458,6 +485,15 @@ class SQLiteStore:
             )
             for r in rows
         ]
+
+    async def expire_clusters(self, *, cutoff: float) -> list[str]:
+        async with self._transaction() as db:  # writes pending touches first: their times count
+            rows = await db.execute_fetchall("UPDATE clusters SET status = 'inactive' WHERE status = 'active' AND last_seen < ? RETURNING name", (cutoff,))
+            return sorted(r[0] for r in rows)
+
+    async def leases(self) -> list[Lease]:
+        rows = await self._read("SELECT cluster, holder, incarnation, hub_id, expires_at, connected FROM leases ORDER BY cluster")
+        return [_lease(r) for r in rows]
 
     async def acquire_lease(self, cluster: str, *, holder: str, incarnation: str, hub_id: str, now: float, ttl: float) -> LeaseResult:
         async with self._transaction() as db:
@@ -649,6 +685,41 @@ class SQLiteStore:
                 await db.execute("DELETE FROM changes")
             else:
                 await db.execute("DELETE FROM changes WHERE rev < (SELECT rev FROM changes ORDER BY rev DESC LIMIT 1 OFFSET ?)", (keep - 1,))
+
+    # ---- events ----------------------------------------------------------------------
+
+    async def add_events(self, events: Sequence[EventRecord]) -> None:
+        if not events:
+            return
+        async with self._autocommit() as db:
+            await db.executemany(
+                "INSERT INTO events (at, cluster, reason, type, message, hub_id) VALUES (?, ?, ?, ?, ?, ?)",
+                [(e.time, e.cluster, e.reason, e.type, e.message, e.hub_id) for e in events],
+            )
+            # trim in steps of 1% of the window, as the change log does
+            step = max(1, self.events_keep // 100)
+            rows = list(await db.execute_fetchall("SELECT max(id) FROM events"))
+            newest = int(rows[0][0] or 0)
+            if self.events_keep and newest // step != (newest - len(events)) // step:
+                await db.execute("DELETE FROM events WHERE id <= ?", (newest - self.events_keep,))
+
+    async def events(self, *, cluster: str | None = None, reason: str | None = None, after: int | None = None, limit: int = 100) -> list[EventRecord]:
+        where: list[str] = []
+        params: list[Any] = []
+        if cluster is not None:
+            where.append("cluster = ?")
+            params.append(cluster)
+        if reason is not None:
+            where.append("reason = ?")
+            params.append(reason)
+        if after is not None:
+            where.append("id > ?")
+            params.append(after)
+        sql = "SELECT id, at, cluster, reason, type, message, hub_id FROM events" + (f" WHERE {' AND '.join(where)}" if where else "")
+        sql += f" ORDER BY id {'ASC' if after is not None else 'DESC'} LIMIT {max(0, int(limit))}"
+        rows = await self._read(sql, params)
+        records = [EventRecord(id=r[0], time=r[1], cluster=r[2], reason=r[3], type=r[4], message=r[5], hub_id=r[6]) for r in rows]
+        return records if after is not None else records[::-1]
 
 
 _EVENTS: dict[str, EventType] = {"ADDED": "ADDED", "MODIFIED": "MODIFIED", "DELETED": "DELETED"}

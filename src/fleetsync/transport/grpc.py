@@ -6,10 +6,13 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 
 import grpc
 
-from fleetsync.hub.session import HubCore, SessionClosed
+from fleetsync.hub.core import HubCore
+from fleetsync.hub.session import Session, SessionClosed
+from fleetsync.protocol import codec
 from fleetsync.protocol import fleetsync_pb2 as pb
 from fleetsync.protocol import fleetsync_pb2_grpc as pb_grpc
 from fleetsync.transport.base import HubAddress, TransportError
@@ -23,25 +26,50 @@ def _options(max_message_bytes: int) -> list[tuple[str, int]]:
     return [
         ("grpc.max_receive_message_length", max_message_bytes),
         ("grpc.max_send_message_length", max_message_bytes),
+        # A peer that stops answering (a partition, a machine gone without a RST) is found by
+        # HTTP/2 pings. Current gRPC core closes the transport on the *ping* timeout, not the
+        # keepalive timeout (https://github.com/grpc/grpc/pull/39239), so both are set.
         ("grpc.keepalive_time_ms", 20_000),
         ("grpc.keepalive_timeout_ms", 10_000),
+        ("grpc.http2.ping_timeout_ms", 10_000),
         ("grpc.http2.max_pings_without_data", 0),
         ("grpc.keepalive_permit_without_calls", 1),
     ]
 
 
-class _Servicer(pb_grpc.FleetSyncServicer):
+@dataclass(frozen=True, slots=True)
+class _Undecodable:
+    """A request that is not a valid AgentMessage: handed to the session, which ends it with a clear reason."""
+
+    error: str
+
+
+def _decode(data: bytes) -> pb.AgentMessage | _Undecodable:
+    try:
+        return codec.decode_agent_message(data)
+    except codec.CodecError as exc:
+        return _Undecodable(str(exc))
+
+
+class _Servicer:
     def __init__(self, core: HubCore) -> None:
         self.core = core
 
-    async def Connect(self, request_iterator: AsyncIterator[pb.AgentMessage], context: grpc.aio.ServicerContext) -> AsyncIterator[pb.HubMessage]:  # type: ignore[override]
+    async def connect(self, request_iterator: AsyncIterator[pb.AgentMessage | _Undecodable], context: grpc.aio.ServicerContext) -> AsyncIterator[pb.HubMessage]:  # type: ignore[type-arg]
         outbox: asyncio.Queue[object] = asyncio.Queue()
-        session = self.core.session(outbox.put, peer=context.peer())
+
+        async def end() -> None:
+            await outbox.put(_END)
+
+        session = Session(self.core, outbox.put, peer=context.peer(), end=end)
 
         async def pump() -> None:
             try:
                 async for message in request_iterator:
-                    await session.handle(message)
+                    if isinstance(message, _Undecodable):
+                        await session.reject(pb.PROTOCOL, message.error)
+                    else:
+                        await session.handle(message)
             except SessionClosed:
                 pass
             except Exception:
@@ -65,8 +93,13 @@ class GrpcHubServer:
 
     def __init__(self, core: HubCore, host: str, port: int) -> None:
         self.core = core
+        # gRPC itself refuses messages over twice the protocol's limit; the session refuses
+        # anything over the limit with a message that says so.
         self.server = grpc.aio.server(options=_options(core.settings.max_message_bytes * 2))
-        pb_grpc.add_FleetSyncServicer_to_server(_Servicer(core), self.server)  # type: ignore[no-untyped-call]
+        handler = grpc.stream_stream_rpc_method_handler(
+            _Servicer(core).connect, request_deserializer=_decode, response_serializer=pb.HubMessage.SerializeToString
+        )
+        self.server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("fleetsync.v1.FleetSync", {"Connect": handler}),))
         self.port = self.server.add_insecure_port(f"{host}:{port}")
         if self.port == 0:
             raise OSError(f"cannot listen for gRPC on {host}:{port}")
@@ -99,14 +132,20 @@ class GrpcAgentConnection:
     async def send(self, message: pb.AgentMessage) -> None:
         try:
             await self._call.write(message)
-        except (grpc.aio.AioRpcError, grpc.aio.UsageError) as exc:
-            raise TransportError(f"sending to the hub failed: {exc}") from None
+        except grpc.aio.AioRpcError as exc:
+            raise TransportError(f"sending to the hub failed: {exc.code().name} {exc.details()}") from None
+        except (grpc.aio.UsageError, asyncio.InvalidStateError) as exc:
+            # grpc.aio raises InvalidStateError("RPC already finished") when the call ended under us
+            # (e.g. closed by the ping timeout while we were writing)
+            raise TransportError(f"sending to the hub failed: the connection has ended ({exc})") from None
 
     async def receive(self) -> pb.HubMessage | None:
         try:
             message = await self._call.read()
         except grpc.aio.AioRpcError as exc:
             raise TransportError(f"the hub connection broke: {exc.code().name} {exc.details()}") from None
+        except (grpc.aio.UsageError, asyncio.InvalidStateError) as exc:
+            raise TransportError(f"the hub connection has ended ({exc})") from None
         if message is grpc.aio.EOF:
             return None
         return message  # type: ignore[no-any-return]

@@ -1,0 +1,279 @@
+"""What every benchmark in ``bench/`` shares: starting and stopping processes, reading metrics, machine facts.
+
+The scripts run from the repository root (``.venv/bin/python bench/NAME.py``), which
+puts this directory on ``sys.path``: they ``import benchlib``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import platform
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import orjson
+import psutil
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_FLEETSYNC = ROOT / ".venv" / "bin" / "fleetsync"
+MIB = 1024 * 1024
+
+
+class BenchError(Exception):
+    """A phase could not complete; the run is aborted with exit status 1."""
+
+
+# ---- processes -----------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: get SIGTERM when the bench dies (Linux), so nothing is left behind."""
+    with contextlib.suppress(Exception):
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+@dataclass
+class Child:
+    """A long-running fleetsync process with its log file."""
+
+    name: str
+    proc: subprocess.Popen[bytes]
+    log: Path
+    ps: psutil.Process
+    stopped: dict[str, Any] = field(default_factory=dict)
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+
+class Processes:
+    """Every process the bench starts, so that all of them are stopped whatever happens."""
+
+    def __init__(self, fleetsync: Path, tmp: Path) -> None:
+        self.fleetsync = fleetsync
+        self.tmp = tmp
+        self.children: list[Child] = []
+
+    def spawn(self, name: str, *args: str) -> Child:
+        log = self.tmp / f"{name}.log"
+        with log.open("wb") as out:
+            proc = subprocess.Popen(
+                [str(self.fleetsync), *args],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,  # Ctrl-C in the terminal reaches only the bench, which stops them in order
+                preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+            )
+        child = Child(name, proc, log, psutil.Process(proc.pid))
+        self.children.append(child)
+        return child
+
+    def of(self, prefix: str) -> list[Child]:
+        return [c for c in self.children if c.name.startswith(prefix)]
+
+    def check_alive(self, *prefixes: str) -> None:
+        for child in self.children:
+            if child.name.startswith(prefixes) and not child.alive():
+                raise BenchError(f"{child.name} exited with status {child.proc.returncode}")
+
+    def stop(self, children: list[Child], grace: float) -> None:
+        """SIGTERM all of ``children`` at once, wait up to ``grace`` s, SIGKILL the rest."""
+        started = time.monotonic()
+        for child in children:
+            if child.alive():
+                with contextlib.suppress(ProcessLookupError):
+                    child.proc.send_signal(signal.SIGTERM)
+            else:
+                child.stopped = {"status": child.proc.returncode, "seconds": 0.0, "killed": False, "already_exited": True}
+        for child in children:
+            if child.stopped:
+                continue
+            killed = False
+            try:
+                child.proc.wait(max(0.1, grace - (time.monotonic() - started)))
+            except subprocess.TimeoutExpired:
+                killed = True
+                with contextlib.suppress(ProcessLookupError):
+                    child.proc.kill()
+                child.proc.wait()
+            child.stopped = {"status": child.proc.returncode, "seconds": time.monotonic() - started, "killed": killed, "already_exited": False}
+
+    def stop_all(self, grace: float) -> None:
+        """Agents first (so the hub sees clean disconnects), then the hub, then the sim."""
+        for prefix in ("agent-", "hub", "sim"):
+            self.stop(self.of(prefix), grace)
+        self.stop([c for c in self.children if not c.stopped], grace)
+
+
+def rss(ps: psutil.Process) -> int:
+    try:
+        return int(ps.memory_info().rss)
+    except psutil.Error:
+        return 0
+
+
+def cpu_seconds(ps: psutil.Process) -> float:
+    try:
+        t = ps.cpu_times()
+        return float(t.user + t.system)
+    except psutil.Error:
+        return 0.0
+
+
+def vm_hwm(pid: int) -> int | None:
+    """Peak RSS since the process started (Linux: VmHWM in /proc/PID/status)."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def tail(path: Path, n: int = 30) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-n:]) or "(empty)"
+    except OSError as exc:
+        return f"(cannot read {path}: {exc})"
+
+
+# ---- HTTP ----------------------------------------------------------------------------------
+
+
+async def get_json(session: aiohttp.ClientSession, url: str, *, method: str = "GET", timeout: float = 60) -> Any:
+    """The decoded JSON answer; BenchError on an HTTP error status."""
+    async with session.request(method, url, timeout=aiohttp.ClientTimeout(total=timeout)) as resp:
+        body = await resp.read()
+        if resp.status >= 300:
+            raise BenchError(f"{method} {url} answered HTTP {resp.status}: {body[:300]!r}")
+        return orjson.loads(body)
+
+
+async def put_churn(session: aiohttp.ClientSession, sim: str, rate: float) -> Any:
+    """Re-rate the sim's churn (operations/s per cluster); returns its answer."""
+    async with session.put(
+        f"{sim}/churn", data=orjson.dumps({"rate": rate}), headers={"Content-Type": "application/json"}, timeout=aiohttp.ClientTimeout(total=60)
+    ) as resp:
+        body = await resp.read()
+        if resp.status != 200:
+            raise BenchError(f"PUT /churn answered HTTP {resp.status}: {body[:300]!r}")
+        return orjson.loads(body)
+
+
+# ---- metrics and checks -----------------------------------------------------------------
+
+_METRIC = re.compile(r"^(\w+)(?:\{([^}]*)\})? (\S+)$")
+_LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
+
+
+def parse_metrics(text: str) -> dict[str, float]:
+    """Prometheus text -> metric name -> value summed over labels."""
+    totals: dict[str, float] = defaultdict(float)
+    for line in text.splitlines():
+        m = _METRIC.match(line)
+        if m:
+            totals[m.group(1)] += float(m.group(3))
+    return dict(totals)
+
+
+def parse_metrics_by(text: str, name: str, label: str) -> dict[str, float]:
+    """Prometheus text -> the samples of ``name`` by the value of one ``label`` (summed over the others)."""
+    totals: dict[str, float] = defaultdict(float)
+    for line in text.splitlines():
+        m = _METRIC.match(line)
+        if m and m.group(1) == name:
+            labels = dict(_LABEL.findall(m.group(2) or ""))
+            totals[labels.get(label, "")] += float(m.group(3))
+    return dict(totals)
+
+
+async def run_check(fleetsync: Path, sim: str, hub: str, timeout: float, *extra: str) -> tuple[int, float, str]:
+    """``fleetsync check``: (exit status, seconds, its output)."""
+    started = time.monotonic()
+    proc = await asyncio.create_subprocess_exec(
+        str(fleetsync), "check", "--sim", sim, "--hub", hub, *extra, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
+    )
+    try:
+        out, _ = await asyncio.wait_for(proc.communicate(), timeout)
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+        return -1, time.monotonic() - started, f"(check timed out after {timeout:.0f} s)"
+    text = out.decode(errors="replace")
+    return proc.returncode or 0, time.monotonic() - started, text
+
+
+def divergent_rows(check_output: str) -> list[str]:
+    """The rows of a check table with something missing, extra or stale."""
+    rows = []
+    for line in check_output.splitlines():
+        cells = line.split()
+        if len(cells) >= 5 and all(c.isdigit() for c in cells[-3:]) and any(int(c) for c in cells[-3:]):
+            rows.append(" ".join(cells))
+    return rows
+
+
+# ---- figures ------------------------------------------------------------------------------
+
+
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def mib(n: float | None) -> str:
+    return "n/a" if n is None else f"{n / MIB:,.0f} MiB"
+
+
+def core(x: float) -> str:
+    return f"{x:.2f} core"
+
+
+def ms(x: float | None) -> str:
+    return "n/a" if x is None or x != x else f"{x * 1000:,.0f} ms"
+
+
+def machine() -> dict[str, Any]:
+    model = ""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    try:
+        from fleetsync import __version__ as version
+    except ImportError:
+        version = "?"
+    return {
+        "nproc": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "cpu_count": os.cpu_count(),
+        "cpu_model": model,
+        "memory": psutil.virtual_memory().total,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "fleetsync": version,
+        "loadavg_start": os.getloadavg(),
+    }

@@ -1,0 +1,94 @@
+"""The agent's Prometheus metrics (a registry per agent, so one process can run several).
+
+Bytes are the protocol messages' serialized size: what any transport carries, before
+its own framing (HTTP/2, MQTT, NATS headers).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, generate_latest
+
+from fleetsync.agent.typesync import TypeSync
+from fleetsync.web import serve
+
+
+class AgentMetrics:
+    def __init__(self, cluster: str) -> None:
+        self.registry = CollectorRegistry()
+        self._largest = 0
+        labels = {"cluster": cluster}
+        self.messages_sent = Counter(
+            "fleetsync_agent_messages_sent_total",
+            "Messages sent to the hub, by kind (hello, full, delta, repair, resume, resend, digest, error, heartbeat)",
+            ["kind"],
+            registry=self.registry,
+        )
+        self.bytes_sent = Counter(
+            "fleetsync_agent_bytes_sent_total", "Serialized bytes of the messages sent to the hub, by kind", ["kind"], registry=self.registry
+        )
+        self.messages_received = Counter("fleetsync_agent_messages_received_total", "Messages from the hub, by kind", ["kind"], registry=self.registry)
+        self.bytes_received = Counter("fleetsync_agent_bytes_received_total", "Serialized bytes of the messages from the hub", ["kind"], registry=self.registry)
+        self.connections = Counter(
+            "fleetsync_agent_connections_total", "Connection attempts by outcome (welcomed, rejected, failed)", ["outcome"], registry=self.registry
+        )
+        self.connected = Gauge("fleetsync_agent_connected", "1 while a session with a hub is open", registry=self.registry)
+        self.objects = Gauge("fleetsync_agent_objects", "Objects cached per type", ["type"], registry=self.registry)
+        self.pending = Gauge("fleetsync_agent_pending_changes", "Changes waiting to be sent, per type", ["type"], registry=self.registry)
+        self.in_flight = Gauge("fleetsync_agent_unacked_messages", "Messages sent and not yet acknowledged, per type", ["type"], registry=self.registry)
+        self.largest_message = Gauge("fleetsync_agent_largest_message_bytes", "The largest message sent to a hub so far", registry=self.registry)
+        self.resyncs_outstanding = Gauge(
+            "fleetsync_agent_resyncs_outstanding", "Digest resyncs queued or awaiting the hub's diff on this connection", registry=self.registry
+        )
+        self.info = Gauge("fleetsync_agent_info", "The cluster this agent syncs", ["cluster"], registry=self.registry)
+        self.info.labels(**labels).set(1)
+
+    def sent(self, kind: str, size: int) -> None:
+        self.messages_sent.labels(kind).inc()
+        self.bytes_sent.labels(kind).inc(size)
+        if size > self._largest:
+            self._largest = size
+            self.largest_message.set(size)
+
+    def received(self, kind: str, size: int) -> None:
+        self.messages_received.labels(kind).inc()
+        self.bytes_received.labels(kind).inc(size)
+
+    def observe(self, syncs: Mapping[str, TypeSync]) -> None:
+        for type_, sync in syncs.items():
+            self.objects.labels(type_).set(len(sync.cache))
+            self.pending.labels(type_).set(len(sync.pending))
+            self.in_flight.labels(type_).set(sync.stream.in_flight())
+
+    def total_bytes_sent(self) -> float:
+        return sum(float(s.value) for m in self.bytes_sent.collect() for s in m.samples if s.name.endswith("_total"))
+
+
+class MetricsServer:
+    """``GET /metrics`` (and ``/healthz``) for one agent."""
+
+    def __init__(self, metrics: AgentMetrics, syncs: Mapping[str, TypeSync], *, host: str, port: int) -> None:
+        self.metrics = metrics
+        self.syncs = syncs
+        self.host = host
+        self.port = port
+        self._runner: web.AppRunner | None = None
+
+    async def start(self) -> None:
+        app = web.Application()
+        app.router.add_get("/metrics", self._metrics)
+        app.router.add_get("/healthz", self._healthz)
+        self._runner, self.port = await serve(app, self.host, self.port)
+
+    async def stop(self) -> None:
+        if self._runner:
+            await self._runner.cleanup()
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        self.metrics.observe(self.syncs)
+        return web.Response(body=generate_latest(self.metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def _healthz(self, request: web.Request) -> web.Response:
+        return web.Response(text="ok")

@@ -1,0 +1,160 @@
+"""What every session of one hub replica shares: the store, settings, metrics, events, and its timers.
+
+The timers (one loop, :meth:`HubCore.run_timers`):
+
+- **liveness**: a cluster with no message for ``inactivity_timeout`` becomes inactive
+  (its state is kept and flagged stale; an ``Inactive`` event). The transition is one
+  atomic store update, so with several replicas exactly one reports it. A message
+  from an inactive cluster reactivates it and triggers a digest resync (the session
+  does that);
+- **periodic anti-entropy**: every connected cluster is asked for a digest of each
+  type every ``digest_interval`` of that type (Global Hub's per-type resync
+  intervals), spread with jitter so a fleet does not digest all at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from fleetsync.hub import events
+from fleetsync.hub.events import EventLog
+from fleetsync.hub.metrics import HubMetrics
+from fleetsync.model.types import TypeRegistry, UnknownResourceType
+from fleetsync.store.contract import Store
+
+if TYPE_CHECKING:
+    from fleetsync.hub.session import Session
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DigestSchedule:
+    """Seconds between periodic digests, per type, with a default (0: never)."""
+
+    default: float = 300.0
+    per_type: dict[str, float] = field(default_factory=dict)
+
+    def interval(self, type_: str) -> float:
+        return self.per_type.get(type_, self.default)
+
+    @classmethod
+    def parse(cls, text: str, *, registry: TypeRegistry | None = None) -> DigestSchedule:
+        """``300`` or ``300,v1/Pod=60,networking.istio.io/v1/VirtualService=0`` (types as the agent's --types)."""
+        registry = registry or TypeRegistry()
+        default, per_type = cls.default, {}
+        for part in (p.strip() for p in text.split(",") if p.strip()):
+            name, sep, raw = part.rpartition("=")
+            try:
+                seconds = float(raw)
+            except ValueError:
+                raise ValueError(f"digest interval {part!r}: {raw!r} is not a number of seconds") from None
+            if seconds < 0:
+                raise ValueError(f"digest interval {part!r}: must not be negative")
+            if not sep:
+                default = seconds
+                continue
+            try:
+                per_type[registry.resolve(name).gvk] = seconds
+            except UnknownResourceType as exc:
+                raise ValueError(f"digest interval {part!r}: {exc}") from None
+        return cls(default, per_type)
+
+
+@dataclass
+class HubSettings:
+    hub_id: str = "hub-1"
+    #: Agents send a heartbeat after this many seconds without any other message.
+    heartbeat_interval: float = 10.0
+    #: A cluster with no message for this long becomes inactive.
+    inactivity_timeout: float = 30.0
+    #: A connected agent's lease is renewed every third of this.
+    lease_ttl: float = 30.0
+    #: After a disconnect, the lease is held this long for the same agent_id only.
+    grace_period: float = 15.0
+    #: No agent message may be larger (agents are told in Welcome and chunk below it).
+    max_message_bytes: int = 512 * 1024
+    digest_schedule: DigestSchedule = field(default_factory=DigestSchedule)
+    #: Ask each cluster for a digest of every type on its first connection after this hub starts.
+    resync_on_startup: bool = True
+    #: Bytes received and not yet applied, per cluster, before the hub stops reading (backpressure).
+    inbox_bytes: int = 64 * 1024 * 1024
+
+
+class NotConnected(LookupError):
+    """The cluster has no agent connected to this hub."""
+
+
+class HubCore:
+    def __init__(
+        self,
+        store: Store,
+        settings: HubSettings | None = None,
+        *,
+        metrics: HubMetrics | None = None,
+        registry: TypeRegistry | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.store = store
+        self.settings = settings or HubSettings()
+        self.metrics = metrics or HubMetrics()
+        self.registry = registry or TypeRegistry()
+        self.clock = clock
+        self.events = EventLog(store, self.metrics, hub_id=self.settings.hub_id, clock=clock)
+        #: Live sessions on this replica, by cluster.
+        self.sessions: dict[str, Session] = {}
+        self._connected_since_start: set[str] = set()
+        self._timers: asyncio.Task[None] | None = None
+
+    def first_connection_since_start(self, cluster: str) -> bool:
+        first = cluster not in self._connected_since_start
+        self._connected_since_start.add(cluster)
+        return first
+
+    # ---- on demand ------------------------------------------------------------------------
+
+    async def request_resync(self, cluster: str, type_: str | None, *, reason: str) -> None:
+        """Ask ``cluster``'s agent for a digest resync of ``type_`` (None: every type). Raises NotConnected."""
+        session = self.sessions.get(cluster)
+        if session is None or session.engine is None:
+            raise NotConnected(cluster)
+        await session.engine.request_resync([type_] if type_ else [], reason, all_types=type_ is None)
+        await self.events.record(cluster, events.RESYNC_REQUESTED, f"{reason}: {type_ or 'every type'}", type=type_ or "")
+
+    # ---- timers -------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        if self._timers is None:
+            self._timers = asyncio.create_task(self.run_timers(), name="hub-timers")
+
+    async def stop(self) -> None:
+        if self._timers is not None:
+            self._timers.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._timers
+            self._timers = None
+
+    async def run_timers(self) -> None:
+        period = min(1.0, self.settings.inactivity_timeout / 4)
+        while True:
+            await asyncio.sleep(period)
+            try:
+                await self.tick()
+            except Exception:  # a store hiccup must not end the timers for good
+                log.exception("hub timers failed; retrying in %.1fs", period)
+
+    async def tick(self) -> None:
+        now = self.clock()
+        timeout = self.settings.inactivity_timeout
+        for name in await self.store.expire_clusters(cutoff=now - timeout):
+            await self.events.record(name, events.INACTIVE, f"no message for {timeout:.0f}s; its last state is kept and flagged stale")
+            if (session := self.sessions.get(name)) is not None:
+                session.active = False
+        for session in list(self.sessions.values()):
+            await session.tick(now)

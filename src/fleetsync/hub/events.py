@@ -1,0 +1,65 @@
+"""Cluster events: what happened to each cluster's connection and streams, kept in the store.
+
+Reasons are CamelCase, like a Kubernetes Event's ``reason``; each event also goes to
+the log and to a counter on ``/metrics``. They are for people and dashboards, so the
+noisy ones are emitted once per incident (a gap, not every bundle past it) and a
+routine anti-entropy digest that finds nothing to repair makes none.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+
+from fleetsync.hub.metrics import HubMetrics
+from fleetsync.store.contract import EventRecord, Store
+
+log = logging.getLogger(__name__)
+
+CONNECTED = "Connected"
+DISCONNECTED = "Disconnected"
+REJECTED = "Rejected"
+INACTIVE = "Inactive"
+ACTIVE = "Active"
+RESYNC_REQUESTED = "ResyncRequested"
+RESYNC_STARTED = "ResyncStarted"
+RESYNC_FINISHED = "ResyncFinished"
+GAP_DETECTED = "GapDetected"
+TYPE_FAILED = "TypeFailed"
+TYPE_RECOVERED = "TypeRecovered"
+TYPE_REFUSED = "TypeRefused"
+
+REASONS = (
+    CONNECTED,
+    DISCONNECTED,
+    REJECTED,
+    INACTIVE,
+    ACTIVE,
+    RESYNC_REQUESTED,
+    RESYNC_STARTED,
+    RESYNC_FINISHED,
+    GAP_DETECTED,
+    TYPE_FAILED,
+    TYPE_RECOVERED,
+    TYPE_REFUSED,
+)
+
+#: Reasons logged as warnings (the rest at info).
+_WARNINGS = {REJECTED, INACTIVE, GAP_DETECTED, TYPE_FAILED, TYPE_REFUSED}
+
+
+class EventLog:
+    """Records events for one hub replica."""
+
+    def __init__(self, store: Store, metrics: HubMetrics, *, hub_id: str, clock: Callable[[], float] = time.time) -> None:
+        self.store = store
+        self.metrics = metrics
+        self.hub_id = hub_id
+        self.clock = clock
+
+    async def record(self, cluster: str, reason: str, message: str, *, type: str = "") -> None:  # noqa: A002
+        assert reason in REASONS, reason
+        log.log(logging.WARNING if reason in _WARNINGS else logging.INFO, "cluster %s: %s%s: %s", cluster, reason, f" {type}" if type else "", message)
+        self.metrics.events.labels(reason).inc()
+        await self.store.add_events([EventRecord(time=self.clock(), cluster=cluster, reason=reason, message=message, type=type, hub_id=self.hub_id)])

@@ -1,0 +1,202 @@
+"""One cluster's queue of received bundles and digests, with conflation (no I/O).
+
+The transport puts messages in as they arrive; the engine takes them out one by one
+and applies them in order. When the engine falls behind, the queue conflates:
+
+- a DELTA that continues a queued DELTA of the same stream (see
+  :func:`~fleetsync.protocol.rules.can_merge`) is folded into it, the last write per
+  key winning: one transaction and one ack instead of many;
+- a queued DELTA or FULL chunk that a FULL (its chunk 0) makes redundant is dropped (see
+  :func:`~fleetsync.protocol.rules.supersedes`);
+- a resent copy of something still queued is dropped;
+- a digest's chunks are assembled here and queued as one item once complete; a newer
+  digest of a type replaces an older one still queued.
+
+Applying the conflated queue leaves the store exactly as applying every message would,
+with fewer transactions (a hypothesis test checks this). Memory is bounded by
+``max_bytes``: :meth:`Inbox.room` waits (pushing back on the transport) while more is
+queued.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from dataclasses import dataclass, field
+
+from fleetsync.protocol import codec
+from fleetsync.protocol import fleetsync_pb2 as pb
+from fleetsync.protocol.rules import BundleHeader, can_merge, supersedes
+
+log = logging.getLogger(__name__)
+
+
+def header_of(bundle: pb.Bundle) -> BundleHeader:
+    return BundleHeader(bundle.incarnation, bundle.seq, bundle.base_seq, full=bundle.kind == pb.FULL, chunk=bundle.chunk, last=bundle.last)
+
+
+@dataclass
+class QueuedDelta:
+    """One or more contiguous DELTAs of a stream, merged: the final state of every key they touch."""
+
+    type: str
+    header: BundleHeader
+    compression: int
+    collected_at_ms: int
+    changes: dict[str, pb.Object | None] = field(default_factory=dict)
+    size: int = 0
+    bundles: int = 1  # how many received bundles this stands for
+
+    @classmethod
+    def of(cls, bundle: pb.Bundle, size: int) -> QueuedDelta:
+        queued = cls(bundle.type, header_of(bundle), bundle.compression, bundle.collected_at_ms, size=size, bundles=0)
+        queued.merge(bundle, size)
+        return queued
+
+    def merge(self, bundle: pb.Bundle, size: int) -> None:
+        for obj in bundle.upserts:
+            self.changes[codec.key_of(obj.namespace, obj.name)] = obj
+        for key in bundle.deletes:
+            self.changes[key] = None
+        self.header = BundleHeader(self.header.incarnation, max(self.header.seq, bundle.seq), self.header.base_seq, full=False)
+        if bundle.collected_at_ms:
+            self.collected_at_ms = min(self.collected_at_ms or bundle.collected_at_ms, bundle.collected_at_ms)
+        self.size += size
+        self.bundles += 1
+
+    @property
+    def upserts(self) -> list[pb.Object]:
+        return [o for o in self.changes.values() if o is not None]
+
+    @property
+    def deletes(self) -> list[str]:
+        return [k for k, o in self.changes.items() if o is None]
+
+
+@dataclass
+class QueuedDigest:
+    """A complete digest (all its chunks): key -> hash as of (incarnation, seq)."""
+
+    type: str
+    incarnation: str
+    seq: int
+    entries: dict[str, int]
+    size: int = 0
+
+
+Item = QueuedDelta | QueuedDigest | pb.Bundle  # pb.Bundle: a FULL chunk or an error report
+
+
+class Inbox:
+    def __init__(self, *, max_bytes: int = 64 * 1024 * 1024) -> None:
+        self.max_bytes = max_bytes
+        self.bytes = 0
+        self._queue: deque[tuple[Item, int]] = deque()
+        self._assembling: dict[str, tuple[QueuedDigest, int]] = {}  # type -> (digest so far, next chunk)
+        self._nonempty = asyncio.Event()  # one consumer (the engine) waits on it
+        self._room = asyncio.Event()  # the transport's reader waits on it
+        self._room.set()
+        #: Received bundles that were merged into others or dropped as redundant (a metric).
+        self.conflated = 0
+
+    def __len__(self) -> int:
+        return len(self._queue)
+
+    def put(self, message: pb.Bundle | pb.Digest) -> None:
+        """Queue ``message`` (conflating where it can). Raises CodecError for a digest chunk that cannot be read."""
+        size = message.ByteSize()
+        if isinstance(message, pb.Digest):
+            self._put_digest(message, size)
+        elif message.kind == pb.DELTA and not message.error:
+            self._put_delta(message, size)
+        elif message.kind == pb.FULL:
+            self._put_full_chunk(message, size)
+        else:
+            self._append(message, size)
+        if self._queue:
+            self._nonempty.set()
+        if self.bytes >= self.max_bytes:
+            self._room.clear()
+
+    def _append(self, item: Item, size: int) -> None:
+        self._queue.append((item, size))
+        self.bytes += size
+
+    def _put_delta(self, bundle: pb.Bundle, size: int) -> None:
+        header = header_of(bundle)
+        for item, _ in reversed(self._queue):
+            if item.type != bundle.type:
+                continue
+            if isinstance(item, QueuedDelta) and item.compression == bundle.compression and item.header.incarnation == header.incarnation:
+                if can_merge(item.header, header):
+                    item.merge(bundle, size)
+                    self.bytes += size
+                    self.conflated += 1
+                    return
+                if header.seq <= item.header.seq and header.base_seq >= item.header.base_seq:
+                    self.conflated += 1  # a resent copy of what is queued: the queued one's ack covers it
+                    return
+            break  # anything else of this type (a FULL chunk, a digest, a gap) keeps its place in order
+        self._append(QueuedDelta.of(bundle, size), size)
+
+    def _put_full_chunk(self, bundle: pb.Bundle, size: int) -> None:
+        this = (bundle.type, bundle.incarnation, bundle.seq)
+        if any(isinstance(item, pb.Bundle) and (item.type, item.incarnation, item.seq, item.chunk) == (*this, bundle.chunk) for item, _ in self._queue):
+            self.conflated += 1  # a resent chunk still queued: keep the queued copy, in its place
+            return
+        header = header_of(bundle)
+        kept: deque[tuple[Item, int]] = deque()
+        for item, item_size in self._queue:
+            redundant = False
+            if item.type == bundle.type and header.chunk == 0:  # a FULL starts: what it replaces goes
+                if isinstance(item, QueuedDelta):
+                    redundant = supersedes(header, item.header)
+                elif isinstance(item, pb.Bundle) and item.kind == pb.FULL:
+                    redundant = supersedes(header, header_of(item))
+            if redundant:
+                self.conflated += item.bundles if isinstance(item, QueuedDelta) else 1
+                self.bytes -= item_size
+            else:
+                kept.append((item, item_size))
+        self._queue = kept
+        self._append(bundle, size)
+
+    def _put_digest(self, digest: pb.Digest, size: int) -> None:
+        entries = codec.digest_entries(digest)
+        partial = self._assembling.get(digest.type)
+        if digest.chunk == 0:
+            partial = (QueuedDigest(digest.type, digest.incarnation, digest.seq, {}), 0)
+        elif partial is None or (partial[0].incarnation, partial[0].seq, partial[1]) != (digest.incarnation, digest.seq, digest.chunk):
+            log.info("digest of %s: chunk %d arrived out of order; dropped (the agent sends its digest again)", digest.type, digest.chunk)
+            self._assembling.pop(digest.type, None)
+            return
+        assembled, _ = partial
+        assembled.entries.update(entries)
+        assembled.size += size
+        if not digest.last:
+            self._assembling[digest.type] = (assembled, digest.chunk + 1)
+            return
+        self._assembling.pop(digest.type, None)
+        older = [(item, s) for item, s in self._queue if isinstance(item, QueuedDigest) and item.type == digest.type]
+        for entry in older:
+            self._queue.remove(entry)
+            self.bytes -= entry[1]
+        self._append(assembled, assembled.size)
+
+    async def get(self) -> Item:
+        """The next item, waiting for one."""
+        while not self._queue:
+            self._nonempty.clear()
+            await self._nonempty.wait()
+        item, size = self._queue.popleft()
+        self.bytes -= size
+        if self.bytes < self.max_bytes:
+            self._room.set()
+        return item
+
+    async def room(self) -> None:
+        """Wait until less than ``max_bytes`` is queued."""
+        while self.bytes >= self.max_bytes:
+            self._room.clear()
+            await self._room.wait()
