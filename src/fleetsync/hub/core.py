@@ -111,6 +111,12 @@ class HubCore:
         self.sessions: dict[str, Session] = {}
         self._connected_since_start: set[str] = set()
         self._timers: asyncio.Task[None] | None = None
+        self._background: set[asyncio.Future[None]] = set()
+
+    def keep_until_done(self, task: asyncio.Future[None]) -> None:
+        """Hold a reference to ``task`` until it finishes (the loop itself keeps only weak ones)."""
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     def first_connection_since_start(self, cluster: str) -> bool:
         first = cluster not in self._connected_since_start
@@ -139,6 +145,8 @@ class HubCore:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._timers
             self._timers = None
+        if self._background:  # sessions still closing: let them hand their leases back
+            await asyncio.gather(*self._background, return_exceptions=True)
 
     async def run_timers(self) -> None:
         period = min(1.0, self.settings.inactivity_timeout / 4)

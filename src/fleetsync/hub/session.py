@@ -298,7 +298,17 @@ class Session:
             await self.end()
 
     async def close(self) -> None:
-        """The connection is gone: keep the lease for the grace period (for the same agent only)."""
+        """The connection is gone: keep the lease for the grace period (for the same agent only).
+
+        The cleanup runs to the end even if the caller is cancelled meanwhile: gRPC cancels
+        the handler of a peer that vanished, possibly while it is already closing, and a
+        half-closed session would go on renewing a dead agent's lease.
+        """
+        closing = asyncio.ensure_future(self._close())
+        self.core.keep_until_done(closing)
+        await asyncio.shield(closing)
+
+    async def _close(self) -> None:
         await self._stop_tasks()
         if self.engine is None or self.hello is None or self.superseded:
             return

@@ -1,0 +1,59 @@
+"""A session's end always hands the lease back and records the disconnect, however the transport ends it."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from pathlib import Path
+
+from fleetsync.hub import events
+from fleetsync.hub.auth import hash_token
+from fleetsync.hub.core import HubCore, HubSettings
+from fleetsync.hub.session import Session
+from fleetsync.protocol import fleetsync_pb2 as pb
+from fleetsync.store.sqlite import SQLiteStore
+
+TOKEN = "test-token"
+
+
+async def connected_session(core: HubCore) -> Session:
+    sent: list[pb.HubMessage] = []
+
+    async def send(message: object) -> None:
+        assert isinstance(message, pb.HubMessage)
+        sent.append(message)
+
+    session = Session(core, send, peer="test")
+    hello = pb.Hello(cluster_id="c1", agent_id="agent-a", incarnation="inc-1", token=TOKEN, protocol_version=1)
+    await session.handle(pb.AgentMessage(hello=hello))
+    assert sent and sent[0].WhichOneof("message") == "welcome", sent
+    return session
+
+
+async def test_a_close_interrupted_by_cancellation_still_releases_the_lease(tmp_path: Path) -> None:
+    # gRPC cancels the handler of a peer that vanished, possibly while the handler is
+    # already closing the session. The cleanup must finish anyway: a session cut off
+    # half-way would keep renewing the dead agent's lease and lock its cluster for good.
+    store = SQLiteStore(tmp_path / "hub.db")
+    await store.open()
+    await store.add_token(name="c1", role="agent", token_hash=hash_token(TOKEN))
+    core = HubCore(store, HubSettings(lease_ttl=0.3, grace_period=0.5))
+    try:
+        session = await connected_session(core)
+        closing = asyncio.create_task(session.close())
+        while not closing.done():  # the transport cancels its caller at every step of the close
+            await asyncio.sleep(0)
+            closing.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await closing
+        async with asyncio.timeout(5):
+            while not await store.events(reason=events.DISCONNECTED):
+                await asyncio.sleep(0.01)
+        assert "c1" not in core.sessions
+        # Past the grace period nobody renews the lease: another agent may take the cluster.
+        async with asyncio.timeout(5):
+            while not (await store.acquire_lease("c1", holder="agent-b", incarnation="inc-1", hub_id="hub-1", now=core.clock(), ttl=30)).granted:
+                await asyncio.sleep(0.05)
+    finally:
+        await core.stop()
+        await store.close()
