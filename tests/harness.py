@@ -5,6 +5,7 @@ Tests wait on conditions with deadlines (:func:`wait_until`), never on bare slee
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import shutil
@@ -15,7 +16,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,6 +45,16 @@ def wait_until(predicate: Callable[[], T], *, timeout: float, interval: float = 
             last_error = exc
         time.sleep(interval)
     raise TimeoutError(f"timed out after {timeout}s waiting for {what}" + (f" (last error: {last_error})" if last_error else ""))
+
+
+async def eventually(predicate: Callable[[], Awaitable[T]], *, timeout: float, interval: float = 0.02, what: str = "condition") -> T:
+    """:func:`wait_until` for asyncio tests: await ``predicate`` until it returns something truthy."""
+    async with asyncio.timeout(timeout):
+        # Polling on purpose: the condition lives in another component (a store, a process).
+        while not (result := await predicate()):  # noqa: ASYNC110
+            await asyncio.sleep(interval)
+        return result
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 def http(method: str, url: str, body: Any = None, *, headers: dict[str, str] | None = None, timeout: float = 10) -> tuple[int, Any]:

@@ -12,6 +12,7 @@ from fleetsync.hub.core import HubCore, HubSettings
 from fleetsync.hub.session import Session
 from fleetsync.protocol import fleetsync_pb2 as pb
 from fleetsync.store.sqlite import SQLiteStore
+from tests.harness import eventually
 
 TOKEN = "test-token"
 
@@ -46,14 +47,15 @@ async def test_a_close_interrupted_by_cancellation_still_releases_the_lease(tmp_
             closing.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await closing
-        async with asyncio.timeout(5):
-            while not await store.events(reason=events.DISCONNECTED):
-                await asyncio.sleep(0.01)
+        await eventually(lambda: store.events(reason=events.DISCONNECTED), timeout=5, what="the Disconnected event")
         assert "c1" not in core.sessions
         # Past the grace period nobody renews the lease: another agent may take the cluster.
-        async with asyncio.timeout(5):
-            while not (await store.acquire_lease("c1", holder="agent-b", incarnation="inc-1", hub_id="hub-1", now=core.clock(), ttl=30)).granted:
-                await asyncio.sleep(0.05)
+
+        async def taken_over() -> bool:
+            result = await store.acquire_lease("c1", holder="agent-b", incarnation="inc-1", hub_id="hub-1", now=core.clock(), ttl=30)
+            return result.granted
+
+        await eventually(taken_over, timeout=5, what="the lease free for another agent")
     finally:
         await core.stop()
         await store.close()
