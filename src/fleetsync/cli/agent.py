@@ -10,6 +10,7 @@ from pathlib import Path
 from fleetsync.agent.runner import Agent, AgentConfig
 from fleetsync.agent.uplink import UplinkSettings
 from fleetsync.cli.flags import add_flag, positive_float, positive_int
+from fleetsync.model.names import check_cluster_name
 from fleetsync.model.types import ENDPOINT_SLICE, ISTIO_TYPES, POD, SERVICE, TypeRegistry, UnknownResourceType
 from fleetsync.transport.base import parse_hub_url, parse_listen_address
 from fleetsync.transport.faults import FaultSpec
@@ -21,7 +22,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p = subparsers.add_parser("agent", help="run an agent for one cluster", description="Watch one cluster and stream its state to a hub.")
     add_flag(p, "--kubeconfig", default=None, help="kubeconfig file (default: in-cluster config)")
     add_flag(p, "--cluster-id", default=None, help="this cluster's name on the hub (required)")
-    add_flag(p, "--hub", default=None, help="hub URL(s), comma-separated for failover: grpc://HOST:PORT (required)")
+    add_flag(
+        p,
+        "--hub",
+        default=None,
+        help="hub URL(s), comma-separated for failover: grpc://HOST:PORT, or a broker the hub serves: "
+        "mqtt://[USER:PASSWORD@]HOST:PORT, mqtts://..., nats://[USER:PASSWORD@]HOST:PORT (required)",
+    )
     add_flag(p, "--token-file", type=Path, default=None, help="file holding the agent token from `fleetsync token create CLUSTER` (required)")
     add_flag(p, "--agent-id", default="", help="stable agent identity (default: HOSTNAME/CLUSTER)")
     add_flag(p, "--types", default=DEFAULT_TYPES, help="comma-separated types to sync (group/version/Kind or kubectl names), or all")
@@ -67,7 +74,7 @@ def config_from(args: argparse.Namespace) -> AgentConfig:
     except ValueError as exc:
         raise ValueError(f"--inject-faults / --metrics: {exc}") from None
     return AgentConfig(
-        cluster_id=args.cluster_id,
+        cluster_id=check_cluster_name(args.cluster_id),
         hubs=[parse_hub_url(url) for url in _csv(args.hub)],
         token=token,
         types=types,

@@ -11,17 +11,26 @@ import socket
 from fleetsync.cli.flags import add_flag, add_switch, non_negative_float, positive_float, positive_int
 from fleetsync.hub.core import DigestSchedule, HubCore, HubSettings
 from fleetsync.store import open_store
-from fleetsync.transport.base import parse_listen_address
+from fleetsync.transport.base import parse_hub_url, parse_listen_address
+from fleetsync.transport.connect import broker_server
 from fleetsync.transport.grpc import GrpcHubServer
 
 log = logging.getLogger("fleetsync.hub")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    p = subparsers.add_parser("hub", help="run the hub", description="Accept agents over gRPC, apply their state to the store, serve the HTTP API.")
+    p = subparsers.add_parser(
+        "hub", help="run the hub", description="Accept agents over gRPC (and through MQTT / NATS brokers), apply their state to the store, serve the HTTP API."
+    )
     add_flag(p, "--db", default="sqlite:///fleetsync.db", help="store URL: sqlite:///PATH")
     add_flag(p, "--grpc", default="127.0.0.1:7443", help="gRPC listen address for agents (HOST:PORT or :PORT)")
     add_flag(p, "--http", default="127.0.0.1:8080", help="HTTP API listen address (HOST:PORT or :PORT)")
+    add_flag(
+        p,
+        "--broker",
+        default="",
+        help="also serve agents through these brokers (comma-separated): mqtt://[USER:PASSWORD@]HOST:PORT, mqtts://..., nats://[USER:PASSWORD@]HOST:PORT",
+    )
     add_flag(p, "--hub-id", default=socket.gethostname(), help="this replica's name (in leases and logs)")
     add_flag(p, "--heartbeat-interval", type=positive_float, default=10.0, help="agents send a heartbeat after this many idle seconds (H)")
     add_flag(p, "--inactivity-timeout", type=positive_float, default=30.0, help="a cluster with no message for this many seconds becomes inactive (T)")
@@ -58,6 +67,7 @@ async def serve(args: argparse.Namespace) -> None:
         grpc_host, grpc_port = parse_listen_address(args.grpc)
         http_host, http_port = parse_listen_address(args.http)
         settings = settings_from(args)
+        brokers = [parse_hub_url(url, schemes=("mqtt", "mqtts", "nats")) for url in args.broker.split(",") if url.strip()]
         store = open_store(args.db)
     except ValueError as exc:
         raise SystemExit(f"fleetsync hub: {exc}") from None
@@ -68,13 +78,17 @@ async def serve(args: argparse.Namespace) -> None:
     except (OSError, RuntimeError) as exc:
         raise SystemExit(f"fleetsync hub: cannot listen on {args.grpc}: {exc}") from None
     api = ApiServer(core, host=http_host, port=http_port)
+    broker_servers = [broker_server(core, address) for address in brokers]
     await core.start()
     await grpc_server.start()
+    for server in broker_servers:
+        await server.start()
     try:
         await api.start()
     except OSError as exc:
         raise SystemExit(f"fleetsync hub: cannot listen on {args.http}: {exc.strerror}") from None
-    print(f"fleetsync hub {args.hub_id}: gRPC on {grpc_host}:{grpc_server.port}, HTTP on http://{http_host}:{api.port}, store {args.db}", flush=True)
+    via = "".join(f", agents also through {address}" for address in brokers)
+    print(f"fleetsync hub {args.hub_id}: gRPC on {grpc_host}:{grpc_server.port}, HTTP on http://{http_host}:{api.port}, store {args.db}{via}", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -83,6 +97,8 @@ async def serve(args: argparse.Namespace) -> None:
         await stop.wait()
     finally:
         log.info("shutting down")
+        for server in broker_servers:
+            await server.stop()
         await grpc_server.stop()
         await core.stop()
         await api.stop()

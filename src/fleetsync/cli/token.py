@@ -7,6 +7,7 @@ import asyncio
 
 from fleetsync.cli.flags import add_flag
 from fleetsync.hub.auth import ROLES, hash_token, new_token
+from fleetsync.model.names import check_cluster_name
 from fleetsync.model.types import TypeRegistry, UnknownResourceType
 from fleetsync.store import open_store
 
@@ -37,6 +38,8 @@ def _types(args: argparse.Namespace) -> list[str]:
 
 async def _create(args: argparse.Namespace) -> str:
     types = _types(args)
+    if args.role == "agent":
+        check_cluster_name(args.name)
     store = open_store(args.db)
     await store.open()
     try:

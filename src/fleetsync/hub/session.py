@@ -108,10 +108,19 @@ class Session:
         await self.core.store.touch_cluster(self.cluster, now=now)
         if not self.active:
             await self._reactivate()
+        if kind in ("bundle", "digest"):
+            carried = getattr(message, kind).incarnation
+            assert self.hello is not None
+            if carried and carried != self.hello.incarnation:
+                # An agent speaks for its own incarnation only: anything else is a stale message of
+                # an earlier run (or a bug), and applying it would roll the stream back.
+                await self.reject(pb.PROTOCOL, f"{kind} of incarnation {carried} on a session of incarnation {self.hello.incarnation}")
         if kind == "bundle":
             await self._submit(message.bundle.type, message.bundle, malformed(message.bundle))
         elif kind == "digest":
             await self._submit(message.digest.type, message.digest, "")
+        elif kind == "heartbeat":
+            await self.send(pb.HubMessage(heartbeat=pb.Heartbeat(sent_at_ms=int(now * 1000))))
         elif kind == "hello":
             await self.reject(pb.PROTOCOL, "Hello sent twice on one connection")
         elif kind in ("status", "local_change"):

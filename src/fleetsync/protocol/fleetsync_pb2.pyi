@@ -786,6 +786,7 @@ class HubMessage(_message.Message):
     RESYNC_FIELD_NUMBER: _builtins.int
     DIGEST_DIFF_FIELD_NUMBER: _builtins.int
     SPEC_UPDATE_FIELD_NUMBER: _builtins.int
+    HEARTBEAT_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def welcome(self) -> Global___Welcome: ...
     @_builtins.property
@@ -798,6 +799,12 @@ class HubMessage(_message.Message):
     def digest_diff(self) -> Global___DigestDiff: ...
     @_builtins.property
     def spec_update(self) -> Global___SpecUpdate: ...
+    @_builtins.property
+    def heartbeat(self) -> Global___Heartbeat:
+        """The answer to an agent's Heartbeat: over a broker there is no connection whose end
+        the agent could see, so a hub that stops answering is how it learns the hub is gone.
+        """
+
     def __init__(
         self,
         *,
@@ -807,12 +814,13 @@ class HubMessage(_message.Message):
         resync: Global___ResyncRequest | None = ...,
         digest_diff: Global___DigestDiff | None = ...,
         spec_update: Global___SpecUpdate | None = ...,
+        heartbeat: Global___Heartbeat | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["ack", b"ack", "digest_diff", b"digest_diff", "message", b"message", "reject", b"reject", "resync", b"resync", "spec_update", b"spec_update", "welcome", b"welcome"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["ack", b"ack", "digest_diff", b"digest_diff", "heartbeat", b"heartbeat", "message", b"message", "reject", b"reject", "resync", b"resync", "spec_update", b"spec_update", "welcome", b"welcome"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["ack", b"ack", "digest_diff", b"digest_diff", "message", b"message", "reject", b"reject", "resync", b"resync", "spec_update", b"spec_update", "welcome", b"welcome"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ack", b"ack", "digest_diff", b"digest_diff", "heartbeat", b"heartbeat", "message", b"message", "reject", b"reject", "resync", b"resync", "spec_update", b"spec_update", "welcome", b"welcome"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_message: _TypeAlias = _typing.Literal["welcome", "reject", "ack", "resync", "digest_diff", "spec_update"]  # noqa: Y015
+    _WhichOneofReturnType_message: _TypeAlias = _typing.Literal["welcome", "reject", "ack", "resync", "digest_diff", "spec_update", "heartbeat"]  # noqa: Y015
     _WhichOneofArgType_message: _TypeAlias = _typing.Literal["message", b"message"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_message) -> _WhichOneofReturnType_message | None: ...
 

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from fleetsync.protocol import fleetsync_pb2 as pb
 
@@ -17,26 +17,51 @@ class TransportError(ConnectionError):
 
 @dataclass(frozen=True, slots=True)
 class HubAddress:
+    """Where to reach a hub: directly (grpc) or through a broker (mqtt, mqtts, nats)."""
+
     scheme: str
     host: str
     port: int
+    #: Broker credentials, from the URL's ``USER:PASSWORD@`` part.
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
 
-    def __str__(self) -> str:
-        return f"{self.scheme}://{self.host}:{self.port}"
+    def __str__(self) -> str:  # never shows the password (it ends up in logs)
+        user = f"{self.username}@" if self.username else ""
+        return f"{self.scheme}://{user}{self.host}:{self.port}"
+
+    @property
+    def broker(self) -> bool:
+        return self.scheme != "grpc"
 
 
-def parse_hub_url(url: str) -> HubAddress:
-    """``grpc://host:port`` (also mqtt://, mqtts://, nats://) -> HubAddress; a clear ValueError otherwise."""
+def parse_hub_url(url: str, *, schemes: tuple[str, ...] = SCHEMES) -> HubAddress:
+    """``grpc://host:port`` (also ``mqtt://[user:password@]host:port``, mqtts://, nats://) -> HubAddress;
+    a clear ValueError otherwise."""
     parts = urlsplit(url.strip())
-    if parts.scheme not in SCHEMES:
-        raise ValueError(f"hub URL {url!r}: scheme must be one of {', '.join(s + '://' for s in SCHEMES)}")
+    shown = _without_password(url.strip())
+    if parts.scheme not in schemes:
+        raise ValueError(f"URL {shown!r}: scheme must be one of {', '.join(s + '://' for s in schemes)}")
     try:
         port = parts.port
     except ValueError:
-        raise ValueError(f"hub URL {url!r}: the port is not a number") from None
+        raise ValueError(f"URL {shown!r}: the port is not a number") from None
     if not parts.hostname or port is None:
-        raise ValueError(f"hub URL {url!r}: expected {parts.scheme}://HOST:PORT")
-    return HubAddress(parts.scheme, parts.hostname, port)
+        raise ValueError(f"URL {shown!r}: expected {parts.scheme}://HOST:PORT")
+    if parts.path not in ("", "/") or parts.query:
+        raise ValueError(f"URL {shown!r}: expected {parts.scheme}://HOST:PORT with no path or query")
+    if parts.username and parts.scheme == "grpc":
+        raise ValueError(f"URL {shown!r}: grpc:// takes no user name (agents authenticate with their token)")
+    return HubAddress(
+        parts.scheme, parts.hostname, port, unquote(parts.username) if parts.username else None, unquote(parts.password) if parts.password else None
+    )
+
+
+def _without_password(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    return url.replace(f":{parts.password}@", ":***@", 1)
 
 
 def parse_listen_address(text: str) -> tuple[str, int]:

@@ -1,0 +1,206 @@
+"""The hub's protocol sessions for agents that reach it through a message broker.
+
+A broker carries messages, not connections. Each agent connection therefore names
+itself: every event it publishes carries a session id (the ``fssession`` CloudEvents
+attribute), and the hub's answers carry it back. :class:`BrokerSessions` turns that
+stream of events into the same :class:`~fleetsync.hub.session.Session` objects the gRPC
+transport drives, one per (cluster, session id), each fed in arrival order by its own
+task so that one slow cluster never holds up the others.
+
+A session ends when the agent says goodbye, when the hub ends it (a rejection, a newer
+connection of the same agent, a lost lease), or when nothing arrived for the hub's
+inactivity timeout (an agent killed without a word). Late events of an ended session
+are dropped: the agent has moved on to a new session and resumes there.
+
+The cluster is the topic's (or subject's), which the broker's ACL ties to the agent's
+broker credentials; a Hello that names another cluster is refused, so neither the
+broker account nor the hub token alone lets one cluster write another's state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from fleetsync.hub.core import HubCore
+from fleetsync.hub.session import Session, SessionClosed
+from fleetsync.protocol import codec
+from fleetsync.protocol import fleetsync_pb2 as pb
+from fleetsync.transport import cloudevents
+
+log = logging.getLogger(__name__)
+
+#: Publishes one hub message to one agent session: (cluster, session id, message).
+Publish = Callable[[str, str, pb.HubMessage], Awaitable[None]]
+#: Called once an event has been handled (a broker ack, for brokers that want one).
+Done = Callable[[], Awaitable[None]]
+
+#: How many ended sessions are remembered (to drop their late events quietly).
+_ENDED_KEPT = 10_000
+
+
+@dataclass
+class _Connection:
+    cluster: str
+    session_id: str
+    session: Session
+    queue: asyncio.Queue[tuple[bytes | None, Done | None]] = field(default_factory=asyncio.Queue)
+    last_seen: float = field(default_factory=time.monotonic)
+    task: asyncio.Task[None] | None = None
+
+
+async def _ack(done: Done | None) -> None:
+    if done is None:
+        return
+    try:
+        await done()
+    except Exception as exc:  # the broker is away: it redelivers, and the session drops what it already has
+        log.debug("cannot ack a broker message: %s", exc)
+
+
+class BrokerSessions:
+    """Sessions of one broker transport on one hub replica."""
+
+    def __init__(self, core: HubCore, publish: Publish, *, transport: str) -> None:
+        self.core = core
+        self.publish = publish
+        self.transport = transport
+        self._live: dict[tuple[str, str], _Connection] = {}
+        #: Recently ended sessions, and whether their agent was told so.
+        self._ended: OrderedDict[tuple[str, str], bool] = OrderedDict()
+        self._expiry: asyncio.Task[None] | None = None
+
+    def __len__(self) -> int:
+        return len(self._live)
+
+    async def start(self) -> None:
+        if self._expiry is None:
+            self._expiry = asyncio.create_task(self._expire_forever(), name=f"{self.transport}-session-expiry")
+
+    async def stop(self) -> None:
+        """End every session (as if every connection dropped) and stop."""
+        if self._expiry is not None:
+            self._expiry.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._expiry
+            self._expiry = None
+        for key in list(self._live):
+            await self._end(key)
+
+    async def deliver(self, cluster: str, attributes: dict[str, str], payload: bytes, done: Done | None = None) -> None:
+        """One event from ``cluster``'s topic. Never raises for bad input: it ends that session with a clear reason."""
+        try:
+            event = cloudevents.parse(attributes)
+        except ValueError as exc:
+            self.core.metrics.refused.labels("malformed").inc()
+            log.warning("%s: dropped an event on cluster %s's topic: %s", self.transport, cluster, exc)
+            await _ack(done)
+            return
+        key = (cluster, event.session)
+        connection = self._live.get(key)
+        if connection is None:
+            if key in self._ended and not event.goodbye:
+                await self._tell_ended(key)
+            if key in self._ended or event.goodbye:
+                await _ack(done)
+                return
+            connection = self._open(cluster, event.session)
+        connection.last_seen = time.monotonic()
+        connection.queue.put_nowait((None if event.goodbye else payload, done))
+
+    def _open(self, cluster: str, session_id: str) -> _Connection:
+        key = (cluster, session_id)
+
+        async def send(message: object) -> None:
+            assert isinstance(message, pb.HubMessage)
+            try:
+                await self.publish(cluster, session_id, message)
+            except Exception as exc:  # the broker is gone: so is this session (the agent will say Hello again)
+                log.warning("%s: cannot answer cluster %s (session %s): %s", self.transport, cluster, session_id, exc)
+                self._schedule_end(key)
+
+        async def end() -> None:
+            self._schedule_end(key)
+
+        session = Session(self.core, send, peer=f"{self.transport}:{cluster}/{session_id}", end=end)
+        connection = _Connection(cluster, session_id, session)
+        connection.task = asyncio.create_task(self._feed(connection), name=f"{self.transport}-session-{cluster}")
+        self._live[key] = connection
+        return connection
+
+    async def _feed(self, connection: _Connection) -> None:
+        while True:
+            payload, done = await connection.queue.get()
+            try:
+                if payload is None:  # goodbye
+                    log.info("%s: cluster %s's agent closed session %s", self.transport, connection.cluster, connection.session_id)
+                    self._schedule_end((connection.cluster, connection.session_id))
+                    return
+                await self._handle(connection, payload)
+            except SessionClosed:
+                self._schedule_end((connection.cluster, connection.session_id))
+                return
+            except Exception:
+                log.exception("%s: session of cluster %s failed", self.transport, connection.cluster)
+                self._schedule_end((connection.cluster, connection.session_id))
+                return
+            finally:
+                await _ack(done)
+
+    async def _handle(self, connection: _Connection, payload: bytes) -> None:
+        session = connection.session
+        try:
+            message = codec.decode_agent_message(payload)
+        except codec.CodecError as exc:
+            await session.reject(pb.PROTOCOL, str(exc))
+            return
+        if message.WhichOneof("message") == "hello" and message.hello.cluster_id != connection.cluster:
+            await session.reject(
+                pb.PERMISSION_DENIED, f"Hello for cluster {message.hello.cluster_id!r} arrived on cluster {connection.cluster!r}'s topic", event=False
+            )
+        await session.handle(message)
+
+    async def _tell_ended(self, key: tuple[str, str]) -> None:
+        """The first late event of an ended session gets an answer, so that an agent that
+        did not notice (it was paused, or the broker held its messages) reconnects now."""
+        if self._ended[key]:
+            return
+        self._ended[key] = True
+        reject = pb.Reject(reason=pb.PROTOCOL, message="this session has ended on the hub; connect again")
+        try:
+            await self.publish(key[0], key[1], pb.HubMessage(reject=reject))
+        except Exception as exc:
+            log.debug("%s: cannot tell cluster %s that session %s ended: %s", self.transport, key[0], key[1], exc)
+
+    def _schedule_end(self, key: tuple[str, str]) -> None:
+        if key in self._live:
+            self.core.keep_until_done(asyncio.ensure_future(self._end(key)))
+
+    async def _end(self, key: tuple[str, str]) -> None:
+        connection = self._live.pop(key, None)
+        if connection is None:
+            return
+        self._ended[key] = False
+        while len(self._ended) > _ENDED_KEPT:
+            self._ended.popitem(last=False)
+        task = connection.task
+        if task is not None and task is not asyncio.current_task():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await connection.session.close()
+
+    async def _expire_forever(self) -> None:
+        timeout = self.core.settings.inactivity_timeout
+        while True:
+            await asyncio.sleep(min(1.0, timeout / 4))
+            now = time.monotonic()
+            for key, connection in list(self._live.items()):
+                if now - connection.last_seen > timeout:
+                    log.info("%s: nothing from cluster %s's session %s for %.0fs; ending it", self.transport, key[0], key[1], timeout)
+                    await self._end(key)

@@ -1,0 +1,230 @@
+"""MQTT 5 transport (aiomqtt): the protocol's messages as QoS 1 publishes through a broker.
+
+Topics, per cluster::
+
+    fleetsync/v1/clusters/{cluster}/up     agent -> hub   (the hub subscribes to .../+/up)
+    fleetsync/v1/clusters/{cluster}/down   hub -> agent
+
+Both sides connect with clean start off and a session expiry, so the broker keeps
+their subscriptions and queues QoS 1 messages while they are briefly away. Every
+publish carries the CloudEvents attributes as MQTT 5 user properties
+(:mod:`fleetsync.transport.cloudevents`) and the protobuf message as its payload.
+
+Nothing here relies on the broker delivering everything, once, in order: Mosquitto
+drops QoS 1 messages silently past ``max_queued_messages``, and redelivers after a
+reconnect. The protocol's sequence numbers, acks-after-commit, retransmission and
+digests absorb all of that; the agent keeps its in-flight window small so that a
+healthy broker does not drop anything in the first place.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import re
+import ssl
+import uuid
+
+import aiomqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from fleetsync.backoff import Backoff
+from fleetsync.hub.core import HubCore
+from fleetsync.protocol import codec
+from fleetsync.protocol import fleetsync_pb2 as pb
+from fleetsync.transport import cloudevents
+from fleetsync.transport.base import HubAddress, TransportError
+from fleetsync.transport.broker import BrokerSessions
+
+log = logging.getLogger(__name__)
+
+PREFIX = "fleetsync/v1/clusters"
+UP_ALL = f"{PREFIX}/+/up"
+#: Seconds the broker keeps a client's session (subscriptions, queued messages) after it leaves.
+SESSION_EXPIRY = 3600
+_TOPIC = re.compile(rf"^{re.escape(PREFIX)}/([^/]+)/up$")
+
+
+def up_topic(cluster: str) -> str:
+    return f"{PREFIX}/{cluster}/up"
+
+
+def down_topic(cluster: str) -> str:
+    return f"{PREFIX}/{cluster}/down"
+
+
+def cluster_of(topic: str) -> str | None:
+    """The cluster whose up topic this is (None for any other topic)."""
+    match = _TOPIC.match(topic)
+    return match.group(1) if match else None
+
+
+def client_id(role: str, name: str) -> str:
+    """A stable MQTT client id (the broker keys persistent sessions by it), readable and unique."""
+    digest = hashlib.sha256(name.encode()).hexdigest()[:8]
+    return f"fleetsync-{role}-{re.sub(r'[^A-Za-z0-9_-]', '_', name)[:40]}-{digest}"
+
+
+def properties(attributes: dict[str, str]) -> Properties:
+    """MQTT 5 publish properties carrying CloudEvents ``attributes`` (binary content mode)."""
+    properties = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+    properties.ContentType = cloudevents.CONTENT_TYPE
+    properties.UserProperty = list(attributes.items())
+    return properties
+
+
+def _attributes(message: aiomqtt.Message) -> dict[str, str]:
+    user = getattr(message.properties, "UserProperty", None) if message.properties is not None else None
+    return dict(user) if user else {}
+
+
+def _client(address: HubAddress, identifier: str, *, timeout: float) -> aiomqtt.Client:
+    connect = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+    connect.SessionExpiryInterval = SESSION_EXPIRY
+    return aiomqtt.Client(
+        address.host,
+        address.port,
+        username=address.username,
+        password=address.password,
+        identifier=identifier,
+        protocol=aiomqtt.ProtocolVersion.V5,
+        clean_start=False,
+        properties=connect,
+        timeout=timeout,
+        keepalive=15,
+        tls_context=ssl.create_default_context() if address.scheme == "mqtts" else None,
+    )
+
+
+def _problem(exc: Exception) -> str:
+    return str(exc) or type(exc).__name__
+
+
+class MqttAgentConnection:
+    """One agent session through an MQTT broker."""
+
+    def __init__(self, client: aiomqtt.Client, address: HubAddress, cluster: str) -> None:
+        self._client = client
+        self._address = address
+        self._cluster = cluster
+        self._session = uuid.uuid4().hex
+        self._inbox: asyncio.Queue[pb.HubMessage | Exception] = asyncio.Queue()
+        self._reader: asyncio.Task[None] | None = None
+
+    @property
+    def session(self) -> str:
+        """This connection's session id (the ``fssession`` attribute of its events)."""
+        return self._session
+
+    @classmethod
+    async def open(cls, address: HubAddress, *, cluster_id: str, agent_id: str, connect_seconds: float = 10.0) -> MqttAgentConnection:
+        client = _client(address, client_id("agent", f"{cluster_id}/{agent_id}"), timeout=connect_seconds)
+        try:
+            await client.__aenter__()
+        except aiomqtt.MqttError as exc:
+            raise TransportError(f"cannot connect to the MQTT broker {address}: {_problem(exc)}") from None
+        connection = cls(client, address, cluster_id)
+        try:
+            await client.subscribe(down_topic(cluster_id), qos=1)
+        except aiomqtt.MqttError as exc:
+            await connection.close()
+            raise TransportError(f"cannot subscribe to {down_topic(cluster_id)} on {address}: {_problem(exc)}") from None
+        connection._reader = asyncio.create_task(connection._read(), name="mqtt-reader")
+        return connection
+
+    async def _read(self) -> None:
+        try:
+            async for message in self._client.messages:
+                attributes = _attributes(message)
+                if attributes.get(cloudevents.SESSION) != self._session:
+                    continue  # an answer to an earlier session of this agent (or another agent's)
+                try:
+                    self._inbox.put_nowait(codec.decode_hub_message(bytes(message.payload)))  # type: ignore[arg-type]
+                except codec.CodecError as exc:
+                    self._inbox.put_nowait(TransportError(f"the hub sent an undecodable message: {exc}"))
+            self._inbox.put_nowait(TransportError(f"the MQTT broker {self._address} closed the connection"))
+        except aiomqtt.MqttError as exc:
+            self._inbox.put_nowait(TransportError(f"lost the MQTT broker {self._address}: {_problem(exc)}"))
+
+    async def send(self, message: pb.AgentMessage) -> None:
+        attributes = cloudevents.agent_attributes(message, cluster=self._cluster, session=self._session)
+        try:
+            await self._client.publish(up_topic(self._cluster), codec.encode(message), qos=1, properties=properties(attributes))
+        except aiomqtt.MqttError as exc:
+            raise TransportError(f"publishing to the MQTT broker {self._address} failed: {_problem(exc)}") from None
+
+    async def receive(self) -> pb.HubMessage | None:
+        item = await self._inbox.get()
+        if isinstance(item, Exception):
+            raise item
+        return item
+
+    async def close(self) -> None:
+        if self._reader is not None:  # say goodbye, so the hub ends the session now rather than at its inactivity timeout
+            with contextlib.suppress(aiomqtt.MqttError, TimeoutError):
+                attributes = cloudevents.agent_attributes(None, cluster=self._cluster, session=self._session)
+                await self._client.publish(up_topic(self._cluster), b"", qos=1, properties=properties(attributes), timeout=2)
+            self._reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reader
+        with contextlib.suppress(Exception):
+            await self._client.__aexit__(None, None, None)
+
+
+class MqttHubServer:
+    """Serves the protocol to agents through an MQTT broker, reconnecting to it forever."""
+
+    def __init__(self, core: HubCore, address: HubAddress) -> None:
+        self.core = core
+        self.address = address
+        self.sessions = BrokerSessions(core, self._publish, transport="mqtt")
+        self.connected = asyncio.Event()
+        self._client: aiomqtt.Client | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        await self.sessions.start()
+        self._task = asyncio.create_task(self._serve_forever(), name="mqtt-hub")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        await self.sessions.stop()
+
+    async def _serve_forever(self) -> None:
+        backoff = Backoff(initial=0.2, maximum=5)
+        identifier = client_id("hub", self.core.settings.hub_id)
+        while True:
+            try:
+                async with _client(self.address, identifier, timeout=10) as client:
+                    await client.subscribe(UP_ALL, qos=1)
+                    self._client = client
+                    self.connected.set()
+                    backoff.reset()
+                    log.info("serving agents through the MQTT broker %s", self.address)
+                    async for message in client.messages:
+                        cluster = cluster_of(message.topic.value)
+                        if cluster is None:
+                            continue
+                        await self.sessions.deliver(cluster, _attributes(message), bytes(message.payload))  # type: ignore[arg-type]
+                problem = "the broker ended the connection"
+            except aiomqtt.MqttError as exc:
+                problem = _problem(exc)
+            finally:
+                self._client = None
+                self.connected.clear()
+            delay = backoff.next_delay()
+            log.warning("MQTT broker %s: %s; reconnecting in %.1fs", self.address, problem, delay)
+            await asyncio.sleep(delay)
+
+    async def _publish(self, cluster: str, session: str, message: pb.HubMessage) -> None:
+        client = self._client
+        if client is None:
+            raise TransportError(f"not connected to the MQTT broker {self.address}")
+        attributes = cloudevents.hub_attributes(message, hub_id=self.core.settings.hub_id, session=session)
+        await client.publish(down_topic(cluster), codec.encode(message), qos=1, properties=properties(attributes))

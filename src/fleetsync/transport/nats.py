@@ -1,0 +1,285 @@
+"""NATS JetStream transport (nats-py): the protocol's messages through two persistent streams.
+
+::
+
+    stream FLEETSYNC_UP    subjects fleetsync.v1.up.{cluster}     work queue: a message is
+                                                                  gone once the hub acked it
+    stream FLEETSYNC_DOWN  subjects fleetsync.v1.down.{cluster}   kept for an hour
+
+The hub reads FLEETSYNC_UP through the durable pull consumer ``fleetsync-hub``; each
+agent reads its cluster's down subject through a durable pull consumer of its own.
+Both use explicit acks and bounded redelivery (``max_deliver``). Streams and consumers
+are created idempotently by whichever side starts first.
+
+A JetStream ack here means "the session has taken the message", not "committed": the
+protocol's own ``Ack`` is sent only after the store committed, and the agent keeps and
+resends what that ack has not covered. So a message the broker loses, redelivers or
+gives up on after ``max_deliver`` attempts costs a resend, never data.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import re
+import uuid
+from typing import Any
+
+import nats
+import nats.errors
+import nats.js.errors
+from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
+from nats.js import api
+
+from fleetsync.hub.core import HubCore
+from fleetsync.protocol import codec
+from fleetsync.protocol import fleetsync_pb2 as pb
+from fleetsync.transport import cloudevents
+from fleetsync.transport.base import HubAddress, TransportError
+from fleetsync.transport.broker import BrokerSessions
+
+log = logging.getLogger(__name__)
+
+UP_STREAM = "FLEETSYNC_UP"
+DOWN_STREAM = "FLEETSYNC_DOWN"
+HUB_CONSUMER = "fleetsync-hub"
+#: Deliveries of one message before JetStream gives up on it (the protocol resends what matters).
+MAX_DELIVER = 5
+#: Seconds JetStream waits for an ack before redelivering.
+ACK_WAIT = 30.0
+#: Messages fetched per pull.
+_BATCH = 64
+_HEADER_PREFIX = "ce-"
+
+
+def up_subject(cluster: str) -> str:
+    return f"fleetsync.v1.up.{cluster}"
+
+
+def down_subject(cluster: str) -> str:
+    return f"fleetsync.v1.down.{cluster}"
+
+
+def cluster_of(subject: str) -> str | None:
+    prefix = "fleetsync.v1.up."
+    rest = subject[len(prefix) :] if subject.startswith(prefix) else ""
+    return rest if rest and "." not in rest else None
+
+
+def consumer_name(role: str, name: str) -> str:
+    """A durable consumer name (no dots, slashes or wildcards), readable and unique."""
+    digest = hashlib.sha256(name.encode()).hexdigest()[:8]
+    return f"fleetsync-{role}-{re.sub(r'[^A-Za-z0-9_-]', '_', name)[:40]}-{digest}"
+
+
+def headers(attributes: dict[str, str]) -> dict[str, str]:
+    """NATS message headers carrying CloudEvents ``attributes`` (binary content mode, ``ce-`` prefixed)."""
+    headers = {_HEADER_PREFIX + k: v for k, v in attributes.items()}
+    headers["content-type"] = cloudevents.CONTENT_TYPE
+    return headers
+
+
+def _attributes(msg: Msg) -> dict[str, str]:
+    headers = msg.headers or {}
+    return {k[len(_HEADER_PREFIX) :]: v for k, v in headers.items() if k.startswith(_HEADER_PREFIX)}
+
+
+async def _connect(address: HubAddress, *, reconnect: bool, timeout: float) -> NatsClient:
+    options: dict[str, Any] = {"connect_timeout": timeout, "allow_reconnect": reconnect, "name": "fleetsync"}
+    if reconnect:
+        options.update(max_reconnect_attempts=-1, reconnect_time_wait=1)
+    else:
+        options.update(max_reconnect_attempts=0)
+    if address.username:
+        options.update(user=address.username, password=address.password or "")
+
+    async def quiet(exc: Exception) -> None:  # nats-py logs every failed attempt itself otherwise
+        log.debug("NATS %s: %s", address, exc)
+
+    try:
+        return await nats.connect(f"nats://{address.host}:{address.port}", error_cb=quiet, **options)
+    except (nats.errors.Error, OSError, TimeoutError) as exc:
+        raise TransportError(f"cannot connect to NATS {address}: {exc or type(exc).__name__}") from None
+
+
+async def ensure_streams(nc: NatsClient) -> None:
+    """Create (or bring up to date) the two streams; harmless if they exist."""
+    js = nc.jetstream()
+    configs = [
+        api.StreamConfig(
+            name=UP_STREAM,
+            subjects=[up_subject("*")],
+            retention=api.RetentionPolicy.WORK_QUEUE,
+            storage=api.StorageType.FILE,
+            max_age=24 * 3600,
+        ),
+        api.StreamConfig(
+            name=DOWN_STREAM,
+            subjects=[down_subject("*")],
+            retention=api.RetentionPolicy.LIMITS,
+            storage=api.StorageType.FILE,
+            max_age=3600,
+        ),
+    ]
+    for config in configs:
+        try:
+            await js.add_stream(config)
+        except nats.js.errors.BadRequestError:  # it exists with another configuration (an older version's)
+            await js.update_stream(config)
+
+
+class NatsAgentConnection:
+    """One agent session through NATS JetStream."""
+
+    def __init__(self, nc: NatsClient, address: HubAddress, cluster: str) -> None:
+        self._nc = nc
+        self._js = nc.jetstream()
+        self._address = address
+        self._cluster = cluster
+        self._session = uuid.uuid4().hex
+        self._inbox: asyncio.Queue[pb.HubMessage | Exception] = asyncio.Queue()
+        self._reader: asyncio.Task[None] | None = None
+
+    @property
+    def session(self) -> str:
+        """This connection's session id (the ``fssession`` attribute of its events)."""
+        return self._session
+
+    @classmethod
+    async def open(cls, address: HubAddress, *, cluster_id: str, agent_id: str, connect_seconds: float = 10.0) -> NatsAgentConnection:
+        # No reconnects inside nats-py: a broken connection is a broken session, and the
+        # agent's own loop reconnects and resumes (the protocol makes that cheap).
+        nc = await _connect(address, reconnect=False, timeout=connect_seconds)
+        connection = cls(nc, address, cluster_id)
+        try:
+            await ensure_streams(nc)
+            subscription = await connection._js.pull_subscribe(
+                down_subject(cluster_id),
+                durable=consumer_name("agent", f"{cluster_id}/{agent_id}"),
+                stream=DOWN_STREAM,
+                config=api.ConsumerConfig(
+                    ack_policy=api.AckPolicy.EXPLICIT,
+                    deliver_policy=api.DeliverPolicy.NEW,
+                    max_deliver=MAX_DELIVER,
+                    ack_wait=ACK_WAIT,
+                    inactive_threshold=24 * 3600,
+                ),
+            )
+        except (nats.errors.Error, TimeoutError) as exc:
+            await connection.close()
+            raise TransportError(f"cannot set up JetStream on {address}: {exc or type(exc).__name__}") from None
+        connection._reader = asyncio.create_task(connection._read(subscription), name="nats-reader")
+        return connection
+
+    async def _read(self, subscription: Any) -> None:
+        try:
+            while True:
+                try:
+                    batch = await subscription.fetch(_BATCH, timeout=5)
+                except nats.errors.TimeoutError:
+                    continue
+                for msg in batch:
+                    await msg.ack()
+                    if _attributes(msg).get(cloudevents.SESSION) != self._session:
+                        continue  # an answer to an earlier session of this agent
+                    try:
+                        self._inbox.put_nowait(codec.decode_hub_message(msg.data))
+                    except codec.CodecError as exc:
+                        self._inbox.put_nowait(TransportError(f"the hub sent an undecodable message: {exc}"))
+        except (nats.errors.Error, OSError) as exc:
+            self._inbox.put_nowait(TransportError(f"lost NATS {self._address}: {exc or type(exc).__name__}"))
+
+    async def send(self, message: pb.AgentMessage) -> None:
+        attributes = cloudevents.agent_attributes(message, cluster=self._cluster, session=self._session)
+        try:
+            await self._js.publish(up_subject(self._cluster), codec.encode(message), timeout=10, headers=headers(attributes))
+        except (nats.errors.Error, TimeoutError) as exc:
+            raise TransportError(f"publishing to NATS {self._address} failed: {exc or type(exc).__name__}") from None
+
+    async def receive(self) -> pb.HubMessage | None:
+        item = await self._inbox.get()
+        if isinstance(item, Exception):
+            raise item
+        return item
+
+    async def close(self) -> None:
+        if self._reader is not None:  # say goodbye, so the hub ends the session now rather than at its inactivity timeout
+            with contextlib.suppress(nats.errors.Error, TimeoutError):
+                attributes = cloudevents.agent_attributes(None, cluster=self._cluster, session=self._session)
+                await self._js.publish(up_subject(self._cluster), b"", timeout=2, headers=headers(attributes))
+            self._reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reader
+        with contextlib.suppress(Exception):
+            await self._nc.close()
+
+
+class NatsHubServer:
+    """Serves the protocol to agents through NATS JetStream (nats-py reconnects by itself)."""
+
+    def __init__(self, core: HubCore, address: HubAddress) -> None:
+        self.core = core
+        self.address = address
+        self.sessions = BrokerSessions(core, self._publish, transport="nats")
+        self.connected = asyncio.Event()
+        self._nc: NatsClient | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        await self.sessions.start()
+        self._task = asyncio.create_task(self._serve_forever(), name="nats-hub")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        await self.sessions.stop()
+        if self._nc is not None:
+            with contextlib.suppress(Exception):
+                await self._nc.close()
+
+    async def _subscribe(self) -> Any:
+        while True:
+            try:
+                if self._nc is None:
+                    self._nc = await _connect(self.address, reconnect=True, timeout=10)
+                await ensure_streams(self._nc)
+                return await self._nc.jetstream().pull_subscribe(
+                    up_subject("*"),
+                    durable=HUB_CONSUMER,
+                    stream=UP_STREAM,
+                    config=api.ConsumerConfig(ack_policy=api.AckPolicy.EXPLICIT, max_deliver=MAX_DELIVER, ack_wait=ACK_WAIT, max_ack_pending=20_000),
+                )
+            except (TransportError, nats.errors.Error, TimeoutError) as exc:
+                log.warning("NATS %s: %s; retrying in 1s", self.address, exc or type(exc).__name__)
+                await asyncio.sleep(1)
+
+    async def _serve_forever(self) -> None:
+        subscription = await self._subscribe()
+        self.connected.set()
+        log.info("serving agents through NATS JetStream %s", self.address)
+        while True:
+            try:
+                batch = await subscription.fetch(_BATCH, timeout=1)
+            except nats.errors.TimeoutError:
+                continue
+            except (nats.errors.Error, OSError) as exc:  # the server is away; nats-py is reconnecting
+                log.warning("NATS %s: %s; fetching again in 1s", self.address, exc or type(exc).__name__)
+                await asyncio.sleep(1)
+                continue
+            for msg in batch:
+                cluster = cluster_of(msg.subject)
+                if cluster is None:
+                    await msg.ack()
+                    continue
+                await self.sessions.deliver(cluster, _attributes(msg), msg.data, done=msg.ack)
+
+    async def _publish(self, cluster: str, session: str, message: pb.HubMessage) -> None:
+        if self._nc is None:
+            raise TransportError(f"not connected to NATS {self.address}")
+        attributes = cloudevents.hub_attributes(message, hub_id=self.core.settings.hub_id, session=session)
+        await self._nc.jetstream().publish(down_subject(cluster), codec.encode(message), timeout=10, headers=headers(attributes))
