@@ -53,7 +53,7 @@ def _die_with_parent() -> None:
 
 @dataclass
 class Child:
-    """A long-running fleetsync process with its log file."""
+    """A long-running process the bench started, with its log file."""
 
     name: str
     proc: subprocess.Popen[bytes]
@@ -73,11 +73,12 @@ class Processes:
         self.tmp = tmp
         self.children: list[Child] = []
 
-    def spawn(self, name: str, *args: str) -> Child:
+    def spawn(self, name: str, *args: str, executable: str | None = None) -> Child:
+        """Start ``fleetsync ARGS`` (or ``executable ARGS``, e.g. a broker) as ``name``."""
         log = self.tmp / f"{name}.log"
         with log.open("wb") as out:
             proc = subprocess.Popen(
-                [str(self.fleetsync), *args],
+                [executable or str(self.fleetsync), *args],
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,

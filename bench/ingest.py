@@ -67,6 +67,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import getpass
 import http.client
 import itertools
 import multiprocessing
@@ -407,6 +408,38 @@ def latency_figures(log: WatchLog, poll: dict[str, Any], churn_stopped: float) -
     }
 
 
+async def start_transport(transport: str, procs: Processes, tmp: Path, grpc_port: int) -> tuple[str, list[str]]:
+    """Start the broker for ``transport`` (none for grpc): the agents' hub URL and the hub's extra flags."""
+    if transport == "grpc":
+        return f"grpc://127.0.0.1:{grpc_port}", []
+    port = free_port()
+    if transport == "mqtt":
+        data = tmp / "mosquitto"
+        data.mkdir()
+        config = data / "mosquitto.conf"
+        config.write_text(
+            f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location {data}/\n"
+            f"max_queued_messages 100000\nmax_inflight_messages 100\nuser {getpass.getuser()}\n"
+        )
+        procs.spawn("broker", "-c", str(config), executable=shutil.which("mosquitto") or "/usr/sbin/mosquitto")
+    else:
+        nats_server = Path(sys.executable).parent / "nats-server"
+        procs.spawn("broker", "-a", "127.0.0.1", "-p", str(port), "-js", "-sd", str(tmp / "jetstream"), executable=str(nats_server))
+    deadline = time.monotonic() + 30
+    while True:
+        procs.check_alive("broker")
+        try:
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.close()
+            break
+        except OSError:
+            if time.monotonic() > deadline:
+                raise BenchError(f"the {transport} broker did not listen on port {port} within 30 s") from None
+            await asyncio.sleep(0.1)
+    url = f"{transport}://127.0.0.1:{port}"
+    return url, ["--broker", url]
+
+
 async def bench(args: argparse.Namespace, procs: Processes, tmp: Path, fig: dict[str, Any]) -> None:
     """Run the phases, filling ``fig`` as they complete (so a failed run still reports its early figures)."""
     fleetsync = args.fleetsync
@@ -459,7 +492,9 @@ async def bench(args: argparse.Namespace, procs: Processes, tmp: Path, fig: dict
         db = f"sqlite:///{tmp / 'hub.db'}"
         grpc_port, http_port = free_port(), free_port()
         hub_url = f"http://127.0.0.1:{http_port}"
-        hub = procs.spawn("hub", "hub", "--db", db, "--grpc", f"127.0.0.1:{grpc_port}", "--http", f"127.0.0.1:{http_port}")
+        agent_hub_url, via = await start_transport(args.transport, procs, tmp, grpc_port)
+        fig["transport"] = args.transport
+        hub = procs.spawn("hub", "hub", "--db", db, "--grpc", f"127.0.0.1:{grpc_port}", "--http", f"127.0.0.1:{http_port}", *via)
         sampler.add("hub", hub.ps)
         t0 = time.monotonic()
         while True:
@@ -494,7 +529,7 @@ async def bench(args: argparse.Namespace, procs: Processes, tmp: Path, fig: dict
                 "agent",
                 "--kubeconfig", str(tmp / "kubeconfigs" / f"{name}.kubeconfig"),
                 "--cluster-id", name,
-                "--hub", f"grpc://127.0.0.1:{grpc_port}",
+                "--hub", agent_hub_url,
                 "--token-file", str(token_files[name]),
             ]  # fmt: skip
             if args.types:
@@ -710,7 +745,10 @@ def report(fig: dict[str, Any]) -> str:
     row("python / platform", f"{mach['python']} / {mach['platform']}")
     row("fleetsync", str(mach["fleetsync"]))
     row("load average at start", " ".join(f"{x:.2f}" for x in mach["loadavg_start"]))
-    section(f"scenario: {cfg['clusters']} clusters x {cfg['pods']} pods, churn {cfg['churn']:g} operations/s per cluster for {cfg['duration']:g} s")
+    section(
+        f"scenario: {cfg['clusters']} clusters x {cfg['pods']} pods, churn {cfg['churn']:g} operations/s per cluster for {cfg['duration']:g} s, "
+        f"agents over {cfg.get('transport', 'grpc')}"
+    )
     if "types" in fig:
         row("synced types", f"{len(fig['types'])} ({'agent default' if not cfg['types'] else cfg['types']})")
         if fig["types_not_served"]:
@@ -834,6 +872,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--pods", type=int, default=1000, help="application pods per cluster")
     p.add_argument("--churn", type=float, default=5.0, help="churn operations/s per cluster during the sustained phase")
     p.add_argument("--duration", type=float, default=60.0, help="seconds of sustained churn")
+    p.add_argument(
+        "--transport", choices=("grpc", "mqtt", "nats"), default="grpc", help="how the agents reach the hub (mqtt/nats: a broker of the bench's own)"
+    )
     p.add_argument("--types", default="", help="the agents' --types (comma-separated); empty = the agent's default")
     p.add_argument("--latency-clusters", type=int, default=3, help="clusters whose Pods are probed for change-to-hub latency (0 = none)")
     p.add_argument("--poll-interval", type=float, default=0.1, help="seconds between rounds of GETs of the hub's Pod lists (latency probe)")
