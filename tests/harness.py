@@ -183,10 +183,11 @@ class Proc:
                 self.process.wait()
 
 
-def spawn(tmp: Path, name: str, *args: str) -> Proc:
+def spawn(tmp: Path, name: str, *args: str, env: dict[str, str] | None = None) -> Proc:
+    """Start ``fleetsync ARGS`` (with ``env`` added to the environment), its output in ``tmp/NAME.log``."""
     log = tmp / f"{name}.log"
     with log.open("ab") as out:
-        process = subprocess.Popen([str(BIN / "fleetsync"), *args], stdout=out, stderr=subprocess.STDOUT)
+        process = subprocess.Popen([str(BIN / "fleetsync"), *args], stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
     return Proc(process, log)
 
 
@@ -201,6 +202,8 @@ class Broker:
     port: int
     data: Path
     config: Path | None = None
+    #: Extra nats-server arguments (e.g. --user/--pass).
+    nats_args: tuple[str, ...] = ()
     process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -210,7 +213,7 @@ class Broker:
     def argv(self) -> list[str]:
         if self.kind == "mqtt":
             return [mosquitto_binary(), "-c", str(self.config)]
-        return [str(BIN / "nats-server"), "-a", "127.0.0.1", "-p", str(self.port), "-js", "-sd", str(self.data / "jetstream")]
+        return [str(BIN / "nats-server"), "-a", "127.0.0.1", "-p", str(self.port), "-js", "-sd", str(self.data / "jetstream"), *self.nats_args]
 
     def start(self) -> None:
         with (self.data / "broker.log").open("ab") as log:
@@ -242,12 +245,12 @@ def mosquitto_binary() -> str:
     return found
 
 
-def start_broker(tmp: Path, kind: str, *, mosquitto_extra: str = "") -> Broker:
+def start_broker(tmp: Path, kind: str, *, mosquitto_extra: str = "", nats_args: tuple[str, ...] = ()) -> Broker:
     """Start a broker of ``kind`` (mqtt or nats) on a free loopback port; stop it with ``broker.stop()``."""
     port = free_port()
     data = tmp / f"{kind}-{port}"
     data.mkdir(parents=True)
-    broker = Broker(kind, port, data)
+    broker = Broker(kind, port, data, nats_args=nats_args)
     if kind == "mqtt":
         broker.config = data / "mosquitto.conf"
         # The queue limits are raised well above the default 1,000: past them Mosquitto drops
@@ -315,12 +318,14 @@ class Hub:
         return f"{self.transport.name}://127.0.0.1:{port}"
 
 
-def start_hub(tmp: Path, db: str, *extra: str, grpc_port: int | None = None, http_port: int | None = None, transport: Transport = GRPC) -> Hub:
+def start_hub(
+    tmp: Path, db: str, *extra: str, grpc_port: int | None = None, http_port: int | None = None, transport: Transport = GRPC, env: dict[str, str] | None = None
+) -> Hub:
     grpc_port = grpc_port or free_port()
     http_port = http_port or free_port()
     # The hub id stays the same across restarts: the broker keeps the hub's session by it.
     via = ("--broker", transport.hub_url or transport.broker.url, "--hub-id", f"hub-{http_port}") if transport.broker else ()
-    proc = spawn(tmp, f"hub-{http_port}", "hub", "--db", db, "--grpc", f"127.0.0.1:{grpc_port}", "--http", f"127.0.0.1:{http_port}", *via, *extra)
+    proc = spawn(tmp, f"hub-{http_port}", "hub", "--db", db, "--grpc", f"127.0.0.1:{grpc_port}", "--http", f"127.0.0.1:{http_port}", *via, *extra, env=env)
     hub = Hub(proc, db, grpc_port, http_port, transport)
 
     def up() -> bool:
@@ -340,7 +345,7 @@ def create_token(tmp: Path, db: str, name: str, role: str = "agent") -> Path:
     return path
 
 
-def start_agent(tmp: Path, sim: Sim, cluster: str, hub_url: str, token_file: Path, *extra: str) -> Proc:
+def start_agent(tmp: Path, sim: Sim, cluster: str, hub_url: str, token_file: Path, *extra: str, env: dict[str, str] | None = None) -> Proc:
     return spawn(
         tmp,
         f"agent-{cluster}-{time.monotonic_ns()}",
@@ -354,6 +359,7 @@ def start_agent(tmp: Path, sim: Sim, cluster: str, hub_url: str, token_file: Pat
         "--token-file",
         str(token_file),
         *extra,
+        env=env,
     )
 
 

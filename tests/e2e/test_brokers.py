@@ -217,3 +217,55 @@ def test_broker_restarted_in_the_middle_of_churn_loses_nothing(tmp_path: Path, t
             for agent in agents:
                 agent.stop()
             hub.proc.stop()
+
+
+# ---- TLS and credentials ---------------------------------------------------------------------------------
+
+
+def self_signed_certificate(tmp: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 and its key (the certificate is its own CA)."""
+    cert, key = tmp / "broker.crt", tmp / "broker.key"
+    request = ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1"]
+    subprocess.run([*request, "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
+    return cert, key
+
+
+def test_mqtts_verifies_the_brokers_certificate(sim: Sim, tmp_path: Path) -> None:
+    cert, key = self_signed_certificate(tmp_path)
+    broker = start_broker(tmp_path, "mqtt", mosquitto_extra=f"allow_anonymous true\ncertfile {cert}\nkeyfile {key}\n")
+    url = f"mqtts://127.0.0.1:{broker.port}"
+    trust = {"SSL_CERT_FILE": str(cert)}  # the broker's CA; without it only the system's CAs are trusted
+    db = f"sqlite:///{tmp_path / 'hub.db'}"
+    hub = start_hub(tmp_path, db, transport=Transport("mqtt", broker, hub_url=url), env=trust)
+    tokens = {c: create_token(tmp_path, db, c) for c in ("c1", "c2")}
+    trusting = start_agent(tmp_path, sim, "c1", url, tokens["c1"], *FAST, env=trust)
+    doubting = start_agent(tmp_path, sim, "c2", url, tokens["c2"], *FAST)
+    try:
+        wait_until(lambda: converged(sim, hub, "c1", types="v1/Service,v1/Pod"), timeout=60, interval=0.5, what="c1 synced over TLS")
+        wait_until(lambda: "certificate verify failed" in doubting.output(), timeout=30, what="an untrusted broker refused")
+        assert not hub_events(hub, cluster="c2")
+    finally:
+        trusting.stop()
+        doubting.stop()
+        hub.proc.stop()
+        broker.stop()
+
+
+def test_nats_with_credentials(sim: Sim, tmp_path: Path) -> None:
+    broker = start_broker(tmp_path, "nats", nats_args=("--user", "fleet", "--pass", "s3cret"))
+    port = broker.port
+    db = f"sqlite:///{tmp_path / 'hub.db'}"
+    hub = start_hub(tmp_path, db, transport=Transport("nats", broker, hub_url=f"nats://fleet:s3cret@127.0.0.1:{port}"))
+    tokens = {c: create_token(tmp_path, db, c) for c in ("c1", "c2")}
+    agent = start_agent(tmp_path, sim, "c1", f"nats://fleet:s3cret@127.0.0.1:{port}", tokens["c1"], *FAST)
+    wrong = start_agent(tmp_path, sim, "c2", f"nats://fleet:guess@127.0.0.1:{port}", tokens["c2"], *FAST)
+    try:
+        wait_until(lambda: converged(sim, hub, "c1", types="v1/Service,v1/Pod"), timeout=60, interval=0.5, what="c1 synced with credentials")
+        wait_until(lambda: "cannot connect to NATS nats://fleet@127.0.0.1" in wrong.output(), timeout=30, what="a wrong password refused")
+        assert "authorization" in wrong.output().lower(), wrong.output()[-2000:]
+        assert "guess" not in wrong.output() and "s3cret" not in agent.output() + hub.proc.output(), "passwords are never logged"
+    finally:
+        agent.stop()
+        wrong.stop()
+        hub.proc.stop()
+        broker.stop()

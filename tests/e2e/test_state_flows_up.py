@@ -33,22 +33,23 @@ FAST = ("--types", "v1/Service,discovery.k8s.io/v1/EndpointSlice,v1/Pod,networki
 
 
 @pytest.fixture
-def fleet(tmp_path: Path, transport: Transport) -> Iterator[tuple[Sim, Hub, dict[str, Proc], Path]]:
-    with run_sim(tmp_path, "--clusters", "3", "--pods", "150", "--churn", "0") as sim:
-        db = f"sqlite:///{tmp_path / 'hub.db'}"
-        hub = start_hub(tmp_path, db, transport=transport)
-        tokens = {c: create_token(tmp_path, db, c) for c in ("c1", "c2", "c3")}
-        agents = {c: start_agent(tmp_path, sim, c, hub.agent_url, tokens[c], "--agent-id", f"agent-{c}", *FAST) for c in tokens}
-        try:
-            yield sim, hub, agents, tmp_path
-        finally:
-            for agent in agents.values():
-                agent.stop()
-            hub.proc.stop()
+def fleet(quiet_sim: Sim, tmp_path: Path, transport: Transport) -> Iterator[tuple[Sim, Hub, dict[str, Proc], Path]]:
+    """Three agents on the module's sim (each test has a hub of its own) over ``transport``."""
+    sim = quiet_sim
+    db = f"sqlite:///{tmp_path / 'hub.db'}"
+    hub = start_hub(tmp_path, db, transport=transport)
+    tokens = {c: create_token(tmp_path, db, c) for c in ("c1", "c2", "c3")}
+    agents = {c: start_agent(tmp_path, sim, c, hub.agent_url, tokens[c], "--agent-id", f"agent-{c}", *FAST) for c in tokens}
+    try:
+        yield sim, hub, agents, tmp_path
+    finally:
+        for agent in agents.values():
+            agent.stop()
+        hub.proc.stop()
 
 
 def test_churn_converges_and_kubectl_reads_the_hub(fleet: tuple[Sim, Hub, dict[str, Proc], Path]) -> None:
-    sim, hub, _, _ = fleet
+    sim, hub, agents, _ = fleet
     wait_until(lambda: converged(sim, hub), timeout=60, interval=0.5, what="initial sync")
     sim.set_churn(10)
     wait_until(lambda: sim.churn_operations() > 200, timeout=60, what="churn")
@@ -71,6 +72,8 @@ def test_churn_converges_and_kubectl_reads_the_hub(fleet: tuple[Sim, Hub, dict[s
     assert "c2" in fleetsync("get", "pods", "-A", "--hub", hub.url).stdout
     metrics = http("GET", f"{hub.url}/metrics")[1]
     assert "fleetsync_bundles_applied_total" in metrics and "fleetsync_connected_agents 3.0" in metrics
+    for name, agent in agents.items():  # nothing went wrong, so no connection was lost or refused
+        assert "WARNING" not in agent.output() and "ERROR" not in agent.output(), f"agent {name}:\n{agent.output()[-3000:]}"
 
 
 def test_second_agent_and_wrong_token_are_rejected(fleet: tuple[Sim, Hub, dict[str, Proc], Path]) -> None:

@@ -100,7 +100,8 @@ def _client(address: HubAddress, identifier: str, *, timeout: float) -> aiomqtt.
 
 
 def _problem(exc: Exception) -> str:
-    return str(exc) or type(exc).__name__
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 class MqttAgentConnection:

@@ -55,6 +55,12 @@ _BATCH = 64
 _HEADER_PREFIX = "ce-"
 
 
+def _problem(exc: BaseException) -> str:
+    """nats-py's exceptions often have no message: name the type too."""
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
 def up_subject(cluster: str) -> str:
     return f"fleetsync.v1.up.{cluster}"
 
@@ -102,7 +108,7 @@ async def _connect(address: HubAddress, *, reconnect: bool, timeout: float) -> N
     try:
         return await nats.connect(f"nats://{address.host}:{address.port}", error_cb=quiet, **options)
     except (nats.errors.Error, OSError, TimeoutError) as exc:
-        raise TransportError(f"cannot connect to NATS {address}: {exc or type(exc).__name__}") from None
+        raise TransportError(f"cannot connect to NATS {address}: {_problem(exc)}") from None
 
 
 async def ensure_streams(nc: NatsClient) -> None:
@@ -170,7 +176,7 @@ class NatsAgentConnection:
             )
         except (nats.errors.Error, TimeoutError) as exc:
             await connection.close()
-            raise TransportError(f"cannot set up JetStream on {address}: {exc or type(exc).__name__}") from None
+            raise TransportError(f"cannot set up JetStream on {address}: {_problem(exc)}") from None
         connection._reader = asyncio.create_task(connection._read(subscription), name="nats-reader")
         return connection
 
@@ -179,7 +185,7 @@ class NatsAgentConnection:
             while True:
                 try:
                     batch = await subscription.fetch(_BATCH, timeout=5)
-                except nats.errors.TimeoutError:
+                except TimeoutError:  # nats-py raises its own and asyncio's: either way, nothing yet
                     continue
                 for msg in batch:
                     await msg.ack()
@@ -190,14 +196,14 @@ class NatsAgentConnection:
                     except codec.CodecError as exc:
                         self._inbox.put_nowait(TransportError(f"the hub sent an undecodable message: {exc}"))
         except (nats.errors.Error, OSError) as exc:
-            self._inbox.put_nowait(TransportError(f"lost NATS {self._address}: {exc or type(exc).__name__}"))
+            self._inbox.put_nowait(TransportError(f"lost NATS {self._address}: {_problem(exc)}"))
 
     async def send(self, message: pb.AgentMessage) -> None:
         attributes = cloudevents.agent_attributes(message, cluster=self._cluster, session=self._session)
         try:
             await self._js.publish(up_subject(self._cluster), codec.encode(message), timeout=10, headers=headers(attributes))
         except (nats.errors.Error, TimeoutError) as exc:
-            raise TransportError(f"publishing to NATS {self._address} failed: {exc or type(exc).__name__}") from None
+            raise TransportError(f"publishing to NATS {self._address} failed: {_problem(exc)}") from None
 
     async def receive(self) -> pb.HubMessage | None:
         item = await self._inbox.get()
@@ -255,7 +261,7 @@ class NatsHubServer:
                     config=api.ConsumerConfig(ack_policy=api.AckPolicy.EXPLICIT, max_deliver=MAX_DELIVER, ack_wait=ACK_WAIT, max_ack_pending=20_000),
                 )
             except (TransportError, nats.errors.Error, TimeoutError) as exc:
-                log.warning("NATS %s: %s; retrying in 1s", self.address, exc or type(exc).__name__)
+                log.warning("NATS %s: %s; retrying in 1s", self.address, _problem(exc))
                 await asyncio.sleep(1)
 
     async def _serve_forever(self) -> None:
@@ -265,10 +271,10 @@ class NatsHubServer:
         while True:
             try:
                 batch = await subscription.fetch(_BATCH, timeout=1)
-            except nats.errors.TimeoutError:
+            except TimeoutError:  # nats-py raises its own and asyncio's: either way, nothing yet
                 continue
             except (nats.errors.Error, OSError) as exc:  # the server is away; nats-py is reconnecting
-                log.warning("NATS %s: %s; fetching again in 1s", self.address, exc or type(exc).__name__)
+                log.warning("NATS %s: %s; fetching again in 1s", self.address, _problem(exc))
                 await asyncio.sleep(1)
                 continue
             for msg in batch:
