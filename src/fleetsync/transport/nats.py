@@ -9,7 +9,8 @@
 The hub reads FLEETSYNC_UP through the durable pull consumer ``fleetsync-hub``; each
 agent reads its cluster's down subject through a durable pull consumer of its own.
 Both use explicit acks and bounded redelivery (``max_deliver``). Streams and consumers
-are created idempotently by whichever side starts first.
+are created idempotently: the hub creates the streams and its consumer when it starts,
+each agent its own consumer (agents need no right to create streams).
 
 A JetStream ack here means "the session has taken the message", not "committed": the
 protocol's own ``Ack`` is sent only after the store committed, and the agent keeps and
@@ -161,7 +162,6 @@ class NatsAgentConnection:
         nc = await _connect(address, reconnect=False, timeout=connect_seconds)
         connection = cls(nc, address, cluster_id)
         try:
-            await ensure_streams(nc)
             subscription = await connection._js.pull_subscribe(
                 down_subject(cluster_id),
                 durable=consumer_name("agent", f"{cluster_id}/{agent_id}"),
@@ -174,6 +174,9 @@ class NatsAgentConnection:
                     inactive_threshold=24 * 3600,
                 ),
             )
+        except nats.js.errors.NotFoundError:
+            await connection.close()
+            raise TransportError(f"NATS {address} has no stream {DOWN_STREAM} yet: the hub creates it (fleetsync hub --broker {address})") from None
         except (nats.errors.Error, TimeoutError) as exc:
             await connection.close()
             raise TransportError(f"cannot set up JetStream on {address}: {_problem(exc)}") from None
