@@ -26,9 +26,12 @@ from tests.harness import (
     converged,
     create_token,
     eventually,
+    free_port,
+    http,
     hub_events,
     metric,
     run_sim,
+    spawn,
     start_agent,
     start_broker,
     start_hub,
@@ -269,3 +272,26 @@ def test_nats_with_credentials(sim: Sim, tmp_path: Path) -> None:
         wrong.stop()
         hub.proc.stop()
         broker.stop()
+
+
+@brokers_only
+def test_the_hub_is_ready_once_it_serves_its_broker(tmp_path: Path, transport: Transport) -> None:
+    broker = transport.broker
+    assert broker is not None
+    broker.stop()
+    http_port = free_port()
+    readyz = f"http://127.0.0.1:{http_port}/readyz"
+    db = f"sqlite:///{tmp_path / 'hub.db'}"
+    hub = spawn(tmp_path, "hub", "hub", "--db", db, "--grpc", f"127.0.0.1:{free_port()}", "--http", f"127.0.0.1:{http_port}", "--broker", broker.url)
+    try:
+        # the API answers, but the hub says what it still waits for
+        def unready_with_reason() -> tuple[int, str] | None:
+            status, text = http("GET", readyz, timeout=2)
+            return (status, str(text)) if "cannot" in str(text) else None
+
+        status, text = wait_until(unready_with_reason, timeout=30, what="a reason")
+        assert status == 503 and broker.url in text, text
+        broker.start()
+        wait_until(lambda: http("GET", readyz, timeout=2)[0] == 200, timeout=30, what="ready once the broker is served")
+    finally:
+        hub.stop()

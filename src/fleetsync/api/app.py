@@ -110,6 +110,8 @@ class ApiServer:
             await self.store.current_rev()
         except Exception as exc:
             return web.Response(status=503, text=f"store not ready: {exc}")
+        if self.core.starting:
+            return web.Response(status=503, text="starting: " + "; ".join(f"{what}: {why}" for what, why in self.core.starting.items()))
         return web.Response(text="ok")
 
     async def _metrics(self, request: web.Request) -> web.Response:

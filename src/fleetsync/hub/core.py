@@ -112,6 +112,9 @@ class HubCore:
         self._connected_since_start: set[str] = set()
         self._timers: asyncio.Task[None] | None = None
         self._background: set[asyncio.Future[None]] = set()
+        #: What this replica still waits for before it can serve agents (``/readyz`` is 503
+        #: until it is empty), by component: e.g. a broker it has not subscribed to yet.
+        self.starting: dict[str, str] = {}
 
     def keep_until_done(self, task: asyncio.Future[None]) -> None:
         """Hold a reference to ``task`` until it finishes (the loop itself keeps only weak ones)."""

@@ -188,6 +188,7 @@ class MqttHubServer:
 
     async def start(self) -> None:
         await self.sessions.start()
+        self.core.starting[str(self.address)] = "connecting to the MQTT broker"
         self._task = asyncio.create_task(self._serve_forever(), name="mqtt-hub")
 
     async def stop(self) -> None:
@@ -206,6 +207,7 @@ class MqttHubServer:
                     await client.subscribe(UP_ALL, qos=1)
                     self._client = client
                     self.connected.set()
+                    self.core.starting.pop(str(self.address), None)
                     backoff.reset()
                     log.info("serving agents through the MQTT broker %s", self.address)
                     async for message in client.messages:
@@ -220,6 +222,8 @@ class MqttHubServer:
                 self._client = None
                 self.connected.clear()
             delay = backoff.next_delay()
+            if str(self.address) in self.core.starting:
+                self.core.starting[str(self.address)] = f"cannot reach the MQTT broker: {problem}"
             log.warning("MQTT broker %s: %s; reconnecting in %.1fs", self.address, problem, delay)
             await asyncio.sleep(delay)
 

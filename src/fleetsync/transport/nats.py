@@ -26,6 +26,7 @@ import hashlib
 import logging
 import re
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import nats
@@ -94,7 +95,9 @@ def _attributes(msg: Msg) -> dict[str, str]:
     return {k[len(_HEADER_PREFIX) :]: v for k, v in headers.items() if k.startswith(_HEADER_PREFIX)}
 
 
-async def _connect(address: HubAddress, *, reconnect: bool, timeout: float) -> NatsClient:
+async def _connect(address: HubAddress, *, reconnect: bool, timeout: float, on_error: Callable[[Exception], None] | None = None) -> NatsClient:
+    """A NATS connection; with ``reconnect``, nats-py retries (the first connection too) forever
+    and reports each failure to ``on_error``."""
     options: dict[str, Any] = {"connect_timeout": timeout, "allow_reconnect": reconnect, "name": "fleetsync"}
     if reconnect:
         options.update(max_reconnect_attempts=-1, reconnect_time_wait=1)
@@ -105,6 +108,8 @@ async def _connect(address: HubAddress, *, reconnect: bool, timeout: float) -> N
 
     async def quiet(exc: Exception) -> None:  # nats-py logs every failed attempt itself otherwise
         log.debug("NATS %s: %s", address, exc)
+        if on_error is not None:
+            on_error(exc)
 
     try:
         return await nats.connect(f"nats://{address.host}:{address.port}", error_cb=quiet, **options)
@@ -239,6 +244,7 @@ class NatsHubServer:
 
     async def start(self) -> None:
         await self.sessions.start()
+        self.core.starting[str(self.address)] = "creating the JetStream streams and consumer"
         self._task = asyncio.create_task(self._serve_forever(), name="nats-hub")
 
     async def stop(self) -> None:
@@ -255,7 +261,7 @@ class NatsHubServer:
         while True:
             try:
                 if self._nc is None:
-                    self._nc = await _connect(self.address, reconnect=True, timeout=10)
+                    self._nc = await _connect(self.address, reconnect=True, timeout=10, on_error=self._starting_failed)
                 await ensure_streams(self._nc)
                 return await self._nc.jetstream().pull_subscribe(
                     up_subject("*"),
@@ -264,12 +270,18 @@ class NatsHubServer:
                     config=api.ConsumerConfig(ack_policy=api.AckPolicy.EXPLICIT, max_deliver=MAX_DELIVER, ack_wait=ACK_WAIT, max_ack_pending=20_000),
                 )
             except (TransportError, nats.errors.Error, TimeoutError) as exc:
+                self.core.starting[str(self.address)] = f"cannot set up JetStream: {_problem(exc)}"
                 log.warning("NATS %s: %s; retrying in 1s", self.address, _problem(exc))
                 await asyncio.sleep(1)
+
+    def _starting_failed(self, exc: Exception) -> None:
+        if str(self.address) in self.core.starting:
+            self.core.starting[str(self.address)] = f"cannot connect to NATS: {_problem(exc)}"
 
     async def _serve_forever(self) -> None:
         subscription = await self._subscribe()
         self.connected.set()
+        self.core.starting.pop(str(self.address), None)
         log.info("serving agents through NATS JetStream %s", self.address)
         while True:
             try:
