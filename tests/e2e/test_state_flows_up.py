@@ -112,16 +112,17 @@ def test_kill_9_of_agent_and_hub_converges_without_losing_acknowledged_data(flee
     assert {e["cluster"] for e in started} == {"c1", "c2", "c3"}, started
 
 
-def test_demo_runs_everything_and_shuts_down_cleanly(tmp_path: Path) -> None:
+def test_demo_runs_everything_and_shuts_down_cleanly(tmp_path: Path, transport: Transport) -> None:
     from tests.harness import free_port, spawn
 
     sim_port, http_port, grpc_port = free_port(), free_port(), free_port()
-    demo = spawn(
-        tmp_path, "demo", "demo", "--clusters", "2", "--pods", "40", "--sim-port", str(sim_port), "--http-port", str(http_port), "--grpc-port", str(grpc_port)
-    )
+    via = ("--broker", transport.broker.url) if transport.broker else ()
+    ports = ("--sim-port", str(sim_port), "--http-port", str(http_port), "--grpc-port", str(grpc_port))
+    demo = spawn(tmp_path, "demo", "demo", "--clusters", "2", "--pods", "40", *ports, *via)
     try:
         hub = f"http://127.0.0.1:{http_port}"
         wait_until(lambda: "kubectl" in demo.output() and f"{hub}/clusters/c1" in demo.output(), timeout=30, what="the demo's instructions")
+        assert not transport.broker or f"agents -> {transport.broker.url} -> hub" in demo.output()
         result = wait_until(
             lambda: (r := fleetsync("check", "--sim", f"http://127.0.0.1:{sim_port}", "--hub", hub)).returncode == 0 and r,
             timeout=60,

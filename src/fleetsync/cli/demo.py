@@ -1,4 +1,5 @@
-"""``fleetsync demo``: sim + hub (SQLite in a temporary directory) + one agent per cluster, in one process."""
+"""``fleetsync demo``: sim + hub (SQLite in a temporary directory) + one agent per cluster, in one
+process; the agents reach the hub over gRPC, or through a broker given with ``--broker``."""
 
 from __future__ import annotations
 
@@ -22,7 +23,8 @@ from fleetsync.sim.fleet import SimConfig, SimFleet
 from fleetsync.sim.kubeconfig import write_kubeconfig
 from fleetsync.sim.server import SimServer
 from fleetsync.store.sqlite import SQLiteStore
-from fleetsync.transport.base import HubAddress
+from fleetsync.transport.base import HubAddress, parse_hub_url
+from fleetsync.transport.connect import broker_server
 from fleetsync.transport.grpc import GrpcHubServer
 
 
@@ -34,10 +36,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     add_flag(p, "--sim-port", type=int, default=8001, help="the simulator's port")
     add_flag(p, "--http-port", type=int, default=8080, help="the hub's HTTP API port")
     add_flag(p, "--grpc-port", type=int, default=7443, help="the hub's gRPC port")
+    add_flag(
+        p,
+        "--broker",
+        default="",
+        help="the agents reach the hub through this broker (one you run): mqtt://[USER:PASSWORD@]HOST:PORT or nats://...; default: gRPC",
+    )
     p.set_defaults(run=run)
 
 
 async def demo(args: argparse.Namespace) -> None:
+    try:
+        broker = parse_hub_url(args.broker, schemes=("mqtt", "mqtts", "nats")) if args.broker else None
+    except ValueError as exc:
+        raise SystemExit(f"fleetsync demo: --broker: {exc}") from None
     workdir = Path(tempfile.mkdtemp(prefix="fleetsync-demo-"))
     fleet = SimFleet(SimConfig(clusters=args.clusters, pods=args.pods, churn=args.churn))
     sim = SimServer(fleet, port=args.sim_port)
@@ -45,6 +57,7 @@ async def demo(args: argparse.Namespace) -> None:
     await store.open()
     core = HubCore(store, HubSettings(hub_id="demo-hub"))
     grpc_server = GrpcHubServer(core, "127.0.0.1", args.grpc_port)
+    broker_listener = broker_server(core, broker) if broker else None
     api = ApiServer(core, port=args.http_port)
     try:
         await sim.start()
@@ -53,6 +66,8 @@ async def demo(args: argparse.Namespace) -> None:
         await api.start()
     except OSError as exc:
         raise SystemExit(f"fleetsync demo: cannot listen: {exc.strerror} (another demo running? use --sim-port/--http-port/--grpc-port)") from None
+    if broker_listener is not None:
+        await broker_listener.start()
     registry = TypeRegistry()
     agents = []
     for name in fleet.clusters:
@@ -61,7 +76,7 @@ async def demo(args: argparse.Namespace) -> None:
         await store.add_token(name=name, role="agent", token_hash=hash_token(token))
         config = AgentConfig(
             cluster_id=name,
-            hubs=[HubAddress("grpc", "127.0.0.1", grpc_server.port)],
+            hubs=[broker or HubAddress("grpc", "127.0.0.1", grpc_server.port)],
             token=token,
             types=[registry.resolve(t) for t in DEFAULT_TYPES.split(",")],
             kubeconfig=str(kubeconfig),
@@ -71,8 +86,9 @@ async def demo(args: argparse.Namespace) -> None:
         agents.append(asyncio.create_task(Agent(config).run()))
     hub_url = f"http://127.0.0.1:{api.port}"
     kubectl = Path(sys.executable).parent / "kubectl"
+    via = f" -> {broker}" if broker else ""
     print(
-        f"fleetsync demo: {len(fleet.clusters)} simulated clusters -> agents -> hub (SQLite in {workdir})\n"
+        f"fleetsync demo: {len(fleet.clusters)} simulated clusters -> agents{via} -> hub (SQLite in {workdir})\n"
         f"  hub API:   {hub_url}/api/v1/clusters\n"
         f"  try:       {kubectl if kubectl.exists() else 'kubectl'} --server {hub_url}/clusters/c1 get pods -A\n"
         f"             {Path(sys.executable).parent / 'fleetsync'} get pods -A --hub {hub_url}\n"
@@ -106,6 +122,8 @@ async def demo(args: argparse.Namespace) -> None:
         for task in agents:
             task.cancel()
         await asyncio.gather(*agents, return_exceptions=True)
+        if broker_listener is not None:
+            await broker_listener.stop()
         await grpc_server.stop(0.5)
         await core.stop()
         await api.stop()

@@ -63,6 +63,14 @@ def _problem(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
+def _stop_requested() -> bool:
+    """Whether this task was asked to stop. Fetch loops check it: a cancellation that arrives as
+    nats-py's fetch completes can be swallowed by ``asyncio.wait_for`` (Python 3.11), and the
+    loop would fetch on forever in a task that never ends (the hub or agent then hangs at exit)."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
+
+
 def up_subject(cluster: str) -> str:
     return f"fleetsync.v1.up.{cluster}"
 
@@ -190,9 +198,9 @@ class NatsAgentConnection:
 
     async def _read(self, subscription: Any) -> None:
         try:
-            while True:
+            while not _stop_requested():
                 try:
-                    batch = await subscription.fetch(_BATCH, timeout=5)
+                    batch = await subscription.fetch(_BATCH, timeout=2)
                 except TimeoutError:  # nats-py raises its own and asyncio's: either way, nothing yet
                     continue
                 for msg in batch:
@@ -283,7 +291,7 @@ class NatsHubServer:
         self.connected.set()
         self.core.starting.pop(str(self.address), None)
         log.info("serving agents through NATS JetStream %s", self.address)
-        while True:
+        while not _stop_requested():
             try:
                 batch = await subscription.fetch(_BATCH, timeout=1)
             except TimeoutError:  # nats-py raises its own and asyncio's: either way, nothing yet
