@@ -74,6 +74,8 @@ def test_churn_converges_and_kubectl_reads_the_hub(fleet: tuple[Sim, Hub, dict[s
     assert "fleetsync_bundles_applied_total" in metrics and "fleetsync_connected_agents 3.0" in metrics
     for name, agent in agents.items():  # nothing went wrong, so no connection was lost or refused
         assert "WARNING" not in agent.output() and "ERROR" not in agent.output(), f"agent {name}:\n{agent.output()[-3000:]}"
+        agent.stop()  # SIGTERM; SIGKILL after 10 s
+        assert agent.process.returncode == 0, f"agent {name} did not stop cleanly on SIGTERM (exit {agent.process.returncode})"
 
 
 def test_second_agent_and_wrong_token_are_rejected(fleet: tuple[Sim, Hub, dict[str, Proc], Path]) -> None:

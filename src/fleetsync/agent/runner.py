@@ -11,7 +11,6 @@ rejection is retried no sooner than the hub's ``retry_after``.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import socket
 import time
@@ -24,6 +23,7 @@ from fleetsync.agent.kube import TypeWatcher, api_client
 from fleetsync.agent.metrics import AgentMetrics, MetricsServer
 from fleetsync.agent.typesync import TypeSync
 from fleetsync.agent.uplink import HubRejected, Outgoing, Uplink, UplinkSettings
+from fleetsync.aio import cancel_and_wait
 from fleetsync.backoff import Backoff
 from fleetsync.model.types import ResourceType
 from fleetsync.protocol import fleetsync_pb2 as pb
@@ -105,9 +105,7 @@ class Agent:
         try:
             await self._connect_forever()
         finally:
-            for task in watchers:
-                task.cancel()
-            await asyncio.gather(*watchers, return_exceptions=True)
+            await cancel_and_wait(watchers)
             await api.close()
             if self.metrics_server:
                 await self.metrics_server.stop()
@@ -213,9 +211,7 @@ class Agent:
                     uplink.receive(item, time.monotonic())
                     item = inbox.get_nowait() if not inbox.empty() else None
         finally:
-            reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await reader
+            await cancel_and_wait([reader])
 
     async def _read(self, connection: AgentConnection, inbox: asyncio.Queue[pb.HubMessage | Exception]) -> None:
         """Hub messages into ``inbox``, in order; the end of the connection as a TransportError."""

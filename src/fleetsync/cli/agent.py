@@ -9,6 +9,7 @@ from pathlib import Path
 
 from fleetsync.agent.runner import Agent, AgentConfig
 from fleetsync.agent.uplink import UplinkSettings
+from fleetsync.aio import cancel_and_wait
 from fleetsync.cli.flags import add_flag, positive_float, positive_int
 from fleetsync.model.names import check_cluster_name
 from fleetsync.model.types import ENDPOINT_SLICE, ISTIO_TYPES, POD, SERVICE, TypeRegistry, UnknownResourceType
@@ -91,15 +92,16 @@ def config_from(args: argparse.Namespace) -> AgentConfig:
 
 
 async def _run(config: AgentConfig) -> None:
-    agent = Agent(config)
-    task = asyncio.create_task(agent.run())
+    agent = asyncio.create_task(Agent(config).run())
+    stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, task.cancel)
-    try:
-        await task
-    except asyncio.CancelledError:
-        pass
+        loop.add_signal_handler(sig, stop.set)
+    stopping = asyncio.create_task(stop.wait())
+    await asyncio.wait({agent, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    await cancel_and_wait([agent, stopping])
+    if not agent.cancelled() and agent.exception() is not None:
+        raise agent.exception()  # type: ignore[misc]
 
 
 def run(args: argparse.Namespace) -> int:

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 from fleetsync.agent.runner import Agent, AgentConfig
+from fleetsync.aio import cancel_and_wait
 from fleetsync.api.app import ApiServer
 from fleetsync.cli.agent import DEFAULT_TYPES
 from fleetsync.cli.flags import add_flag, non_negative_float, positive_int
@@ -119,9 +120,7 @@ async def demo(args: argparse.Namespace) -> None:
             print(f"\r  {summary}" if tty else f"  {summary}", end="" if tty else "\n", flush=True)
     finally:
         print("\nshutting down", flush=True)
-        for task in agents:
-            task.cancel()
-        await asyncio.gather(*agents, return_exceptions=True)
+        await cancel_and_wait(agents)
         if broker_listener is not None:
             await broker_listener.stop()
         await grpc_server.stop(0.5)

@@ -20,13 +20,13 @@ broker account nor the hub token alone lets one cluster write another's state.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
+from fleetsync.aio import cancel_and_wait
 from fleetsync.hub.core import HubCore
 from fleetsync.hub.session import Session, SessionClosed
 from fleetsync.protocol import codec
@@ -85,9 +85,7 @@ class BrokerSessions:
     async def stop(self) -> None:
         """End every session (as if every connection dropped) and stop."""
         if self._expiry is not None:
-            self._expiry.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._expiry
+            await cancel_and_wait([self._expiry])
             self._expiry = None
         for key in list(self._live):
             await self._end(key)
@@ -190,9 +188,7 @@ class BrokerSessions:
             self._ended.popitem(last=False)
         task = connection.task
         if task is not None and task is not asyncio.current_task():
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await cancel_and_wait([task])
         await connection.session.close()
 
     async def _expire_forever(self) -> None:

@@ -31,6 +31,7 @@ import aiomqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from fleetsync.aio import cancel_and_wait
 from fleetsync.backoff import Backoff
 from fleetsync.hub.core import HubCore
 from fleetsync.protocol import codec
@@ -168,9 +169,7 @@ class MqttAgentConnection:
             with contextlib.suppress(aiomqtt.MqttError, TimeoutError):
                 attributes = cloudevents.agent_attributes(None, cluster=self._cluster, session=self._session)
                 await self._client.publish(up_topic(self._cluster), b"", qos=1, properties=properties(attributes), timeout=2)
-            self._reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._reader
+            await cancel_and_wait([self._reader])
         with contextlib.suppress(Exception):
             await self._client.__aexit__(None, None, None)
 
@@ -193,9 +192,7 @@ class MqttHubServer:
 
     async def stop(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_and_wait([self._task])
         await self.sessions.stop()
 
     async def _serve_forever(self) -> None:

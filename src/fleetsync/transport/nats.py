@@ -36,6 +36,7 @@ from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.js import api
 
+from fleetsync.aio import cancel_and_wait
 from fleetsync.hub.core import HubCore
 from fleetsync.protocol import codec
 from fleetsync.protocol import fleetsync_pb2 as pb
@@ -232,9 +233,7 @@ class NatsAgentConnection:
             with contextlib.suppress(nats.errors.Error, TimeoutError):
                 attributes = cloudevents.agent_attributes(None, cluster=self._cluster, session=self._session)
                 await self._js.publish(up_subject(self._cluster), b"", timeout=2, headers=headers(attributes))
-            self._reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._reader
+            await cancel_and_wait([self._reader])
         with contextlib.suppress(Exception):
             await self._nc.close()
 
@@ -257,9 +256,7 @@ class NatsHubServer:
 
     async def stop(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_and_wait([self._task])
         await self.sessions.stop()
         if self._nc is not None:
             with contextlib.suppress(Exception):
