@@ -9,7 +9,7 @@ from pathlib import Path
 
 from fleetsync.agent.runner import Agent, AgentConfig
 from fleetsync.agent.uplink import UplinkSettings
-from fleetsync.aio import cancel_and_wait
+from fleetsync.aio import cancel_and_wait, cancel_the_rest
 from fleetsync.cli.flags import add_flag, positive_float, positive_int
 from fleetsync.model.names import check_cluster_name
 from fleetsync.model.types import ENDPOINT_SLICE, ISTIO_TYPES, POD, SERVICE, TypeRegistry, UnknownResourceType
@@ -100,6 +100,7 @@ async def _run(config: AgentConfig) -> None:
     stopping = asyncio.create_task(stop.wait())
     await asyncio.wait({agent, stopping}, return_when=asyncio.FIRST_COMPLETED)
     await cancel_and_wait([agent, stopping])
+    await cancel_the_rest()  # what the client libraries left running
     if not agent.cancelled() and agent.exception() is not None:
         raise agent.exception()  # type: ignore[misc]
 

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from fleetsync.agent.runner import Agent, AgentConfig
-from fleetsync.aio import cancel_and_wait
+from fleetsync.aio import cancel_and_wait, cancel_the_rest
 from fleetsync.api.app import ApiServer
 from fleetsync.cli.agent import DEFAULT_TYPES
 from fleetsync.cli.flags import add_flag, non_negative_float, positive_int
@@ -128,6 +128,7 @@ async def demo(args: argparse.Namespace) -> None:
         await api.stop()
         await sim.stop()
         await store.close()
+        await cancel_the_rest()  # what the client libraries left running
 
 
 def run(args: argparse.Namespace) -> int:

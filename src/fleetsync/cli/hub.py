@@ -8,6 +8,7 @@ import logging
 import signal
 import socket
 
+from fleetsync.aio import cancel_the_rest
 from fleetsync.cli.flags import add_flag, add_switch, non_negative_float, positive_float, positive_int
 from fleetsync.hub.core import DigestSchedule, HubCore, HubSettings
 from fleetsync.store import open_store
@@ -103,6 +104,7 @@ async def serve(args: argparse.Namespace) -> None:
         await core.stop()
         await api.stop()
         await store.close()
+        await cancel_the_rest()  # what the client libraries left running
 
 
 def run(args: argparse.Namespace) -> int:

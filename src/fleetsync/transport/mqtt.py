@@ -165,13 +165,16 @@ class MqttAgentConnection:
         return item
 
     async def close(self) -> None:
-        if self._reader is not None:  # say goodbye, so the hub ends the session now rather than at its inactivity timeout
-            with contextlib.suppress(aiomqtt.MqttError, TimeoutError):
-                attributes = cloudevents.agent_attributes(None, cluster=self._cluster, session=self._session)
-                await self._client.publish(up_topic(self._cluster), b"", qos=1, properties=properties(attributes), timeout=2)
-            await cancel_and_wait([self._reader])
-        with contextlib.suppress(Exception):
-            await self._client.__aexit__(None, None, None)
+        try:
+            if self._reader is not None:  # say goodbye, so the hub ends the session now rather than at its inactivity timeout
+                with contextlib.suppress(aiomqtt.MqttError, TimeoutError):
+                    attributes = cloudevents.agent_attributes(None, cluster=self._cluster, session=self._session)
+                    await self._client.publish(up_topic(self._cluster), b"", qos=1, properties=properties(attributes), timeout=2)
+        finally:  # also when a shutdown interrupts the goodbye
+            if self._reader is not None:
+                await cancel_and_wait([self._reader])
+            with contextlib.suppress(Exception):
+                await self._client.__aexit__(None, None, None)
 
 
 class MqttHubServer:

@@ -229,13 +229,16 @@ class NatsAgentConnection:
         return item
 
     async def close(self) -> None:
-        if self._reader is not None:  # say goodbye, so the hub ends the session now rather than at its inactivity timeout
-            with contextlib.suppress(nats.errors.Error, TimeoutError):
-                attributes = cloudevents.agent_attributes(None, cluster=self._cluster, session=self._session)
-                await self._js.publish(up_subject(self._cluster), b"", timeout=2, headers=headers(attributes))
-            await cancel_and_wait([self._reader])
-        with contextlib.suppress(Exception):
-            await self._nc.close()
+        try:
+            if self._reader is not None:  # say goodbye, so the hub ends the session now rather than at its inactivity timeout
+                with contextlib.suppress(nats.errors.Error, TimeoutError):
+                    attributes = cloudevents.agent_attributes(None, cluster=self._cluster, session=self._session)
+                    await self._js.publish(up_subject(self._cluster), b"", timeout=2, headers=headers(attributes))
+        finally:  # also when a shutdown interrupts the goodbye
+            if self._reader is not None:
+                await cancel_and_wait([self._reader])
+            with contextlib.suppress(Exception):
+                await self._nc.close()
 
 
 class NatsHubServer:
