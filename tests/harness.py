@@ -149,12 +149,7 @@ def run_sim(tmp: Path, *args: str, startup_timeout: float = 60) -> Iterator[Sim]
         wait_until(up, timeout=startup_timeout, what="fleetsync sim to answer /healthz")
         yield sim
     finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process)
         log.close()
 
 
@@ -174,13 +169,7 @@ class Proc:
         return self.log.read_text(errors="replace")
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(sig)
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process, sig)
 
 
 def spawn(tmp: Path, name: str, *args: str, env: dict[str, str] | None = None) -> Proc:
@@ -189,6 +178,17 @@ def spawn(tmp: Path, name: str, *args: str, env: dict[str, str] | None = None) -
     with log.open("ab") as out:
         process = subprocess.Popen([str(BIN / "fleetsync"), *args], stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
     return Proc(process, log)
+
+
+def stop_process(process: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> None:
+    """Send ``sig`` (if it still runs) and wait; SIGKILL after 10 s."""
+    if process.poll() is None:
+        process.send_signal(sig)
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
 
 
 # ---- brokers -------------------------------------------------------------------------------------
@@ -229,13 +229,8 @@ class Broker:
         wait_until(up, timeout=30, what=f"the {self.kind} broker on port {self.port}")
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(sig)
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        if self.process is not None:
+            stop_process(self.process, sig)
 
 
 def mosquitto_binary() -> str:

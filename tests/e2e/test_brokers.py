@@ -18,6 +18,7 @@ from fleetsync.transport import cloudevents
 from fleetsync.transport import mqtt as fs_mqtt
 from fleetsync.transport import nats as fs_nats
 from fleetsync.transport.base import AgentConnection, HubAddress, parse_hub_url
+from fleetsync.transport.broker_agent import BrokerConnection
 from fleetsync.transport.connect import open_agent_connection
 from tests.harness import (
     Hub,
@@ -122,9 +123,8 @@ def test_bad_events_on_a_broker_get_clear_errors_and_nothing_else_is_lost(sim: S
 
 
 def connection_session(connection: AgentConnection) -> str:
-    session = getattr(connection, "session", None)
-    assert isinstance(session, str)
-    return session
+    assert isinstance(connection, BrokerConnection)
+    return connection.session
 
 
 # ---- ACL ----------------------------------------------------------------------------------------------

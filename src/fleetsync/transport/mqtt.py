@@ -25,7 +25,6 @@ import hashlib
 import logging
 import re
 import ssl
-import uuid
 
 import aiomqtt
 from paho.mqtt.packettypes import PacketTypes
@@ -39,6 +38,7 @@ from fleetsync.protocol import fleetsync_pb2 as pb
 from fleetsync.transport import cloudevents
 from fleetsync.transport.base import HubAddress, TransportError
 from fleetsync.transport.broker import BrokerSessions
+from fleetsync.transport.broker_agent import BrokerConnection, describe
 
 log = logging.getLogger(__name__)
 
@@ -100,26 +100,12 @@ def _client(address: HubAddress, identifier: str, *, timeout: float) -> aiomqtt.
     )
 
 
-def _problem(exc: Exception) -> str:
-    text = str(exc)
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-
-
-class MqttAgentConnection:
+class MqttAgentConnection(BrokerConnection):
     """One agent session through an MQTT broker."""
 
     def __init__(self, client: aiomqtt.Client, address: HubAddress, cluster: str) -> None:
+        super().__init__(address, cluster)
         self._client = client
-        self._address = address
-        self._cluster = cluster
-        self._session = uuid.uuid4().hex
-        self._inbox: asyncio.Queue[pb.HubMessage | Exception] = asyncio.Queue()
-        self._reader: asyncio.Task[None] | None = None
-
-    @property
-    def session(self) -> str:
-        """This connection's session id (the ``fssession`` attribute of its events)."""
-        return self._session
 
     @classmethod
     async def open(cls, address: HubAddress, *, cluster_id: str, agent_id: str, connect_seconds: float = 10.0) -> MqttAgentConnection:
@@ -127,54 +113,33 @@ class MqttAgentConnection:
         try:
             await client.__aenter__()
         except aiomqtt.MqttError as exc:
-            raise TransportError(f"cannot connect to the MQTT broker {address}: {_problem(exc)}") from None
+            raise TransportError(f"cannot connect to the MQTT broker {address}: {describe(exc)}") from None
         connection = cls(client, address, cluster_id)
         try:
             await client.subscribe(down_topic(cluster_id), qos=1)
         except aiomqtt.MqttError as exc:
             await connection.close()
-            raise TransportError(f"cannot subscribe to {down_topic(cluster_id)} on {address}: {_problem(exc)}") from None
+            raise TransportError(f"cannot subscribe to {down_topic(cluster_id)} on {address}: {describe(exc)}") from None
         connection._reader = asyncio.create_task(connection._read(), name="mqtt-reader")
         return connection
 
     async def _read(self) -> None:
         try:
             async for message in self._client.messages:
-                attributes = _attributes(message)
-                if attributes.get(cloudevents.SESSION) != self._session:
-                    continue  # an answer to an earlier session of this agent (or another agent's)
-                try:
-                    self._inbox.put_nowait(codec.decode_hub_message(bytes(message.payload)))  # type: ignore[arg-type]
-                except codec.CodecError as exc:
-                    self._inbox.put_nowait(TransportError(f"the hub sent an undecodable message: {exc}"))
-            self._inbox.put_nowait(TransportError(f"the MQTT broker {self._address} closed the connection"))
+                self._received(_attributes(message), bytes(message.payload))  # type: ignore[arg-type]
+            self._lost(TransportError(f"the MQTT broker {self._address} closed the connection"))
         except aiomqtt.MqttError as exc:
-            self._inbox.put_nowait(TransportError(f"lost the MQTT broker {self._address}: {_problem(exc)}"))
+            self._lost(TransportError(f"lost the MQTT broker {self._address}: {describe(exc)}"))
 
-    async def send(self, message: pb.AgentMessage) -> None:
-        attributes = cloudevents.agent_attributes(message, cluster=self._cluster, session=self._session)
+    async def _publish(self, payload: bytes, attributes: dict[str, str], *, timeout: float | None = None) -> None:
         try:
-            await self._client.publish(up_topic(self._cluster), codec.encode(message), qos=1, properties=properties(attributes))
+            await self._client.publish(up_topic(self._cluster), payload, qos=1, properties=properties(attributes), timeout=timeout)
         except aiomqtt.MqttError as exc:
-            raise TransportError(f"publishing to the MQTT broker {self._address} failed: {_problem(exc)}") from None
+            raise TransportError(f"publishing to the MQTT broker {self._address} failed: {describe(exc)}") from None
 
-    async def receive(self) -> pb.HubMessage | None:
-        item = await self._inbox.get()
-        if isinstance(item, Exception):
-            raise item
-        return item
-
-    async def close(self) -> None:
-        try:
-            if self._reader is not None:  # say goodbye, so the hub ends the session now rather than at its inactivity timeout
-                with contextlib.suppress(aiomqtt.MqttError, TimeoutError):
-                    attributes = cloudevents.agent_attributes(None, cluster=self._cluster, session=self._session)
-                    await self._client.publish(up_topic(self._cluster), b"", qos=1, properties=properties(attributes), timeout=2)
-        finally:  # also when a shutdown interrupts the goodbye
-            if self._reader is not None:
-                await cancel_and_wait([self._reader])
-            with contextlib.suppress(Exception):
-                await self._client.__aexit__(None, None, None)
+    async def _disconnect(self) -> None:
+        with contextlib.suppress(Exception):
+            await self._client.__aexit__(None, None, None)
 
 
 class MqttHubServer:
@@ -217,7 +182,7 @@ class MqttHubServer:
                         await self.sessions.deliver(cluster, _attributes(message), bytes(message.payload))  # type: ignore[arg-type]
                 problem = "the broker ended the connection"
             except aiomqtt.MqttError as exc:
-                problem = _problem(exc)
+                problem = describe(exc)
             finally:
                 self._client = None
                 self.connected.clear()

@@ -25,7 +25,6 @@ import contextlib
 import hashlib
 import logging
 import re
-import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -43,6 +42,7 @@ from fleetsync.protocol import fleetsync_pb2 as pb
 from fleetsync.transport import cloudevents
 from fleetsync.transport.base import HubAddress, TransportError
 from fleetsync.transport.broker import BrokerSessions
+from fleetsync.transport.broker_agent import BrokerConnection, describe
 
 log = logging.getLogger(__name__)
 
@@ -56,12 +56,6 @@ ACK_WAIT = 30.0
 #: Messages fetched per pull.
 _BATCH = 64
 _HEADER_PREFIX = "ce-"
-
-
-def _problem(exc: BaseException) -> str:
-    """nats-py's exceptions often have no message: name the type too."""
-    text = str(exc)
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def _stop_requested() -> bool:
@@ -123,7 +117,7 @@ async def _connect(address: HubAddress, *, reconnect: bool, timeout: float, on_e
     try:
         return await nats.connect(f"nats://{address.host}:{address.port}", error_cb=quiet, **options)
     except (nats.errors.Error, OSError, TimeoutError) as exc:
-        raise TransportError(f"cannot connect to NATS {address}: {_problem(exc)}") from None
+        raise TransportError(f"cannot connect to NATS {address}: {describe(exc)}") from None
 
 
 async def ensure_streams(nc: NatsClient) -> None:
@@ -152,22 +146,13 @@ async def ensure_streams(nc: NatsClient) -> None:
             await js.update_stream(config)
 
 
-class NatsAgentConnection:
+class NatsAgentConnection(BrokerConnection):
     """One agent session through NATS JetStream."""
 
     def __init__(self, nc: NatsClient, address: HubAddress, cluster: str) -> None:
+        super().__init__(address, cluster)
         self._nc = nc
         self._js = nc.jetstream()
-        self._address = address
-        self._cluster = cluster
-        self._session = uuid.uuid4().hex
-        self._inbox: asyncio.Queue[pb.HubMessage | Exception] = asyncio.Queue()
-        self._reader: asyncio.Task[None] | None = None
-
-    @property
-    def session(self) -> str:
-        """This connection's session id (the ``fssession`` attribute of its events)."""
-        return self._session
 
     @classmethod
     async def open(cls, address: HubAddress, *, cluster_id: str, agent_id: str, connect_seconds: float = 10.0) -> NatsAgentConnection:
@@ -193,7 +178,7 @@ class NatsAgentConnection:
             raise TransportError(f"NATS {address} has no stream {DOWN_STREAM} yet: the hub creates it (fleetsync hub --broker {address})") from None
         except (nats.errors.Error, TimeoutError) as exc:
             await connection.close()
-            raise TransportError(f"cannot set up JetStream on {address}: {_problem(exc)}") from None
+            raise TransportError(f"cannot set up JetStream on {address}: {describe(exc)}") from None
         connection._reader = asyncio.create_task(connection._read(subscription), name="nats-reader")
         return connection
 
@@ -206,39 +191,19 @@ class NatsAgentConnection:
                     continue
                 for msg in batch:
                     await msg.ack()
-                    if _attributes(msg).get(cloudevents.SESSION) != self._session:
-                        continue  # an answer to an earlier session of this agent
-                    try:
-                        self._inbox.put_nowait(codec.decode_hub_message(msg.data))
-                    except codec.CodecError as exc:
-                        self._inbox.put_nowait(TransportError(f"the hub sent an undecodable message: {exc}"))
+                    self._received(_attributes(msg), msg.data)
         except (nats.errors.Error, OSError) as exc:
-            self._inbox.put_nowait(TransportError(f"lost NATS {self._address}: {_problem(exc)}"))
+            self._lost(TransportError(f"lost NATS {self._address}: {describe(exc)}"))
 
-    async def send(self, message: pb.AgentMessage) -> None:
-        attributes = cloudevents.agent_attributes(message, cluster=self._cluster, session=self._session)
+    async def _publish(self, payload: bytes, attributes: dict[str, str], *, timeout: float | None = None) -> None:
         try:
-            await self._js.publish(up_subject(self._cluster), codec.encode(message), timeout=10, headers=headers(attributes))
+            await self._js.publish(up_subject(self._cluster), payload, timeout=timeout or 10, headers=headers(attributes))
         except (nats.errors.Error, TimeoutError) as exc:
-            raise TransportError(f"publishing to NATS {self._address} failed: {_problem(exc)}") from None
+            raise TransportError(f"publishing to NATS {self._address} failed: {describe(exc)}") from None
 
-    async def receive(self) -> pb.HubMessage | None:
-        item = await self._inbox.get()
-        if isinstance(item, Exception):
-            raise item
-        return item
-
-    async def close(self) -> None:
-        try:
-            if self._reader is not None:  # say goodbye, so the hub ends the session now rather than at its inactivity timeout
-                with contextlib.suppress(nats.errors.Error, TimeoutError):
-                    attributes = cloudevents.agent_attributes(None, cluster=self._cluster, session=self._session)
-                    await self._js.publish(up_subject(self._cluster), b"", timeout=2, headers=headers(attributes))
-        finally:  # also when a shutdown interrupts the goodbye
-            if self._reader is not None:
-                await cancel_and_wait([self._reader])
-            with contextlib.suppress(Exception):
-                await self._nc.close()
+    async def _disconnect(self) -> None:
+        with contextlib.suppress(Exception):
+            await self._nc.close()
 
 
 class NatsHubServer:
@@ -278,13 +243,13 @@ class NatsHubServer:
                     config=api.ConsumerConfig(ack_policy=api.AckPolicy.EXPLICIT, max_deliver=MAX_DELIVER, ack_wait=ACK_WAIT, max_ack_pending=20_000),
                 )
             except (TransportError, nats.errors.Error, TimeoutError) as exc:
-                self.core.starting[str(self.address)] = f"cannot set up JetStream: {_problem(exc)}"
-                log.warning("NATS %s: %s; retrying in 1s", self.address, _problem(exc))
+                self.core.starting[str(self.address)] = f"cannot set up JetStream: {describe(exc)}"
+                log.warning("NATS %s: %s; retrying in 1s", self.address, describe(exc))
                 await asyncio.sleep(1)
 
     def _starting_failed(self, exc: Exception) -> None:
         if str(self.address) in self.core.starting:
-            self.core.starting[str(self.address)] = f"cannot connect to NATS: {_problem(exc)}"
+            self.core.starting[str(self.address)] = f"cannot connect to NATS: {describe(exc)}"
 
     async def _serve_forever(self) -> None:
         subscription = await self._subscribe()
@@ -297,7 +262,7 @@ class NatsHubServer:
             except TimeoutError:  # nats-py raises its own and asyncio's: either way, nothing yet
                 continue
             except (nats.errors.Error, OSError) as exc:  # the server is away; nats-py is reconnecting
-                log.warning("NATS %s: %s; fetching again in 1s", self.address, _problem(exc))
+                log.warning("NATS %s: %s; fetching again in 1s", self.address, describe(exc))
                 await asyncio.sleep(1)
                 continue
             for msg in batch:
