@@ -1,13 +1,16 @@
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from fleetsync.testing.postgres import PostgresServer
 from tests.harness import GRPC, Sim, Transport, run_sim, start_broker
 
 TRANSPORTS = ("grpc", "mqtt", "nats")
+_DATABASES = itertools.count(1)
 
 
 @pytest.fixture(scope="module")
@@ -40,3 +43,16 @@ def transport(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Transp
         yield Transport(request.param, broker)
     finally:
         broker.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """A PostgreSQL server of the test run's own (one per xdist worker), on a free port."""
+    with PostgresServer() as server:
+        yield server
+
+
+@pytest.fixture
+def pg_url(postgres: PostgresServer) -> str:
+    """A new, empty database on the run's PostgreSQL server."""
+    return postgres.create_database(f"t{next(_DATABASES)}")

@@ -368,6 +368,22 @@ def converged(sim: Sim, hub: Hub, *clusters: str, types: str = "") -> bool:
     return check(sim, hub, *clusters, types=types).returncode == 0
 
 
+def wait_converged(sim: Sim, hub: Hub, *clusters: str, types: str = "", timeout: float, what: str, interval: float = 0.5) -> None:
+    """Wait for ``fleetsync check`` to report 0 divergence; on timeout, fail with its last report
+    and the end of the hub's log (what a flaky run needs to be understood)."""
+    last: list[subprocess.CompletedProcess[str]] = []
+
+    def ok() -> bool:
+        last[:] = [check(sim, hub, *clusters, types=types)]
+        return last[0].returncode == 0
+
+    try:
+        wait_until(ok, timeout=timeout, interval=interval, what=what)
+    except TimeoutError as exc:
+        report = (last[0].stdout + last[0].stderr)[-3000:] if last else "(check never ran)"
+        raise TimeoutError(f"{exc}\n--- last fleetsync check:\n{report}\n--- end of the hub's log:\n{hub.proc.output()[-4000:]}") from None
+
+
 def hub_events(hub: Hub, **query: str) -> list[dict[str, Any]]:
     """The hub's events (oldest first), filtered like ``GET /api/v1/events``."""
     params = "&".join(f"{k}={v}" for k, v in {"limit": "10000", **query}.items())

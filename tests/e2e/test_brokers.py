@@ -24,7 +24,6 @@ from tests.harness import (
     Hub,
     Sim,
     Transport,
-    converged,
     create_token,
     eventually,
     free_port,
@@ -36,6 +35,7 @@ from tests.harness import (
     start_agent,
     start_broker,
     start_hub,
+    wait_converged,
     wait_until,
 )
 
@@ -115,7 +115,7 @@ def test_bad_events_on_a_broker_get_clear_errors_and_nothing_else_is_lost(sim: S
 
     try:
         asyncio.run(probe())
-        wait_until(lambda: converged(sim, hub, "c2", "c3", types="v1/Service,v1/Pod"), timeout=60, interval=0.5, what="the real agents unaffected")
+        wait_converged(sim, hub, "c2", "c3", types="v1/Service,v1/Pod", timeout=60, what="the real agents unaffected")
     finally:
         for agent in agents:
             agent.stop()
@@ -157,7 +157,7 @@ def test_mosquitto_acl_lets_each_clusters_credentials_publish_only_to_its_own_to
     wrong = start_agent(tmp_path, sim, "c2", f"mqtt://c2:not-the-password@127.0.0.1:{port}", tokens["c2"], *FAST)
     c1 = HubAddress("mqtt", "127.0.0.1", port, "c1", "c1-secret")
     try:
-        wait_until(lambda: converged(sim, hub, "c1", types="v1/Service,v1/Pod"), timeout=60, interval=0.5, what="c1 synced with its own credentials")
+        wait_converged(sim, hub, "c1", types="v1/Service,v1/Pod", timeout=60, what="c1 synced with its own credentials")
         wait_until(lambda: "cannot connect to the MQTT broker mqtt://c2@" in wrong.output(), timeout=30, what="a wrong password refused")
         assert any(words in wrong.output().lower() for words in ("not authori", "user name or password")), wrong.output()[-2000:]
         assert "not-the-password" not in wrong.output(), "the password must never be logged"
@@ -204,7 +204,7 @@ def test_broker_restarted_in_the_middle_of_churn_loses_nothing(tmp_path: Path, t
         hub: Hub = start_hub(tmp_path, db, transport=transport)
         agents = [start_agent(tmp_path, sim, c, hub.agent_url, create_token(tmp_path, db, c), *FAST) for c in ("c1", "c2", "c3")]
         try:
-            wait_until(lambda: converged(sim, hub, types="v1/Service,v1/Pod"), timeout=60, interval=0.5, what="initial sync")
+            wait_converged(sim, hub, types="v1/Service,v1/Pod", timeout=60, what="initial sync")
             sim.set_churn(10)
             for _ in range(2):  # twice: the second restart finds every client on its reconnected session
                 wait_until(lambda: len(hub_events(hub, reason="Connected")) >= 3, timeout=30, what="agents connected")
@@ -213,7 +213,7 @@ def test_broker_restarted_in_the_middle_of_churn_loses_nothing(tmp_path: Path, t
                 broker.start()
                 time.sleep(3)
             sim.set_churn(0)
-            wait_until(lambda: converged(sim, hub, types="v1/Service,v1/Pod"), timeout=90, interval=0.5, what="convergence after the broker restarts")
+            wait_converged(sim, hub, types="v1/Service,v1/Pod", timeout=90, what="convergence after the broker restarts")
             for proc in (hub.proc, *agents):
                 assert proc.process.poll() is None, "no fleetsync process needed a restart"
         finally:
@@ -244,7 +244,7 @@ def test_mqtts_verifies_the_brokers_certificate(sim: Sim, tmp_path: Path) -> Non
     trusting = start_agent(tmp_path, sim, "c1", url, tokens["c1"], *FAST, env=trust)
     doubting = start_agent(tmp_path, sim, "c2", url, tokens["c2"], *FAST)
     try:
-        wait_until(lambda: converged(sim, hub, "c1", types="v1/Service,v1/Pod"), timeout=60, interval=0.5, what="c1 synced over TLS")
+        wait_converged(sim, hub, "c1", types="v1/Service,v1/Pod", timeout=60, what="c1 synced over TLS")
         wait_until(lambda: "certificate verify failed" in doubting.output(), timeout=30, what="an untrusted broker refused")
         assert not hub_events(hub, cluster="c2")
     finally:
@@ -263,7 +263,7 @@ def test_nats_with_credentials(sim: Sim, tmp_path: Path) -> None:
     agent = start_agent(tmp_path, sim, "c1", f"nats://fleet:s3cret@127.0.0.1:{port}", tokens["c1"], *FAST)
     wrong = start_agent(tmp_path, sim, "c2", f"nats://fleet:guess@127.0.0.1:{port}", tokens["c2"], *FAST)
     try:
-        wait_until(lambda: converged(sim, hub, "c1", types="v1/Service,v1/Pod"), timeout=60, interval=0.5, what="c1 synced with credentials")
+        wait_converged(sim, hub, "c1", types="v1/Service,v1/Pod", timeout=60, what="c1 synced with credentials")
         wait_until(lambda: "cannot connect to NATS nats://fleet@127.0.0.1" in wrong.output(), timeout=30, what="a wrong password refused")
         assert "authorization" in wrong.output().lower(), wrong.output()[-2000:]
         assert "guess" not in wrong.output() and "s3cret" not in agent.output() + hub.proc.output(), "passwords are never logged"

@@ -25,7 +25,6 @@ from tests.harness import (
     Hub,
     Sim,
     Transport,
-    converged,
     create_token,
     fleetsync,
     free_port,
@@ -37,6 +36,7 @@ from tests.harness import (
     run_sim,
     start_agent,
     start_hub,
+    wait_converged,
     wait_until,
 )
 
@@ -85,7 +85,7 @@ def test_kill_9_of_agent_then_hub_in_the_middle_of_a_50k_object_full_sync_conver
         restart_hub(tmp_path, hub)
         wait_until(lambda: len(hub_events(hub, reason="Connected")) == 3, timeout=60, what="the agent back on the restarted hub")
         sim.set_churn(0)
-        wait_until(lambda: converged(sim, hub, types="all"), timeout=240, interval=2, what="convergence after both crashes")
+        wait_converged(sim, hub, types="all", timeout=240, interval=2, what="convergence after both crashes")
         connected = hub_events(hub, reason="Connected")
         assert connected[1]["message"].split()[3] != connected[0]["message"].split()[3], "the restarted agent is a new incarnation"
         assert connected[2]["message"].split()[3] == connected[1]["message"].split()[3], "after the hub restart the same agent reconnects"
@@ -124,7 +124,7 @@ def test_dropped_duplicated_delayed_and_reordered_messages_heal_to_zero_divergen
             time.sleep(12)  # the rest of the fault window, with churn going on
             sim.set_churn(0)
             started = time.monotonic()
-            wait_until(lambda: converged(sim, hub), timeout=60, interval=0.5, what="convergence after the faults stopped")
+            wait_converged(sim, hub, timeout=60, what="convergence after the faults stopped")
             print(f"converged {time.monotonic() - started:.1f}s after churn and faults stopped")
             assert metric(f"{hub.url}/metrics", "fleetsync_resync_requests_total", reason="gap") > 0
         finally:
@@ -151,7 +151,7 @@ def test_connection_cut_for_60s_while_churn_continues_resumes_without_a_full(tmp
                 return sum(metric(f"http://127.0.0.1:{p}/metrics", "fleetsync_agent_bytes_sent_total", kind=kind) for p in ports.values())
 
             try:
-                wait_until(lambda: converged(sim, hub), timeout=60, interval=0.5, what="initial sync")
+                wait_converged(sim, hub, timeout=60, what="initial sync")
                 full_bytes = sent("full")
                 sim.set_churn(5)
                 proxy.partition()
@@ -163,7 +163,7 @@ def test_connection_cut_for_60s_while_churn_continues_resumes_without_a_full(tmp
                 proxy.heal()
                 restored = time.monotonic()
                 sim.set_churn(0)
-                wait_until(lambda: converged(sim, hub), timeout=60, interval=0.5, what="convergence after the partition healed")
+                wait_converged(sim, hub, timeout=60, what="convergence after the partition healed")
                 took = time.monotonic() - restored
                 print(f"0 divergence {took:.1f}s after the partition healed")
                 assert sent("full") == full_bytes, "a reconnect must resume or repair, never send a FULL again"
@@ -199,7 +199,7 @@ def test_two_agents_race_for_a_cluster_the_loser_backs_off_and_takes_over_after_
         third.stop()
         taken = wait_until(lambda: [e for e in hub_events(hub, reason="Connected") if loser in e["message"]], timeout=30, what="the loser takes over")
         assert taken[0]["time"] >= gone["time"] + 3 - 0.1, "the cluster was taken before the grace period ended"
-        wait_until(lambda: converged(sim, hub, "c1"), timeout=30, interval=0.5, what="convergence under the new agent")
+        wait_converged(sim, hub, "c1", timeout=30, what="convergence under the new agent")
     finally:
         for racer in racers.values():
             racer.stop()
@@ -313,7 +313,7 @@ def test_bad_messages_get_clear_errors_and_nothing_else_is_lost(sim: Sim, tmp_pa
         assert {"Connected", "TypeRefused", "GapDetected", "Rejected"} <= reasons, reasons
         # and the real agents never noticed
         sim.set_churn(0)
-        wait_until(lambda: converged(sim, hub), timeout=30, interval=0.5, what="the well-behaved clusters converged")
+        wait_converged(sim, hub, timeout=30, what="the well-behaved clusters converged")
         assert "Traceback" not in hub.proc.output()
     finally:
         for a in agents:
@@ -358,7 +358,7 @@ def test_digests_repair_what_the_hub_lost_and_a_silent_cluster_goes_stale_then_r
         # the pod only on demand
         result = fleetsync("resync", "c1", "--type", "pods", "--hub", hub.url)
         assert result.returncode == 0 and "digest resync of v1/Pod requested" in result.stdout, result.stderr
-        wait_until(lambda: converged(sim, hub, "c1"), timeout=30, interval=0.5, what="the pod repaired on demand")
+        wait_converged(sim, hub, "c1", timeout=30, what="the pod repaired on demand")
         assert [e["reason"] for e in hub_events(hub, cluster="c1", reason="ResyncRequested")] == ["ResyncRequested"]
         assert any(e["type"] == "v1/Pod" for e in hub_events(hub, cluster="c1", reason="ResyncFinished"))
         # bad requests are refused clearly
@@ -379,7 +379,7 @@ def test_digests_repair_what_the_hub_lost_and_a_silent_cluster_goes_stale_then_r
             timeout=30,
             what="reactivation digest",
         )
-        wait_until(lambda: converged(sim, hub, "c1"), timeout=30, interval=0.5, what="convergence after reactivation")
+        wait_converged(sim, hub, "c1", timeout=30, what="convergence after reactivation")
         assert metric(f"{hub.url}/metrics", "fleetsync_messages_refused_total") == 0, "no message exceeded the 16 KiB limit"
         shown = fleetsync("events", "--cluster", "c1", "--hub", hub.url).stdout
         for reason in ("Connected", "ResyncStarted", "ResyncFinished", "ResyncRequested", "Inactive", "Active"):

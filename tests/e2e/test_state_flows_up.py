@@ -26,6 +26,7 @@ from tests.harness import (
     run_sim,
     start_agent,
     start_hub,
+    wait_converged,
     wait_until,
 )
 
@@ -50,7 +51,7 @@ def fleet(quiet_sim: Sim, tmp_path: Path, transport: Transport) -> Iterator[tupl
 
 def test_churn_converges_and_kubectl_reads_the_hub(fleet: tuple[Sim, Hub, dict[str, Proc], Path]) -> None:
     sim, hub, agents, _ = fleet
-    wait_until(lambda: converged(sim, hub), timeout=60, interval=0.5, what="initial sync")
+    wait_converged(sim, hub, timeout=60, what="initial sync")
     sim.set_churn(10)
     wait_until(lambda: sim.churn_operations() > 200, timeout=60, what="churn")
     sim.set_churn(0)
@@ -80,7 +81,7 @@ def test_churn_converges_and_kubectl_reads_the_hub(fleet: tuple[Sim, Hub, dict[s
 
 def test_second_agent_and_wrong_token_are_rejected(fleet: tuple[Sim, Hub, dict[str, Proc], Path]) -> None:
     sim, hub, _, tmp = fleet
-    wait_until(lambda: converged(sim, hub), timeout=60, interval=0.5, what="initial sync")
+    wait_converged(sim, hub, timeout=60, what="initial sync")
     token = create_token(tmp, hub.db, "c1")
     second = start_agent(tmp, sim, "c1", hub.agent_url, token, "--agent-id", "intruder", *FAST)
     wrong = tmp / "wrong.token"
@@ -99,7 +100,7 @@ def test_second_agent_and_wrong_token_are_rejected(fleet: tuple[Sim, Hub, dict[s
 
 def test_kill_9_of_agent_and_hub_converges_without_losing_acknowledged_data(fleet: tuple[Sim, Hub, dict[str, Proc], Path]) -> None:
     sim, hub, agents, tmp = fleet
-    wait_until(lambda: converged(sim, hub), timeout=60, interval=0.5, what="initial sync")
+    wait_converged(sim, hub, timeout=60, what="initial sync")
     sim.set_churn(10)
     agents["c1"].stop(signal.SIGKILL)
     agents["c1"] = start_agent(tmp, sim, "c1", hub.agent_url, tmp / "c1-agent.token", "--agent-id", "agent-c1", *FAST)
@@ -108,7 +109,7 @@ def test_kill_9_of_agent_and_hub_converges_without_losing_acknowledged_data(flee
     hub.proc = restarted.proc
     wait_until(lambda: sim.churn_operations() > 300, timeout=60, what="churn across the restarts")
     sim.set_churn(0)
-    wait_until(lambda: converged(sim, hub), timeout=30, interval=0.5, what="convergence after kill -9 of agent and hub")
+    wait_converged(sim, hub, timeout=30, what="convergence after kill -9 of agent and hub")
     # the restarted hub asked every cluster for a digest of every type it holds (its startup broadcast)
     started = [e for e in hub_events(hub, reason="ResyncStarted") if "hub startup" in e["message"]]
     assert {e["cluster"] for e in started} == {"c1", "c2", "c3"}, started

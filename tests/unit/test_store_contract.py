@@ -19,7 +19,10 @@ from pathlib import Path
 import pytest
 
 from fleetsync.store.contract import ClusterRecord, EventRecord, ObjectRecord, Store, TokenRecord
+from fleetsync.store.postgres import MIGRATIONS as POSTGRES_MIGRATIONS
+from fleetsync.store.postgres import PostgresStore
 from fleetsync.store.sqlite import MIGRATIONS, SQLiteStore
+from fleetsync.testing.postgres import PostgresServer
 
 POD = "v1/Pod"
 CM = "v1/ConfigMap"
@@ -34,16 +37,19 @@ class Engine:
     source: str  # a Python expression building the same store in another process
 
 
-def make_engine(name: str, tmp_path: Path) -> Engine:
+def make_engine(name: str, request: pytest.FixtureRequest) -> Engine:
     if name == "sqlite":
-        path = tmp_path / "hub.db"
+        path = request.getfixturevalue("tmp_path") / "hub.db"
         return Engine(name, lambda: SQLiteStore(path), f"__import__('fleetsync.store.sqlite', fromlist=['x']).SQLiteStore({str(path)!r})")
+    if name == "postgres":
+        url = request.getfixturevalue("pg_url")
+        return Engine(name, lambda: PostgresStore(url), f"__import__('fleetsync.store.postgres', fromlist=['x']).PostgresStore({url!r})")
     raise AssertionError(f"unknown engine {name}")
 
 
-@pytest.fixture(params=["sqlite"])
-def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Engine:
-    return make_engine(request.param, tmp_path)
+@pytest.fixture(params=["sqlite", "postgres"])
+def engine(request: pytest.FixtureRequest) -> Engine:
+    return make_engine(request.param, request)
 
 
 @pytest.fixture
@@ -458,6 +464,62 @@ async def test_clusters_are_upserted_touched_and_marked(store: Store) -> None:
     assert [c.name for c in await store.clusters()] == ["c1", "c2"]
 
 
+async def test_refresh_claims_move_the_next_time_and_take_push_clusters_only_where_connected(store: Store) -> None:
+    await store.set_refresh("p1", mode="pull", url="http://a/v1/state", interval=10, next_refresh_at=100.0)
+    await store.set_refresh("p2", mode="pull", url="http://b/v1/state", interval=10, next_refresh_at=105.0)
+    await store.set_refresh("s1", mode="push", interval=30, next_refresh_at=100.0)  # its agent is on hub-b
+    await store.acquire_lease("s1", holder="ag", incarnation="i", hub_id="hub-b", now=100.0, ttl=1000)
+    assert await store.claim_due_refreshes(hub_id="hub-a", now=99.0) == []
+    claimed = await store.claim_due_refreshes(hub_id="hub-a", now=101.0)
+    assert [(t.cluster, t.url, t.next_refresh_at) for t in claimed] == [("p1", "http://a/v1/state", 111.0)]
+    assert await store.claim_due_refreshes(hub_id="hub-a", now=101.0) == [], "a claim moves the next time"
+    assert [t.cluster for t in await store.claim_due_refreshes(hub_id="hub-b", now=106.0)] == ["p2", "s1"]
+    # re-registering keeps an earlier next time; removing stops the refreshes
+    await store.set_refresh("p1", mode="pull", url="http://a2/v1/state", interval=5, next_refresh_at=500.0)
+    assert {t.cluster: (t.url, t.interval, t.next_refresh_at) for t in await store.refresh_targets()}["p1"] == ("http://a2/v1/state", 5, 111.0)
+    assert await store.remove_refresh("p1") and not await store.remove_refresh("p1")
+    assert [t.cluster for t in await store.refresh_targets()] == ["p2", "s1"]
+
+
+async def test_claims_are_limited_and_oldest_first(store: Store) -> None:
+    for i in range(5):
+        await store.set_refresh(f"p{i}", mode="pull", url="u", interval=60, next_refresh_at=float(10 - i))
+    assert [t.cluster for t in await store.claim_due_refreshes(hub_id="h", now=20.0, limit=2)] == ["p3", "p4"]
+    assert len(await store.claim_due_refreshes(hub_id="h", now=20.0, limit=10)) == 3
+
+
+async def test_locks_are_exclusive_until_released_or_expired(store: Store) -> None:
+    assert await store.try_lock("refresh/c1", holder="a", now=0.0, ttl=10)
+    assert not await store.try_lock("refresh/c1", holder="b", now=5.0, ttl=10)
+    assert not await store.try_lock("refresh/c1", holder="a", now=5.0, ttl=10), "not reentrant"
+    assert await store.try_lock("refresh/c2", holder="b", now=5.0, ttl=10), "locks are per name"
+    await store.unlock("refresh/c1", holder="b")  # not the holder: nothing happens
+    assert not await store.try_lock("refresh/c1", holder="b", now=6.0, ttl=10)
+    await store.unlock("refresh/c1", holder="a")
+    assert await store.try_lock("refresh/c1", holder="b", now=6.0, ttl=10)
+    assert await store.try_lock("refresh/c1", holder="c", now=16.5, ttl=10), "an expired lock is free"
+
+
+async def test_commits_and_events_are_announced_to_listeners(store: Store) -> None:
+    heard: list[tuple[str, str]] = []
+    store.listen(lambda channel, payload: heard.append((channel, payload)))
+    rev = await apply(store, [obj("a"), obj("b")])
+    await apply(store, [obj("a")], seq=2)  # no change: no revision, nothing to announce
+    await store.add_events([EventRecord(time=1.0, cluster="c1", reason="Connected", message="m")])
+    await store.notify("resync", "c1")
+    await wait_for(lambda: len(heard) >= 3)
+    [newest] = await store.events(limit=1)
+    assert heard == [("changes", str(rev)), ("events", str(newest.id)), ("resync", "c1")]
+
+
+async def wait_for(condition: Callable[[], bool], timeout: float = 10.0) -> None:
+    """Notifications of a shared engine arrive on another connection: wait for them, with a deadline."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline, "timed out"
+        await asyncio.sleep(0.01)
+
+
 async def test_last_seen_survives_reopen(engine: Engine, store: Store) -> None:
     await store.upsert_cluster(ClusterRecord(name="c1", status="active", last_seen=1.0))
     for t in (1.1, 1.2, 1.3):  # within a second of each other
@@ -609,6 +671,66 @@ async def test_committed_bundle_survives_kill_9(engine: Engine) -> None:
         assert stored is not None and stored.body == b"x" * 2000
     finally:
         await again.close()
+
+
+# ---- several hub replicas on one PostgreSQL database --------------------------------------
+
+
+@pytest.fixture
+async def replicas(pg_url: str) -> AsyncIterator[list[PostgresStore]]:
+    stores = [PostgresStore(pg_url) for _ in range(3)]
+    await asyncio.gather(*(s.open() for s in stores))  # migrations race: each is applied once
+    try:
+        yield stores
+    finally:
+        for s in stores:
+            await s.close()
+
+
+async def test_replicas_apply_migrations_once_and_share_revisions(replicas: list[PostgresStore]) -> None:
+    assert [await r.schema_version() for r in replicas] == [len(POSTGRES_MIGRATIONS)] * 3
+    revs = await asyncio.gather(*(apply(r, [obj(f"o{j}", cluster=f"c{i}") for j in range(50)], cluster=f"c{i}") for i, r in enumerate(replicas)))
+    assert sorted(revs) == [50, 100, 150]
+    changes = await replicas[0].changes_since(0, limit=0)
+    assert [c.rev for c in changes] == list(range(1, 151))
+
+
+async def test_replicas_hear_each_others_commits_in_revision_order(replicas: list[PostgresStore]) -> None:
+    heard: list[int] = []
+    replicas[0].listen(lambda channel, payload: heard.append(int(payload)) if channel == "changes" else None)
+    for i in range(20):
+        await apply(replicas[1 + i % 2], [obj(f"o{i}")], seq=i + 1)
+    await wait_for(lambda: len(heard) == 20)
+    assert heard == list(range(1, 21))
+
+
+async def test_replicas_race_for_a_lease_and_exactly_one_wins(replicas: list[PostgresStore]) -> None:
+    for round_ in range(10):
+        results = await asyncio.gather(
+            *(r.acquire_lease(f"c{round_}", holder=f"agent-{i}", incarnation="i", hub_id=f"hub-{i}", now=0.0, ttl=30) for i, r in enumerate(replicas))
+        )
+        assert sum(r.granted for r in results) == 1
+        winner = next(r.lease for r in results if r.granted)
+        assert all(r.lease == winner for r in results)
+
+
+async def test_replicas_claim_disjoint_refreshes(replicas: list[PostgresStore]) -> None:
+    for i in range(60):
+        await replicas[0].set_refresh(f"p{i:02}", mode="pull", url="u", interval=60, next_refresh_at=0.0)
+    claims = await asyncio.gather(*(r.claim_due_refreshes(hub_id=f"hub-{i}", now=1.0, limit=25) for i, r in enumerate(replicas)))
+    claims += [await replicas[0].claim_due_refreshes(hub_id="hub-0", now=1.0, limit=100)]
+    names = [t.cluster for claim in claims for t in claim]
+    assert sorted(names) == [f"p{i:02}" for i in range(60)], "every due cluster claimed exactly once"
+
+
+async def test_a_lost_listen_connection_is_reestablished(replicas: list[PostgresStore], postgres: PostgresServer) -> None:
+    heard: list[str] = []
+    replicas[0].listen(lambda channel, payload: heard.append(channel))
+    postgres.psql("postgres", "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE query LIKE 'LISTEN%'")
+    await wait_for(lambda: "changes" in heard, timeout=15)  # the reconnect announces the current revision
+    heard.clear()
+    await apply(replicas[1], [obj("after")])
+    await wait_for(lambda: "changes" in heard)
 
 
 # ---- SQLite specifics ----------------------------------------------------------------

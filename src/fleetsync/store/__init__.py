@@ -1,4 +1,4 @@
-"""The hub's store: one contract (:mod:`.contract`), engines behind it (SQLite now, PostgreSQL later)."""
+"""The hub's store: one contract (:mod:`.contract`), two engines: SQLite (embedded) and PostgreSQL (scale-out)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from fleetsync.store.contract import Store
 
 
 def open_store(url: str) -> Store:
-    """A store for ``sqlite:///PATH`` (PostgreSQL arrives with the scale-out work)."""
+    """A store for ``sqlite:///PATH`` or ``postgresql://[USER[:PASSWORD]@]HOST[:PORT]/DATABASE``."""
     if url.startswith("sqlite:///"):
         from fleetsync.store.sqlite import SQLiteStore
 
@@ -17,5 +17,7 @@ def open_store(url: str) -> Store:
             raise ValueError(f"--db {url}: directory {path.parent} does not exist")
         return SQLiteStore(path)
     if url.startswith(("postgresql://", "postgres://")):
-        raise ValueError(f"--db {url}: PostgreSQL is not supported yet; use sqlite:///PATH")
-    raise ValueError(f"--db {url!r}: expected sqlite:///PATH")
+        from fleetsync.store.postgres import PostgresStore
+
+        return PostgresStore(url)
+    raise ValueError(f"--db {url!r}: expected sqlite:///PATH or postgresql://USER@HOST:PORT/DATABASE")

@@ -9,7 +9,7 @@ changes older than :meth:`Store.oldest_rev` must be answered with 410 by the API
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
@@ -106,6 +106,22 @@ class Lease:
 
 
 @dataclass(frozen=True, slots=True)
+class RefreshTarget:
+    """A cluster the refresh scheduler visits every ``interval`` seconds (seed 003).
+
+    ``push``: its agent streams state; a refresh is a digest resync of every type.
+    ``pull``: no agent connects; the hub fetches ``url`` (an agent's ``--serve-state``)
+    and applies what it gets as FULL bundles.
+    """
+
+    cluster: str
+    mode: str  # push | pull
+    url: str
+    interval: float
+    next_refresh_at: float
+
+
+@dataclass(frozen=True, slots=True)
 class LeaseResult:
     granted: bool
     lease: Lease  # the lease now in force (ours if granted, the other holder's if not)
@@ -116,6 +132,17 @@ class Store(Protocol):
         """Connect and apply migrations (idempotent)."""
 
     async def close(self) -> None: ...
+
+    # ---- notifications (how several hub replicas learn of each other's writes) -----------
+
+    def listen(self, callback: Callable[[str, str], None]) -> None:
+        """Call ``callback(channel, payload)`` on every notification, from this process or, when
+        the engine is shared, from any hub replica: ``changes`` (payload: the revision after a
+        commit), ``events`` (the newest event id), and whatever :meth:`notify` sends.
+        Delivery is best effort: readers also poll, rarely."""
+
+    async def notify(self, channel: str, payload: str) -> None:
+        """Send ``payload`` on ``channel`` to every listener of every replica (this one included)."""
 
     # ---- tokens (only hashes are stored) -----------------------------------------------
 
@@ -216,6 +243,27 @@ class Store(Protocol):
 
     async def trim_changes(self, *, keep: int) -> None:
         """Drop the oldest change-log entries beyond the newest ``keep``."""
+
+    # ---- refresh scheduling and locks ------------------------------------------------------
+
+    async def set_refresh(self, cluster: str, *, mode: str, url: str = "", interval: float, next_refresh_at: float) -> None:
+        """Register or update a refresh target; an earlier ``next_refresh_at`` already set is kept."""
+
+    async def remove_refresh(self, cluster: str) -> bool:
+        """Stop refreshing ``cluster``; False if it was not a target."""
+
+    async def refresh_targets(self) -> list[RefreshTarget]: ...
+
+    async def claim_due_refreshes(self, *, hub_id: str, now: float, limit: int = 100) -> list[RefreshTarget]:
+        """The targets due at ``now`` (pull ones, and push ones whose agent is connected to
+        ``hub_id``), their next time moved to ``now + interval`` in the same statement: of
+        several replicas claiming at once, each due target goes to exactly one."""
+
+    async def try_lock(self, name: str, *, holder: str, now: float, ttl: float) -> bool:
+        """Take lock ``name`` until ``now + ttl`` unless someone holds it unexpired. Not reentrant."""
+
+    async def unlock(self, name: str, *, holder: str) -> None:
+        """Release ``name`` if ``holder`` holds it."""
 
     # ---- events ----------------------------------------------------------------------
 

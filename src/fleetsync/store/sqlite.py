@@ -31,32 +31,27 @@ import logging
 import math
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import aiosqlite
 import orjson
 
-from fleetsync.store.contract import Change, ClusterRecord, EventRecord, EventType, Lease, LeaseResult, ObjectRecord, StreamRecord, TokenRecord
+from fleetsync.store.contract import Change, ClusterRecord, EventRecord, Lease, LeaseResult, ObjectRecord, RefreshTarget, StreamRecord, TokenRecord
+from fleetsync.store.rows import TOUCH_INTERVAL, Key, event_type, split_key, to_signed, to_unsigned
 
 log = logging.getLogger(__name__)
 
 MIN_SQLITE = (3, 37, 0)
 SYNCHRONOUS = ("OFF", "NORMAL", "FULL", "EXTRA")
 BUSY_TIMEOUT_MS = 10_000
-#: ``touch_cluster`` writes at most this often per cluster (seconds of its ``now``);
-#: in between the time is kept in memory, folded into the next write and overlaid on reads.
-TOUCH_INTERVAL = 1.0
 #: Page size of new databases. Compressed bodies are 1-3 KB: with 4 KB pages most rows
 #: take a page of their own (two do not fit); 8 KB pages hold three or four, which made
 #: the database a third smaller and bundles 20-30% faster to apply (bench/store_apply.py).
 PAGE_SIZE = 8192
 #: Keys per lookup statement (two parameters each; SQLite allows 32,766).
 KEY_CHUNK = 1000
-
-_U64 = 1 << 64
-_I64_MAX = (1 << 63) - 1
 
 #: Schema migrations, applied in order at :meth:`SQLiteStore.open`; version N is
 #: ``MIGRATIONS[N - 1]``. Never edit a released entry: append a new one.
@@ -161,6 +156,23 @@ MIGRATIONS: tuple[str, ...] = (
     ) STRICT;
     CREATE INDEX events_by_cluster ON events (cluster, id);
     """,
+    # 3: the refresh scheduler (seed 003) and its per-cluster locks
+    """
+    CREATE TABLE refresh (
+        cluster TEXT PRIMARY KEY,
+        mode TEXT NOT NULL,  -- push | pull
+        url TEXT NOT NULL,
+        interval REAL NOT NULL,
+        next_refresh_at REAL NOT NULL
+    ) STRICT;
+    CREATE INDEX refresh_due ON refresh (next_refresh_at);
+
+    CREATE TABLE locks (
+        name TEXT PRIMARY KEY,
+        holder TEXT NOT NULL,
+        expires_at REAL NOT NULL
+    ) STRICT;
+    """,
 )
 
 _OBJECT_FIELDS = "uid, resource_version, hash, labels, owner, body, compression, incarnation"
@@ -194,25 +206,6 @@ _MOVE_STREAM = """
     ON CONFLICT (cluster, type) DO UPDATE SET incarnation = excluded.incarnation, seq = excluded.seq, updated_at = excluded.updated_at
 """
 _TOUCH = "UPDATE clusters SET last_seen = max(last_seen, ?) WHERE name = ?"
-
-Key = tuple[str, str]  # (namespace, name)
-
-
-def to_signed(h: int) -> int:
-    """An unsigned 64-bit hash as the signed integer SQLite stores."""
-    if not 0 <= h < _U64:
-        raise ValueError(f"hash {h} is not an unsigned 64-bit integer")
-    return h - _U64 if h > _I64_MAX else h
-
-
-def to_unsigned(v: int) -> int:
-    return v + _U64 if v < 0 else v
-
-
-def split_key(key: str) -> Key:
-    """ "namespace/name" -> (namespace, name); a key without "/" is a cluster-scoped name."""
-    namespace, sep, name = key.partition("/")
-    return (namespace, name) if sep else ("", key)
 
 
 def statements(script: str) -> list[str]:
@@ -280,6 +273,7 @@ class SQLiteStore:
         self._lock = asyncio.Lock()
         self._seen: dict[str, float] = {}  # cluster -> last_seen not yet written
         self._seen_written: dict[str, float] = {}  # cluster -> the ``now`` of its last write
+        self._callbacks: list[Callable[[str, str], None]] = []
 
     # ---- connection ------------------------------------------------------------------
 
@@ -381,6 +375,21 @@ class SQLiteStore:
 
     async def _read(self, sql: str, parameters: Sequence[Any] = ()) -> list[Any]:
         return list(await self._reader().execute_fetchall(sql, parameters))
+
+    # ---- notifications: one process only (SQLite is not shared by replicas) -------------
+
+    def listen(self, callback: Callable[[str, str], None]) -> None:
+        self._callbacks.append(callback)
+
+    async def notify(self, channel: str, payload: str) -> None:
+        self._dispatch(channel, payload)
+
+    def _dispatch(self, channel: str, payload: str) -> None:
+        for callback in list(self._callbacks):
+            try:
+                callback(channel, payload)
+            except Exception:
+                log.exception("store notification callback failed")
 
     # ---- tokens --------------------------------------------------------------------------
 
@@ -592,6 +601,8 @@ class SQLiteStore:
                 step = max(1, self.change_log_keep // 100)
                 if self.change_log_keep and rev // step != first // step:
                     await db.execute("DELETE FROM changes WHERE rev <= ?", (rev - self.change_log_keep,))
+        if rev != first:
+            self._dispatch("changes", str(rev))
         return rev
 
     async def set_stream_error(self, cluster: str, type: str, error: str, *, now: float) -> None:  # noqa: A002
@@ -677,7 +688,7 @@ class SQLiteStore:
             f"SELECT event, cluster, type, namespace, name, {_OBJECT_FIELDS}, rev FROM changes WHERE rev > ? ORDER BY rev LIMIT ?",
             (rev, limit if limit > 0 else -1),
         )
-        return [Change(rev=r[13], type=_event(r[0]), obj=_object(r[1:])) for r in rows]
+        return [Change(rev=r[13], type=event_type(r[0]), obj=_object(r[1:])) for r in rows]
 
     async def trim_changes(self, *, keep: int) -> None:
         async with self._autocommit() as db:
@@ -685,6 +696,57 @@ class SQLiteStore:
                 await db.execute("DELETE FROM changes")
             else:
                 await db.execute("DELETE FROM changes WHERE rev < (SELECT rev FROM changes ORDER BY rev DESC LIMIT 1 OFFSET ?)", (keep - 1,))
+
+    # ---- refresh scheduling and locks ------------------------------------------------------
+
+    async def set_refresh(self, cluster: str, *, mode: str, url: str = "", interval: float, next_refresh_at: float) -> None:
+        async with self._autocommit() as db:
+            await db.execute(
+                "INSERT INTO refresh (cluster, mode, url, interval, next_refresh_at) VALUES (?, ?, ?, ?, ?)"
+                " ON CONFLICT (cluster) DO UPDATE SET mode = excluded.mode, url = excluded.url, interval = excluded.interval,"
+                " next_refresh_at = min(refresh.next_refresh_at, excluded.next_refresh_at)",
+                (cluster, mode, url, interval, next_refresh_at),
+            )
+
+    async def remove_refresh(self, cluster: str) -> bool:
+        async with self._autocommit() as db:
+            return (await db.execute("DELETE FROM refresh WHERE cluster = ?", (cluster,))).rowcount > 0
+
+    async def refresh_targets(self) -> list[RefreshTarget]:
+        rows = await self._read("SELECT cluster, mode, url, interval, next_refresh_at FROM refresh ORDER BY cluster")
+        return [RefreshTarget(cluster=r[0], mode=r[1], url=r[2], interval=r[3], next_refresh_at=r[4]) for r in rows]
+
+    async def claim_due_refreshes(self, *, hub_id: str, now: float, limit: int = 100) -> list[RefreshTarget]:
+        async with self._autocommit() as db:  # one statement: atomic, and SQLite has one writer
+            rows = await db.execute_fetchall(
+                """
+                UPDATE refresh SET next_refresh_at = ? + interval
+                WHERE cluster IN (
+                    SELECT cluster FROM refresh
+                    WHERE next_refresh_at <= ? AND (
+                        mode = 'pull' OR cluster IN (SELECT cluster FROM leases WHERE hub_id = ? AND connected AND expires_at > ?)
+                    )
+                    ORDER BY next_refresh_at LIMIT ?
+                )
+                RETURNING cluster, mode, url, interval, next_refresh_at
+                """,
+                (now, now, hub_id, now, limit),
+            )
+        return sorted((RefreshTarget(cluster=r[0], mode=r[1], url=r[2], interval=r[3], next_refresh_at=r[4]) for r in rows), key=lambda t: t.cluster)
+
+    async def try_lock(self, name: str, *, holder: str, now: float, ttl: float) -> bool:
+        async with self._autocommit() as db:
+            rows = await db.execute_fetchall(
+                "INSERT INTO locks (name, holder, expires_at) VALUES (?, ?, ?)"
+                " ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, expires_at = excluded.expires_at"
+                " WHERE locks.expires_at <= ? RETURNING holder",
+                (name, holder, now + ttl, now),
+            )
+            return bool(list(rows))
+
+    async def unlock(self, name: str, *, holder: str) -> None:
+        async with self._autocommit() as db:
+            await db.execute("DELETE FROM locks WHERE name = ? AND holder = ?", (name, holder))
 
     # ---- events ----------------------------------------------------------------------
 
@@ -702,6 +764,7 @@ class SQLiteStore:
             newest = int(rows[0][0] or 0)
             if self.events_keep and newest // step != (newest - len(events)) // step:
                 await db.execute("DELETE FROM events WHERE id <= ?", (newest - self.events_keep,))
+        self._dispatch("events", str(newest))
 
     async def events(self, *, cluster: str | None = None, reason: str | None = None, after: int | None = None, limit: int = 100) -> list[EventRecord]:
         where: list[str] = []
@@ -720,16 +783,6 @@ class SQLiteStore:
         rows = await self._read(sql, params)
         records = [EventRecord(id=r[0], time=r[1], cluster=r[2], reason=r[3], type=r[4], message=r[5], hub_id=r[6]) for r in rows]
         return records if after is not None else records[::-1]
-
-
-_EVENTS: dict[str, EventType] = {"ADDED": "ADDED", "MODIFIED": "MODIFIED", "DELETED": "DELETED"}
-
-
-def _event(value: str) -> EventType:
-    try:
-        return _EVENTS[value]
-    except KeyError:
-        raise ValueError(f"unknown change event {value!r} in the change log") from None
 
 
 async def _current_rev(db: aiosqlite.Connection) -> int:
