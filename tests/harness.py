@@ -295,6 +295,11 @@ class Hub:
         return f"http://127.0.0.1:{self.http_port}"
 
     @property
+    def hub_id(self) -> str:
+        """The replica's ``--hub-id`` (as :func:`start_hub` sets it)."""
+        return f"hub-{self.http_port}"
+
+    @property
     def grpc_url(self) -> str:
         return f"grpc://127.0.0.1:{self.grpc_port}"
 
@@ -318,9 +323,11 @@ def start_hub(
 ) -> Hub:
     grpc_port = grpc_port or free_port()
     http_port = http_port or free_port()
-    # The hub id stays the same across restarts: the broker keeps the hub's session by it.
-    via = ("--broker", transport.hub_url or transport.broker.url, "--hub-id", f"hub-{http_port}") if transport.broker else ()
-    proc = spawn(tmp, f"hub-{http_port}", "hub", "--db", db, "--grpc", f"127.0.0.1:{grpc_port}", "--http", f"127.0.0.1:{http_port}", *via, *extra, env=env)
+    # The hub id stays the same across restarts (the broker keeps the hub's session by it)
+    # and differs between replicas.
+    via = ("--broker", transport.hub_url or transport.broker.url) if transport.broker else ()
+    listen = ("--grpc", f"127.0.0.1:{grpc_port}", "--http", f"127.0.0.1:{http_port}", "--hub-id", f"hub-{http_port}")  # Hub.hub_id
+    proc = spawn(tmp, f"hub-{http_port}", "hub", "--db", db, *listen, *via, *extra, env=env)
     hub = Hub(proc, db, grpc_port, http_port, transport)
 
     def up() -> bool:

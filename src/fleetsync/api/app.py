@@ -28,6 +28,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from fleetsync import __version__
+from fleetsync.api.watch import DEFAULT_TIMEOUT, WatchRequest
 from fleetsync.hub.core import HubCore, NotConnected
 from fleetsync.hub.events import REASONS
 from fleetsync.model import discovery
@@ -61,6 +62,11 @@ def _count(request: web.Request, name: str, default: int = 0) -> int:
     if not raw.isdigit():
         raise ApiError.bad_request(f"invalid {name} {raw!r}: must be a non-negative integer")
     return int(raw)
+
+
+def _flag(request: web.Request, name: str) -> bool:
+    """A boolean query parameter as Kubernetes clients send it (``1``, ``true``; Python clients send ``True``)."""
+    return request.query.get(name, "").lower() in ("1", "true")
 
 
 def _limit(request: web.Request) -> int:
@@ -194,14 +200,14 @@ class ApiServer:
 
     # ---- Kubernetes-compatible reads ---------------------------------------------------------
 
-    async def _kube(self, request: web.Request) -> web.Response:
+    async def _kube(self, request: web.Request) -> web.StreamResponse:
         record = await self._cluster(request.match_info["cluster"])
         response = await self._kube_read(request, record.name)
-        if record.status == "inactive":
+        if record.status == "inactive" and not response.prepared:  # a watch has sent its headers already
             response.headers["Warning"] = _stale_warning(record)
         return response
 
-    async def _kube_read(self, request: web.Request, cluster: str) -> web.Response:
+    async def _kube_read(self, request: web.Request, cluster: str) -> web.StreamResponse:
         parts = [p for p in request.match_info["tail"].split("/") if p]
         if parts == ["version"]:
             return json_response(discovery.version_info(f"v1.36.0-fleetsync-hub-{__version__}"))
@@ -245,14 +251,25 @@ class ApiServer:
         except CodecError as exc:
             raise ApiError(500, "InternalError", f"stored body of {record.cluster}/{record.type}/{record.key} is unreadable: {exc}") from None
 
-    async def _list(self, request: web.Request, cluster: str, rtype: ResourceType, namespace: str | None) -> web.Response:
-        if request.query.get("watch") in ("1", "true"):
-            raise ApiError(405, "MethodNotAllowed", "watch is not served by this hub yet; list instead")
+    async def _list(self, request: web.Request, cluster: str, rtype: ResourceType, namespace: str | None) -> web.StreamResponse:
         try:
             labels = LabelSelector.parse(request.query.get("labelSelector"))
             fields = FieldSelector.parse(request.query.get("fieldSelector"), allowed=rtype.field_selector_keys)
         except SelectorError as exc:
             raise ApiError.bad_request(str(exc)) from None
+        if _flag(request, "watch"):
+            watch = WatchRequest(
+                store=self.store,
+                feed=self.core.feed,
+                rtype=rtype,
+                cluster=cluster,
+                namespace=namespace,
+                labels=labels,
+                fields=fields,
+                bookmarks=_flag(request, "allowWatchBookmarks"),
+            )
+            timeout = float(_count(request, "timeoutSeconds")) or DEFAULT_TIMEOUT
+            return await watch.serve(request, resource_version=request.query.get("resourceVersion", ""), timeout=timeout)
         limit = _limit(request)
         token = request.query.get("continue")
         after = _decode_cursor(token) if token else None

@@ -23,7 +23,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p = subparsers.add_parser(
         "hub", help="run the hub", description="Accept agents over gRPC (and through MQTT / NATS brokers), apply their state to the store, serve the HTTP API."
     )
-    add_flag(p, "--db", default="sqlite:///fleetsync.db", help="store URL: sqlite:///PATH")
+    add_flag(
+        p,
+        "--db",
+        default="sqlite:///fleetsync.db",
+        help="store URL: sqlite:///PATH (one hub), or postgresql://USER[:PASSWORD]@HOST:PORT/DATABASE (any number of hub replicas)",
+    )
     add_flag(p, "--grpc", default="127.0.0.1:7443", help="gRPC listen address for agents (HOST:PORT or :PORT)")
     add_flag(p, "--http", default="127.0.0.1:8080", help="HTTP API listen address (HOST:PORT or :PORT)")
     add_flag(
@@ -72,7 +77,10 @@ async def serve(args: argparse.Namespace) -> None:
         store = open_store(args.db)
     except ValueError as exc:
         raise SystemExit(f"fleetsync hub: {exc}") from None
-    await store.open()
+    try:
+        await store.open()
+    except (RuntimeError, OSError) as exc:
+        raise SystemExit(f"fleetsync hub: --db: {exc}") from None
     core = HubCore(store, settings)
     try:
         grpc_server = GrpcHubServer(core, grpc_host, grpc_port)

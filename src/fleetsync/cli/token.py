@@ -53,6 +53,6 @@ async def _create(args: argparse.Namespace) -> str:
 def run_create(args: argparse.Namespace) -> int:
     try:
         print(asyncio.run(_create(args)))
-    except ValueError as exc:
+    except (ValueError, RuntimeError, OSError) as exc:
         raise SystemExit(f"fleetsync token create: {exc}") from None
     return 0

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 
 from fleetsync.hub import events
 from fleetsync.hub.events import EventLog
+from fleetsync.hub.feed import ChangeFeed
 from fleetsync.hub.metrics import HubMetrics
 from fleetsync.model.types import TypeRegistry, UnknownResourceType
 from fleetsync.store.contract import Store
@@ -107,6 +108,8 @@ class HubCore:
         self.registry = registry or TypeRegistry()
         self.clock = clock
         self.events = EventLog(store, self.metrics, hub_id=self.settings.hub_id, clock=clock)
+        #: The change log as a live stream (every replica's applies), for watches.
+        self.feed = ChangeFeed(store)
         #: Live sessions on this replica, by cluster.
         self.sessions: dict[str, Session] = {}
         self._connected_since_start: set[str] = set()
@@ -139,6 +142,7 @@ class HubCore:
     # ---- timers -------------------------------------------------------------------------
 
     async def start(self) -> None:
+        await self.feed.start()
         if self._timers is None:
             self._timers = asyncio.create_task(self.run_timers(), name="hub-timers")
 
@@ -150,6 +154,7 @@ class HubCore:
             self._timers = None
         if self._background:  # sessions still closing: let them hand their leases back
             await asyncio.gather(*self._background, return_exceptions=True)
+        await self.feed.stop()
 
     async def run_timers(self) -> None:
         period = min(1.0, self.settings.inactivity_timeout / 4)

@@ -129,7 +129,12 @@ class LeaseResult:
 
 class Store(Protocol):
     async def open(self) -> None:
-        """Connect and apply migrations (idempotent)."""
+        """Connect and apply migrations (idempotent; of several replicas opening at once, each
+        migration is applied by one). Raises RuntimeError with a readable message when the
+        database cannot be reached or is newer than this fleetsync."""
+
+    async def schema_version(self) -> int:
+        """The number of migrations applied."""
 
     async def close(self) -> None: ...
 

@@ -325,6 +325,10 @@ class SQLiteStore:
             await _rollback(db)
             raise
 
+    async def schema_version(self) -> int:
+        rows = await self._read("SELECT coalesce(max(version), 0) FROM schema_version")
+        return int(rows[0][0])
+
     async def close(self) -> None:
         if self._db is None:
             return

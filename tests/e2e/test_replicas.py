@@ -1,0 +1,111 @@
+"""Several hub replicas on one PostgreSQL: agents spread over them fail over when one dies,
+one agent per cluster holds across replicas, and watches see every replica's writes."""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+
+from kubernetes_asyncio import client, watch
+
+from tests.harness import (
+    Hub,
+    converged,
+    create_token,
+    http,
+    hub_events,
+    run_sim,
+    start_agent,
+    start_hub,
+    wait_converged,
+    wait_until,
+)
+
+FAST = ("--types", "v1/Service,v1/Pod")
+
+
+def holder_hub(hub: Hub, cluster: str) -> str:
+    """The replica a cluster's agent is connected to, as the clusters API reports it (any replica answers)."""
+    (found,) = [c for c in http("GET", f"{hub.url}/api/v1/clusters")[1]["items"] if c["name"] == cluster]
+    return str(found["hub"]) if found["connected"] else ""
+
+
+def test_two_replicas_one_killed_mid_churn_its_agents_fail_over(tmp_path: Path, pg_url: str) -> None:
+    with run_sim(tmp_path, "--clusters", "4", "--pods", "100", "--churn", "0") as sim:
+        a = start_hub(tmp_path, pg_url)
+        b = start_hub(tmp_path, pg_url)
+        home = {"c1": a, "c2": a, "c3": b, "c4": b}
+        agents = [
+            start_agent(tmp_path, sim, c, f"{hub.grpc_url},{(b if hub is a else a).grpc_url}", create_token(tmp_path, pg_url, c), *FAST)
+            for c, hub in home.items()
+        ]
+        try:
+            wait_until(lambda: all(holder_hub(b, c) == hub.hub_id for c, hub in home.items()), timeout=60, what="each agent on its first replica")
+            wait_converged(sim, a, timeout=60, what="initial sync, read through replica A")
+            assert converged(sim, b), "both replicas serve the same state"
+            sim.set_churn(20)
+            wait_until(lambda: http("GET", f"{b.url}/api/v1/clusters")[0] == 200 and sim.truth("c1", "v1/Pod"), timeout=10, what="churn")
+            a.proc.stop(signal.SIGKILL)  # mid-churn; its leases stay behind until they expire or their agents reclaim them
+            wait_until(lambda: all(holder_hub(b, c) == b.hub_id for c in home), timeout=60, what="c1 and c2 reconnected to replica B")
+            sim.set_churn(0)
+            wait_converged(sim, b, timeout=90, what="convergence through the surviving replica")
+            moved = [e for e in hub_events(b, reason="Connected") if e["cluster"] in ("c1", "c2") and e["hub"] == b.hub_id]
+            assert {e["cluster"] for e in moved} == {"c1", "c2"}
+        finally:
+            for agent in agents:
+                agent.stop()
+            b.proc.stop()
+            a.proc.stop()
+
+
+def test_one_agent_per_cluster_holds_across_replicas(tmp_path: Path, pg_url: str) -> None:
+    with run_sim(tmp_path, "--clusters", "1", "--pods", "20", "--churn", "0") as sim:
+        a = start_hub(tmp_path, pg_url)
+        b = start_hub(tmp_path, pg_url)
+        token = create_token(tmp_path, pg_url, "c1")
+        first = start_agent(tmp_path, sim, "c1", a.grpc_url, token, *FAST, "--agent-id", "first")
+        try:
+            wait_until(lambda: holder_hub(b, "c1") == a.hub_id, timeout=60, what="the first agent on replica A")
+            second = start_agent(tmp_path, sim, "c1", b.grpc_url, token, *FAST, "--agent-id", "second")
+            try:
+                wait_until(lambda: hub_events(b, reason="Rejected", cluster="c1"), timeout=30, what="the second agent rejected by replica B")
+                rejected = hub_events(b, reason="Rejected", cluster="c1")[0]
+                assert "already connected" in rejected["message"] and "first" in rejected["message"], rejected
+                assert holder_hub(a, "c1") == a.hub_id
+            finally:
+                second.stop()
+        finally:
+            first.stop()
+            a.proc.stop()
+            b.proc.stop()
+
+
+async def test_a_watch_on_one_replica_sees_changes_applied_through_another_in_revision_order(tmp_path: Path, pg_url: str) -> None:
+    """kubernetes_asyncio (the agent's own client) watches replica A; the agent writes through B."""
+    with run_sim(tmp_path, "--clusters", "1", "--pods", "50", "--churn", "0") as sim:
+        a = start_hub(tmp_path, pg_url)
+        b = start_hub(tmp_path, pg_url)
+        agent = start_agent(tmp_path, sim, "c1", b.grpc_url, create_token(tmp_path, pg_url, "c1"), *FAST)
+        try:
+            wait_converged(sim, a, timeout=60, what="initial sync through B, read from A")
+            configuration = client.Configuration(host=f"{a.url}/clusters/c1")
+            async with client.ApiClient(configuration) as api:
+                core = client.CoreV1Api(api)
+                listed = await core.list_pod_for_all_namespaces()
+                start = int(listed.metadata.resource_version)
+                sim.set_churn(20)
+                seen: list[tuple[str, int]] = []
+                stream = watch.Watch().stream(core.list_pod_for_all_namespaces, resource_version=str(start), timeout_seconds=60)
+                async with stream:
+                    async for event in stream:
+                        seen.append((event["type"], int(event["raw_object"]["metadata"]["resourceVersion"])))
+                        if len(seen) >= 40:
+                            break
+                sim.set_churn(0)
+            versions = [rv for _, rv in seen]
+            assert versions == sorted(set(versions)) and versions[0] > start, versions
+            assert {kind for kind, _ in seen} & {"MODIFIED", "ADDED", "DELETED"}
+        finally:
+            agent.stop()
+            a.proc.stop()
+            b.proc.stop()
