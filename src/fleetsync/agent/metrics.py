@@ -6,13 +6,17 @@ its own framing (HTTP/2, MQTT, NATS headers).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, generate_latest
 
 from fleetsync.agent.typesync import TypeSync
+from fleetsync.protocol import fleetsync_pb2 as pb
 from fleetsync.web import serve
+
+#: The media type of ``GET /v1/state``: a serialized fleetsync.v1.State protobuf.
+STATE_CONTENT_TYPE = "application/x-protobuf; messageType=fleetsync.v1.State"
 
 
 class AgentMetrics:
@@ -42,6 +46,13 @@ class AgentMetrics:
         self.resyncs_outstanding = Gauge(
             "fleetsync_agent_resyncs_outstanding", "Digest resyncs queued or awaiting the hub's diff on this connection", registry=self.registry
         )
+        self.state_requests = Counter("fleetsync_agent_state_requests_total", "GET /v1/state answered (pull mode, --serve-state)", registry=self.registry)
+        self.state_in_flight = Gauge("fleetsync_agent_state_requests_in_flight", "GET /v1/state requests being answered now", registry=self.registry)
+        self.state_in_flight_max = Gauge(
+            "fleetsync_agent_state_requests_in_flight_max",
+            "The most GET /v1/state requests ever answered at once (a hub refreshing a cluster twice at once would make it 2)",
+            registry=self.registry,
+        )
         self.info = Gauge("fleetsync_agent_info", "The cluster this agent syncs", ["cluster"], registry=self.registry)
         self.info.labels(**labels).set(1)
 
@@ -67,20 +78,47 @@ class AgentMetrics:
 
 
 class MetricsServer:
-    """``GET /metrics`` (and ``/healthz``) for one agent."""
+    """``GET /metrics`` (and ``/healthz``) for one agent; with ``state``, also ``GET /v1/state``
+    (pull mode): the serialized :class:`~fleetsync.protocol.fleetsync_pb2.State` it returns."""
 
-    def __init__(self, metrics: AgentMetrics, syncs: Mapping[str, TypeSync], *, host: str, port: int) -> None:
+    def __init__(self, metrics: AgentMetrics, syncs: Mapping[str, TypeSync], *, host: str, port: int, state: Callable[[], pb.State] | None = None) -> None:
         self.metrics = metrics
         self.syncs = syncs
         self.host = host
         self.port = port
+        self.state = state
         self._runner: web.AppRunner | None = None
+        self._in_flight = 0
+        self._in_flight_max = 0
 
     async def start(self) -> None:
         app = web.Application()
         app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/healthz", self._healthz)
+        if self.state is not None:
+            app.router.add_get("/v1/state", self._state)
         self._runner, self.port = await serve(app, self.host, self.port)
+
+    async def _state(self, request: web.Request) -> web.StreamResponse:
+        assert self.state is not None
+        self._in_flight += 1
+        self._in_flight_max = max(self._in_flight_max, self._in_flight)
+        self.metrics.state_in_flight.set(self._in_flight)
+        self.metrics.state_in_flight_max.set(self._in_flight_max)
+        try:
+            body = self.state().SerializeToString()
+            # The response goes out while this request still counts as in flight: a second
+            # refresh overlapping the first one is what the counter is there to show.
+            response = web.StreamResponse(headers={"Content-Type": STATE_CONTENT_TYPE})
+            response.content_length = len(body)
+            await response.prepare(request)
+            await response.write(body)
+            await response.write_eof()
+            self.metrics.state_requests.inc()
+            return response
+        finally:
+            self._in_flight -= 1
+            self.metrics.state_in_flight.set(self._in_flight)
 
     async def stop(self) -> None:
         if self._runner:

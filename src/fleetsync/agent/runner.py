@@ -1,5 +1,8 @@
 """The agent's main loop: watch every type, connect to a hub (forever), and drive the uplink.
 
+(Or, in pull mode, ``serve_state``: no hub connection at all; the agent serves its state at
+``GET /v1/state`` and a hub's refresh scheduler fetches it.)
+
 On every connection: Hello -> Welcome (or Reject) -> an :class:`~fleetsync.agent.uplink.Uplink`
 decides, per type, what to send; this module only moves its messages over the
 connection, wakes it when the cluster changes (after a short batching window), when
@@ -58,6 +61,8 @@ class AgentConfig:
     metrics_address: tuple[str, int] | None = None
     #: Inject message faults into every connection (a testing aid).
     faults: FaultSpec | None = None
+    #: Pull mode: serve GET /v1/state (and /metrics) here and connect to no hub.
+    serve_state: tuple[str, int] | None = None
 
 
 class Agent:
@@ -70,9 +75,12 @@ class Agent:
             for rt in config.types
         }
         self.metrics = AgentMetrics(config.cluster_id)
-        self.metrics_server = (
-            MetricsServer(self.metrics, self.syncs, host=config.metrics_address[0], port=config.metrics_address[1]) if config.metrics_address else None
-        )
+        self.metrics_server: MetricsServer | None = None
+        if config.serve_state:
+            self.metrics_server = MetricsServer(self.metrics, self.syncs, host=config.serve_state[0], port=config.serve_state[1], state=self.state)
+        elif config.metrics_address:
+            self.metrics_server = MetricsServer(self.metrics, self.syncs, host=config.metrics_address[0], port=config.metrics_address[1])
+        self._snapshots = 0
         self.faults = FaultInjector(config.faults) if config.faults else None
         self._changed = asyncio.Event()
         self.connected = asyncio.Event()
@@ -91,6 +99,33 @@ class Agent:
         self.syncs[rtype.gvk].list_error = error
         self._changed.set()
 
+    # ---- pull mode ---------------------------------------------------------------------------
+
+    def state(self) -> pb.State:
+        """Everything this agent holds, as a FULL bundle per listed type (pull mode)."""
+        self._snapshots += 1
+        hello = self._hello()
+        hello.token = ""
+        del hello.resumable[:]
+        bundles = []
+        for type_, sync in self.syncs.items():
+            if not sync.listed and not sync.list_error:
+                continue  # nothing known yet: the hub keeps what it has
+            bundles.append(
+                pb.Bundle(
+                    type=type_,
+                    incarnation=self.incarnation,
+                    seq=self._snapshots,
+                    kind=pb.FULL,
+                    last=True,
+                    upserts=list(sync.cache.values()) if sync.listed else [],
+                    compression=pb.COMPRESSION_LZ4,
+                    error=sync.error,
+                    collected_at_ms=int(time.time() * 1000),
+                )
+            )
+        return pb.State(agent=hello, bundles=bundles)
+
     # ---- main loop ---------------------------------------------------------------------------
 
     async def run(self) -> None:
@@ -103,7 +138,11 @@ class Agent:
             for rt in self.config.types
         ]
         try:
-            await self._connect_forever()
+            if self.config.serve_state:
+                log.info("pull mode: serving this cluster's state on http://%s:%d/v1/state", self.metrics_server.host, self.metrics_server.port)  # type: ignore[union-attr]
+                await asyncio.Event().wait()  # until cancelled
+            else:
+                await self._connect_forever()
         finally:
             await cancel_and_wait(watchers)
             await api.close()

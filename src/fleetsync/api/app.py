@@ -2,7 +2,8 @@
 
 - ``GET /api/v1/clusters``: every cluster with status (active / inactive, and ``stale``
   when inactive), whether an agent is connected, last message, object counts, errors;
-- ``POST /api/v1/clusters/{cluster}/resync[?type=T]``: ask its agent for a digest resync;
+- ``POST /api/v1/clusters/{cluster}/resync[?type=T]``: ask its agent for a digest resync
+  (a pull cluster: fetch its state now; 409 if a refresh of it is running already);
 - ``GET /api/v1/events[?cluster=C&reason=R&since=ID&limit=N]``: cluster events;
 - ``/clusters/{cluster}/api/...`` and ``/clusters/{cluster}/apis/...``: Kubernetes-compatible
   discovery, list (selectors, ``limit``/``continue``, server-side Tables) and get for every
@@ -166,6 +167,13 @@ class ApiServer:
                 type_ = self.registry.resolve(request.query["type"]).gvk
             except UnknownResourceType as exc:
                 raise ApiError.bad_request(f"type: {exc}") from None
+        pull = next((t for t in await self.store.refresh_targets() if t.cluster == cluster and t.mode == "pull"), None)
+        if pull is not None:  # no agent to ask: fetch its state now
+            if not await self.core.refresh.refresh(pull, why="on-demand"):
+                raise ApiError(409, "Conflict", f"a refresh of pull cluster {cluster} is running already (on this or another hub replica); try again later")
+            return json_response(
+                {"kind": "ResyncRequest", "apiVersion": "fleetsync.io/v1", "cluster": cluster, "type": "", "message": f"state pulled from {pull.url}"}
+            )
         try:
             await self.core.request_resync(cluster, type_, reason="requested through the API")
         except NotConnected:

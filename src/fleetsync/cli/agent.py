@@ -40,6 +40,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     add_flag(p, "--window", type=positive_int, default=32, help="unacknowledged messages allowed per type (flow control)")
     add_flag(p, "--ack-timeout", type=positive_float, default=15.0, help="seconds without an ack before unacknowledged messages are sent again")
     add_flag(p, "--metrics", default="", help="serve Prometheus metrics on HOST:PORT (or :PORT); default: off")
+    add_flag(
+        p,
+        "--serve-state",
+        default="",
+        help="pull mode: connect to no hub; serve this cluster's state at http://HOST:PORT/v1/state (and /metrics) for a hub's refresh scheduler "
+        "(register it there with `fleetsync pull add`); unauthenticated: bind it to an address only hubs reach",
+    )
     add_flag(p, "--inject-faults", default="", help="testing aid: drop/duplicate/reorder/delay messages, e.g. drop=0.05,reorder=0.1,delay=0.2,after=5,for=20")
     p.set_defaults(run=run)
 
@@ -49,15 +56,23 @@ def _csv(text: str) -> list[str]:
 
 
 def config_from(args: argparse.Namespace) -> AgentConfig:
-    missing = [flag for flag, value in (("--cluster-id", args.cluster_id), ("--hub", args.hub), ("--token-file", args.token_file)) if not value]
+    pull = bool(args.serve_state)
+    if pull and args.hub:
+        raise ValueError("--serve-state (pull mode) and --hub (push mode) exclude each other: choose one")
+    if pull and args.metrics:
+        raise ValueError("--metrics: in pull mode /metrics is served on the --serve-state address")
+    required = (("--cluster-id", args.cluster_id),) if pull else (("--cluster-id", args.cluster_id), ("--hub", args.hub), ("--token-file", args.token_file))
+    missing = [flag for flag, value in required if not value]
     if missing:
-        raise ValueError(f"missing {', '.join(missing)}")
-    try:
-        token = Path(args.token_file).read_text().strip()
-    except OSError as exc:
-        raise ValueError(f"--token-file {args.token_file}: {exc.strerror}") from None
-    if not token:
-        raise ValueError(f"--token-file {args.token_file} is empty")
+        raise ValueError(f"missing {', '.join(missing)}" + ("" if pull else " (or --serve-state for pull mode)"))
+    token = ""
+    if not pull:
+        try:
+            token = Path(args.token_file).read_text().strip()
+        except OSError as exc:
+            raise ValueError(f"--token-file {args.token_file}: {exc.strerror}") from None
+        if not token:
+            raise ValueError(f"--token-file {args.token_file} is empty")
     registry = TypeRegistry()
     try:
         types = list(registry) if args.types.strip() == "all" else [registry.resolve(name) for name in _csv(args.types)]
@@ -72,11 +87,12 @@ def config_from(args: argparse.Namespace) -> AgentConfig:
     try:
         faults = FaultSpec.parse(args.inject_faults) if args.inject_faults else None
         metrics = parse_listen_address(args.metrics) if args.metrics else None
+        serve_state = parse_listen_address(args.serve_state) if pull else None
     except ValueError as exc:
-        raise ValueError(f"--inject-faults / --metrics: {exc}") from None
+        raise ValueError(f"--inject-faults / --metrics / --serve-state: {exc}") from None
     return AgentConfig(
         cluster_id=check_cluster_name(args.cluster_id),
-        hubs=[parse_hub_url(url) for url in _csv(args.hub)],
+        hubs=[parse_hub_url(url) for url in _csv(args.hub or "")],
         token=token,
         types=types,
         kubeconfig=args.kubeconfig,
@@ -88,6 +104,7 @@ def config_from(args: argparse.Namespace) -> AgentConfig:
         uplink=UplinkSettings(window=args.window, ack_timeout=args.ack_timeout),
         metrics_address=metrics,
         faults=faults,
+        serve_state=serve_state,
     )
 
 

@@ -48,6 +48,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         default="300",
         help="seconds between periodic digest resyncs, as DEFAULT[,TYPE=SECONDS...] (e.g. 300,v1/Pod=60); 0 turns one off",
     )
+    add_flag(
+        p,
+        "--push-refresh-interval",
+        type=non_negative_float,
+        default=600.0,
+        help="seconds between scheduled refreshes (a digest of every type) of each push cluster; 0 turns them off",
+    )
+    add_flag(p, "--refresh-workers", type=positive_int, default=4, help="cluster refreshes this replica runs at once")
     add_switch(p, "--resync-on-startup", help="ask every cluster for a digest of every type on its first connection after the hub starts (default: on)")
     p.set_defaults(run=run)
 
@@ -63,6 +71,8 @@ def settings_from(args: argparse.Namespace) -> HubSettings:
         max_message_bytes=args.max_message_bytes,
         digest_schedule=DigestSchedule.parse(args.digest_interval),
         resync_on_startup=args.resync_on_startup is not False,
+        push_refresh_interval=args.push_refresh_interval,
+        refresh_workers=args.refresh_workers,
     )
 
 

@@ -26,6 +26,7 @@ from fleetsync.hub import events
 from fleetsync.hub.events import EventLog
 from fleetsync.hub.feed import ChangeFeed
 from fleetsync.hub.metrics import HubMetrics
+from fleetsync.hub.refresh import RefreshScheduler
 from fleetsync.model.types import TypeRegistry, UnknownResourceType
 from fleetsync.store.contract import Store
 
@@ -86,6 +87,10 @@ class HubSettings:
     resync_on_startup: bool = True
     #: Bytes received and not yet applied, per cluster, before the hub stops reading (backpressure).
     inbox_bytes: int = 64 * 1024 * 1024
+    #: Push clusters get a scheduled refresh (a digest of every type) this often; 0: never.
+    push_refresh_interval: float = 600.0
+    #: Refreshes this replica runs at once.
+    refresh_workers: int = 4
 
 
 class NotConnected(LookupError):
@@ -110,6 +115,8 @@ class HubCore:
         self.events = EventLog(store, self.metrics, hub_id=self.settings.hub_id, clock=clock)
         #: The change log as a live stream (every replica's applies), for watches.
         self.feed = ChangeFeed(store)
+        #: Scheduled refreshes of push and pull clusters (seed 003).
+        self.refresh = RefreshScheduler(self, workers=self.settings.refresh_workers)
         #: Live sessions on this replica, by cluster.
         self.sessions: dict[str, Session] = {}
         self._connected_since_start: set[str] = set()
@@ -143,6 +150,7 @@ class HubCore:
 
     async def start(self) -> None:
         await self.feed.start()
+        await self.refresh.start()
         if self._timers is None:
             self._timers = asyncio.create_task(self.run_timers(), name="hub-timers")
 
@@ -154,6 +162,7 @@ class HubCore:
             self._timers = None
         if self._background:  # sessions still closing: let them hand their leases back
             await asyncio.gather(*self._background, return_exceptions=True)
+        await self.refresh.stop()
         await self.feed.stop()
 
     async def run_timers(self) -> None:

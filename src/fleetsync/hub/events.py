@@ -29,6 +29,15 @@ GAP_DETECTED = "GapDetected"
 TYPE_FAILED = "TypeFailed"
 TYPE_RECOVERED = "TypeRecovered"
 TYPE_REFUSED = "TypeRefused"
+# the refresh scheduler (pull clusters), from the difference of the cluster view (seed 003)
+REFRESHED = "Refreshed"
+REFRESH_FAILED = "RefreshFailed"
+CLUSTER_NEW = "ClusterNew"
+CLUSTER_CHANGED = "ClusterChanged"
+AGENT_UP = "AgentUp"
+AGENT_DOWN = "AgentDown"
+NODE_UP = "NodeUp"
+NODE_DOWN = "NodeDown"
 
 REASONS = (
     CONNECTED,
@@ -43,10 +52,18 @@ REASONS = (
     TYPE_FAILED,
     TYPE_RECOVERED,
     TYPE_REFUSED,
+    REFRESHED,
+    REFRESH_FAILED,
+    CLUSTER_NEW,
+    CLUSTER_CHANGED,
+    AGENT_UP,
+    AGENT_DOWN,
+    NODE_UP,
+    NODE_DOWN,
 )
 
 #: Reasons logged as warnings (the rest at info).
-_WARNINGS = {REJECTED, INACTIVE, GAP_DETECTED, TYPE_FAILED, TYPE_REFUSED}
+_WARNINGS = {REJECTED, INACTIVE, GAP_DETECTED, TYPE_FAILED, TYPE_REFUSED, REFRESH_FAILED, AGENT_DOWN, NODE_DOWN}
 
 
 class EventLog:

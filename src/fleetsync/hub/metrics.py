@@ -42,6 +42,15 @@ class HubMetrics:
         )
         self.objects = Gauge("fleetsync_objects", "Objects held, per cluster (updated on read of /metrics)", ["cluster"], registry=self.registry)
 
+        self.refreshes = Counter(
+            "fleetsync_refreshes_total",
+            "Cluster refreshes by the scheduler, by mode (push, pull) and result (ok, failed, discarded: another refresh of the cluster was running)",
+            ["mode", "result"],
+            registry=self.registry,
+        )
+        self.refresh_seconds = Histogram(
+            "fleetsync_refresh_seconds", "Time to refresh one cluster", ["mode"], buckets=(0.01, 0.05, 0.1, 0.5, 1, 2.5, 5, 10, 30), registry=self.registry
+        )
         self.sync_lag = Gauge(
             "fleetsync_sync_lag_seconds",
             "For the last bundle applied per cluster: commit time minus when the agent saw its newest change",

@@ -187,6 +187,11 @@ class Session:
                 f"cluster {hello.cluster_id!r} is held for agent {lease.holder!r} for {remaining:.1f}s more (grace period after its disconnect)",
                 remaining,
             )
+        if any(t.cluster == hello.cluster_id and t.mode == "pull" for t in await store.refresh_targets()):
+            await self.reject(
+                pb.PERMISSION_DENIED,
+                f"cluster {hello.cluster_id!r} is a pull cluster (the hub fetches its state); `fleetsync pull remove {hello.cluster_id}` before an agent pushes it",
+            )
         previous = core.sessions.get(hello.cluster_id)
         if previous is not None:
             await previous.supersede()  # the same agent again (a half-open connection's successor)
@@ -216,6 +221,8 @@ class Session:
             )
         )
         core.sessions[hello.cluster_id] = self
+        if (interval := core.settings.push_refresh_interval) > 0:
+            await store.set_refresh(hello.cluster_id, mode="push", interval=interval, next_refresh_at=now + interval)
         core.metrics.connected_agents.inc()
         await self.send(
             pb.HubMessage(

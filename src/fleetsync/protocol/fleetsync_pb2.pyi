@@ -825,3 +825,39 @@ class HubMessage(_message.Message):
     def WhichOneof(self, oneof_group: _WhichOneofArgType_message) -> _WhichOneofReturnType_message | None: ...
 
 Global___HubMessage: _TypeAlias = HubMessage  # noqa: Y015
+
+@_typing.final
+class State(_message.Message):
+    """---- pull mode (the refresh scheduler, seed 003) ------------------------------------
+
+    What an agent run with --serve-state answers to GET /v1/state: who it is and, per type
+    it has listed, a FULL bundle of everything it holds. The hub fetches it on schedule
+    and applies each bundle as a complete FULL; a bundle with ``error`` set keeps the
+    hub's last state of its type. Nothing here is ever sent over an agent connection.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AGENT_FIELD_NUMBER: _builtins.int
+    BUNDLES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def agent(self) -> Global___Hello:
+        """cluster_id, agent_id, incarnation, metadata (no token)"""
+
+    @_builtins.property
+    def bundles(self) -> _containers.RepeatedCompositeFieldContainer[Global___Bundle]:
+        """kind FULL, chunk 0, last; seq counts the snapshots served"""
+
+    def __init__(
+        self,
+        *,
+        agent: Global___Hello | None = ...,
+        bundles: _abc.Iterable[Global___Bundle] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "bundles", b"bundles"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___State: _TypeAlias = State  # noqa: Y015

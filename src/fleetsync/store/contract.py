@@ -171,7 +171,8 @@ class Store(Protocol):
 
     async def expire_clusters(self, *, cutoff: float) -> list[str]:
         """Set every ``active`` cluster last seen before ``cutoff`` to ``inactive``, atomically (so of
-        several hub replicas exactly one sees each transition); returns their names."""
+        several hub replicas exactly one sees each transition); returns their names. Pull
+        clusters are left alone: their liveness is whether their refreshes succeed."""
 
     async def leases(self) -> list[Lease]: ...
 

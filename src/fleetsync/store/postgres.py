@@ -502,7 +502,11 @@ class PostgresStore:
 
     async def expire_clusters(self, *, cutoff: float) -> list[str]:
         await self._flush_touches()  # this replica's pending times count
-        rows = await self._fetch("UPDATE clusters SET status = 'inactive' WHERE status = 'active' AND last_seen < $1 RETURNING name", cutoff)
+        rows = await self._fetch(
+            "UPDATE clusters SET status = 'inactive' WHERE status = 'active' AND last_seen < $1"
+            " AND name NOT IN (SELECT cluster FROM refresh WHERE mode = 'pull') RETURNING name",
+            cutoff,
+        )
         return sorted(r[0] for r in rows)
 
     async def leases(self) -> list[Lease]:

@@ -501,7 +501,11 @@ class SQLiteStore:
 
     async def expire_clusters(self, *, cutoff: float) -> list[str]:
         async with self._transaction() as db:  # writes pending touches first: their times count
-            rows = await db.execute_fetchall("UPDATE clusters SET status = 'inactive' WHERE status = 'active' AND last_seen < ? RETURNING name", (cutoff,))
+            rows = await db.execute_fetchall(
+                "UPDATE clusters SET status = 'inactive' WHERE status = 'active' AND last_seen < ?"
+                " AND name NOT IN (SELECT cluster FROM refresh WHERE mode = 'pull') RETURNING name",
+                (cutoff,),
+            )
             return sorted(r[0] for r in rows)
 
     async def leases(self) -> list[Lease]:

@@ -1,0 +1,272 @@
+"""The refresh scheduler (Replicante's cluster refresh, seed 003), run by every hub replica.
+
+1. Every ``tick`` seconds the scheduler claims the clusters whose ``next_refresh_at`` has
+   passed and moves it to ``now + interval``, in one statement that several replicas
+   can run at once (``FOR UPDATE SKIP LOCKED`` on PostgreSQL): each due cluster goes to
+   one replica. Push clusters are claimed only by the replica their agent is connected
+   to (it is the one that can talk to it).
+2. Workers take the claimed clusters. A worker first takes the cluster's lock (a row
+   with an expiry, so a crashed replica's lock lapses); a refresh attempted while
+   another one of the same cluster runs -- on any replica: a slow refresh outliving its
+   interval, or one asked for on demand -- is discarded and counted
+   (``fleetsync_refreshes_total{result="discarded"}``).
+3. A push cluster's refresh is a digest resync of every type. A pull cluster's is a
+   fetch of its agent's ``GET /v1/state`` (an agent run with ``--serve-state``); each
+   type's objects are compared with the stored hashes and only differences are written
+   (one transaction per type), and events are emitted from the difference between the
+   cluster view before and after: ``ClusterNew``, ``ClusterChanged`` (metadata),
+   ``AgentUp`` / ``AgentDown`` (fetch succeeds again / fails), ``NodeUp`` / ``NodeDown``
+   (a Node's Ready condition). Node events come from the nodes' own reports, as in
+   Replicante: a node is not called down because something else thinks it is.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+import aiohttp
+import orjson
+from google.protobuf.message import DecodeError
+
+from fleetsync.hub import events
+from fleetsync.hub.engine import object_record
+from fleetsync.model.types import UnknownResourceType
+from fleetsync.protocol import fleetsync_pb2 as pb
+from fleetsync.protocol.codec import CodecError, body_json
+from fleetsync.store.contract import ClusterRecord, RefreshTarget
+
+if TYPE_CHECKING:
+    from fleetsync.hub.core import HubCore
+
+log = logging.getLogger(__name__)
+
+NODE = "v1/Node"
+
+
+class RefreshFailed(Exception):
+    """A pull refresh could not fetch or use the agent's state."""
+
+
+class RefreshScheduler:
+    def __init__(self, core: HubCore, *, tick: float = 1.0, workers: int = 4, fetch_timeout: float = 30.0) -> None:
+        self.core = core
+        self.tick = tick
+        self.workers = workers
+        self.fetch_timeout = fetch_timeout
+        #: A lock outlives a refresh that hangs no longer than this; then another replica may try.
+        self.lock_ttl = max(60.0, 4 * fetch_timeout)
+        self._queue: asyncio.Queue[RefreshTarget] = asyncio.Queue()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._http: aiohttp.ClientSession | None = None
+        self._failing: set[str] = set()  # pull clusters whose last refresh here failed
+
+    # ---- lifecycle ---------------------------------------------------------------------
+
+    async def start(self) -> None:
+        if self._tasks:
+            return
+        self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.fetch_timeout))
+        self._tasks = [asyncio.create_task(self._schedule(), name="refresh-scheduler")]
+        self._tasks += [asyncio.create_task(self._work(), name=f"refresh-worker-{i}") for i in range(self.workers)]
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks = []
+        if self._http is not None:
+            await self._http.close()
+            self._http = None
+
+    # ---- scheduling --------------------------------------------------------------------
+
+    async def _schedule(self) -> None:
+        while True:
+            try:
+                room = 2 * self.workers - self._queue.qsize()  # claim no more than the workers will soon take
+                if room > 0:
+                    for target in await self.core.store.claim_due_refreshes(hub_id=self.core.settings.hub_id, now=self.core.clock(), limit=room):
+                        self._queue.put_nowait(target)
+            except Exception:  # a store hiccup must not end scheduling for good
+                log.exception("refresh scheduler: claiming due clusters failed; retrying")
+            await asyncio.sleep(self.tick)
+
+    async def _work(self) -> None:
+        while True:
+            target = await self._queue.get()
+            try:
+                await self.refresh(target)
+            except Exception:
+                log.exception("refresh of cluster %s failed unexpectedly", target.cluster)
+
+    async def refresh(self, target: RefreshTarget, *, why: str = "scheduled") -> bool:
+        """Refresh ``target`` now under its lock; False if another refresh of it was running (discarded)."""
+        core = self.core
+        lock, holder = f"refresh/{target.cluster}", f"{core.settings.hub_id}/{uuid.uuid4().hex[:8]}"
+        if not await core.store.try_lock(lock, holder=holder, now=core.clock(), ttl=self.lock_ttl):
+            core.metrics.refreshes.labels(target.mode, "discarded").inc()
+            log.info("cluster %s: %s refresh discarded: another refresh of it is running", target.cluster, why)
+            return False
+        started = time.monotonic()
+        result = "ok"
+        try:
+            if target.mode == "pull":
+                result = await self._pull(target)
+            else:
+                await core.request_resync(target.cluster, None, reason=f"{why} refresh")
+        except Exception:
+            result = "failed"
+            raise
+        finally:
+            core.metrics.refreshes.labels(target.mode, result).inc()
+            core.metrics.refresh_seconds.labels(target.mode).observe(time.monotonic() - started)
+            with contextlib.suppress(Exception):  # if this fails the lock lapses at its expiry
+                await core.store.unlock(lock, holder=holder)
+        return True
+
+    # ---- pull --------------------------------------------------------------------------
+
+    async def _pull(self, target: RefreshTarget) -> str:
+        core, store, cluster = self.core, self.core.store, target.cluster
+        before = await store.cluster(cluster)
+        try:
+            state = await self._fetch(target)
+        except RefreshFailed as exc:
+            if cluster not in self._failing:  # an event per outage, not per attempt; the log has every one
+                self._failing.add(cluster)
+                await core.events.record(cluster, events.REFRESH_FAILED, str(exc))
+            else:
+                log.warning("cluster %s: refresh failed again: %s", cluster, exc)
+            if before is not None and before.status == "active":
+                await store.set_cluster_status(cluster, status="inactive", now=core.clock())
+                await core.events.record(cluster, events.AGENT_DOWN, f"agent at {target.url} did not answer: its last state is kept and flagged stale")
+            return "failed"
+        self._failing.discard(cluster)
+        agent, now = state.agent, core.clock()
+        nodes_before = await self._ready_nodes(cluster) if any(b.type == NODE for b in state.bundles) else {}
+        written = 0
+        for bundle in state.bundles:
+            written += await self._apply(cluster, agent.incarnation, bundle, now)
+        same_agent = before is not None and before.incarnation == agent.incarnation and before.status == "active"
+        await store.upsert_cluster(
+            ClusterRecord(
+                name=cluster,
+                agent_id=agent.agent_id,
+                incarnation=agent.incarnation,
+                status="active",
+                metadata=dict(agent.metadata),
+                connected_at=before.connected_at if same_agent and before is not None else now,
+                last_seen=now,
+                hub_id=core.settings.hub_id,
+            )
+        )
+        await self._view_events(target, before, state, nodes_before, now)
+        await core.events.record(cluster, events.REFRESHED, f"pulled {sum(len(b.upserts) for b in state.bundles)} objects from {target.url}; {written} changed")
+        return "ok"
+
+    async def _fetch(self, target: RefreshTarget) -> pb.State:
+        assert self._http is not None, "the scheduler is not started"
+        try:
+            async with self._http.get(target.url) as response:
+                if response.status != 200:
+                    raise RefreshFailed(f"GET {target.url}: HTTP {response.status} {(await response.text())[:200]}")
+                data = await response.read()
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise RefreshFailed(f"GET {target.url}: {exc or type(exc).__name__}") from None
+        try:
+            state = pb.State.FromString(data)
+        except DecodeError:
+            raise RefreshFailed(f"GET {target.url}: the answer is not a fleetsync State ({len(data)} bytes); is it an agent run with --serve-state?") from None
+        if state.agent.cluster_id != target.cluster:
+            raise RefreshFailed(f"{target.url} serves cluster {state.agent.cluster_id!r}, not {target.cluster!r}: nothing applied")
+        for bundle in state.bundles:
+            try:
+                self.core.registry.resolve(bundle.type)
+            except UnknownResourceType:
+                raise RefreshFailed(f"{target.url} sent type {bundle.type!r}, which this hub does not know: nothing applied") from None
+            if bundle.kind != pb.FULL:
+                raise RefreshFailed(f"{target.url} sent a {pb.BundleKind.Name(bundle.kind)} bundle of {bundle.type}; a state holds FULL bundles only")
+        return state
+
+    async def _apply(self, cluster: str, incarnation: str, bundle: pb.Bundle, now: float) -> int:
+        """Write what differs between ``bundle`` and the store (one transaction); returns how many objects changed."""
+        store, type_ = self.core.store, bundle.type
+        if bundle.error and not bundle.upserts:  # the type failed to list: keep its last state
+            await store.set_stream_error(cluster, type_, bundle.error, now=now)
+            return 0
+        stored = await store.object_hashes(cluster, type_)
+        upserts, seen = [], set()
+        for obj in bundle.upserts:
+            key = f"{obj.namespace}/{obj.name}"
+            seen.add(key)
+            if stored.get(key) != obj.hash:
+                upserts.append(object_record(cluster, type_, incarnation, obj, bundle.compression))
+        deletes = [key for key in stored if key not in seen]
+        if upserts or deletes:
+            await store.apply_bundle(
+                cluster,
+                type_,
+                incarnation=incarnation,
+                seq=bundle.seq,
+                upserts=upserts,
+                deletes=deletes,
+                full_seq=None,
+                full_end=False,
+                move_to=(incarnation, bundle.seq),
+                now=now,
+            )
+        await store.set_stream_error(cluster, type_, bundle.error, now=now)
+        return len(upserts) + len(deletes)
+
+    # ---- the cluster view and its events -------------------------------------------------
+
+    async def _ready_nodes(self, cluster: str) -> dict[str, bool]:
+        """Node name -> Ready, as the nodes last reported it."""
+        ready: dict[str, bool] = {}
+        for record in await self.core.store.list_objects(NODE, cluster=cluster):
+            try:
+                ready[record.name] = _node_ready(orjson.loads(body_json(record.body, record.compression)))
+            except (CodecError, orjson.JSONDecodeError):
+                continue
+        return ready
+
+    async def _view_events(self, target: RefreshTarget, before: ClusterRecord | None, state: pb.State, nodes_before: dict[str, bool], now: float) -> None:
+        cluster, record = target.cluster, self.core.events.record
+        agent = state.agent
+        if before is None or before.status == "never":  # its nodes are not news yet
+            await record(cluster, events.CLUSTER_NEW, f"first state pulled from {target.url} (agent {agent.agent_id})")
+        else:
+            if dict(before.metadata) != dict(agent.metadata):
+                changed = sorted(set(before.metadata.items()) ^ set(agent.metadata.items()))
+                await record(cluster, events.CLUSTER_CHANGED, "metadata changed: " + ", ".join(sorted({k for k, _ in changed})))
+            if before.status != "active" or before.incarnation != agent.incarnation:
+                why = "restarted" if before.incarnation != agent.incarnation else "answers again"
+                await record(cluster, events.AGENT_UP, f"agent {agent.agent_id} {why} (incarnation {agent.incarnation})")
+        new = before is None or before.status == "never"
+        if not new and any(b.type == NODE and not (b.error and not b.upserts) for b in state.bundles):
+            nodes_after = await self._ready_nodes(cluster)
+            for name, up in _node_changes(nodes_before, nodes_after):
+                await record(cluster, events.NODE_UP if up else events.NODE_DOWN, f"node {name} reports {'Ready' if up else 'not Ready'}", type=NODE)
+
+
+def _node_ready(node: dict[str, Any]) -> bool:
+    for condition in (node.get("status") or {}).get("conditions") or []:
+        if condition.get("type") == "Ready":
+            return bool(condition.get("status") == "True")
+    return False
+
+
+def _node_changes(before: dict[str, bool], after: dict[str, bool]) -> Iterable[tuple[str, bool]]:
+    """(node, up) for every node whose readiness changed; a new ready node is up, a vanished one down."""
+    for name in sorted(set(before) | set(after)):
+        was, now = before.get(name, False), after.get(name, False)
+        if was != now:
+            yield name, now
