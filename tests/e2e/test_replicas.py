@@ -6,16 +6,19 @@ from __future__ import annotations
 import signal
 from pathlib import Path
 
+import pytest
 from kubernetes_asyncio import client, watch
 
 from tests.harness import (
     Hub,
+    Transport,
     converged,
     create_token,
     http,
     hub_events,
     run_sim,
     start_agent,
+    start_broker,
     start_hub,
     wait_converged,
     wait_until,
@@ -109,3 +112,35 @@ async def test_a_watch_on_one_replica_sees_changes_applied_through_another_in_re
             agent.stop()
             a.proc.stop()
             b.proc.stop()
+
+
+@pytest.mark.parametrize("kind", ["mqtt", "nats"])
+def test_replicas_on_one_broker_answer_each_agent_once_and_take_over_a_dead_ones_clusters(tmp_path: Path, pg_url: str, kind: str) -> None:
+    broker = start_broker(tmp_path, kind)
+    quick = ("--heartbeat-interval", "1", "--inactivity-timeout", "5", "--lease-ttl", "5")
+    try:
+        with run_sim(tmp_path, "--clusters", "4", "--pods", "60", "--churn", "0") as sim:
+            transport = Transport(kind, broker)
+            a = start_hub(tmp_path, pg_url, *quick, transport=transport)
+            b = start_hub(tmp_path, pg_url, *quick, transport=transport)
+            agents = [start_agent(tmp_path, sim, c, a.agent_url, create_token(tmp_path, pg_url, c), *FAST) for c in ("c1", "c2", "c3", "c4")]
+            try:
+                wait_converged(sim, a, timeout=60, what="initial sync through two replicas on one broker")
+                connected = hub_events(a, reason="Connected")
+                assert sorted(e["cluster"] for e in connected) == ["c1", "c2", "c3", "c4"], "one replica answered each agent, once"
+                assert not hub_events(a, reason="Rejected")
+                serving = {c: holder_hub(a, c) for c in ("c1", "c2", "c3", "c4")}
+                victim = a if list(serving.values()).count(a.hub_id) else b
+                survivor = b if victim is a else a
+                sim.set_churn(10)
+                victim.proc.stop(signal.SIGKILL)
+                wait_until(lambda: all(holder_hub(survivor, c) == survivor.hub_id for c in serving), timeout=60, what="the dead replica's clusters taken over")
+                sim.set_churn(0)
+                wait_converged(sim, survivor, timeout=60, what="convergence through the surviving replica")
+            finally:
+                for agent in agents:
+                    agent.stop()
+                a.proc.stop()
+                b.proc.stop()
+    finally:
+        broker.stop()

@@ -491,13 +491,16 @@ async def test_claims_are_limited_and_oldest_first(store: Store) -> None:
 async def test_locks_are_exclusive_until_released_or_expired(store: Store) -> None:
     assert await store.try_lock("refresh/c1", holder="a", now=0.0, ttl=10)
     assert not await store.try_lock("refresh/c1", holder="b", now=5.0, ttl=10)
-    assert not await store.try_lock("refresh/c1", holder="a", now=5.0, ttl=10), "not reentrant"
+    assert await store.lock_holder("refresh/c1", now=5.0) == "a"
+    assert await store.try_lock("refresh/c1", holder="a", now=9.0, ttl=10), "the holder renews it"
+    assert not await store.try_lock("refresh/c1", holder="b", now=15.0, ttl=10), "until 19 now"
     assert await store.try_lock("refresh/c2", holder="b", now=5.0, ttl=10), "locks are per name"
     await store.unlock("refresh/c1", holder="b")  # not the holder: nothing happens
     assert not await store.try_lock("refresh/c1", holder="b", now=6.0, ttl=10)
     await store.unlock("refresh/c1", holder="a")
     assert await store.try_lock("refresh/c1", holder="b", now=6.0, ttl=10)
     assert await store.try_lock("refresh/c1", holder="c", now=16.5, ttl=10), "an expired lock is free"
+    assert await store.lock_holder("refresh/c1", now=26.0) == "c" and await store.lock_holder("refresh/c1", now=26.5) is None
 
 
 async def test_commits_and_events_are_announced_to_listeners(store: Store) -> None:

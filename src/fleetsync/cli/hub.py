@@ -40,6 +40,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     add_flag(p, "--hub-id", default=socket.gethostname(), help="this replica's name (in leases and logs)")
     add_flag(p, "--heartbeat-interval", type=positive_float, default=10.0, help="agents send a heartbeat after this many idle seconds (H)")
     add_flag(p, "--inactivity-timeout", type=positive_float, default=30.0, help="a cluster with no message for this many seconds becomes inactive (T)")
+    add_flag(
+        p,
+        "--lease-ttl",
+        type=positive_float,
+        default=30.0,
+        help="seconds a connected agent's lease (and a replica's broker lock) lasts unrenewed; a crashed replica's clusters move after it",
+    )
     add_flag(p, "--grace-period", type=non_negative_float, default=15.0, help="seconds a disconnected agent's lease is kept for it (G)")
     add_flag(p, "--max-message-bytes", type=positive_int, default=512 * 1024, help="largest agent message accepted; agents chunk below it")
     add_flag(
@@ -68,6 +75,7 @@ def settings_from(args: argparse.Namespace) -> HubSettings:
         heartbeat_interval=args.heartbeat_interval,
         inactivity_timeout=args.inactivity_timeout,
         grace_period=args.grace_period,
+        lease_ttl=args.lease_ttl,
         max_message_bytes=args.max_message_bytes,
         digest_schedule=DigestSchedule.parse(args.digest_interval),
         resync_on_startup=args.resync_on_startup is not False,

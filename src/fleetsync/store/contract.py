@@ -266,7 +266,11 @@ class Store(Protocol):
         several replicas claiming at once, each due target goes to exactly one."""
 
     async def try_lock(self, name: str, *, holder: str, now: float, ttl: float) -> bool:
-        """Take lock ``name`` until ``now + ttl`` unless someone holds it unexpired. Not reentrant."""
+        """Take lock ``name`` until ``now + ttl`` unless someone else holds it unexpired; the
+        holder itself renews it this way (use a holder name per attempt where that matters)."""
+
+    async def lock_holder(self, name: str, *, now: float) -> str | None:
+        """Who holds ``name`` unexpired at ``now``, if anyone."""
 
     async def unlock(self, name: str, *, holder: str) -> None:
         """Release ``name`` if ``holder`` holds it."""

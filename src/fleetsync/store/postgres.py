@@ -776,13 +776,17 @@ class PostgresStore:
         row = await self._fetchval(
             "INSERT INTO locks (name, holder, expires_at) VALUES ($1, $2, $3)"
             " ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, expires_at = excluded.expires_at"
-            " WHERE locks.expires_at <= $4 RETURNING holder",
+            " WHERE locks.expires_at <= $4 OR locks.holder = excluded.holder RETURNING holder",
             name,
             holder,
             now + ttl,
             now,
         )
         return row is not None
+
+    async def lock_holder(self, name: str, *, now: float) -> str | None:
+        holder = await self._fetchval("SELECT holder FROM locks WHERE name = $1 AND expires_at > $2", name, now)
+        return None if holder is None else str(holder)
 
     async def unlock(self, name: str, *, holder: str) -> None:
         await self._execute("DELETE FROM locks WHERE name = $1 AND holder = $2", name, holder)

@@ -747,10 +747,14 @@ class SQLiteStore:
             rows = await db.execute_fetchall(
                 "INSERT INTO locks (name, holder, expires_at) VALUES (?, ?, ?)"
                 " ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, expires_at = excluded.expires_at"
-                " WHERE locks.expires_at <= ? RETURNING holder",
+                " WHERE locks.expires_at <= ? OR locks.holder = excluded.holder RETURNING holder",
                 (name, holder, now + ttl, now),
             )
             return bool(list(rows))
+
+    async def lock_holder(self, name: str, *, now: float) -> str | None:
+        rows = await self._read("SELECT holder FROM locks WHERE name = ? AND expires_at > ?", (name, now))
+        return str(rows[0][0]) if rows else None
 
     async def unlock(self, name: str, *, holder: str) -> None:
         async with self._autocommit() as db:

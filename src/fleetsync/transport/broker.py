@@ -15,6 +15,17 @@ are dropped: the agent has moved on to a new session and resumes there.
 The cluster is the topic's (or subject's), which the broker's ACL ties to the agent's
 broker credentials; a Hello that names another cluster is refused, so neither the
 broker account nor the hub token alone lets one cluster write another's state.
+
+**Several hub replicas on one broker.** Every replica receives every agent's events
+(its own MQTT session, its own JetStream consumer), so exactly one of them must answer
+each agent. A replica that sees a Hello of a session it does not know takes the
+cluster's *broker lock* in the store (``broker/CLUSTER``, held by the replica and
+renewed while it serves a session of that cluster); the replicas that cannot take it
+ignore the session. The others' events of a session nobody here knows are ignored too
+while another live replica holds the lock; if none does (this replica restarted, or
+the holder's lock lapsed), the agent is told to connect again. If the holder dies, its
+lock lapses after the lease TTL; the agent, hearing nothing, says Hello again and a
+live replica takes it.
 """
 
 from __future__ import annotations
@@ -42,6 +53,12 @@ Done = Callable[[], Awaitable[None]]
 
 #: How many ended sessions are remembered (to drop their late events quietly).
 _ENDED_KEPT = 10_000
+HELLO = cloudevents.event_type("hello")
+
+
+def broker_lock(cluster: str) -> str:
+    """The store lock naming the replica that answers ``cluster``'s agent through a broker."""
+    return f"broker/{cluster}"
 
 
 @dataclass
@@ -73,6 +90,8 @@ class BrokerSessions:
         self._live: dict[tuple[str, str], _Connection] = {}
         #: Recently ended sessions, and whether their agent was told so.
         self._ended: OrderedDict[tuple[str, str], bool] = OrderedDict()
+        #: Recent sessions another replica serves.
+        self._foreign: OrderedDict[tuple[str, str], None] = OrderedDict()
         self._expiry: asyncio.Task[None] | None = None
 
     def __len__(self) -> int:
@@ -102,14 +121,49 @@ class BrokerSessions:
         key = (cluster, event.session)
         connection = self._live.get(key)
         if connection is None:
+            if key in self._foreign:  # another replica serves it
+                self._foreign.move_to_end(key)
+                await _ack(done)
+                return
             if key in self._ended and not event.goodbye:
                 await self._tell_ended(key)
             if key in self._ended or event.goodbye:
                 await _ack(done)
                 return
+            if not await self._ours(cluster, hello=event.type == HELLO):
+                self._foreign[key] = None
+                while len(self._foreign) > _ENDED_KEPT:
+                    self._foreign.popitem(last=False)
+                await _ack(done)
+                return
             connection = self._open(cluster, event.session)
         connection.last_seen = time.monotonic()
         connection.queue.put_nowait((None if event.goodbye else payload, done))
+
+    async def _ours(self, cluster: str, *, hello: bool) -> bool:
+        """Whether this replica serves a new session of ``cluster`` (see the module docstring)."""
+        store, hub_id, now = self.core.store, self.core.settings.hub_id, self.core.clock()
+        try:
+            if hello:
+                return await store.try_lock(broker_lock(cluster), holder=hub_id, now=now, ttl=self.core.settings.lease_ttl)
+            return await store.lock_holder(broker_lock(cluster), now=now) in (None, hub_id)
+        except Exception as exc:  # the store is away: answer nothing; the agent retries
+            log.warning("%s: cannot tell whether this replica serves cluster %s: %s", self.transport, cluster, exc)
+            return False
+
+    async def _renew_locks(self) -> None:
+        """Keep the broker lock of every cluster served here; a session whose lock another replica took ends."""
+        store, hub_id = self.core.store, self.core.settings.hub_id
+        for cluster in sorted({c for c, _ in self._live}):
+            try:
+                held = await store.try_lock(broker_lock(cluster), holder=hub_id, now=self.core.clock(), ttl=self.core.settings.lease_ttl)
+            except Exception as exc:
+                log.warning("%s: cannot renew the broker lock of cluster %s: %s", self.transport, cluster, exc)
+                continue
+            if not held:
+                log.warning("%s: another hub replica serves cluster %s now; ending its sessions here", self.transport, cluster)
+                for key in [k for k in self._live if k[0] == cluster]:
+                    await self._end(key)
 
     def _open(self, cluster: str, session_id: str) -> _Connection:
         key = (cluster, session_id)
@@ -190,12 +244,21 @@ class BrokerSessions:
         if task is not None and task is not asyncio.current_task():
             await cancel_and_wait([task])
         await connection.session.close()
+        if not any(c == key[0] for c, _ in self._live):  # the next session of the cluster may go to any replica
+            try:
+                await self.core.store.unlock(broker_lock(key[0]), holder=self.core.settings.hub_id)
+            except Exception as exc:  # it lapses by itself
+                log.debug("%s: cannot release the broker lock of cluster %s: %s", self.transport, key[0], exc)
 
     async def _expire_forever(self) -> None:
         timeout = self.core.settings.inactivity_timeout
+        renewed = time.monotonic()
         while True:
             await asyncio.sleep(min(1.0, timeout / 4))
             now = time.monotonic()
+            if now - renewed >= self.core.settings.lease_ttl / 3:
+                renewed = now
+                await self._renew_locks()
             for key, connection in list(self._live.items()):
                 if now - connection.last_seen > timeout:
                     log.info("%s: nothing from cluster %s's session %s for %.0fs; ending it", self.transport, key[0], key[1], timeout)

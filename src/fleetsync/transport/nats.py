@@ -2,12 +2,16 @@
 
 ::
 
-    stream FLEETSYNC_UP    subjects fleetsync.v1.up.{cluster}     work queue: a message is
-                                                                  gone once the hub acked it
+    stream FLEETSYNC_UP    subjects fleetsync.v1.up.{cluster}     interest: a message is gone
+                                                                  once every hub replica acked it
     stream FLEETSYNC_DOWN  subjects fleetsync.v1.down.{cluster}   kept for an hour
 
-The hub reads FLEETSYNC_UP through the durable pull consumer ``fleetsync-hub``; each
-agent reads its cluster's down subject through a durable pull consumer of its own.
+Each hub replica reads FLEETSYNC_UP through a durable pull consumer of its own
+(``fleetsync-hub-{hub id}-...``): every replica sees every agent's events and the one
+holding the cluster's broker lock answers (:mod:`fleetsync.transport.broker`). A
+replica gone for an hour loses its consumer (``inactive_threshold``), so it no longer
+holds messages back. Each agent reads its cluster's down subject through a durable pull
+consumer of its own.
 Both use explicit acks and bounded redelivery (``max_deliver``). Streams and consumers
 are created idempotently: the hub creates the streams and its consumer when it starts,
 each agent its own consumer (agents need no right to create streams).
@@ -48,7 +52,8 @@ log = logging.getLogger(__name__)
 
 UP_STREAM = "FLEETSYNC_UP"
 DOWN_STREAM = "FLEETSYNC_DOWN"
-HUB_CONSUMER = "fleetsync-hub"
+#: A hub replica's consumer is deleted after this long without the replica (seconds).
+HUB_CONSUMER_INACTIVE = 3600.0
 #: Deliveries of one message before JetStream gives up on it (the protocol resends what matters).
 MAX_DELIVER = 5
 #: Seconds JetStream waits for an ack before redelivering.
@@ -127,7 +132,7 @@ async def ensure_streams(nc: NatsClient) -> None:
         api.StreamConfig(
             name=UP_STREAM,
             subjects=[up_subject("*")],
-            retention=api.RetentionPolicy.WORK_QUEUE,
+            retention=api.RetentionPolicy.INTEREST,
             storage=api.StorageType.FILE,
             max_age=24 * 3600,
         ),
@@ -143,7 +148,13 @@ async def ensure_streams(nc: NatsClient) -> None:
         try:
             await js.add_stream(config)
         except nats.js.errors.BadRequestError:  # it exists with another configuration (an older version's)
-            await js.update_stream(config)
+            try:
+                await js.update_stream(config)
+            except nats.js.errors.BadRequestError as exc:
+                raise TransportError(
+                    f"stream {config.name} exists with a configuration this fleetsync cannot change ({describe(exc)}); "
+                    f"an older fleetsync made it: delete it (`nats stream rm {config.name}`) and the hub recreates it (agents resend what it held)"
+                ) from None
 
 
 class NatsAgentConnection(BrokerConnection):
@@ -238,9 +249,15 @@ class NatsHubServer:
                 await ensure_streams(self._nc)
                 return await self._nc.jetstream().pull_subscribe(
                     up_subject("*"),
-                    durable=HUB_CONSUMER,
+                    durable=consumer_name("hub", self.core.settings.hub_id),
                     stream=UP_STREAM,
-                    config=api.ConsumerConfig(ack_policy=api.AckPolicy.EXPLICIT, max_deliver=MAX_DELIVER, ack_wait=ACK_WAIT, max_ack_pending=20_000),
+                    config=api.ConsumerConfig(
+                        ack_policy=api.AckPolicy.EXPLICIT,
+                        max_deliver=MAX_DELIVER,
+                        ack_wait=ACK_WAIT,
+                        max_ack_pending=20_000,
+                        inactive_threshold=HUB_CONSUMER_INACTIVE,
+                    ),
                 )
             except (TransportError, nats.errors.Error, TimeoutError) as exc:
                 self.core.starting[str(self.address)] = f"cannot set up JetStream: {describe(exc)}"
