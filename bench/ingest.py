@@ -110,6 +110,7 @@ from benchlib import (
     tail,
     vm_hwm,
 )
+from fleetsync.testing.postgres import PostgresServer
 
 LOG_PATTERNS = {
     "ERROR": re.compile(r" ERROR "),
@@ -489,7 +490,8 @@ async def bench(args: argparse.Namespace, procs: Processes, tmp: Path, fig: dict
         )
 
         # -- hub and tokens ---------------------------------------------------------------
-        db = f"sqlite:///{tmp / 'hub.db'}"
+        db = args.db_url or f"sqlite:///{tmp / 'hub.db'}"
+        fig["db"] = "postgresql" if args.db_url else "sqlite"
         grpc_port, http_port = free_port(), free_port()
         hub_url = f"http://127.0.0.1:{http_port}"
         agent_hub_url, via = await start_transport(args.transport, procs, tmp, grpc_port)
@@ -875,6 +877,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--transport", choices=("grpc", "mqtt", "nats"), default="grpc", help="how the agents reach the hub (mqtt/nats: a broker of the bench's own)"
     )
+    p.add_argument("--db", choices=["sqlite", "postgres"], default="sqlite", help="the hub's store: SQLite, or a PostgreSQL server the bench starts")
     p.add_argument("--types", default="", help="the agents' --types (comma-separated); empty = the agent's default")
     p.add_argument("--latency-clusters", type=int, default=3, help="clusters whose Pods are probed for change-to-hub latency (0 = none)")
     p.add_argument("--poll-interval", type=float, default=0.1, help="seconds between rounds of GETs of the hub's Pod lists (latency probe)")
@@ -909,7 +912,13 @@ def main(argv: list[str] | None = None) -> int:
         tmp = Path(tmp_name)
         procs = Processes(args.fleetsync, tmp)
         print(f"ingest: {args.clusters} clusters x {args.pods} pods, churn {args.churn:g}/s per cluster for {args.duration:g} s; work dir {tmp}", flush=True)
+        database = contextlib.ExitStack()  # outlives the processes: the hub stops before its store
         try:
+            args.db_url = ""
+            if args.db == "postgres":  # a server of the bench's own, with PostgreSQL's durable defaults
+                pg = database.enter_context(PostgresServer(settings={}))
+                args.db_url = pg.create_database("fleetsync")
+                print(f"hub store: PostgreSQL on port {pg.port} (fsync on)", flush=True)
             asyncio.run(bench(args, procs, tmp, fig))
         except BenchError as exc:
             status = 1
@@ -921,6 +930,7 @@ def main(argv: list[str] | None = None) -> int:
             signal.signal(signal.SIGTERM, signal.SIG_IGN)
             cutoff = {c.name: c.log.stat().st_size for c in procs.children if c.log.exists()}
             procs.stop_all(args.stop_grace)
+            database.close()
             sampler: Sampler | None = fig.pop("_sampler", None)
             if sampler is not None:
                 sampler.stop()

@@ -66,7 +66,6 @@ def renamed(objects: list[ObjectRecord], cluster: str) -> list[ObjectRecord]:
 async def raw_pass(url: str, objects: list[ObjectRecord], bundle: int, *, method: str) -> float:
     conn = await asyncpg.connect(url)
     try:
-        await conn.execute(RAW_TABLE)
         started = time.perf_counter()
         for start in range(0, len(objects), bundle):
             chunk = objects[start : start + bundle]
@@ -120,7 +119,23 @@ def _replica(kind: str, url: str, cluster: str, n: int, bundle: int, seed: int, 
         finally:
             await store.close()
 
-    out.put((cluster, asyncio.run(main())))
+    try:
+        out.put((cluster, asyncio.run(main())))
+    except BaseException as exc:  # tell the parent, which would wait for the result otherwise
+        ready.set()
+        out.put((cluster, exc))
+        raise
+
+
+async def raw_database(pg: PostgresServer, name: str) -> str:
+    """A new database with the bare table of the raw passes (made before writers race to make it)."""
+    url = pg.create_database(name)
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.execute(RAW_TABLE)
+    finally:
+        await conn.close()
+    return url
 
 
 def concurrent(kind: str, url: str, replicas: int, n: int, bundle: int, seed: int) -> float:
@@ -138,6 +153,9 @@ def concurrent(kind: str, url: str, replicas: int, n: int, bundle: int, seed: in
     go.set()
     results = [out.get(timeout=600) for _ in procs]
     wall = time.perf_counter() - started
+    failed = [f"{cluster}: {result!r}" for cluster, result in results if isinstance(result, BaseException)]
+    if failed:
+        raise RuntimeError("replica processes failed: " + "; ".join(failed))
     for p in procs:
         p.join()
     slowest = max(seconds for _, seconds in results)
@@ -151,7 +169,7 @@ async def run(args: argparse.Namespace) -> None:
     with PostgresServer(settings={}) as pg:
         version = pg.psql("postgres", "SHOW server_version").strip()
         print(f"PostgreSQL {version} of the bench's own on port {pg.port} (fsync on, synchronous_commit on)")
-        raw_url, hub_url = pg.create_database("raw"), pg.create_database("hub")
+        raw_url, hub_url = await raw_database(pg, "raw"), pg.create_database("hub")
 
         # raw ceiling: insert then update, both methods; the best of each pass counts
         best: dict[str, float] = {}
@@ -175,7 +193,7 @@ async def run(args: argparse.Namespace) -> None:
             await store.close()
 
         if args.replicas > 1:
-            raw_total = concurrent("raw", pg.create_database("raw_replicas"), args.replicas, args.objects, args.bundle, args.seed)
+            raw_total = concurrent("raw", await raw_database(pg, "raw_replicas"), args.replicas, args.objects, args.bundle, args.seed)
             hub_total = concurrent("hub", pg.create_database("hub_replicas"), args.replicas, args.objects, args.bundle, args.seed)
             print(f"   {args.replicas} raw writers at once, insert: {raw_total:>9,.0f} rows/s in total")
             print(

@@ -72,8 +72,8 @@ class ChangeFeed:
             self._wake.clear()
             try:
                 await self._catch_up()
-            except Exception:  # a store hiccup: try again at the next wake-up
-                log.exception("change feed: reading the change log failed")
+            except Exception as exc:  # a store hiccup: try again at the next wake-up
+                log.warning("change feed: reading the change log failed: %s; retrying", exc)
 
     async def _catch_up(self) -> None:
         while True:

@@ -95,8 +95,8 @@ class RefreshScheduler:
                 if room > 0:
                     for target in await self.core.store.claim_due_refreshes(hub_id=self.core.settings.hub_id, now=self.core.clock(), limit=room):
                         self._queue.put_nowait(target)
-            except Exception:  # a store hiccup must not end scheduling for good
-                log.exception("refresh scheduler: claiming due clusters failed; retrying")
+            except Exception as exc:  # a store hiccup must not end scheduling for good
+                log.warning("refresh scheduler: claiming due clusters failed: %s; retrying in %.0fs", exc, self.tick)
             await asyncio.sleep(self.tick)
 
     async def _work(self) -> None:

@@ -334,5 +334,12 @@ class Session:
         self.core.metrics.connected_agents.dec()
         now = self.core.clock()
         grace = self.core.settings.grace_period
-        await self.core.store.release_lease(self.cluster, holder=self.hello.agent_id, incarnation=self.hello.incarnation, now=now, grace=grace)
-        await self.core.events.record(self.cluster, events.DISCONNECTED, f"agent {self.hello.agent_id} disconnected; its lease is held for it for {grace:.0f}s")
+        try:
+            await self.core.store.release_lease(self.cluster, holder=self.hello.agent_id, incarnation=self.hello.incarnation, now=now, grace=grace)
+            await self.core.events.record(
+                self.cluster, events.DISCONNECTED, f"agent {self.hello.agent_id} disconnected; its lease is held for it for {grace:.0f}s"
+            )
+        except Exception as exc:  # the store is away (e.g. stopping before the hub): the lease lapses by itself
+            log.warning(
+                "cluster %s: agent %s disconnected, but its lease could not be handed back (%s); it expires by itself", self.cluster, self.hello.agent_id, exc
+            )

@@ -195,22 +195,23 @@ _INSERT_CHANGES = f"""
     SELECT r, CASE WHEN added THEN 'ADDED' ELSE 'MODIFIED' END, $1, $2, ns, nm, uid, rv, h, l::jsonb, ow, b, co, inc
     FROM unnest({_ROW_ARRAYS}, $14::bool[]) AS t(ns, nm, uid, rv, h, l, ow, b, co, inc, r, added)
 """
-_MARK_FULL = """
-    UPDATE objects o SET full_seq = $3 FROM unnest($4::text[], $5::text[]) AS k(ns, nm)
-    WHERE o.cluster = $1 AND o.type = $2 AND o.namespace = k.ns AND o.name = k.nm
-"""
+# Statements by key are planned so that each key is one primary-key lookup, whatever the
+# table statistics say: joined with ``unnest`` instead, the planner -- with statistics from
+# when the table was small, as during the first FULL into a new database -- read every
+# row of the cluster and type for every bundle (measured: ~0.7 s per 500-object bundle at
+# 20k objects). Lookups go through a LATERAL subquery with LIMIT (never flattened into a
+# join); updates and deletes by key are pipelined single-row statements (executemany).
+_MARK_FULL = "UPDATE objects SET full_seq = $3 WHERE cluster = $1 AND type = $2 AND namespace = $4 AND name = $5"
 _STORED_HASHES = """
-    SELECT o.namespace, o.name, o.hash, o.full_seq FROM unnest($3::text[], $4::text[]) AS k(ns, nm)
-    JOIN objects o ON o.cluster = $1 AND o.type = $2 AND o.namespace = k.ns AND o.name = k.nm
+    SELECT k.ns, k.nm, o.hash, o.full_seq FROM unnest($3::text[], $4::text[]) AS k(ns, nm)
+    CROSS JOIN LATERAL (
+        SELECT hash, full_seq FROM objects WHERE cluster = $1 AND type = $2 AND namespace = k.ns AND name = k.nm LIMIT 1
+    ) AS o
 """
-_DELETE_KEYS = f"""
-    WITH gone AS (
-        DELETE FROM objects o USING unnest($3::text[], $4::text[], $5::int8[]) AS k(ns, nm, r)
-        WHERE o.cluster = $1 AND o.type = $2 AND o.namespace = k.ns AND o.name = k.nm
-        RETURNING k.r, o.*
-    )
+_DELETE_KEY = f"""
+    WITH gone AS (DELETE FROM objects WHERE cluster = $1 AND type = $2 AND namespace = $3 AND name = $4 RETURNING *)
     INSERT INTO changes (rev, event, cluster, type, namespace, name, {_OBJECT_FIELDS})
-    SELECT r, 'DELETED', cluster, type, namespace, name, {_OBJECT_FIELDS} FROM gone
+    SELECT $5, 'DELETED', cluster, type, namespace, name, {_OBJECT_FIELDS} FROM gone
 """
 _DELETE_FULL_END = f"""
     WITH gone AS (DELETE FROM objects WHERE cluster = $1 AND type = $2 AND full_seq IS DISTINCT FROM $3 RETURNING *)
@@ -599,11 +600,10 @@ class PostgresStore:
                 await conn.execute(_UPSERT_OBJECTS, cluster, type, *columns, full_seq)
                 await conn.execute(_INSERT_CHANGES, cluster, type, *columns, added)
             if marks:
-                await conn.execute(_MARK_FULL, cluster, type, full_seq, [k[0] for k in marks], [k[1] for k in marks])
+                await conn.executemany(_MARK_FULL, [(cluster, type, full_seq, ns, name) for ns, name in marks])
             existing = [k for k in gone if k in stored or k in latest]
             if existing:
-                revs = list(range(rev + 1, rev + 1 + len(existing)))
-                await conn.execute(_DELETE_KEYS, cluster, type, [k[0] for k in existing], [k[1] for k in existing], revs)
+                await conn.executemany(_DELETE_KEY, [(cluster, type, ns, name, rev + i) for i, (ns, name) in enumerate(existing, start=1)])
                 rev += len(existing)
             if full_end:
                 rev += _rowcount(await conn.execute(_DELETE_FULL_END, cluster, type, full_seq, rev))
