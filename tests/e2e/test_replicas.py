@@ -75,6 +75,14 @@ def test_one_agent_per_cluster_holds_across_replicas(tmp_path: Path, pg_url: str
                 rejected = hub_events(b, reason="Rejected", cluster="c1")[0]
                 assert "already connected" in rejected["message"] and "first" in rejected["message"], rejected
                 assert holder_hub(a, "c1") == a.hub_id
+                # a resync asked of replica B reaches the agent through replica A
+                status, body = http("POST", f"{b.url}/api/v1/clusters/c1/resync")
+                assert status == 202 and a.hub_id in body["message"], body
+                wait_until(
+                    lambda: [e for e in hub_events(b, reason="ResyncRequested", cluster="c1") if e["hub"] == a.hub_id],
+                    timeout=15,
+                    what="the resync requested by replica A",
+                )
             finally:
                 second.stop()
         finally:

@@ -175,12 +175,12 @@ class ApiServer:
                 {"kind": "ResyncRequest", "apiVersion": "fleetsync.io/v1", "cluster": cluster, "type": "", "message": f"state pulled from {pull.url}"}
             )
         try:
-            await self.core.request_resync(cluster, type_, reason="requested through the API")
+            replica = await self.core.request_resync(cluster, type_, reason="requested through the API")
         except NotConnected:
             raise ApiError(
                 409,
                 "Conflict",
-                f"cluster {cluster} has no agent connected to this hub: nothing to resync now (a cluster is resynced by digest when its agent reconnects)",
+                f"cluster {cluster} has no agent connected to any hub replica: nothing to resync now (a cluster is resynced by digest when its agent reconnects)",
             ) from None
         what = type_ or "every type"
         return json_response(
@@ -189,7 +189,8 @@ class ApiServer:
                 "apiVersion": "fleetsync.io/v1",
                 "cluster": cluster,
                 "type": type_ or "",
-                "message": f"digest resync of {what} requested",
+                "message": f"digest resync of {what} requested"
+                + ("" if replica == self.core.settings.hub_id else f" through hub replica {replica}, which its agent is connected to"),
             },
             status=202,
         )

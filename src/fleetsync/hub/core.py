@@ -22,6 +22,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+import orjson
+
 from fleetsync.hub import events
 from fleetsync.hub.events import EventLog
 from fleetsync.hub.feed import ChangeFeed
@@ -34,6 +36,9 @@ if TYPE_CHECKING:
     from fleetsync.hub.session import Session
 
 log = logging.getLogger(__name__)
+
+#: Store notifications asking the replica an agent is connected to for a resync.
+RESYNC_CHANNEL = "resync"
 
 
 @dataclass(frozen=True)
@@ -138,17 +143,46 @@ class HubCore:
 
     # ---- on demand ------------------------------------------------------------------------
 
-    async def request_resync(self, cluster: str, type_: str | None, *, reason: str) -> None:
-        """Ask ``cluster``'s agent for a digest resync of ``type_`` (None: every type). Raises NotConnected."""
+    async def request_resync(self, cluster: str, type_: str | None, *, reason: str) -> str:
+        """Ask ``cluster``'s agent for a digest resync of ``type_`` (None: every type), through
+        whichever replica it is connected to; returns that replica's id. Raises NotConnected."""
         session = self.sessions.get(cluster)
-        if session is None or session.engine is None:
+        if session is not None and session.engine is not None:
+            await session.engine.request_resync([type_] if type_ else [], reason, all_types=type_ is None)
+            await self.events.record(cluster, events.RESYNC_REQUESTED, f"{reason}: {type_ or 'every type'}", type=type_ or "")
+            return self.settings.hub_id
+        now = self.clock()
+        lease = next((lease for lease in await self.store.leases() if lease.cluster == cluster), None)
+        if lease is None or not lease.connected or lease.expires_at <= now or lease.hub_id == self.settings.hub_id:
             raise NotConnected(cluster)
-        await session.engine.request_resync([type_] if type_ else [], reason, all_types=type_ is None)
-        await self.events.record(cluster, events.RESYNC_REQUESTED, f"{reason}: {type_ or 'every type'}", type=type_ or "")
+        # another replica serves the agent: it hears this through the store's notifications
+        await self.store.notify(RESYNC_CHANNEL, orjson.dumps({"hub": lease.hub_id, "cluster": cluster, "type": type_ or "", "reason": reason}).decode())
+        return lease.hub_id
+
+    def _on_notification(self, channel: str, payload: str) -> None:
+        if channel != RESYNC_CHANNEL:
+            return
+        try:
+            asked = orjson.loads(payload)
+            if asked["hub"] != self.settings.hub_id:
+                return
+            cluster, type_, reason = str(asked["cluster"]), str(asked["type"]) or None, str(asked["reason"])
+        except (orjson.JSONDecodeError, KeyError, TypeError):
+            log.warning("ignored a malformed resync notification: %.200s", payload)
+            return
+
+        async def resync() -> None:
+            try:
+                await self.request_resync(cluster, type_, reason=f"{reason} (through another replica)")
+            except NotConnected:
+                log.info("cluster %s: a resync was asked through another replica, but its agent has left this one", cluster)
+
+        self.keep_until_done(asyncio.ensure_future(resync()))
 
     # ---- timers -------------------------------------------------------------------------
 
     async def start(self) -> None:
+        self.store.listen(self._on_notification)
         await self.feed.start()
         await self.refresh.start()
         if self._timers is None:
