@@ -21,7 +21,9 @@ The rules (ARCHITECTURE.md, "The sync protocol"):
   while it is under way, anything older of the same incarnation is a stale resend
   and is ignored;
 - a repair ``DELTA`` answering a ``DigestDiff`` has ``base_seq`` = the digest's seq
-  and adopts the digest's incarnation.
+  and adopts the digest's incarnation; once the hub has answered a digest, DELTAs of
+  that incarnation up to the digest's seq are covered by the repair and ignored (a
+  late one could otherwise undo what the repair relies on).
 """
 
 from __future__ import annotations
@@ -56,6 +58,8 @@ class Decision:
     full_restart: bool = False
     #: A DUPLICATE that is a chunk of the FULL in progress (acked as such, not as a complete FULL).
     chunk_duplicate: bool = False
+    #: A DUPLICATE because the repair of an answered digest covers it (the stream may be another incarnation's yet).
+    covered: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,6 +99,13 @@ class HubStream:
         same = applied is not None and applied.incarnation == b.incarnation
         if same and applied is not None and b.seq <= applied.seq:
             return Decision(Verdict.DUPLICATE, f"seq {b.seq} <= applied {applied.seq}")
+        digest = self.pending_digest
+        if digest is not None and not b.full and digest.incarnation == b.incarnation and b.seq <= digest.seq:
+            # Sent before a digest the hub has answered, arriving late: the repair carries the
+            # final state of everything the digest found different. Applied now, this could set
+            # a key to a state that a later delta (also late) reverted -- invisible to the
+            # digest, so absent from the repair, and then ignored as a duplicate of it.
+            return Decision(Verdict.DUPLICATE, f"seq {b.seq} is covered by the repair of the digest at seq {digest.seq}", covered=True)
         progress = self.full_progress
         if progress is not None and progress[0] == b.incarnation and b.seq < progress[1]:
             # A stale resend: the FULL under way is newer and carries everything this would. Applied
@@ -123,6 +134,8 @@ class HubStream:
                 incarnation, seq, next_chunk = self.full_progress
                 return AckPosition(incarnation, seq, next_chunk - 1, partial=True)
             applied = self.applied
+            if decision.covered and (applied is None or applied.incarnation != b.incarnation):
+                return None  # nothing of this incarnation is committed yet: the repair's ack will say it all
             assert applied is not None and applied.incarnation == b.incarnation  # decide() says DUPLICATE only then
             return AckPosition(applied.incarnation, applied.seq)
         if decision.verdict is Verdict.FULL_CHUNK:
