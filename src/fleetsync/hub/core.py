@@ -15,7 +15,6 @@ The timers (one loop, :meth:`HubCore.run_timers`):
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -24,6 +23,7 @@ from typing import TYPE_CHECKING
 
 import orjson
 
+from fleetsync.aio import cancel_and_wait
 from fleetsync.hub import events
 from fleetsync.hub.events import EventLog
 from fleetsync.hub.feed import ChangeFeed
@@ -190,9 +190,7 @@ class HubCore:
 
     async def stop(self) -> None:
         if self._timers is not None:
-            self._timers.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._timers
+            await cancel_and_wait([self._timers])
             self._timers = None
         if self._background:  # sessions still closing: let them hand their leases back
             await asyncio.gather(*self._background, return_exceptions=True)

@@ -21,6 +21,7 @@ import contextlib
 import logging
 from collections.abc import AsyncGenerator
 
+from fleetsync.aio import cancel_and_wait
 from fleetsync.store.contract import Change, Store
 
 log = logging.getLogger(__name__)
@@ -56,9 +57,7 @@ class ChangeFeed:
 
     async def stop(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_and_wait([self._task])
             self._task = None
 
     def _on_notification(self, channel: str, payload: str) -> None:
@@ -68,7 +67,8 @@ class ChangeFeed:
     async def _run(self) -> None:
         while True:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.poll_interval)
+                async with asyncio.timeout(self.poll_interval):  # not wait_for: it can swallow a cancellation (aio.py)
+                    await self._wake.wait()
             self._wake.clear()
             try:
                 await self._catch_up()
@@ -111,7 +111,8 @@ class ChangeFeed:
                 yield batch
                 continue
             try:
-                await asyncio.wait_for(self._wait_beyond(since), idle)
+                async with asyncio.timeout(idle):
+                    await self._wait_beyond(since)
             except TimeoutError:
                 yield []
 

@@ -34,6 +34,7 @@ import aiohttp
 import orjson
 from google.protobuf.message import DecodeError
 
+from fleetsync.aio import cancel_and_wait
 from fleetsync.hub import events
 from fleetsync.hub.engine import object_record
 from fleetsync.model.types import UnknownResourceType
@@ -76,11 +77,7 @@ class RefreshScheduler:
         self._tasks += [asyncio.create_task(self._work(), name=f"refresh-worker-{i}") for i in range(self.workers)]
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(self._tasks)
         self._tasks = []
         if self._http is not None:
             await self._http.close()

@@ -38,6 +38,7 @@ from typing import Any
 import asyncpg
 import orjson
 
+from fleetsync.aio import cancel_and_wait
 from fleetsync.backoff import Backoff
 from fleetsync.store.contract import (
     Change,
@@ -377,9 +378,7 @@ class PostgresStore:
         finally:
             pool, self._pool = self._pool, None
             if self._listener is not None:
-                self._listener.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await self._listener
+                await cancel_and_wait([self._listener])
                 self._listener = None
             await pool.close()
 
