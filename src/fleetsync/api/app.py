@@ -4,7 +4,8 @@
   when inactive), whether an agent is connected, last message, object counts, errors;
 - ``POST /api/v1/clusters/{cluster}/resync[?type=T]``: ask its agent for a digest resync
   (a pull cluster: fetch its state now; 409 if a refresh of it is running already);
-- ``GET /api/v1/events[?cluster=C&reason=R&since=ID&limit=N]``: cluster events;
+- ``GET /api/v1/events[?cluster=C&reason=R&since=ID&limit=N]``: cluster events; with
+  ``watch=1``, a stream of them (one JSON object per line) as any replica records them;
 - ``/clusters/{cluster}/api/...`` and ``/clusters/{cluster}/apis/...``: Kubernetes-compatible
   discovery, list (selectors, ``limit``/``continue``, server-side Tables) and get for every
   synced type, so ``kubectl --server http://HUB/clusters/c1 get pods -A`` works;
@@ -19,8 +20,10 @@ a read, and never parsed unless a field selector or a Table needs the object.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
+import contextlib
 import time
 from typing import Any
 
@@ -39,7 +42,7 @@ from fleetsync.model.status import ApiError
 from fleetsync.model.tables import table
 from fleetsync.model.types import ResourceType, TypeRegistry, UnknownResourceType
 from fleetsync.protocol.codec import CodecError, body_json
-from fleetsync.store.contract import ClusterRecord, ObjectRecord
+from fleetsync.store.contract import ClusterRecord, EventRecord, ObjectRecord
 from fleetsync.web import JSON, json_response, serve, status_errors
 
 
@@ -72,6 +75,10 @@ def _flag(request: web.Request, name: str) -> bool:
 
 def _limit(request: web.Request) -> int:
     return _count(request, "limit")
+
+
+def _event_item(e: EventRecord) -> dict[str, Any]:
+    return {"id": e.id, "time": e.time, "cluster": e.cluster, "reason": e.reason, "type": e.type, "message": e.message, "hub": e.hub_id}
 
 
 def _stale_warning(cluster: ClusterRecord) -> str:
@@ -195,7 +202,7 @@ class ApiServer:
             status=202,
         )
 
-    async def _events(self, request: web.Request) -> web.Response:
+    async def _events(self, request: web.Request) -> web.StreamResponse:
         reason = request.query.get("reason") or None
         if reason is not None and reason not in REASONS:
             raise ApiError.bad_request(f"unknown event reason {reason!r}: one of {', '.join(REASONS)}")
@@ -203,9 +210,35 @@ class ApiServer:
         limit = _count(request, "limit", 100)
         if not 0 < limit <= 10_000:
             raise ApiError.bad_request(f"invalid limit {limit}: must be between 1 and 10000")
-        records = await self.store.events(cluster=request.query.get("cluster") or None, reason=reason, after=since, limit=limit)
-        items = [{"id": e.id, "time": e.time, "cluster": e.cluster, "reason": e.reason, "type": e.type, "message": e.message, "hub": e.hub_id} for e in records]
-        return json_response({"kind": "EventList", "apiVersion": "fleetsync.io/v1", "items": items})
+        cluster = request.query.get("cluster") or None
+        if _flag(request, "watch"):
+            return await self._watch_events(request, cluster=cluster, reason=reason, since=since)
+        records = await self.store.events(cluster=cluster, reason=reason, after=since, limit=limit)
+        return json_response({"kind": "EventList", "apiVersion": "fleetsync.io/v1", "items": [_event_item(e) for e in records]})
+
+    async def _watch_events(self, request: web.Request, *, cluster: str | None, reason: str | None, since: int | None) -> web.StreamResponse:
+        """Events as they are recorded by any replica, one JSON object per line, after ``since``
+        (default: from now). Ends after ``timeoutSeconds`` (default 1800); a client resumes with ``since``."""
+        timeout = float(_count(request, "timeoutSeconds")) or 1800.0
+        if since is None:
+            newest = await self.store.events(limit=1)
+            since = newest[-1].id if newest else 0
+        response = web.StreamResponse(headers={"Content-Type": "application/json", "Cache-Control": "no-cache"})
+        await response.prepare(request)
+        with contextlib.suppress(ConnectionResetError, TimeoutError):
+            async with asyncio.timeout(timeout):
+                while True:
+                    # past the filtered ones too, so that a quiet filter does not re-read the same events
+                    batch = await self.store.events(after=since, limit=500)
+                    for event in batch:
+                        since = event.id
+                        if (cluster is None or event.cluster == cluster) and (reason is None or event.reason == reason):
+                            await response.write(orjson.dumps(_event_item(event)) + b"\n")
+                    if len(batch) < 500:
+                        await self.core.wait_for_events(since, timeout=1.0)  # woken by the store's notification; 1 s in case it is lost
+        with contextlib.suppress(ConnectionResetError):
+            await response.write_eof()
+        return response
 
     # ---- Kubernetes-compatible reads ---------------------------------------------------------
 

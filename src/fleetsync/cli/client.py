@@ -58,6 +58,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.add_argument("--reason", default=None, help="only this reason (Connected, Disconnected, Rejected, Inactive, Active, ResyncStarted, ...)")
     p.add_argument("--limit", type=int, default=100, help="the newest this many (default: 100)")
     p.add_argument("-o", "--output", default="", choices=["", "json"], help="output format")
+    p.add_argument("-w", "--watch", action="store_true", help="after the newest --limit events, print new ones as any hub replica records them (Ctrl-C ends)")
     _common(p)
     p.set_defaults(run=lambda a: _run(_events(a)))
     p = subparsers.add_parser("resync", help="ask a cluster's agent for a digest resync (every type, or one)")
@@ -128,6 +129,8 @@ async def _events(args: argparse.Namespace) -> int:
         query["reason"] = args.reason
     async with aiohttp.ClientSession() as session:
         data = await fetch(session, f"{args.hub}/api/v1/events?{urllib.parse.urlencode(query)}", token=args.token)
+    if args.watch:
+        return await _watch_events(args, query, data["items"])
     if args.output == "json":
         print(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode())
         return 0
@@ -138,6 +141,39 @@ async def _events(args: argparse.Namespace) -> int:
     rows = [[human_duration(now - e["time"]), e["cluster"], e["reason"], e["type"] or "-", e["message"]] for e in data["items"]]
     _print_table(["AGE", "CLUSTER", "REASON", "TYPE", "MESSAGE"], rows)
     return 0
+
+
+def _event_line(event: dict[str, Any], output: str) -> str:
+    if output == "json":
+        return orjson.dumps(event).decode()
+    at = time.strftime("%H:%M:%S", time.localtime(event["time"]))
+    return f"{at}   {event['cluster']:<16} {event['reason']:<16} {event['type'] or '-':<40} {event['message']}"
+
+
+async def _watch_events(args: argparse.Namespace, query: dict[str, str], first: list[dict[str, Any]]) -> int:
+    """Print ``first``, then follow ``GET /api/v1/events?watch=1`` from the last one, reconnecting (with ``since``) when the stream ends."""
+    if args.output != "json":
+        print(f"{'TIME':<8}   {'CLUSTER':<16} {'REASON':<16} {'TYPE':<40} MESSAGE", flush=True)
+    for event in first:
+        print(_event_line(event, args.output), flush=True)
+    since = first[-1]["id"] if first else None
+    headers = {"Authorization": f"Bearer {args.token}"} if args.token else {}
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None, sock_connect=10)) as session:
+        while True:
+            params = {k: v for k, v in query.items() if k != "limit"} | {"watch": "1"} | ({"since": str(since)} if since is not None else {})
+            url = f"{args.hub}/api/v1/events?{urllib.parse.urlencode(params)}"
+            try:
+                async with session.get(url, headers=headers) as response:
+                    if response.status >= 400:
+                        raise ClientError(f"{url}: {response.status} {(await response.text())[:200]}")
+                    async for line in response.content:
+                        if line.strip():
+                            event = orjson.loads(line)
+                            since = event["id"]
+                            print(_event_line(event, args.output), flush=True)
+            except aiohttp.ClientError as exc:
+                print(f"lost the hub ({exc}); following again in 1s", file=sys.stderr)
+                await asyncio.sleep(1)
 
 
 async def _resync(args: argparse.Namespace) -> int:

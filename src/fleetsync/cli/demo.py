@@ -92,9 +92,10 @@ async def demo(args: argparse.Namespace) -> None:
         f"fleetsync demo: {len(fleet.clusters)} simulated clusters -> agents{via} -> hub (SQLite in {workdir})\n"
         f"  hub API:   {hub_url}/api/v1/clusters\n"
         f"  try:       {kubectl if kubectl.exists() else 'kubectl'} --server {hub_url}/clusters/c1 get pods -A\n"
+        f"             {kubectl if kubectl.exists() else 'kubectl'} --server {hub_url}/clusters/c1 get pods -A -w   (changes as they come)\n"
         f"             {Path(sys.executable).parent / 'fleetsync'} get pods -A --hub {hub_url}\n"
         f"             {Path(sys.executable).parent / 'fleetsync'} check --sim http://127.0.0.1:{sim.port} --hub {hub_url}\n"
-        f"             {Path(sys.executable).parent / 'fleetsync'} events --hub {hub_url}\n"
+        f"             {Path(sys.executable).parent / 'fleetsync'} events -w --hub {hub_url}   (follows them)\n"
         f"             {Path(sys.executable).parent / 'fleetsync'} resync c1 --type pods --hub {hub_url}\n"
         f"  Ctrl-C stops everything.\n",
         flush=True,

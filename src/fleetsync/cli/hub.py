@@ -62,6 +62,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         default=600.0,
         help="seconds between scheduled refreshes (a digest of every type) of each push cluster; 0 turns them off",
     )
+    add_flag(
+        p,
+        "--change-log-keep",
+        type=positive_int,
+        default=100_000,
+        help="changes the store keeps for watches to resume from; a watch from an older revision gets 410 Expired and lists again",
+    )
     add_flag(p, "--refresh-workers", type=positive_int, default=4, help="cluster refreshes this replica runs at once")
     add_switch(p, "--resync-on-startup", help="ask every cluster for a digest of every type on its first connection after the hub starts (default: on)")
     p.set_defaults(run=run)
@@ -92,7 +99,7 @@ async def serve(args: argparse.Namespace) -> None:
         http_host, http_port = parse_listen_address(args.http)
         settings = settings_from(args)
         brokers = [parse_hub_url(url, schemes=("mqtt", "mqtts", "nats")) for url in args.broker.split(",") if url.strip()]
-        store = open_store(args.db)
+        store = open_store(args.db, change_log_keep=args.change_log_keep)
     except ValueError as exc:
         raise SystemExit(f"fleetsync hub: {exc}") from None
     try:

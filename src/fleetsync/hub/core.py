@@ -15,6 +15,7 @@ The timers (one loop, :meth:`HubCore.run_timers`):
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -127,6 +128,9 @@ class HubCore:
         self._connected_since_start: set[str] = set()
         self._timers: asyncio.Task[None] | None = None
         self._background: set[asyncio.Future[None]] = set()
+        #: The newest event id announced by the store (this or another replica's), for event watches.
+        self.newest_event = 0
+        self._events_added = asyncio.Condition()
         #: What this replica still waits for before it can serve agents (``/readyz`` is 503
         #: until it is empty), by component: e.g. a broker it has not subscribed to yet.
         self.starting: dict[str, str] = {}
@@ -159,7 +163,28 @@ class HubCore:
         await self.store.notify(RESYNC_CHANNEL, orjson.dumps({"hub": lease.hub_id, "cluster": cluster, "type": type_ or "", "reason": reason}).decode())
         return lease.hub_id
 
+    async def wait_for_events(self, after: int, timeout: float) -> None:
+        """Return once an event newer than id ``after`` may exist (any replica's), or after ``timeout`` seconds."""
+        if self.newest_event > after:
+            return
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout), self._events_added:
+                await self._events_added.wait_for(lambda: self.newest_event > after)
+
+    def _events_announced(self, newest: int) -> None:
+        self.newest_event = max(self.newest_event, newest)
+
+        async def wake() -> None:
+            async with self._events_added:
+                self._events_added.notify_all()
+
+        self.keep_until_done(asyncio.ensure_future(wake()))
+
     def _on_notification(self, channel: str, payload: str) -> None:
+        if channel == "events":
+            with contextlib.suppress(ValueError):
+                self._events_announced(int(payload))
+            return
         if channel != RESYNC_CHANNEL:
             return
         try:

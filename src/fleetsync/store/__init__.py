@@ -7,17 +7,18 @@ from pathlib import Path
 from fleetsync.store.contract import Store
 
 
-def open_store(url: str) -> Store:
-    """A store for ``sqlite:///PATH`` or ``postgresql://[USER[:PASSWORD]@]HOST[:PORT]/DATABASE``."""
+def open_store(url: str, *, change_log_keep: int = 100_000) -> Store:
+    """A store for ``sqlite:///PATH`` or ``postgresql://[USER[:PASSWORD]@]HOST[:PORT]/DATABASE``;
+    ``change_log_keep``: how many changes the log keeps (watches from older revisions get 410)."""
     if url.startswith("sqlite:///"):
         from fleetsync.store.sqlite import SQLiteStore
 
         path = Path(url.removeprefix("sqlite:///"))
         if not path.parent.exists():
             raise ValueError(f"--db {url}: directory {path.parent} does not exist")
-        return SQLiteStore(path)
+        return SQLiteStore(path, change_log_keep=change_log_keep)
     if url.startswith(("postgresql://", "postgres://")):
         from fleetsync.store.postgres import PostgresStore
 
-        return PostgresStore(url)
+        return PostgresStore(url, change_log_keep=change_log_keep)
     raise ValueError(f"--db {url!r}: expected sqlite:///PATH or postgresql://USER@HOST:PORT/DATABASE")

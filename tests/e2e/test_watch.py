@@ -1,0 +1,95 @@
+"""Watches on the hub: ``kubectl get -w`` per cluster, a 410 for a revision the change log no
+longer holds, and the events stream (API and ``fleetsync events -w``)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import urllib.request
+from pathlib import Path
+
+from tests.harness import (
+    BIN,
+    Sim,
+    create_token,
+    http,
+    hub_events,
+    kubectl_binary,
+    start_agent,
+    start_hub,
+    wait_converged,
+    wait_until,
+)
+
+FAST = ("--types", "v1/Service,v1/Pod")
+
+
+def test_kubectl_get_watch_follows_a_cluster_through_the_hub(tmp_path: Path, quiet_sim: Sim) -> None:
+    sim = quiet_sim
+    db = f"sqlite:///{tmp_path / 'hub.db'}"
+    hub = start_hub(tmp_path, db)
+    agent = start_agent(tmp_path, sim, "c1", hub.agent_url, create_token(tmp_path, db, "c1"), *FAST)
+    wait_converged(sim, hub, "c1", timeout=60, what="c1 synced")
+    out = (tmp_path / "kubectl-watch.out").open("w")
+    kubectl = subprocess.Popen(
+        [kubectl_binary(), "--server", f"{hub.url}/clusters/c1", "get", "pods", "-A", "-w", "-o", "name"],
+        stdout=out,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        pods = len(sim.truth("c1", "v1/Pod"))
+        wait_until(lambda: len((tmp_path / "kubectl-watch.out").read_text().splitlines()) >= pods, timeout=30, what="kubectl's list")
+        listed = len((tmp_path / "kubectl-watch.out").read_text().splitlines())
+        sim.set_churn(20)
+        # kubectl prints the list first, then a line for every change as it comes through the hub
+        wait_until(lambda: len((tmp_path / "kubectl-watch.out").read_text().splitlines()) > listed + 20, timeout=30, what="kubectl -w printing changes")
+        assert all(line.startswith("pod/") for line in (tmp_path / "kubectl-watch.out").read_text().splitlines()), "only pods, no errors"
+        assert kubectl.poll() is None, (tmp_path / "kubectl-watch.out").read_text()[-2000:]
+    finally:
+        kubectl.kill()
+        kubectl.wait()
+        out.close()
+        agent.stop()
+        hub.proc.stop()
+
+
+def test_a_watch_from_a_revision_no_longer_held_gets_410_expired(tmp_path: Path, quiet_sim: Sim) -> None:
+    sim = quiet_sim
+    db = f"sqlite:///{tmp_path / 'hub.db'}"
+    hub = start_hub(tmp_path, db, "--change-log-keep", "100")
+    agent = start_agent(tmp_path, sim, "c1", hub.agent_url, create_token(tmp_path, db, "c1"), *FAST)
+    try:
+        wait_converged(sim, hub, "c1", timeout=60, what="c1 synced (more changes than the log keeps)")
+        with urllib.request.urlopen(f"{hub.url}/clusters/c1/api/v1/pods?watch=1&resourceVersion=1", timeout=10) as response:
+            event = json.loads(response.readline())
+        assert event["type"] == "ERROR" and event["object"]["code"] == 410 and event["object"]["reason"] == "Expired", event
+    finally:
+        agent.stop()
+        hub.proc.stop()
+
+
+def test_events_stream_to_api_watchers_and_to_fleetsync_events_w(tmp_path: Path, quiet_sim: Sim) -> None:
+    sim = quiet_sim
+    db = f"sqlite:///{tmp_path / 'hub.db'}"
+    hub = start_hub(tmp_path, db)
+    follower = (tmp_path / "events-w.out").open("w")
+    cli = subprocess.Popen([str(BIN / "fleetsync"), "events", "-w", "--cluster", "c2", "--hub", hub.url], stdout=follower, stderr=subprocess.STDOUT)
+    agent = start_agent(tmp_path, sim, "c2", hub.agent_url, create_token(tmp_path, db, "c2"), *FAST)
+    try:
+        wait_until(lambda: hub_events(hub, reason="Connected", cluster="c2"), timeout=30, what="c2 connected")
+        status, _ = http("POST", f"{hub.url}/api/v1/clusters/c2/resync")
+        assert status == 202
+        text = lambda: (tmp_path / "events-w.out").read_text()  # noqa: E731
+        wait_until(lambda: "Connected" in text() and "ResyncRequested" in text(), timeout=30, what="fleetsync events -w printing new events")
+        assert cli.poll() is None, text()
+        # the API stream itself: from an id, filtered by reason
+        first = hub_events(hub, cluster="c2")[0]["id"]
+        with urllib.request.urlopen(f"{hub.url}/api/v1/events?watch=1&since={first - 1}&reason=Connected&timeoutSeconds=2", timeout=10) as response:
+            streamed = [json.loads(line) for line in response.read().splitlines() if line.strip()]
+        assert [e["reason"] for e in streamed] == ["Connected"] and streamed[0]["cluster"] == "c2"
+    finally:
+        cli.kill()
+        cli.wait()
+        follower.close()
+        agent.stop()
+        hub.proc.stop()
