@@ -93,3 +93,52 @@ def test_events_stream_to_api_watchers_and_to_fleetsync_events_w(tmp_path: Path,
         follower.close()
         agent.stop()
         hub.proc.stop()
+
+
+def test_the_fleet_as_one_api_server_lists_and_watches_across_clusters(tmp_path: Path, quiet_sim: Sim) -> None:
+    sim = quiet_sim
+    db = f"sqlite:///{tmp_path / 'hub.db'}"
+    hub = start_hub(tmp_path, db)
+    agents = [
+        start_agent(tmp_path, sim, c, hub.agent_url, create_token(tmp_path, db, c), *FAST, "--label", f"region={region}")
+        for c, region in (("c1", "eu"), ("c2", "us"))
+    ]
+    try:
+        wait_converged(sim, hub, "c1", "c2", timeout=60, what="c1 and c2 synced")
+        c1_pods, c2_pods = len(sim.truth("c1", "v1/Pod")), len(sim.truth("c2", "v1/Pod"))
+        # kubectl against the hub's root: every cluster's pods, selectable by their cluster label
+        kubectl = [kubectl_binary(), "--server", hub.url]
+        every = subprocess.run([*kubectl, "get", "pods", "-A", "-o", "name"], capture_output=True, text=True, timeout=60)
+        assert every.returncode == 0, every.stderr
+        assert len(every.stdout.splitlines()) == c1_pods + c2_pods
+        only_c2 = subprocess.run([*kubectl, "get", "pods", "-A", "-l", "fleetsync.io/cluster=c2", "-o", "json"], capture_output=True, text=True, timeout=60)
+        items = json.loads(only_c2.stdout)["items"]
+        assert len(items) == c2_pods and {i["metadata"]["labels"]["fleetsync.io/cluster"] for i in items} == {"c2"}
+        # a cluster selector on the clusters' own labels, and pages that run across clusters
+        status, body = http("GET", f"{hub.url}/api/v1/pods?clusterSelector=region%3Deu")
+        assert status == 200 and len(body["items"]) == c1_pods
+        assert {i["metadata"]["labels"]["fleetsync.io/cluster"] for i in body["items"]} == {"c1"}
+        seen, token = 0, ""
+        while True:
+            status, page = http("GET", f"{hub.url}/api/v1/pods?limit=70" + (f"&continue={token}" if token else ""))
+            seen += len(page["items"])
+            token = page["metadata"].get("continue", "")
+            if not token:
+                break
+        assert seen == c1_pods + c2_pods
+        status, body = http("GET", f"{hub.url}/api/v1/namespaces/default/pods/anything")
+        assert status == 400 and "names are per cluster" in body["message"], body
+        status, body = http("GET", f"{hub.url}/api/v1/pods?clusterSelector=region%3D%3D%3D")
+        assert status == 400 and "clusterSelector" in body["message"], body
+        # a fleet-wide watch with a cluster selector sees only the selected clusters' changes
+        rev = http("GET", f"{hub.url}/api/v1/pods?limit=1")[1]["metadata"]["resourceVersion"]
+        sim.set_churn(20)
+        url = f"{hub.url}/api/v1/pods?watch=1&resourceVersion={rev}&clusterSelector=region%3Dus&timeoutSeconds=4"
+        with urllib.request.urlopen(url, timeout=15) as response:
+            events = [json.loads(line) for line in response.read().splitlines() if line.strip()]
+        sim.set_churn(0)
+        assert events and {e["object"]["metadata"]["labels"]["fleetsync.io/cluster"] for e in events} == {"c2"}
+    finally:
+        for agent in agents:
+            agent.stop()
+        hub.proc.stop()

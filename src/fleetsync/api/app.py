@@ -7,8 +7,11 @@
 - ``GET /api/v1/events[?cluster=C&reason=R&since=ID&limit=N]``: cluster events; with
   ``watch=1``, a stream of them (one JSON object per line) as any replica records them;
 - ``/clusters/{cluster}/api/...`` and ``/clusters/{cluster}/apis/...``: Kubernetes-compatible
-  discovery, list (selectors, ``limit``/``continue``, server-side Tables) and get for every
-  synced type, so ``kubectl --server http://HUB/clusters/c1 get pods -A`` works;
+  discovery, list (selectors, ``limit``/``continue``, server-side Tables), get and watch for
+  every synced type, so ``kubectl --server http://HUB/clusters/c1 get pods -A`` works;
+- ``/api/...`` and ``/apis/...``: the same across every cluster, each object labelled
+  ``fleetsync.io/cluster``, with ``clusterSelector`` on the clusters' labels (names are per
+  cluster, so a get by name needs the cluster path);
 - ``/healthz``, ``/readyz``, ``/metrics`` (Prometheus).
 
 Reads of an inactive cluster carry a ``Warning`` header (kubectl prints it): the
@@ -32,7 +35,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from fleetsync import __version__
-from fleetsync.api.watch import DEFAULT_TIMEOUT, WatchRequest
+from fleetsync.api.watch import DEFAULT_TIMEOUT, WatchRequest, cluster_labels, with_cluster_label
 from fleetsync.hub.core import HubCore, NotConnected
 from fleetsync.hub.events import REASONS
 from fleetsync.model import discovery
@@ -105,6 +108,10 @@ class ApiServer:
         app.router.add_post("/api/v1/clusters/{cluster}/resync", self._resync)
         app.router.add_get("/api/v1/events", self._events)
         app.router.add_get("/clusters/{cluster}/{tail:.*}", self._kube)
+        # The whole fleet as one API server (after the fleetsync routes above, which win):
+        # lists and watches across clusters, each object labelled with its cluster.
+        for path in ("/version", "/api", "/apis", "/api/{tail:.*}", "/apis/{tail:.*}"):
+            app.router.add_get(path, self._fleet)
         return app
 
     async def start(self) -> None:
@@ -244,13 +251,17 @@ class ApiServer:
 
     async def _kube(self, request: web.Request) -> web.StreamResponse:
         record = await self._cluster(request.match_info["cluster"])
-        response = await self._kube_read(request, record.name)
+        response = await self._kube_read(request, record.name, request.match_info["tail"])
         if record.status == "inactive" and not response.prepared:  # a watch has sent its headers already
             response.headers["Warning"] = _stale_warning(record)
         return response
 
-    async def _kube_read(self, request: web.Request, cluster: str) -> web.StreamResponse:
-        parts = [p for p in request.match_info["tail"].split("/") if p]
+    async def _fleet(self, request: web.Request) -> web.StreamResponse:
+        """``/api/...`` and ``/apis/...`` across every cluster (``kubectl --server http://HUB get pods -A``)."""
+        return await self._kube_read(request, None, request.path)
+
+    async def _kube_read(self, request: web.Request, cluster: str | None, tail: str) -> web.StreamResponse:
+        parts = [p for p in tail.split("/") if p]
         if parts == ["version"]:
             return json_response(discovery.version_info(f"v1.36.0-fleetsync-hub-{__version__}"))
         if parts == ["api"]:
@@ -277,6 +288,11 @@ class ApiServer:
         if rtype is None or len(rest) > 2 or (namespace and not rtype.namespaced):
             raise ApiError.path_not_found(request.path)
         if len(rest) == 2:
+            if cluster is None:
+                raise ApiError.bad_request(
+                    f"names are per cluster: get {rtype.plural} {rest[1]!r} through /clusters/CLUSTER{request.path}, "
+                    f"or list across clusters with a fieldSelector metadata.name={rest[1]}"
+                )
             record = await self.store.get_object(cluster, rtype.gvk, namespace or "", rest[1])
             if record is None:
                 raise ApiError.not_found(rtype.plural, rest[1], rtype.group)
@@ -293,18 +309,33 @@ class ApiServer:
         except CodecError as exc:
             raise ApiError(500, "InternalError", f"stored body of {record.cluster}/{record.type}/{record.key} is unreadable: {exc}") from None
 
-    async def _list(self, request: web.Request, cluster: str, rtype: ResourceType, namespace: str | None) -> web.StreamResponse:
+    async def _fleet_clusters(self, request: web.Request) -> set[str] | None:
+        """The clusters a fleet-wide read covers: those whose labels (agent metadata) match
+        ``clusterSelector`` (e.g. ``region=eu,env!=dev``); None: every cluster."""
+        raw = request.query.get("clusterSelector")
+        if not raw:
+            return None
+        try:
+            selector = LabelSelector.parse(raw)
+        except SelectorError as exc:
+            raise ApiError.bad_request(f"clusterSelector: {exc}") from None
+        return {c.name for c in await self.store.clusters() if selector.matches(c.metadata)}
+
+    async def _list(self, request: web.Request, cluster: str | None, rtype: ResourceType, namespace: str | None) -> web.StreamResponse:
         try:
             labels = LabelSelector.parse(request.query.get("labelSelector"))
             fields = FieldSelector.parse(request.query.get("fieldSelector"), allowed=rtype.field_selector_keys)
         except SelectorError as exc:
             raise ApiError.bad_request(str(exc)) from None
+        fleet = cluster is None
+        clusters = await self._fleet_clusters(request) if fleet else None
         if _flag(request, "watch"):
             watch = WatchRequest(
                 store=self.store,
                 feed=self.core.feed,
                 rtype=rtype,
                 cluster=cluster,
+                clusters=clusters,
                 namespace=namespace,
                 labels=labels,
                 fields=fields,
@@ -323,9 +354,13 @@ class ApiServer:
         while True:
             records = await self.store.list_objects(rtype.gvk, cluster=cluster, namespace=namespace, after=after, limit=batch)
             for record in records:
-                if not labels.matches(record.labels):
+                if clusters is not None and record.cluster not in clusters:
+                    continue
+                if not labels.matches(cluster_labels(record) if fleet else record.labels):
                     continue
                 body = self._body(record)
+                if fleet:  # each object says which cluster it is of
+                    body = orjson.dumps(with_cluster_label(orjson.loads(body), record.cluster))
                 if not fields.empty and not fields.matches(selectable_fields(rtype, orjson.loads(body))):
                     continue
                 if limit and len(items) >= limit:

@@ -31,11 +31,27 @@ BOOKMARK_INTERVAL = 5.0
 DEFAULT_TIMEOUT = 1800.0
 
 
-def with_revision(record: ObjectRecord, rev: int | None = None) -> dict[str, Any]:
-    """The stored object with the hub revision as its ``metadata.resourceVersion``."""
+#: The label fleet-wide reads add to every object: the cluster it is of.
+CLUSTER_LABEL = "fleetsync.io/cluster"
+
+
+def cluster_labels(record: ObjectRecord) -> dict[str, str]:
+    """The object's labels as a fleet-wide read shows them (with its cluster's)."""
+    return {**record.labels, CLUSTER_LABEL: record.cluster}
+
+
+def with_cluster_label(obj: dict[str, Any], cluster: str) -> dict[str, Any]:
+    meta = obj.setdefault("metadata", {})
+    meta["labels"] = {**(meta.get("labels") or {}), CLUSTER_LABEL: cluster}
+    return obj
+
+
+def with_revision(record: ObjectRecord, rev: int | None = None, *, fleet: bool = False) -> dict[str, Any]:
+    """The stored object with the hub revision as its ``metadata.resourceVersion`` (and, for a
+    fleet-wide read, its cluster's label)."""
     obj: dict[str, Any] = orjson.loads(body_json(record.body, record.compression))
     obj.setdefault("metadata", {})["resourceVersion"] = str(rev if rev is not None else record.rev)
-    return obj
+    return with_cluster_label(obj, record.cluster) if fleet else obj
 
 
 class WatchRequest:
@@ -49,6 +65,7 @@ class WatchRequest:
         rtype: ResourceType,
         cluster: str | None,
         namespace: str | None,
+        clusters: set[str] | None = None,
         labels: LabelSelector,
         fields: FieldSelector,
         bookmarks: bool,
@@ -57,13 +74,15 @@ class WatchRequest:
         self.feed = feed
         self.rtype = rtype
         self.cluster = cluster
+        self.fleet = cluster is None  # across clusters: objects carry their cluster's label
+        self.clusters = clusters  # fleet-wide: only these (a cluster selector); None: all
         self.namespace = namespace
         self.labels = labels
         self.fields = fields
         self.bookmarks = bookmarks
 
     def _selected(self, record: ObjectRecord, obj: dict[str, Any]) -> bool:
-        if not self.labels.matches(record.labels):
+        if not self.labels.matches(cluster_labels(record) if self.fleet else record.labels):
             return False
         return self.fields.empty or self.fields.matches(selectable_fields(self.rtype, obj))
 
@@ -71,6 +90,7 @@ class WatchRequest:
         return (
             record.type == self.rtype.gvk
             and (self.cluster is None or record.cluster == self.cluster)
+            and (self.clusters is None or record.cluster in self.clusters)
             and (self.namespace is None or record.namespace == self.namespace)
         )
 
@@ -102,7 +122,9 @@ class WatchRequest:
         while True:  # a list in pages; changes meanwhile arrive again from the feed, which is harmless
             page = await self.store.list_objects(self.rtype.gvk, cluster=self.cluster, namespace=self.namespace, after=after, limit=500)
             for record in page:
-                obj = with_revision(record)
+                if not self._ours(record):
+                    continue
+                obj = with_revision(record, fleet=self.fleet)
                 if self._selected(record, obj):
                     await send("ADDED", obj)
             if len(page) < 500:
@@ -119,7 +141,7 @@ class WatchRequest:
                     since = change.rev
                     if not self._ours(change.obj):
                         continue
-                    obj = with_revision(change.obj, change.rev)
+                    obj = with_revision(change.obj, change.rev, fleet=self.fleet)
                     if change.type == "DELETED":
                         if self._selected(change.obj, obj):
                             await send("DELETED", obj)
