@@ -255,7 +255,8 @@ def chaos(actions: list[tuple[str, int, int]], seed: int, *, sessions: bool = Fa
 
     ``sessions``: a restart or reconnect begins a new session and what the old one still
     carried is lost, as with the real transports (the hub drops a finished session's late
-    messages: a closed gRPC stream, a broker session id it has ended). Without it, old
+    messages: a closed gRPC stream, a broker session id it has ended), and the hub's
+    per-session state (a FULL in progress, a digest answered) starts afresh from its store. Without it, old
     sessions' messages may arrive in a later one -- harsher than reality, and survivable
     only thanks to the reconnect the first property test ends with."""
     rng = random.Random(seed)
@@ -290,6 +291,7 @@ def chaos(actions: list[tuple[str, int, int]], seed: int, *, sessions: bool = Fa
                 if sessions:
                     up.clear()
                     down.clear()
+                    hub.restart()  # a new session: the hub's per-session state starts from what it committed
                 agent.restart()
                 up += agent.connect(hub.stream.applied)
             case "restart_hub":
@@ -302,6 +304,7 @@ def chaos(actions: list[tuple[str, int, int]], seed: int, *, sessions: bool = Fa
                 if sessions:
                     up.clear()
                     down.clear()
+                    hub.restart()  # a new session: the hub's per-session state starts from what it committed
                 up += agent.connect(hub.stream.applied)
 
     return agent, hub, up, down
