@@ -40,7 +40,7 @@ import asyncpg
 from fleetsync.store.contract import ObjectRecord
 from fleetsync.store.postgres import PostgresStore
 from fleetsync.testing.postgres import PostgresServer
-from store_apply import POD, records
+from store_apply import POD, apply_all, records
 
 RAW_TABLE = """
 CREATE TABLE IF NOT EXISTS raw_objects (
@@ -80,26 +80,6 @@ async def raw_pass(url: str, objects: list[ObjectRecord], bundle: int, *, method
         await conn.close()
 
 
-async def hub_pass(store: PostgresStore, objects: list[ObjectRecord], bundle: int, seq: int) -> tuple[float, int]:
-    started = time.perf_counter()
-    cluster = objects[0].cluster
-    for start in range(0, len(objects), bundle):
-        seq += 1
-        await store.apply_bundle(
-            cluster,
-            POD,
-            incarnation="bench-1",
-            seq=seq,
-            upserts=objects[start : start + bundle],
-            deletes=[],
-            full_seq=None,
-            full_end=False,
-            move_to=("bench-1", seq),
-            now=time.time(),
-        )
-    return time.perf_counter() - started, seq
-
-
 def _replica(kind: str, url: str, cluster: str, n: int, bundle: int, seed: int, ready: Any, go: Any, out: Any) -> None:
     """One replica process: build its objects, connect, say ready, wait for the start signal, apply, report seconds."""
     objects = renamed(records(n, 0, seed)[0], cluster)
@@ -114,7 +94,7 @@ def _replica(kind: str, url: str, cluster: str, n: int, bundle: int, seed: int, 
         try:
             ready.set()
             go.wait()
-            seconds, _ = await hub_pass(store, objects, bundle, 0)
+            seconds, _ = await apply_all(store, objects, bundle, 0)
             return seconds
         finally:
             await store.close()
@@ -185,7 +165,7 @@ async def run(args: argparse.Namespace) -> None:
         try:
             seq, hub = 0, {}
             for label, objects in (("insert", first), ("update", second), ("no-op", second)):
-                seconds, seq = await hub_pass(store, objects, args.bundle, seq)
+                seconds, seq = await apply_all(store, objects, args.bundle, seq)
                 hub[label] = len(objects) / seconds
                 ratio = f"  = {hub[label] / best[label]:.0%} of raw" if label in best else ""
                 print(f"   hub store       {label:>6}: {hub[label]:>9,.0f} objects/s ({1000 * seconds / -(-len(objects) // args.bundle):.1f} ms/bundle){ratio}")

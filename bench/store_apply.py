@@ -38,7 +38,7 @@ import lz4.frame
 import orjson
 import xxhash
 
-from fleetsync.store.contract import ObjectRecord
+from fleetsync.store.contract import ObjectRecord, Store
 from fleetsync.store.sqlite import SQLiteStore
 
 COMPRESSION_LZ4 = 1  # fleetsync_pb2.COMPRESSION_LZ4
@@ -189,13 +189,13 @@ def records(n: int, generation: int, seed: int) -> tuple[list[ObjectRecord], int
     return out, raw, packed
 
 
-async def apply_all(store: SQLiteStore, objects: list[ObjectRecord], bundle: int, seq: int) -> tuple[float, int]:
-    """Apply ``objects`` in bundles; (seconds, the last seq used)."""
+async def apply_all(store: Store, objects: list[ObjectRecord], bundle: int, seq: int) -> tuple[float, int]:
+    """Apply ``objects`` (all of one cluster) in bundles, as a hub applies DELTAs; (seconds, the last seq used)."""
     started = time.perf_counter()
     for start in range(0, len(objects), bundle):
         seq += 1
         await store.apply_bundle(
-            CLUSTER,
+            objects[0].cluster,
             POD,
             incarnation="bench-1",
             seq=seq,

@@ -51,7 +51,7 @@ from fleetsync.store.contract import (
     StreamRecord,
     TokenRecord,
 )
-from fleetsync.store.rows import TOUCH_INTERVAL, Key, event_type, split_key, to_signed, to_unsigned
+from fleetsync.store.rows import TOUCH_INTERVAL, Key, event_type, lease_from_row, object_from_row, refresh_from_row, split_key, to_signed, to_unsigned
 
 log = logging.getLogger(__name__)
 
@@ -231,32 +231,6 @@ def _rowcount(status: str) -> int:
     """The row count of a command status such as ``INSERT 0 12`` or ``DELETE 3``."""
     last = status.rsplit(" ", 1)[-1]
     return int(last) if last.isdigit() else 0
-
-
-def _object(r: Sequence[Any], rev: int | None = None) -> ObjectRecord:
-    return ObjectRecord(
-        cluster=r[0],
-        type=r[1],
-        namespace=r[2],
-        name=r[3],
-        uid=r[4],
-        resource_version=r[5],
-        hash=to_unsigned(r[6]),
-        labels=orjson.loads(r[7]),
-        owner=r[8],
-        body=r[9],
-        compression=r[10],
-        incarnation=r[11],
-        rev=r[12] if rev is None else rev,
-    )
-
-
-def _lease(r: Sequence[Any]) -> Lease:
-    return Lease(cluster=r[0], holder=r[1], incarnation=r[2], hub_id=r[3], expires_at=r[4], connected=bool(r[5]))
-
-
-def _refresh(r: Sequence[Any]) -> RefreshTarget:
-    return RefreshTarget(cluster=r[0], mode=r[1], url=r[2], interval=r[3], next_refresh_at=r[4])
 
 
 def _text(value: Mapping[str, str]) -> str:
@@ -510,7 +484,7 @@ class PostgresStore:
         return sorted(r[0] for r in rows)
 
     async def leases(self) -> list[Lease]:
-        return [_lease(r) for r in await self._fetch(f"SELECT {_LEASE_COLUMNS} FROM leases ORDER BY cluster")]
+        return [lease_from_row(r) for r in await self._fetch(f"SELECT {_LEASE_COLUMNS} FROM leases ORDER BY cluster")]
 
     async def acquire_lease(self, cluster: str, *, holder: str, incarnation: str, hub_id: str, now: float, ttl: float) -> LeaseResult:
         # One statement: of replicas racing for a free lease, exactly one insert or update wins.
@@ -531,9 +505,9 @@ class PostgresStore:
                 now,
             )
             if row is not None:
-                return LeaseResult(granted=True, lease=_lease(row))
+                return LeaseResult(granted=True, lease=lease_from_row(row))
             current = await conn.fetchrow(f"SELECT {_LEASE_COLUMNS} FROM leases WHERE cluster = $1", cluster)
-            return LeaseResult(granted=False, lease=_lease(current))
+            return LeaseResult(granted=False, lease=lease_from_row(current))
 
     async def release_lease(self, cluster: str, *, holder: str, incarnation: str, now: float, grace: float) -> None:
         await self._execute(
@@ -639,7 +613,7 @@ class PostgresStore:
         rows = await self._fetch(
             f"SELECT {_OBJECT_COLUMNS} FROM objects WHERE cluster = $1 AND type = $2 AND namespace = $3 AND name = $4", cluster, type, namespace, name
         )
-        return _object(rows[0]) if rows else None
+        return object_from_row(rows[0]) if rows else None
 
     async def list_objects(
         self,
@@ -666,7 +640,7 @@ class PostgresStore:
         sql = f"SELECT {_OBJECT_COLUMNS} FROM objects WHERE {' AND '.join(where)} ORDER BY cluster, namespace, name"
         if limit > 0:
             sql += f" LIMIT {int(limit)}"
-        return [_object(r) for r in await self._fetch(sql, *params)]
+        return [object_from_row(r) for r in await self._fetch(sql, *params)]
 
     async def counts(self, cluster: str) -> dict[str, int]:
         rows = await self._fetch("SELECT type, count(*) FROM objects WHERE cluster = $1 GROUP BY type ORDER BY type", cluster)
@@ -684,7 +658,7 @@ class PostgresStore:
         if limit > 0:
             sql += f" LIMIT {int(limit)}"
         rows = await self._fetch(sql, rev)
-        return [Change(rev=r[13], type=event_type(r[0]), obj=_object(r[1:])) for r in rows]
+        return [Change(rev=r[13], type=event_type(r[0]), obj=object_from_row(r[1:])) for r in rows]
 
     async def trim_changes(self, *, keep: int) -> None:
         if keep <= 0:
@@ -748,7 +722,7 @@ class PostgresStore:
         return _rowcount(await self._execute("DELETE FROM refresh WHERE cluster = $1", cluster)) > 0
 
     async def refresh_targets(self) -> list[RefreshTarget]:
-        return [_refresh(r) for r in await self._fetch(f"SELECT {_REFRESH_COLUMNS} FROM refresh ORDER BY cluster")]
+        return [refresh_from_row(r) for r in await self._fetch(f"SELECT {_REFRESH_COLUMNS} FROM refresh ORDER BY cluster")]
 
     async def claim_due_refreshes(self, *, hub_id: str, now: float, limit: int = 100) -> list[RefreshTarget]:
         # SKIP LOCKED: replicas claiming at once take disjoint sets instead of waiting for each other
@@ -769,7 +743,7 @@ class PostgresStore:
             now,
             limit,
         )
-        return sorted((_refresh(r) for r in rows), key=lambda t: t.cluster)
+        return sorted((refresh_from_row(r) for r in rows), key=lambda t: t.cluster)
 
     async def try_lock(self, name: str, *, holder: str, now: float, ttl: float) -> bool:
         row = await self._fetchval(

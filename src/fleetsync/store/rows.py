@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
-from fleetsync.store.contract import EventType
+from collections.abc import Sequence
+from typing import Any
+
+import orjson
+
+from fleetsync.store.contract import EventType, Lease, ObjectRecord, RefreshTarget
 
 #: ``touch_cluster`` writes at most this often per cluster (seconds of its ``now``);
 #: in between the time is kept in memory, folded into the next write and overlaid on reads.
@@ -39,3 +44,33 @@ def event_type(value: str) -> EventType:
         return _EVENTS[value]
     except KeyError:
         raise ValueError(f"unknown change event {value!r} in the change log") from None
+
+
+def object_from_row(r: Sequence[Any], rev: int | None = None) -> ObjectRecord:
+    """A record from a row of ``cluster, type, namespace, name, uid, resource_version, hash,
+    labels, owner, body, compression, incarnation, rev`` (``rev`` overrides the row's)."""
+    return ObjectRecord(
+        cluster=r[0],
+        type=r[1],
+        namespace=r[2],
+        name=r[3],
+        uid=r[4],
+        resource_version=r[5],
+        hash=to_unsigned(r[6]),
+        labels=orjson.loads(r[7]),
+        owner=r[8],
+        body=r[9],
+        compression=r[10],
+        incarnation=r[11],
+        rev=r[12] if rev is None else rev,
+    )
+
+
+def lease_from_row(r: Sequence[Any]) -> Lease:
+    """A lease from a row of ``cluster, holder, incarnation, hub_id, expires_at, connected``."""
+    return Lease(cluster=r[0], holder=r[1], incarnation=r[2], hub_id=r[3], expires_at=r[4], connected=bool(r[5]))
+
+
+def refresh_from_row(r: Sequence[Any]) -> RefreshTarget:
+    """A refresh target from a row of ``cluster, mode, url, interval, next_refresh_at``."""
+    return RefreshTarget(cluster=r[0], mode=r[1], url=r[2], interval=r[3], next_refresh_at=r[4])

@@ -39,7 +39,7 @@ import aiosqlite
 import orjson
 
 from fleetsync.store.contract import Change, ClusterRecord, EventRecord, Lease, LeaseResult, ObjectRecord, RefreshTarget, StreamRecord, TokenRecord
-from fleetsync.store.rows import TOUCH_INTERVAL, Key, event_type, split_key, to_signed, to_unsigned
+from fleetsync.store.rows import TOUCH_INTERVAL, Key, event_type, lease_from_row, object_from_row, refresh_from_row, split_key, to_signed, to_unsigned
 
 log = logging.getLogger(__name__)
 
@@ -225,29 +225,6 @@ def statements(script: str) -> list[str]:
 
 def _labels(labels: Mapping[str, str]) -> str:
     return orjson.dumps(dict(labels)).decode()
-
-
-def _object(r: Sequence[Any], rev: int | None = None) -> ObjectRecord:
-    """A record from a row of ``_OBJECT_COLUMNS`` (``rev`` overrides the row's)."""
-    return ObjectRecord(
-        cluster=r[0],
-        type=r[1],
-        namespace=r[2],
-        name=r[3],
-        uid=r[4],
-        resource_version=r[5],
-        hash=to_unsigned(r[6]),
-        labels=orjson.loads(r[7]),
-        owner=r[8],
-        body=r[9],
-        compression=r[10],
-        incarnation=r[11],
-        rev=r[12] if rev is None else rev,
-    )
-
-
-def _lease(r: Sequence[Any]) -> Lease:
-    return Lease(cluster=r[0], holder=r[1], incarnation=r[2], hub_id=r[3], expires_at=r[4], connected=bool(r[5]))
 
 
 class SQLiteStore:
@@ -510,7 +487,7 @@ class SQLiteStore:
 
     async def leases(self) -> list[Lease]:
         rows = await self._read("SELECT cluster, holder, incarnation, hub_id, expires_at, connected FROM leases ORDER BY cluster")
-        return [_lease(r) for r in rows]
+        return [lease_from_row(r) for r in rows]
 
     async def acquire_lease(self, cluster: str, *, holder: str, incarnation: str, hub_id: str, now: float, ttl: float) -> LeaseResult:
         async with self._transaction() as db:
@@ -518,7 +495,7 @@ class SQLiteStore:
                 await db.execute_fetchall("SELECT cluster, holder, incarnation, hub_id, expires_at, connected FROM leases WHERE cluster = ?", (cluster,))
             )
             if rows:
-                current = _lease(rows[0])
+                current = lease_from_row(rows[0])
                 if current.expires_at > now and current.holder != holder:
                     return LeaseResult(granted=False, lease=current)
             lease = Lease(cluster=cluster, holder=holder, incarnation=incarnation, hub_id=hub_id, expires_at=now + ttl, connected=True)
@@ -636,7 +613,7 @@ class SQLiteStore:
         rows = await self._read(
             f"SELECT {_OBJECT_COLUMNS} FROM objects WHERE cluster = ? AND type = ? AND namespace = ? AND name = ?", (cluster, type, namespace, name)
         )
-        return _object(rows[0]) if rows else None
+        return object_from_row(rows[0]) if rows else None
 
     async def list_objects(
         self,
@@ -677,7 +654,7 @@ class SQLiteStore:
         sql = f"SELECT {_OBJECT_COLUMNS} FROM objects WHERE {' AND '.join(where)} ORDER BY cluster, namespace, name"
         if limit > 0:
             sql += f" LIMIT {int(limit)}"
-        return [_object(r) for r in await self._read(sql, params)]
+        return [object_from_row(r) for r in await self._read(sql, params)]
 
     async def counts(self, cluster: str) -> dict[str, int]:
         rows = await self._read("SELECT type, count(*) FROM objects WHERE cluster = ? GROUP BY type ORDER BY type", (cluster,))
@@ -696,7 +673,7 @@ class SQLiteStore:
             f"SELECT event, cluster, type, namespace, name, {_OBJECT_FIELDS}, rev FROM changes WHERE rev > ? ORDER BY rev LIMIT ?",
             (rev, limit if limit > 0 else -1),
         )
-        return [Change(rev=r[13], type=event_type(r[0]), obj=_object(r[1:])) for r in rows]
+        return [Change(rev=r[13], type=event_type(r[0]), obj=object_from_row(r[1:])) for r in rows]
 
     async def trim_changes(self, *, keep: int) -> None:
         async with self._autocommit() as db:
@@ -722,7 +699,7 @@ class SQLiteStore:
 
     async def refresh_targets(self) -> list[RefreshTarget]:
         rows = await self._read("SELECT cluster, mode, url, interval, next_refresh_at FROM refresh ORDER BY cluster")
-        return [RefreshTarget(cluster=r[0], mode=r[1], url=r[2], interval=r[3], next_refresh_at=r[4]) for r in rows]
+        return [refresh_from_row(r) for r in rows]
 
     async def claim_due_refreshes(self, *, hub_id: str, now: float, limit: int = 100) -> list[RefreshTarget]:
         async with self._autocommit() as db:  # one statement: atomic, and SQLite has one writer
@@ -740,7 +717,7 @@ class SQLiteStore:
                 """,
                 (now, now, hub_id, now, limit),
             )
-        return sorted((RefreshTarget(cluster=r[0], mode=r[1], url=r[2], interval=r[3], next_refresh_at=r[4]) for r in rows), key=lambda t: t.cluster)
+        return sorted((refresh_from_row(r) for r in rows), key=lambda t: t.cluster)
 
     async def try_lock(self, name: str, *, holder: str, now: float, ttl: float) -> bool:
         async with self._autocommit() as db:
