@@ -53,7 +53,10 @@ def add_pull(db: str, cluster: str, port: int, interval: float) -> None:
 def test_three_replicas_refresh_50_pull_clusters_once_per_interval_never_twice_at_once(tmp_path: Path, pg_url: str) -> None:
     interval, clusters = 4.0, [f"c{i}" for i in range(1, 51)]
     with run_sim(tmp_path, "--clusters", "50", "--pods", "5", "--namespaces", "1", "--no-istio", "--churn", "0") as sim:
-        ports = {c: free_port() for c in clusters}
+        free: set[int] = set()
+        while len(free) < len(clusters):  # free_port() may hand out a port twice before anyone binds it
+            free.add(free_port())
+        ports = dict(zip(clusters, sorted(free), strict=True))
         agents = [start_pull_agent(tmp_path, sim, c, ports[c]) for c in clusters]
         hubs: list[Hub] = []
         try:
