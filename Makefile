@@ -34,8 +34,8 @@ demo: $(BIN)/.installed
 	$(BIN)/fleetsync demo
 
 lint: $(BIN)/.installed
-	$(BIN)/ruff check src tests bench
-	$(BIN)/ruff format --check src tests bench
+	$(BIN)/ruff check src tests bench examples
+	$(BIN)/ruff format --check src tests bench examples
 	$(BIN)/mypy
 
 ## test: lint, type checks and the whole test suite

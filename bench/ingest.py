@@ -110,6 +110,7 @@ from benchlib import (
     tail,
     vm_hwm,
 )
+from fleetsync.model.objects import CLUSTER_VERSION_ANNOTATION
 from fleetsync.testing.postgres import PostgresServer
 
 LOG_PATTERNS = {
@@ -185,25 +186,26 @@ class Sampler(threading.Thread):
 
 # ---- the hub poller (a separate process) ---------------------------------------------
 
-# The hub's Pod bodies are the agent's canonical JSON (sorted keys): in each item's metadata
-# "name" is followed by "namespace", and "resourceVersion" occurs once per item (plus once in
-# the list's metadata, first). A regex is ~10x cheaper than parsing 3 MB; every response is
-# checked for consistent counts, the first one against a full parse, with orjson as fallback.
+# The hub's Pod bodies are the agent's canonical JSON (sorted keys), and the hub keeps their key
+# order: in each item's metadata "name" is followed by "namespace", and the cluster's
+# resourceVersion annotation occurs once per item. A regex is ~10x cheaper than parsing 3 MB;
+# every response is checked for consistent counts, the first one against a full parse, with
+# orjson as fallback.
 _NAME_NS = re.compile(rb'"name":"([^"\\]*)","namespace":"([^"\\]*)"')
-_RV = re.compile(rb'"resourceVersion":"(\d+)"')
+_RV = re.compile(rb'"' + re.escape(CLUSTER_VERSION_ANNOTATION.encode()) + rb'":"(\d+)"')
 
 
 def _versions_parsed(raw: bytes) -> list[tuple[str, int]]:
     items = orjson.loads(raw)["items"]
-    return [(f"{i['metadata'].get('namespace', '')}/{i['metadata']['name']}", int(i["metadata"]["resourceVersion"])) for i in items]
+    return [(f"{i['metadata'].get('namespace', '')}/{i['metadata']['name']}", int(i["metadata"]["annotations"][CLUSTER_VERSION_ANNOTATION])) for i in items]
 
 
 def _versions_fast(raw: bytes) -> list[tuple[str, int]] | None:
     names = _NAME_NS.findall(raw)
     rvs = _RV.findall(raw)
-    if len(rvs) != len(names) + 1 or raw.count(b'"kind":"Pod"') != len(names):
+    if len(rvs) != len(names) or raw.count(b'"kind":"Pod"') != len(names):
         return None
-    return [(f"{ns.decode()}/{name.decode()}", int(rv)) for (name, ns), rv in zip(names, rvs[1:], strict=True)]
+    return [(f"{ns.decode()}/{name.decode()}", int(rv)) for (name, ns), rv in zip(names, rvs, strict=True)]
 
 
 def poll_hub(hub: str, clusters: list[str], interval: float, out: str, ready: Any, stop: Any) -> None:

@@ -3,8 +3,9 @@
 The bench builds N Pod-like objects (realistic ~3 KB JSON: labels, annotations,
 owner references, a container with env, probes and resources, volumes, status
 with conditions and container statuses; random uids, IPs and timestamps so that
-they compress like real ones), compresses each body with lz4.frame as the agent
-does, and applies them in bundles of B objects (one transaction each) to a fresh
+they compress like real ones), serializes, hashes and lz4-compresses each with the
+agent's codec (``make_object``) and turns it into the hub's record (``object_record``),
+and applies them in bundles of B objects (one transaction each) to a fresh
 store in a temporary directory, spread over namespaces of one cluster. Three passes,
 each timed from the first bundle to the last commit:
 
@@ -31,27 +32,28 @@ import random
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import lz4.frame
-import orjson
-import xxhash
-
+from fleetsync.hub.engine import object_record
+from fleetsync.protocol import fleetsync_pb2 as pb
+from fleetsync.protocol.codec import body_json, make_object
 from fleetsync.store.contract import ObjectRecord, Store
 from fleetsync.store.sqlite import SQLiteStore
 
-COMPRESSION_LZ4 = 1  # fleetsync_pb2.COMPRESSION_LZ4
 CLUSTER = "bench"
 POD = "v1/Pod"
+INCARNATION = "bench-1"
 
 
 def stamp(rng: random.Random) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(1_700_000_000 + rng.randrange(10_000_000)))
 
 
-def pod(i: int, namespace: str, rng: random.Random, generation: int) -> dict[str, Any]:
-    app = f"svc-{i % 97}"
+def pod(i: int, namespace: str, rng: random.Random, generation: int, *, app: str | None = None) -> dict[str, Any]:
+    """A Running Pod of a ReplicaSet of ``app`` (default: one of 97 ``svc-N``), labelled app, pod-template-hash, team and tier."""
+    app = app or f"svc-{i % 97}"
     rs = f"{app}-{rng.getrandbits(32):08x}"[:20]
     name = f"{rs}-{rng.getrandbits(24):06x}"
     ip = f"10.{rng.randrange(256)}.{rng.randrange(256)}.{rng.randrange(1, 255)}"
@@ -157,6 +159,13 @@ def pod(i: int, namespace: str, rng: random.Random, generation: int) -> dict[str
     }
 
 
+def pod_record(cluster: str, body: dict[str, Any]) -> tuple[ObjectRecord, int]:
+    """``body`` as the hub stores it, and the size of its JSON: serialized (sorted keys), hashed and
+    lz4-compressed by the agent's codec, made into a record by the hub's engine."""
+    obj = make_object(body)
+    return object_record(cluster, POD, INCARNATION, obj, pb.COMPRESSION_LZ4), len(body_json(obj.body, pb.COMPRESSION_LZ4))
+
+
 def records(n: int, generation: int, seed: int) -> tuple[list[ObjectRecord], int, int]:
     """N objects (same keys for every generation), and their total JSON and compressed sizes."""
     rng = random.Random(seed * 1000 + generation)
@@ -166,46 +175,33 @@ def records(n: int, generation: int, seed: int) -> tuple[list[ObjectRecord], int
         namespace = f"ns-{i % 50}"
         body = pod(i, namespace, rng, generation)
         body["metadata"]["name"] = f"pod-{i:07d}"  # stable keys across generations
-        data = orjson.dumps(body, option=orjson.OPT_SORT_KEYS)
-        compressed = lz4.frame.compress(data)
-        raw += len(data)
-        packed += len(compressed)
-        out.append(
-            ObjectRecord(
-                cluster=CLUSTER,
-                type=POD,
-                namespace=namespace,
-                name=body["metadata"]["name"],
-                uid=body["metadata"]["uid"],
-                resource_version=body["metadata"]["resourceVersion"],
-                hash=xxhash.xxh3_64_intdigest(data),
-                labels=body["metadata"]["labels"],
-                owner=f"ReplicaSet/{body['metadata']['ownerReferences'][0]['name']}",
-                body=compressed,
-                compression=COMPRESSION_LZ4,
-                incarnation="bench-1",
-            )
-        )
+        record, size = pod_record(CLUSTER, body)
+        raw += size
+        packed += len(record.body)
+        out.append(record)
     return out, raw, packed
 
 
-async def apply_all(store: Store, objects: list[ObjectRecord], bundle: int, seq: int) -> tuple[float, int]:
-    """Apply ``objects`` (all of one cluster) in bundles, as a hub applies DELTAs; (seconds, the last seq used)."""
+async def apply_all(store: Store, objects: list[ObjectRecord], bundle: int, seq: int, *, on_commit: Callable[[int], None] | None = None) -> tuple[float, int]:
+    """Apply ``objects`` (all of one cluster) in bundles, as a hub applies DELTAs; (seconds, the last seq used).
+    ``on_commit(rev)``: called after each bundle's commit with the store's revision after it."""
     started = time.perf_counter()
     for start in range(0, len(objects), bundle):
         seq += 1
-        await store.apply_bundle(
+        rev = await store.apply_bundle(
             objects[0].cluster,
             POD,
-            incarnation="bench-1",
+            incarnation=INCARNATION,
             seq=seq,
             upserts=objects[start : start + bundle],
             deletes=[],
             full_seq=None,
             full_end=False,
-            move_to=("bench-1", seq),
+            move_to=(INCARNATION, seq),
             now=time.time(),
         )
+        if on_commit is not None:
+            on_commit(rev)
     return time.perf_counter() - started, seq
 
 

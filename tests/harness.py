@@ -6,14 +6,18 @@ Tests wait on conditions with deadlines (:func:`wait_until`), never on bare slee
 from __future__ import annotations
 
 import asyncio
+import atexit
 import getpass
 import json
 import os
+import secrets
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -23,8 +27,48 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+import trustme
+
 T = TypeVar("T")
 BIN = Path(sys.executable).parent
+
+#: The admin API token of every hub the harness starts (``--admin-token-file``). It is in the
+#: environment as FLEETSYNC_TOKEN, so client commands (check, get, events, ...) send it, and
+#: :func:`http` sends it to the hubs' URLs; kubectl and client libraries are given it explicitly.
+API_TOKEN = os.environ.setdefault("FLEETSYNC_TOKEN", secrets.token_urlsafe(32))
+#: The URLs of the hubs started (http:// and https://), to which :func:`http` sends the token.
+_HUB_URLS: set[str] = set()
+
+
+class TestPKI:
+    """A certificate authority of the test run's own (trustme), with the hub's server
+    certificate for 127.0.0.1 and client certificates for agents (mutual TLS)."""
+
+    def __init__(self) -> None:
+        self.dir = Path(tempfile.mkdtemp(prefix="fleetsync-test-pki-"))
+        atexit.register(shutil.rmtree, self.dir, True)
+        self.ca = trustme.CA(organization_name="fleetsync tests")
+        self.ca_file = self.dir / "ca.crt"
+        self.ca.cert_pem.write_to_path(str(self.ca_file))
+        self.server_cert, self.server_key = self._issue("server", "127.0.0.1", "localhost")
+        self.context = ssl.create_default_context(cafile=self.ca_file)
+
+    def _issue(self, name: str, *identities: str, common_name: str | None = None) -> tuple[Path, Path]:
+        issued = self.ca.issue_cert(*identities, common_name=common_name)
+        cert, key = self.dir / f"{name}.crt", self.dir / f"{name}.key"
+        for blob in issued.cert_chain_pems:
+            blob.write_to_path(str(cert), append=True)
+        issued.private_key_pem.write_to_path(str(key))
+        return cert, key
+
+    def client_certificate(self, cluster: str) -> tuple[Path, Path]:
+        """A client certificate (and its key) whose common name is ``cluster``."""
+        return self._issue(f"client-{cluster}-{time.monotonic_ns()}", f"{cluster}.agents.fleetsync.test", common_name=cluster)
+
+
+#: Client commands (check, get, ...) trust the test CA, as kubectl and :func:`http` are told to.
+PKI = TestPKI()
+os.environ["FLEETSYNC_CERTIFICATE_AUTHORITY"] = str(PKI.ca_file)  # this process's CA (xdist workers inherit the controller's environment)
 
 
 def free_port() -> int:
@@ -58,12 +102,23 @@ async def eventually(predicate: Callable[[], Awaitable[T]], *, timeout: float, i
     raise AssertionError("unreachable")  # pragma: no cover
 
 
-def http(method: str, url: str, body: Any = None, *, headers: dict[str, str] | None = None, timeout: float = 10) -> tuple[int, Any]:
-    """A plain HTTP call returning (status, decoded JSON or text)."""
+def authorized(url: str) -> dict[str, str]:
+    """The Authorization header for ``url`` if it is a hub's the harness started (else none)."""
+    return {"Authorization": f"Bearer {API_TOKEN}"} if any(url.startswith(hub + "/") for hub in _HUB_URLS) else {}
+
+
+def http(
+    method: str, url: str, body: Any = None, *, headers: dict[str, str] | None = None, timeout: float = 10, context: ssl.SSLContext | None = None
+) -> tuple[int, Any]:
+    """A plain HTTP call returning (status, decoded JSON or text); a hub's admin token is sent
+    unless ``headers`` has an Authorization of its own."""
     data = None if body is None else (body if isinstance(body, bytes) else json.dumps(body).encode())
-    request = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json", **(headers or {})})
+    sent = {"Content-Type": "application/json", **authorized(url), **(headers or {})}
+    request = urllib.request.Request(url, data=data, method=method, headers={k: v for k, v in sent.items() if v})
+    if context is None and url.startswith("https://"):
+        context = PKI.context
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
+        with urllib.request.urlopen(request, timeout=timeout, context=context) as response:
             status, raw = response.status, response.read()
     except urllib.error.HTTPError as exc:
         status, raw = exc.code, exc.read()
@@ -71,6 +126,22 @@ def http(method: str, url: str, body: Any = None, *, headers: dict[str, str] | N
         return status, json.loads(raw)
     except ValueError:
         return status, raw.decode()
+
+
+def hub_kubectl(server: str, token: str | None = None) -> list[str]:
+    """kubectl against a hub URL (a cluster's ``/clusters/NAME`` or the fleet's root), with ``token``
+    (default: the admin token; "": none). kubectl sends tokens over HTTPS only: the hub must be
+    started with ``tls=True``."""
+    assert server.startswith("https://"), f"kubectl sends no token to {server}: start the hub with tls=True"
+    token = API_TOKEN if token is None else token
+    return [kubectl_binary(), "--server", server, "--certificate-authority", str(PKI.ca_file), *(("--token", token) if token else ())]
+
+
+def hub_stream(url: str, *, timeout: float) -> Any:
+    """An open GET of a hub URL with its token (trusting the test CA), to read a stream from."""
+    return urllib.request.urlopen(
+        urllib.request.Request(url, headers=authorized(url)), timeout=timeout, context=PKI.context if url.startswith("https://") else None
+    )
 
 
 def kubectl_binary() -> str:
@@ -289,10 +360,12 @@ class Hub:
     grpc_port: int
     http_port: int
     transport: Transport = GRPC
+    #: Serving TLS with the test CA's certificate: https:// API, grpcs:// for agents.
+    tls: bool = False
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.http_port}"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.http_port}"
 
     @property
     def hub_id(self) -> str:
@@ -315,25 +388,42 @@ class Hub:
 
     def agent_url_via(self, port: int) -> str:
         """The agent URL for this hub's transport at ``port`` (e.g. a proxy in front of it)."""
-        return f"{self.transport.name}://127.0.0.1:{port}"
+        scheme = "grpcs" if self.tls and self.transport.name == "grpc" else self.transport.name
+        return f"{scheme}://127.0.0.1:{port}"
 
 
 def start_hub(
-    tmp: Path, db: str, *extra: str, grpc_port: int | None = None, http_port: int | None = None, transport: Transport = GRPC, env: dict[str, str] | None = None
+    tmp: Path,
+    db: str,
+    *extra: str,
+    grpc_port: int | None = None,
+    http_port: int | None = None,
+    transport: Transport = GRPC,
+    env: dict[str, str] | None = None,
+    tls: bool = False,
 ) -> Hub:
+    """A hub on free ports with the harness's admin token; with ``tls``, its API is HTTPS and
+    its gRPC port TLS, with a certificate of the test CA (agents of :func:`start_agent` trust it)."""
+    token_file = tmp / "api.token"
+    token_file.write_text(API_TOKEN)
     grpc_port = grpc_port or free_port()
     http_port = http_port or free_port()
     # The hub id stays the same across restarts (the broker keeps the hub's session by it)
     # and differs between replicas.
     via = ("--broker", transport.hub_url or transport.broker.url) if transport.broker else ()
     listen = ("--grpc", f"127.0.0.1:{grpc_port}", "--http", f"127.0.0.1:{http_port}", "--hub-id", f"hub-{http_port}")  # Hub.hub_id
-    proc = spawn(tmp, f"hub-{http_port}", "hub", "--db", db, *listen, *via, *extra, env=env)
-    hub = Hub(proc, db, grpc_port, http_port, transport)
+    secure = ("--tls-cert", str(PKI.server_cert), "--tls-key", str(PKI.server_key)) if tls else ()
+    proc = spawn(tmp, f"hub-{http_port}", "hub", "--db", db, *listen, *via, *secure, "--admin-token-file", str(token_file), *extra, env=env)
+    hub = Hub(proc, db, grpc_port, http_port, transport, tls)
+    _HUB_URLS.add(hub.url)
 
     def up() -> bool:
         if proc.process.poll() is not None:
             raise RuntimeError(f"fleetsync hub exited with {proc.process.returncode}: {proc.output()[-2000:]}")
-        return http("GET", f"{hub.url}/readyz", timeout=1)[0] == 200
+        try:
+            return http("GET", f"{hub.url}/readyz", timeout=1)[0] == 200
+        except OSError:
+            return False
 
     wait_until(up, timeout=30, what="fleetsync hub to be ready")
     return hub
@@ -348,6 +438,8 @@ def create_token(tmp: Path, db: str, name: str, role: str = "agent") -> Path:
 
 
 def start_agent(tmp: Path, sim: Sim, cluster: str, hub_url: str, token_file: Path, *extra: str, env: dict[str, str] | None = None) -> Proc:
+    """An agent of ``cluster`` of the sim, syncing to ``hub_url`` (trusting the test CA on grpcs://)."""
+    trust = ("--tls-ca", str(PKI.ca_file)) if "grpcs://" in hub_url and "--tls-ca" not in extra else ()
     return spawn(
         tmp,
         f"agent-{cluster}-{time.monotonic_ns()}",
@@ -360,6 +452,7 @@ def start_agent(tmp: Path, sim: Sim, cluster: str, hub_url: str, token_file: Pat
         hub_url,
         "--token-file",
         str(token_file),
+        *trust,
         *extra,
         env=env,
     )

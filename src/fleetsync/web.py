@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -17,8 +19,8 @@ log = logging.getLogger(__name__)
 JSON = "application/json"
 
 
-def json_response(data: Any, status: int = 200) -> web.Response:
-    return web.Response(body=orjson.dumps(data), status=status, content_type=JSON)
+def json_response(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(body=orjson.dumps(data), status=status, content_type=JSON, headers=headers)
 
 
 @web.middleware
@@ -27,11 +29,17 @@ async def status_errors(request: web.Request, handler: Callable[[web.Request], A
     try:
         return await handler(request)
     except ApiError as exc:
-        return json_response(exc.to_status(), exc.code)
+        return json_response(exc.to_status(), exc.code, exc.headers)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        return json_response(ApiError(exc.status, exc.reason, exc.text or exc.reason).to_status(), exc.status)
+        if exc.status == 404:  # no route matched: say which path, as Kubernetes does
+            error = ApiError.path_not_found(request.path)
+        elif exc.status == 405:
+            error = ApiError.method_not_allowed(request.method, request.path)
+        else:
+            error = ApiError(exc.status, exc.reason.replace(" ", ""), exc.text or exc.reason)
+        return json_response(error.to_status(), exc.status, {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None)
     except (asyncio.CancelledError, ConnectionResetError):
         raise
     except Exception:
@@ -39,12 +47,25 @@ async def status_errors(request: web.Request, handler: Callable[[web.Request], A
         return json_response(ApiError(500, "InternalError", f"internal error serving {request.method} {request.path}; see the server's log").to_status(), 500)
 
 
+def https_context(cert_file: str | Path, key_file: str | Path) -> ssl.SSLContext:
+    """A server's TLS context from PEM files; a ValueError saying what is wrong with them."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        context.load_cert_chain(cert_file, key_file)
+    except ssl.SSLError as exc:  # before OSError, which it is a kind of
+        raise ValueError(f"TLS certificate {cert_file} / key {key_file}: {exc.reason or exc} (is the key the certificate's, both PEM?)") from None
+    except OSError as exc:
+        raise ValueError(f"TLS certificate {cert_file} / key {key_file}: {exc.strerror or exc}") from None
+    return context
+
+
 async def serve(app: web.Application, host: str, port: int, **runner_options: Any) -> tuple[web.AppRunner, int]:
-    """Start serving ``app`` on host:port (0: a free port); returns the runner (to clean up) and the port."""
+    """Start serving ``app`` on host:port (0: a free port; HTTPS with ``ssl_context=``); returns the runner (to clean up) and the port."""
     backlog = runner_options.pop("backlog", 128)
+    ssl_context = runner_options.pop("ssl_context", None)
     runner = web.AppRunner(app, access_log=None, **runner_options)
     await runner.setup()
-    site = web.TCPSite(runner, host, port, backlog=backlog)
+    site = web.TCPSite(runner, host, port, backlog=backlog, ssl_context=ssl_context)
     try:
         await site.start()
     except BaseException:

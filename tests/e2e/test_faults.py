@@ -30,8 +30,8 @@ from tests.harness import (
     free_port,
     http,
     hub_events,
+    hub_kubectl,
     hub_objects,
-    kubectl_binary,
     metric,
     run_sim,
     start_agent,
@@ -45,7 +45,7 @@ FAST = ("--types", "v1/Service,discovery.k8s.io/v1/EndpointSlice,v1/Pod,networki
 
 def restart_hub(tmp: Path, hub: Hub, *extra: str) -> None:
     hub.proc.stop(signal.SIGKILL)
-    hub.proc = start_hub(tmp, hub.db, *extra, grpc_port=hub.grpc_port, http_port=hub.http_port, transport=hub.transport).proc
+    hub.proc = start_hub(tmp, hub.db, *extra, grpc_port=hub.grpc_port, http_port=hub.http_port, transport=hub.transport, tls=hub.tls).proc
 
 
 def sim_objects(sim: Sim, cluster: str) -> int:
@@ -304,10 +304,8 @@ def test_bad_messages_get_clear_errors_and_nothing_else_is_lost(sim: Sim, tmp_pa
     try:
         asyncio.run(scenario())
         # only what was acked is held for c8: the two pods, nothing from the refused or malformed bundles
-        listed = subprocess.run(
-            [kubectl_binary(), "--server", f"{hub.url}/clusters/c8", "get", "pods", "-A", "-o", "name"], capture_output=True, text=True, check=True
-        )
-        assert listed.stdout.split() == ["pod/p1", "pod/p2"]
+        listed = http("GET", f"{hub.url}/clusters/c8/api/v1/pods")[1]["items"]
+        assert [pod["metadata"]["name"] for pod in listed] == ["p1", "p2"]
         assert http("GET", f"{hub.url}/clusters/c8/api/v1/services")[1]["items"] == []
         reasons = {e["reason"] for e in hub_events(hub, cluster="c8")}
         assert {"Connected", "TypeRefused", "GapDetected", "Rejected"} <= reasons, reasons
@@ -341,6 +339,7 @@ def test_digests_repair_what_the_hub_lost_and_a_silent_cluster_goes_stale_then_r
         "--digest-interval",
         "0,v1/Service=1",
         transport=transport,
+        tls=True,  # kubectl reads it below (kubectl sends its token over HTTPS only)
     )
     agent = start_agent(tmp_path, sim, "c1", hub.agent_url, create_token(tmp_path, db, "c1"), "--types", "v1/Service,v1/Pod")
     try:
@@ -369,7 +368,7 @@ def test_digests_repair_what_the_hub_lost_and_a_silent_cluster_goes_stale_then_r
         agent.process.send_signal(signal.SIGSTOP)
         wait_until(lambda: hub_events(hub, cluster="c1", reason="Inactive"), timeout=30, what="the cluster inactive")
         assert "inactive (stale)" in fleetsync("clusters", "--hub", hub.url).stdout
-        read = subprocess.run([kubectl_binary(), "--server", f"{hub.url}/clusters/c1", "get", "pods", "-A"], capture_output=True, text=True, check=True)
+        read = subprocess.run([*hub_kubectl(f"{hub.url}/clusters/c1"), "get", "pods", "-A"], capture_output=True, text=True, check=True)
         assert "cluster c1 is inactive" in read.stderr and read.stdout.count("\n") > 1, read.stderr
         # it wakes up: active again, and every type is checked by digest
         agent.process.send_signal(signal.SIGCONT)

@@ -10,6 +10,7 @@ import pytest
 from kubernetes_asyncio import client, watch
 
 from tests.harness import (
+    API_TOKEN,
     Hub,
     Transport,
     converged,
@@ -99,7 +100,7 @@ async def test_a_watch_on_one_replica_sees_changes_applied_through_another_in_re
         agent = start_agent(tmp_path, sim, "c1", b.grpc_url, create_token(tmp_path, pg_url, "c1"), *FAST)
         try:
             wait_converged(sim, a, timeout=60, what="initial sync through B, read from A")
-            configuration = client.Configuration(host=f"{a.url}/clusters/c1")
+            configuration = client.Configuration(host=f"{a.url}/clusters/c1", api_key={"BearerToken": API_TOKEN}, api_key_prefix={"BearerToken": "Bearer"})
             async with client.ApiClient(configuration) as api:
                 core = client.CoreV1Api(api)
                 listed = await core.list_pod_for_all_namespaces()

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import re
 import signal
 import subprocess
 import time
@@ -22,7 +24,7 @@ from tests.harness import (
     fleetsync,
     http,
     hub_events,
-    kubectl_binary,
+    hub_kubectl,
     run_sim,
     start_agent,
     start_hub,
@@ -38,7 +40,7 @@ def fleet(quiet_sim: Sim, tmp_path: Path, transport: Transport) -> Iterator[tupl
     """Three agents on the module's sim (each test has a hub of its own) over ``transport``."""
     sim = quiet_sim
     db = f"sqlite:///{tmp_path / 'hub.db'}"
-    hub = start_hub(tmp_path, db, transport=transport)
+    hub = start_hub(tmp_path, db, transport=transport, tls=True)  # gRPC over TLS, and kubectl reads it (tokens go over HTTPS only)
     tokens = {c: create_token(tmp_path, db, c) for c in ("c1", "c2", "c3")}
     agents = {c: start_agent(tmp_path, sim, c, hub.agent_url, tokens[c], "--agent-id", f"agent-{c}", *FAST) for c in tokens}
     try:
@@ -65,9 +67,7 @@ def test_churn_converges_and_kubectl_reads_the_hub(fleet: tuple[Sim, Hub, dict[s
     assert "converged" in result.stdout
     clusters = http("GET", f"{hub.url}/api/v1/clusters")[1]["items"]
     assert {c["name"]: c["status"] for c in clusters} == {"c1": "active", "c2": "active", "c3": "active"}
-    listed = subprocess.run(
-        [kubectl_binary(), "--server", f"{hub.url}/clusters/c1", "get", "pods", "-A", "-o", "json"], capture_output=True, text=True, check=True
-    )
+    listed = subprocess.run([*hub_kubectl(f"{hub.url}/clusters/c1"), "get", "pods", "-A", "-o", "json"], capture_output=True, text=True, check=True)
     pods = json.loads(listed.stdout)["items"]
     assert len(pods) == len(sim.truth("c1", "v1/Pod"))
     assert "c2" in fleetsync("get", "pods", "-A", "--hub", hub.url).stdout
@@ -105,7 +105,7 @@ def test_kill_9_of_agent_and_hub_converges_without_losing_acknowledged_data(flee
     agents["c1"].stop(signal.SIGKILL)
     agents["c1"] = start_agent(tmp, sim, "c1", hub.agent_url, tmp / "c1-agent.token", "--agent-id", "agent-c1", *FAST)
     hub.proc.stop(signal.SIGKILL)
-    restarted = start_hub(tmp, hub.db, grpc_port=hub.grpc_port, http_port=hub.http_port, transport=hub.transport)
+    restarted = start_hub(tmp, hub.db, grpc_port=hub.grpc_port, http_port=hub.http_port, transport=hub.transport, tls=hub.tls)
     hub.proc = restarted.proc
     wait_until(lambda: sim.churn_operations() > 300, timeout=60, what="churn across the restarts")
     sim.set_churn(0)
@@ -123,16 +123,34 @@ def test_demo_runs_everything_and_shuts_down_cleanly(tmp_path: Path, transport: 
     ports = ("--sim-port", str(sim_port), "--http-port", str(http_port), "--grpc-port", str(grpc_port))
     demo = spawn(tmp_path, "demo", "demo", "--clusters", "2", "--pods", "40", *ports, *via)
     try:
-        hub = f"http://127.0.0.1:{http_port}"
-        wait_until(lambda: "kubectl" in demo.output() and f"{hub}/clusters/c1" in demo.output(), timeout=30, what="the demo's instructions")
+        wait_until(lambda: "Ctrl-C stops everything" in demo.output(), timeout=30, what="the demo's instructions")
         assert not transport.broker or f"agents -> {transport.broker.url} -> hub" in demo.output()
-        result = wait_until(
-            lambda: (r := fleetsync("check", "--sim", f"http://127.0.0.1:{sim_port}", "--hub", hub)).returncode == 0 and r,
-            timeout=60,
-            interval=0.5,
-            what="demo converged",
-        )
+        # the printed commands work as pasted into a shell, after the printed export
+        printed = [line for line in demo.output().splitlines() if line.startswith(("  first:", "  try:", "     "))]
+        lines = [re.sub(r"^  (?:first:|try:)?\s*", "", line).split("   (")[0] for line in printed]
+        export = lines[0]
+        assert export.startswith("export KUBECONFIG=") and f"FLEETSYNC_HUB=https://127.0.0.1:{http_port} " in export, lines
+        shell = {k: v for k, v in os.environ.items() if not k.startswith(("FLEETSYNC_", "KUBECONFIG"))}
+
+        def run(command: str) -> subprocess.CompletedProcess[str]:
+            return subprocess.run(["bash", "-c", f"{export} && {command}"], capture_output=True, text=True, env=shell, timeout=60)
+
+        check = next(line for line in lines if " check --sim " in line)
+        result = wait_until(lambda: (r := run(check)).returncode == 0 and r, timeout=60, interval=0.5, what="demo converged (its printed check command)")
         assert "converged" in result.stdout
+        listings = [line for line in lines if "kubectl " in line and not line.startswith("(") and " -w" not in line]
+        assert len(listings) == 2, lines
+        for command in listings:
+            listed = run(f"{command} -o name")
+            assert listed.returncode == 0 and listed.stdout.count("pod/") >= 40, (command, listed.stderr)
+        # without the token: refused, with a message that says what to do
+        refused = run(f"FLEETSYNC_TOKEN= {check}")
+        assert refused.returncode == 2 and "needs an API token" in refused.stderr, refused.stderr
+        # a read token cannot act; the printed resync carries the admin token
+        admin = next(line.removeprefix("  as admin:").strip() for line in demo.output().splitlines() if line.startswith("  as admin:"))
+        assert run(admin).returncode == 0, run(admin).stderr
+        as_reader = run(admin.rsplit(" --token ", 1)[0])
+        assert "403" in as_reader.stderr and "needs role admin" in as_reader.stderr, as_reader.stderr
         wait_until(lambda: "clusters 2/2 active" in demo.output() and " ms   hub rev" in demo.output(), timeout=10, what="the live summary with the sync lag")
     finally:
         demo.stop(signal.SIGINT)

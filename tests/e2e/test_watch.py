@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import subprocess
-import urllib.request
+import time
 from pathlib import Path
 
 from tests.harness import (
@@ -14,7 +14,8 @@ from tests.harness import (
     create_token,
     http,
     hub_events,
-    kubectl_binary,
+    hub_kubectl,
+    hub_stream,
     start_agent,
     start_hub,
     wait_converged,
@@ -27,16 +28,13 @@ FAST = ("--types", "v1/Service,v1/Pod")
 def test_kubectl_get_watch_follows_a_cluster_through_the_hub(tmp_path: Path, quiet_sim: Sim) -> None:
     sim = quiet_sim
     db = f"sqlite:///{tmp_path / 'hub.db'}"
-    hub = start_hub(tmp_path, db)
+    hub = start_hub(tmp_path, db, tls=True)  # kubectl sends its token over HTTPS only
     agent = start_agent(tmp_path, sim, "c1", hub.agent_url, create_token(tmp_path, db, "c1"), *FAST)
-    wait_converged(sim, hub, "c1", timeout=60, what="c1 synced")
     out = (tmp_path / "kubectl-watch.out").open("w")
-    kubectl = subprocess.Popen(
-        [kubectl_binary(), "--server", f"{hub.url}/clusters/c1", "get", "pods", "-A", "-w", "-o", "name"],
-        stdout=out,
-        stderr=subprocess.STDOUT,
-    )
+    kubectl: subprocess.Popen[bytes] | None = None
     try:
+        wait_converged(sim, hub, "c1", timeout=60, what="c1 synced")
+        kubectl = subprocess.Popen([*hub_kubectl(f"{hub.url}/clusters/c1"), "get", "pods", "-A", "-w", "-o", "name"], stdout=out, stderr=subprocess.STDOUT)
         pods = len(sim.truth("c1", "v1/Pod"))
         wait_until(lambda: len((tmp_path / "kubectl-watch.out").read_text().splitlines()) >= pods, timeout=30, what="kubectl's list")
         listed = len((tmp_path / "kubectl-watch.out").read_text().splitlines())
@@ -45,9 +43,14 @@ def test_kubectl_get_watch_follows_a_cluster_through_the_hub(tmp_path: Path, qui
         wait_until(lambda: len((tmp_path / "kubectl-watch.out").read_text().splitlines()) > listed + 20, timeout=30, what="kubectl -w printing changes")
         assert all(line.startswith("pod/") for line in (tmp_path / "kubectl-watch.out").read_text().splitlines()), "only pods, no errors"
         assert kubectl.poll() is None, (tmp_path / "kubectl-watch.out").read_text()[-2000:]
+        # the hub stops at once with the watch open (the watch ends; kubectl would reconnect)
+        started = time.monotonic()
+        hub.proc.stop()
+        assert hub.proc.process.returncode == 0 and time.monotonic() - started < 5, (hub.proc.process.returncode, time.monotonic() - started)
     finally:
-        kubectl.kill()
-        kubectl.wait()
+        if kubectl is not None:
+            kubectl.kill()
+            kubectl.wait()
         out.close()
         agent.stop()
         hub.proc.stop()
@@ -60,7 +63,7 @@ def test_a_watch_from_a_revision_no_longer_held_gets_410_expired(tmp_path: Path,
     agent = start_agent(tmp_path, sim, "c1", hub.agent_url, create_token(tmp_path, db, "c1"), *FAST)
     try:
         wait_converged(sim, hub, "c1", timeout=60, what="c1 synced (more changes than the log keeps)")
-        with urllib.request.urlopen(f"{hub.url}/clusters/c1/api/v1/pods?watch=1&resourceVersion=1", timeout=10) as response:
+        with hub_stream(f"{hub.url}/clusters/c1/api/v1/pods?watch=1&resourceVersion=1", timeout=10) as response:
             event = json.loads(response.readline())
         assert event["type"] == "ERROR" and event["object"]["code"] == 410 and event["object"]["reason"] == "Expired", event
     finally:
@@ -84,7 +87,7 @@ def test_events_stream_to_api_watchers_and_to_fleetsync_events_w(tmp_path: Path,
         assert cli.poll() is None, text()
         # the API stream itself: from an id, filtered by reason
         first = hub_events(hub, cluster="c2")[0]["id"]
-        with urllib.request.urlopen(f"{hub.url}/api/v1/events?watch=1&since={first - 1}&reason=Connected&timeoutSeconds=2", timeout=10) as response:
+        with hub_stream(f"{hub.url}/api/v1/events?watch=1&since={first - 1}&reason=Connected&timeoutSeconds=2", timeout=10) as response:
             streamed = [json.loads(line) for line in response.read().splitlines() if line.strip()]
         assert [e["reason"] for e in streamed] == ["Connected"] and streamed[0]["cluster"] == "c2"
     finally:
@@ -98,7 +101,7 @@ def test_events_stream_to_api_watchers_and_to_fleetsync_events_w(tmp_path: Path,
 def test_the_fleet_as_one_api_server_lists_and_watches_across_clusters(tmp_path: Path, quiet_sim: Sim) -> None:
     sim = quiet_sim
     db = f"sqlite:///{tmp_path / 'hub.db'}"
-    hub = start_hub(tmp_path, db)
+    hub = start_hub(tmp_path, db, tls=True)  # kubectl sends its token over HTTPS only
     agents = [
         start_agent(tmp_path, sim, c, hub.agent_url, create_token(tmp_path, db, c), *FAST, "--label", f"region={region}")
         for c, region in (("c1", "eu"), ("c2", "us"))
@@ -107,10 +110,15 @@ def test_the_fleet_as_one_api_server_lists_and_watches_across_clusters(tmp_path:
         wait_converged(sim, hub, "c1", "c2", timeout=60, what="c1 and c2 synced")
         c1_pods, c2_pods = len(sim.truth("c1", "v1/Pod")), len(sim.truth("c2", "v1/Pod"))
         # kubectl against the hub's root: every cluster's pods, selectable by their cluster label
-        kubectl = [kubectl_binary(), "--server", hub.url]
+        kubectl = hub_kubectl(hub.url)
         every = subprocess.run([*kubectl, "get", "pods", "-A", "-o", "name"], capture_output=True, text=True, timeout=60)
         assert every.returncode == 0, every.stderr
         assert len(every.stdout.splitlines()) == c1_pods + c2_pods
+        # kubectl --chunk-size pages through the hub with limit/continue, and gets the same pods
+        chunked = subprocess.run([*kubectl, "get", "pods", "-A", "-o", "name", "--chunk-size=7", "-v=6"], capture_output=True, text=True, timeout=60)
+        assert chunked.returncode == 0, chunked.stderr
+        assert sorted(chunked.stdout.splitlines()) == sorted(every.stdout.splitlines())
+        assert chunked.stderr.count("limit=7") >= (c1_pods + c2_pods) // 7 and "continue=" in chunked.stderr, chunked.stderr[-2000:]
         only_c2 = subprocess.run([*kubectl, "get", "pods", "-A", "-l", "fleetsync.io/cluster=c2", "-o", "json"], capture_output=True, text=True, timeout=60)
         items = json.loads(only_c2.stdout)["items"]
         assert len(items) == c2_pods and {i["metadata"]["labels"]["fleetsync.io/cluster"] for i in items} == {"c2"}
@@ -134,7 +142,7 @@ def test_the_fleet_as_one_api_server_lists_and_watches_across_clusters(tmp_path:
         rev = http("GET", f"{hub.url}/api/v1/pods?limit=1")[1]["metadata"]["resourceVersion"]
         sim.set_churn(20)
         url = f"{hub.url}/api/v1/pods?watch=1&resourceVersion={rev}&clusterSelector=region%3Dus&timeoutSeconds=4"
-        with urllib.request.urlopen(url, timeout=15) as response:
+        with hub_stream(url, timeout=15) as response:
             events = [json.loads(line) for line in response.read().splitlines() if line.strip()]
         sim.set_churn(0)
         assert events and {e["object"]["metadata"]["labels"]["fleetsync.io/cluster"] for e in events} == {"c2"}

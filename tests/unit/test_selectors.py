@@ -47,3 +47,9 @@ def test_field_selector_matches_and_rejects_unknown_fields() -> None:
         FieldSelector.parse("spec.nodeName=n1", allowed=allowed)
     with pytest.raises(SelectorError, match="invalid field selector term"):
         FieldSelector.parse("status.phase", allowed=allowed)
+
+
+def test_equalities_are_what_a_store_can_filter_by() -> None:
+    selector = LabelSelector.parse("app=web,tier==front,env in (prod),zone in (a,b),!legacy,version!=2,team")
+    assert selector.equalities() == {"app": "web", "tier": "front", "env": "prod"}
+    assert LabelSelector.parse("").equalities() == {}

@@ -62,7 +62,17 @@ async def store(engine: Engine) -> AsyncIterator[Store]:
         await s.close()
 
 
-def obj(name: str, h: int = 1, *, namespace: str = "default", cluster: str = "c1", type_: str = POD, body: bytes | None = None, **kw: object) -> ObjectRecord:
+def obj(
+    name: str,
+    h: int = 1,
+    *,
+    namespace: str = "default",
+    cluster: str = "c1",
+    type_: str = POD,
+    body: bytes | None = None,
+    labels: dict[str, str] | None = None,
+    **kw: object,
+) -> ObjectRecord:
     return ObjectRecord(
         cluster=cluster,
         type=type_,
@@ -71,7 +81,7 @@ def obj(name: str, h: int = 1, *, namespace: str = "default", cluster: str = "c1
         uid=f"uid-{namespace}-{name}",
         resource_version=str(h % 1000),
         hash=h,
-        labels={"app": name, "tier": "web"},
+        labels={"app": name, "tier": "web"} if labels is None else labels,
         owner="ReplicaSet/rs-1",
         body=body if body is not None else f'{{"name":"{name}","h":{h}}}'.encode(),
         compression=0,
@@ -318,6 +328,27 @@ async def test_large_unsigned_hash_round_trips(store: Store) -> None:
 # ---- reads ---------------------------------------------------------------------------
 
 
+async def test_list_objects_filters_by_label_equalities_in_pages(store: Store) -> None:
+    labelled = [obj(f"p{i}", labels={"app": ("web", "api")[i % 2], "app.kubernetes.io/part-of": "shop" if i % 3 else "blog", "tier": "x"}) for i in range(12)]
+    await apply(store, labelled)
+    await apply(store, [obj("q", cluster="c2", labels={"app": "web", "app.kubernetes.io/part-of": "shop"})], cluster="c2")
+
+    def names(records: list[ObjectRecord]) -> list[str]:
+        return [f"{r.cluster}/{r.name}" for r in records]
+
+    web_shop = [*sorted(f"c1/p{i}" for i in range(12) if i % 2 == 0 and i % 3), "c2/q"]
+    assert names(await store.list_objects(POD, labels={"app": "web", "app.kubernetes.io/part-of": "shop"})) == web_shop
+    assert names(await store.list_objects(POD, cluster="c2", labels={"app": "web"})) == ["c2/q"]
+    assert await store.list_objects(POD, labels={"app": "nope"}) == []
+    assert await store.list_objects(POD, labels={"missing": "x"}) == []
+    assert len(await store.list_objects(POD, labels={})) == 13
+    first = await store.list_objects(POD, labels={"app": "web", "app.kubernetes.io/part-of": "shop"}, limit=2)
+    rest = await store.list_objects(
+        POD, labels={"app": "web", "app.kubernetes.io/part-of": "shop"}, after=(first[-1].cluster, first[-1].namespace, first[-1].name)
+    )
+    assert names(first + rest) == web_shop
+
+
 async def test_list_objects_pages_across_clusters_in_order(store: Store) -> None:
     # names whose order is not obvious ('-' < '.' < '/' in ASCII), across clusters and namespaces
     names = ["x", "x-1", "x.1", "y", "X"]
@@ -403,6 +434,25 @@ async def test_tokens_are_found_by_hash(store: Store) -> None:
     assert await store.find_token("h2") == TokenRecord("ops", "admin")
     assert await store.find_token("h3") is None
     assert await store.find_token("c1") is None
+
+
+async def test_tokens_are_listed_and_deleted_by_name_and_role(store: Store) -> None:
+    await store.add_token(name="ops", role="read", token_hash="h1")
+    await store.add_token(name="ops", role="admin", token_hash="h2")
+    await store.add_token(name="c1", role="agent", token_hash="h3", types=["v1/Pod"])
+    await store.add_token(name="c1", role="agent", token_hash="h4")
+    assert await store.tokens() == [
+        TokenRecord("c1", "agent", ("v1/Pod",)),
+        TokenRecord("c1", "agent"),
+        TokenRecord("ops", "admin"),
+        TokenRecord("ops", "read"),
+    ]
+    assert await store.delete_tokens("ops", role="read") == 1
+    assert await store.find_token("h1") is None
+    assert await store.find_token("h2") == TokenRecord("ops", "admin")
+    assert await store.delete_tokens("c1") == 2
+    assert await store.delete_tokens("c1") == 0
+    assert await store.tokens() == [TokenRecord("ops", "admin")]
 
 
 async def test_agent_tokens_may_be_scoped_to_types(store: Store) -> None:

@@ -30,7 +30,7 @@ from fleetsync.aio import cancel_and_wait
 from fleetsync.backoff import Backoff
 from fleetsync.model.types import ResourceType
 from fleetsync.protocol import fleetsync_pb2 as pb
-from fleetsync.transport.base import AgentConnection, HubAddress, TransportError
+from fleetsync.transport.base import AgentConnection, ClientTls, HubAddress, TransportError
 from fleetsync.transport.connect import open_agent_connection
 from fleetsync.transport.faults import FaultInjector, FaultSpec, FaultyConnection
 
@@ -55,6 +55,8 @@ class AgentConfig:
     #: No message to the hub is larger (the hub's Welcome may lower it).
     max_message_bytes: int = 512 * 1024
     uplink: UplinkSettings = field(default_factory=UplinkSettings)
+    #: What to trust and present on grpcs:// and mqtts:// (None: the system's CAs, no client certificate).
+    tls: ClientTls | None = None
     #: Seconds to wait for the hub's answer to Hello.
     hello_timeout: float = 30.0
     #: Serve /metrics here (host, port); None: no metrics endpoint.
@@ -151,7 +153,7 @@ class Agent:
 
     async def _open(self, address: HubAddress) -> AgentConnection:
         connection = await open_agent_connection(
-            address, cluster_id=self.config.cluster_id, agent_id=self.agent_id, max_message_bytes=self.config.max_message_bytes * 2
+            address, cluster_id=self.config.cluster_id, agent_id=self.agent_id, max_message_bytes=self.config.max_message_bytes * 2, tls=self.config.tls
         )
         return FaultyConnection(connection, self.faults) if self.faults else connection
 

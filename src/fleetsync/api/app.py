@@ -12,13 +12,17 @@
 - ``/api/...`` and ``/apis/...``: the same across every cluster, each object labelled
   ``fleetsync.io/cluster``, with ``clusterSelector`` on the clusters' labels (names are per
   cluster, so a get by name needs the cluster path);
-- ``/healthz``, ``/readyz``, ``/metrics`` (Prometheus).
+- ``/healthz``, ``/readyz``, ``/metrics`` (Prometheus), ``/openapi.json`` (this API as an OpenAPI 3 document).
+
+Every request but ``/healthz``, ``/livez``, ``/readyz`` and ``/openapi.json`` needs an API token
+(``Authorization: Bearer``): role read for reads, admin for the rest (see ``api/auth.py``).
 
 Reads of an inactive cluster carry a ``Warning`` header (kubectl prints it): the
 objects are its last known state.
 
-Object bodies are the agent's compressed JSON; they are decompressed here, to answer
-a read, and never parsed unless a field selector or a Table needs the object.
+Object bodies are the agent's compressed JSON; they are decompressed and parsed only
+to answer a read of them (which sets ``metadata.resourceVersion`` to the hub revision of
+the object's last change, the same version its watch events carry) and never on apply.
 """
 
 from __future__ import annotations
@@ -27,7 +31,9 @@ import asyncio
 import base64
 import binascii
 import contextlib
+import ssl
 import time
+from collections.abc import Awaitable
 from typing import Any
 
 import orjson
@@ -35,7 +41,9 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from fleetsync import __version__
-from fleetsync.api.watch import DEFAULT_TIMEOUT, WatchRequest, cluster_labels, with_cluster_label
+from fleetsync.api import auth, openapi
+from fleetsync.api.auth import Authenticator
+from fleetsync.api.watch import DEFAULT_TIMEOUT, EncodedChanges, WatchRequest, cluster_labels, store_filter, with_revision
 from fleetsync.hub.core import HubCore, NotConnected
 from fleetsync.hub.events import REASONS
 from fleetsync.model import discovery
@@ -44,9 +52,9 @@ from fleetsync.model.selectors import FieldSelector, LabelSelector, SelectorErro
 from fleetsync.model.status import ApiError
 from fleetsync.model.tables import table
 from fleetsync.model.types import ResourceType, TypeRegistry, UnknownResourceType
-from fleetsync.protocol.codec import CodecError, body_json
+from fleetsync.protocol.codec import CodecError
 from fleetsync.store.contract import ClusterRecord, EventRecord, ObjectRecord
-from fleetsync.web import JSON, json_response, serve, status_errors
+from fleetsync.web import json_response, serve, status_errors
 
 
 def _encode_cursor(cluster: str, namespace: str, name: str) -> str:
@@ -61,19 +69,30 @@ def _decode_cursor(token: str) -> tuple[str, str, str]:
         raise ApiError.bad_request(f"continue key is not valid: {token!r} is not a token this hub issued") from None
 
 
+#: The largest count a query parameter may give (a signed 64-bit integer, as Kubernetes and the stores count).
+MAX_COUNT = 2**63 - 1
+
+
 def _count(request: web.Request, name: str, default: int = 0) -> int:
-    """A non-negative integer query parameter."""
-    raw = request.query.get(name, "")
-    if not raw:
+    """A non-negative integer query parameter (ASCII digits: ``str.isdigit`` also takes ``²``, which ``int``
+    refuses); ``default`` if it is not sent. Sent empty, it is refused like any other value that is not a count."""
+    raw = request.query.get(name)
+    if raw is None:
         return default
-    if not raw.isdigit():
-        raise ApiError.bad_request(f"invalid {name} {raw!r}: must be a non-negative integer")
+    if not (raw.isascii() and raw.isdigit()) or int(raw) > MAX_COUNT:
+        raise ApiError.bad_request(f"invalid {name} {raw!r}: must be a non-negative integer (at most {MAX_COUNT})")
     return int(raw)
 
 
 def _flag(request: web.Request, name: str) -> bool:
-    """A boolean query parameter as Kubernetes clients send it (``1``, ``true``; Python clients send ``True``)."""
-    return request.query.get(name, "").lower() in ("1", "true")
+    """A boolean query parameter as Kubernetes clients send it (``1``, ``true``; Python clients send ``True``;
+    ``0``, ``false``, or no parameter: false). Anything else, even an empty value, is refused rather than guessed."""
+    raw = request.query.get(name)
+    if raw is None:
+        return False
+    if raw.lower() not in ("0", "1", "false", "true"):
+        raise ApiError.bad_request(f"invalid {name} {raw!r}: must be true or false (or 1 or 0)")
+    return raw.lower() in ("1", "true")
 
 
 def _limit(request: web.Request) -> int:
@@ -91,35 +110,72 @@ def _stale_warning(cluster: ClusterRecord) -> str:
 
 
 class ApiServer:
-    def __init__(self, core: HubCore, *, host: str = "127.0.0.1", port: int = 0, registry: TypeRegistry | None = None) -> None:
+    """The hub's HTTP API (HTTPS with ``ssl_context``); every request but the probes needs an API token."""
+
+    def __init__(
+        self,
+        core: HubCore,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        registry: TypeRegistry | None = None,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
         self.core = core
         self.store = core.store
         self.host = host
         self.port = port
         self.registry = registry or TypeRegistry()
+        self.ssl_context = ssl_context
+        self.authenticator = Authenticator(core.store)
         self._runner: web.AppRunner | None = None
+        self._openapi_document: dict[str, Any] | None = None  # built on first request
+        self._encoded = EncodedChanges()  # each change encoded once for all watchers
+        self._streams: set[asyncio.Task[Any]] = set()  # open watches, which stop() ends
+
+    @property
+    def url(self) -> str:
+        """Where the API answers (once started)."""
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "") else self.host
+        return f"{'https' if self.ssl_context else 'http'}://{host}:{self.port}"
 
     def app(self) -> web.Application:
-        app = web.Application(middlewares=[status_errors])
+        app = web.Application(middlewares=[status_errors, auth.middleware(self.authenticator)])
         app.router.add_get("/healthz", self._healthz)
+        app.router.add_get("/livez", self._healthz)
         app.router.add_get("/readyz", self._readyz)
         app.router.add_get("/metrics", self._metrics)
+        app.router.add_get("/openapi.json", self._openapi)
         app.router.add_get("/api/v1/clusters", self._clusters)
         app.router.add_post("/api/v1/clusters/{cluster}/resync", self._resync)
         app.router.add_get("/api/v1/events", self._events)
-        app.router.add_get("/clusters/{cluster}/{tail:.*}", self._kube)
+        app.router.add_get(r"/clusters/{cluster}/{tail:[\s\S]*}", self._kube)  # any path, also with a (decoded) newline in it
         # The whole fleet as one API server (after the fleetsync routes above, which win):
         # lists and watches across clusters, each object labelled with its cluster.
-        for path in ("/version", "/api", "/apis", "/api/{tail:.*}", "/apis/{tail:.*}"):
+        for path in ("/version", "/api", "/apis", r"/api/{tail:[\s\S]*}", r"/apis/{tail:[\s\S]*}"):
             app.router.add_get(path, self._fleet)
         return app
 
     async def start(self) -> None:
-        self._runner, self.port = await serve(self.app(), self.host, self.port)
+        # handler_cancellation: a watch whose client went away ends now, not at its next write
+        self._runner, self.port = await serve(self.app(), self.host, self.port, ssl_context=self.ssl_context, handler_cancellation=True)
 
     async def stop(self) -> None:
+        """Stop serving; open watches end (their clients reconnect, to another replica or later)."""
+        for task in list(self._streams):
+            task.cancel()
         if self._runner:
             await self._runner.cleanup()
+
+    async def _streaming(self, response: Awaitable[web.StreamResponse]) -> web.StreamResponse:
+        """Serve a long-lived response (a watch) that :meth:`stop` can end."""
+        task = asyncio.current_task()
+        assert task is not None
+        self._streams.add(task)
+        try:
+            return await response
+        finally:
+            self._streams.discard(task)
 
     # ---- plain endpoints -------------------------------------------------------------------
 
@@ -134,6 +190,12 @@ class ApiServer:
         if self.core.starting:
             return web.Response(status=503, text="starting: " + "; ".join(f"{what}: {why}" for what, why in self.core.starting.items()))
         return web.Response(text="ok")
+
+    async def _openapi(self, request: web.Request) -> web.Response:
+        """This API's OpenAPI 3 document (built once, from the registry's types)."""
+        if self._openapi_document is None:
+            self._openapi_document = openapi.document(self.registry)
+        return json_response(self._openapi_document)
 
     async def _metrics(self, request: web.Request) -> web.Response:
         clusters = await self.store.clusters()
@@ -176,7 +238,7 @@ class ApiServer:
     async def _resync(self, request: web.Request) -> web.Response:
         cluster = (await self._cluster(request.match_info["cluster"])).name
         type_ = None
-        if request.query.get("type"):
+        if "type" in request.query:  # sent empty, it names no type: refused
             try:
                 type_ = self.registry.resolve(request.query["type"]).gvk
             except UnknownResourceType as exc:
@@ -210,7 +272,7 @@ class ApiServer:
         )
 
     async def _events(self, request: web.Request) -> web.StreamResponse:
-        reason = request.query.get("reason") or None
+        reason = request.query.get("reason")
         if reason is not None and reason not in REASONS:
             raise ApiError.bad_request(f"unknown event reason {reason!r}: one of {', '.join(REASONS)}")
         since = _count(request, "since") if "since" in request.query else None
@@ -218,15 +280,15 @@ class ApiServer:
         if not 0 < limit <= 10_000:
             raise ApiError.bad_request(f"invalid limit {limit}: must be between 1 and 10000")
         cluster = request.query.get("cluster") or None
+        timeout = float(_count(request, "timeoutSeconds")) or 1800.0
         if _flag(request, "watch"):
-            return await self._watch_events(request, cluster=cluster, reason=reason, since=since)
+            return await self._streaming(self._watch_events(request, cluster=cluster, reason=reason, since=since, timeout=timeout))
         records = await self.store.events(cluster=cluster, reason=reason, after=since, limit=limit)
         return json_response({"kind": "EventList", "apiVersion": "fleetsync.io/v1", "items": [_event_item(e) for e in records]})
 
-    async def _watch_events(self, request: web.Request, *, cluster: str | None, reason: str | None, since: int | None) -> web.StreamResponse:
+    async def _watch_events(self, request: web.Request, *, cluster: str | None, reason: str | None, since: int | None, timeout: float) -> web.StreamResponse:
         """Events as they are recorded by any replica, one JSON object per line, after ``since``
-        (default: from now). Ends after ``timeoutSeconds`` (default 1800); a client resumes with ``since``."""
-        timeout = float(_count(request, "timeoutSeconds")) or 1800.0
+        (default: from now). Ends after ``timeout`` (``timeoutSeconds``, default 1800); a client resumes with ``since``."""
         if since is None:
             newest = await self.store.events(limit=1)
             since = newest[-1].id if newest else 0
@@ -296,16 +358,18 @@ class ApiServer:
             record = await self.store.get_object(cluster, rtype.gvk, namespace or "", rest[1])
             if record is None:
                 raise ApiError.not_found(rtype.plural, rest[1], rtype.group)
-            body = self._body(record)
+            obj = self._object(record)
             if "as=Table" in request.headers.get("Accept", ""):
-                return json_response(table(rtype.kind, [orjson.loads(body)], include_object=request.query.get("includeObject", "Metadata")))
-            return web.Response(body=body, content_type=JSON)
+                return json_response(table(rtype.kind, [obj], include_object=request.query.get("includeObject", "Metadata")))
+            return json_response(obj)
         return await self._list(request, cluster, rtype, namespace)
 
     @staticmethod
-    def _body(record: ObjectRecord) -> bytes:
+    def _object(record: ObjectRecord, *, fleet: bool = False) -> dict[str, Any]:
+        """The stored object as a read shows it: the hub revision of its last change as its
+        ``resourceVersion`` (so a watch resumes from it), and for a fleet-wide read its cluster's label."""
         try:
-            return body_json(record.body, record.compression)
+            return with_revision(record, fleet=fleet)
         except CodecError as exc:
             raise ApiError(500, "InternalError", f"stored body of {record.cluster}/{record.type}/{record.key} is unreadable: {exc}") from None
 
@@ -329,7 +393,13 @@ class ApiServer:
             raise ApiError.bad_request(str(exc)) from None
         fleet = cluster is None
         clusters = await self._fleet_clusters(request) if fleet else None
-        if _flag(request, "watch"):
+        # every parameter's value is checked, also of those this request does not use (a bad timeoutSeconds on a list is refused too)
+        watching, bookmarks = _flag(request, "watch"), _flag(request, "allowWatchBookmarks")
+        timeout = float(_count(request, "timeoutSeconds")) or DEFAULT_TIMEOUT
+        limit = _limit(request)
+        token = request.query.get("continue")
+        after = _decode_cursor(token) if token else None
+        if watching:
             watch = WatchRequest(
                 store=self.store,
                 feed=self.core.feed,
@@ -339,34 +409,30 @@ class ApiServer:
                 namespace=namespace,
                 labels=labels,
                 fields=fields,
-                bookmarks=_flag(request, "allowWatchBookmarks"),
+                bookmarks=bookmarks,
+                encoded=self._encoded,
             )
-            timeout = float(_count(request, "timeoutSeconds")) or DEFAULT_TIMEOUT
-            return await watch.serve(request, resource_version=request.query.get("resourceVersion", ""), timeout=timeout)
-        limit = _limit(request)
-        token = request.query.get("continue")
-        after = _decode_cursor(token) if token else None
+            return await self._streaming(watch.serve(request, resource_version=request.query.get("resourceVersion", ""), timeout=timeout))
         rev = await self.store.current_rev()
-        items: list[bytes] = []
+        items: list[dict[str, Any]] = []
         last: ObjectRecord | None = None
         more = False
         batch = max(limit, 500)
+        equal, only = store_filter(labels, fleet=fleet)  # the store skips what cannot match
         while True:
-            records = await self.store.list_objects(rtype.gvk, cluster=cluster, namespace=namespace, after=after, limit=batch)
+            records = await self.store.list_objects(rtype.gvk, cluster=cluster or only, namespace=namespace, after=after, limit=batch, labels=equal)
             for record in records:
                 if clusters is not None and record.cluster not in clusters:
                     continue
                 if not labels.matches(cluster_labels(record) if fleet else record.labels):
                     continue
-                body = self._body(record)
-                if fleet:  # each object says which cluster it is of
-                    body = orjson.dumps(with_cluster_label(orjson.loads(body), record.cluster))
-                if not fields.empty and not fields.matches(selectable_fields(rtype, orjson.loads(body))):
+                obj = self._object(record, fleet=fleet)
+                if not fields.empty and not fields.matches(selectable_fields(rtype, obj)):
                     continue
                 if limit and len(items) >= limit:
                     more = True
                     break
-                items.append(body)
+                items.append(obj)
                 last = record
             if more or len(records) < batch:
                 break
@@ -379,11 +445,10 @@ class ApiServer:
             return json_response(
                 table(
                     rtype.kind,
-                    [orjson.loads(b) for b in items],
+                    items,
                     resource_version=str(rev),
                     continue_token=meta.get("continue"),
                     include_object=request.query.get("includeObject", "Metadata"),
                 )
             )
-        head = orjson.dumps({"kind": rtype.list_kind, "apiVersion": rtype.api_version, "metadata": meta})
-        return web.Response(body=head[:-1] + b',"items":[' + b",".join(items) + b"]}", content_type=JSON)
+        return json_response({"kind": rtype.list_kind, "apiVersion": rtype.api_version, "metadata": meta, "items": items})

@@ -13,17 +13,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
 from aiohttp import web
 
 from fleetsync.hub.feed import ChangeFeed, Gone
-from fleetsync.model.objects import selectable_fields
+from fleetsync.model.objects import CLUSTER_VERSION_ANNOTATION, selectable_fields
 from fleetsync.model.selectors import FieldSelector, LabelSelector
 from fleetsync.model.types import ResourceType
 from fleetsync.protocol.codec import body_json
-from fleetsync.store.contract import ObjectRecord, Store
+from fleetsync.store.contract import Change, ObjectRecord, Store
 
 #: Seconds between BOOKMARK events of an idle watch that asked for them.
 BOOKMARK_INTERVAL = 5.0
@@ -40,6 +42,13 @@ def cluster_labels(record: ObjectRecord) -> dict[str, str]:
     return {**record.labels, CLUSTER_LABEL: record.cluster}
 
 
+def store_filter(labels: LabelSelector, *, fleet: bool) -> tuple[dict[str, str], str | None]:
+    """What of a label selector the store can filter by: its equalities on stored labels, and
+    for a fleet-wide read the one cluster that ``fleetsync.io/cluster=C`` leaves (or None)."""
+    equal = labels.equalities()
+    return equal, equal.pop(CLUSTER_LABEL, None) if fleet else None
+
+
 def with_cluster_label(obj: dict[str, Any], cluster: str) -> dict[str, Any]:
     meta = obj.setdefault("metadata", {})
     meta["labels"] = {**(meta.get("labels") or {}), CLUSTER_LABEL: cluster}
@@ -47,11 +56,42 @@ def with_cluster_label(obj: dict[str, Any], cluster: str) -> dict[str, Any]:
 
 
 def with_revision(record: ObjectRecord, rev: int | None = None, *, fleet: bool = False) -> dict[str, Any]:
-    """The stored object with the hub revision as its ``metadata.resourceVersion`` (and, for a
-    fleet-wide read, its cluster's label)."""
+    """The stored object with the hub revision as its ``metadata.resourceVersion``, the cluster's
+    in an annotation (and, for a fleet-wide read, its cluster's label)."""
     obj: dict[str, Any] = orjson.loads(body_json(record.body, record.compression))
-    obj.setdefault("metadata", {})["resourceVersion"] = str(rev if rev is not None else record.rev)
+    meta = obj.setdefault("metadata", {})
+    meta["resourceVersion"] = str(rev if rev is not None else record.rev)
+    if record.resource_version:
+        meta["annotations"] = {**(meta.get("annotations") or {}), CLUSTER_VERSION_ANNOTATION: record.resource_version}
     return with_cluster_label(obj, record.cluster) if fleet else obj
+
+
+class EncodedChanges:
+    """Each change as watch events carry it, decoded and encoded once for every watcher.
+
+    A hundred watchers of one change would otherwise each decompress, parse, annotate and
+    serialise the same object; keyed by (revision, fleet-wide or not), the newest
+    ``keep`` stay cached, which covers every watcher that is not far behind.
+    """
+
+    def __init__(self, keep: int = 4096) -> None:
+        self.keep = keep
+        self._cache: OrderedDict[tuple[int, bool], tuple[dict[str, Any], bytes]] = OrderedDict()
+
+    def get(self, change: Change, *, fleet: bool) -> tuple[dict[str, Any], bytes]:
+        """The object (not to be modified: it is shared) and its JSON."""
+        key = (change.rev, fleet)
+        found = self._cache.get(key)
+        if found is None:
+            obj = with_revision(change.obj, change.rev, fleet=fleet)
+            found = self._cache[key] = (obj, orjson.dumps(obj))
+            if len(self._cache) > self.keep:
+                self._cache.popitem(last=False)
+        return found
+
+
+def _event(kind: str, encoded: bytes) -> bytes:
+    return b'{"type":"' + kind.encode() + b'","object":' + encoded + b"}\n"
 
 
 class WatchRequest:
@@ -69,6 +109,7 @@ class WatchRequest:
         labels: LabelSelector,
         fields: FieldSelector,
         bookmarks: bool,
+        encoded: EncodedChanges | None = None,
     ) -> None:
         self.store = store
         self.feed = feed
@@ -80,11 +121,14 @@ class WatchRequest:
         self.labels = labels
         self.fields = fields
         self.bookmarks = bookmarks
+        self.encoded = encoded or EncodedChanges()
+
+    def _labelled(self, record: ObjectRecord) -> bool:
+        """The label selector, on the stored labels (no body decoded for it)."""
+        return self.labels.matches(cluster_labels(record) if self.fleet else record.labels)
 
     def _selected(self, record: ObjectRecord, obj: dict[str, Any]) -> bool:
-        if not self.labels.matches(cluster_labels(record) if self.fleet else record.labels):
-            return False
-        return self.fields.empty or self.fields.matches(selectable_fields(self.rtype, obj))
+        return self._labelled(record) and (self.fields.empty or self.fields.matches(selectable_fields(self.rtype, obj)))
 
     def _ours(self, record: ObjectRecord) -> bool:
         return (
@@ -105,12 +149,12 @@ class WatchRequest:
             async with asyncio.timeout(timeout):
                 since = await self._start(send, resource_version)
                 if since is not None:
-                    await self._follow(send, since)
+                    await self._follow(response, since)
         with contextlib.suppress(ConnectionResetError):
             await response.write_eof()
         return response
 
-    async def _start(self, send: Any, resource_version: str) -> int | None:
+    async def _start(self, send: Callable[[str, dict[str, Any]], Awaitable[None]], resource_version: str) -> int | None:
         """Send the initial state if asked for; return the revision to follow from (None: ended)."""
         if resource_version not in ("", "0"):
             if not resource_version.isdigit():
@@ -119,10 +163,12 @@ class WatchRequest:
             return int(resource_version)
         since = await self.store.current_rev()
         after: tuple[str, str, str] | None = None
+        equal, only = store_filter(self.labels, fleet=self.fleet)
+        cluster = self.cluster or only
         while True:  # a list in pages; changes meanwhile arrive again from the feed, which is harmless
-            page = await self.store.list_objects(self.rtype.gvk, cluster=self.cluster, namespace=self.namespace, after=after, limit=500)
+            page = await self.store.list_objects(self.rtype.gvk, cluster=cluster, namespace=self.namespace, after=after, limit=500, labels=equal)
             for record in page:
-                if not self._ours(record):
+                if not self._ours(record) or not self._labelled(record):
                     continue
                 obj = with_revision(record, fleet=self.fleet)
                 if self._selected(record, obj):
@@ -131,26 +177,32 @@ class WatchRequest:
                 return since
             after = (page[-1].cluster, page[-1].namespace, page[-1].name)
 
-    async def _follow(self, send: Any, since: int) -> None:
+    async def _follow(self, response: web.StreamResponse, since: int) -> None:
+        """Every batch of changes the feed yields becomes one write (shared encodings, one
+        send per batch; ``write`` waits while the client is slow to read)."""
         stream = self.feed.follow(since, idle=BOOKMARK_INTERVAL if self.bookmarks else None)
         try:
             async for batch in stream:
+                out = bytearray()
                 if not batch:
-                    await send("BOOKMARK", {"kind": self.rtype.kind, "apiVersion": self.rtype.api_version, "metadata": {"resourceVersion": str(since)}})
+                    bookmark = {"kind": self.rtype.kind, "apiVersion": self.rtype.api_version, "metadata": {"resourceVersion": str(since)}}
+                    out += _event("BOOKMARK", orjson.dumps(bookmark))
                 for change in batch:
                     since = change.rev
                     if not self._ours(change.obj):
                         continue
-                    obj = with_revision(change.obj, change.rev, fleet=self.fleet)
-                    if change.type == "DELETED":
-                        if self._selected(change.obj, obj):
-                            await send("DELETED", obj)
-                    elif self._selected(change.obj, obj):
-                        await send(change.type, obj)
+                    labelled = self._labelled(change.obj)
+                    if not labelled and change.type != "MODIFIED":
+                        continue
+                    obj, encoded = self.encoded.get(change, fleet=self.fleet)
+                    if labelled and (self.fields.empty or self.fields.matches(selectable_fields(self.rtype, obj))):
+                        out += _event(change.type, encoded)
                     elif change.type == "MODIFIED":
-                        await send("DELETED", obj)  # it left the selection (or was never in it: harmless)
+                        out += _event("DELETED", encoded)  # it left the selection (or was never in it: harmless)
+                if out:
+                    await response.write(bytes(out))
         except Gone as exc:
-            await send("ERROR", _status(410, "Expired", f"too old resource version: {exc.rev} ({exc.oldest + 1})"))
+            await response.write(_event("ERROR", orjson.dumps(_status(410, "Expired", f"too old resource version: {exc.rev} ({exc.oldest + 1})"))))
         finally:
             await stream.aclose()
 

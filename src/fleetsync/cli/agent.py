@@ -13,7 +13,7 @@ from fleetsync.aio import cancel_and_wait, cancel_the_rest
 from fleetsync.cli.flags import add_flag, positive_float, positive_int
 from fleetsync.model.names import check_cluster_name
 from fleetsync.model.types import ENDPOINT_SLICE, ISTIO_TYPES, POD, SERVICE, TypeRegistry, UnknownResourceType
-from fleetsync.transport.base import parse_hub_url, parse_listen_address
+from fleetsync.transport.base import ClientTls, parse_hub_url, parse_listen_address
 from fleetsync.transport.faults import FaultSpec
 
 DEFAULT_TYPES = ",".join(t.gvk for t in (SERVICE, ENDPOINT_SLICE, POD, *ISTIO_TYPES))
@@ -31,6 +31,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         "mqtt://[USER:PASSWORD@]HOST:PORT, mqtts://..., nats://[USER:PASSWORD@]HOST:PORT (required)",
     )
     add_flag(p, "--token-file", type=Path, default=None, help="file holding the agent token from `fleetsync token create CLUSTER` (required)")
+    add_flag(p, "--tls-ca", default="", help="grpcs:// and mqtts://: CA bundle (PEM) the hub or broker certificate is verified against (default: the system's)")
+    add_flag(p, "--tls-cert", default="", help="grpcs://: client certificate (PEM) for a hub that requires mutual TLS; its common name must be --cluster-id")
+    add_flag(p, "--tls-key", default="", help="grpcs://: the client certificate's private key (PEM)")
     add_flag(p, "--agent-id", default="", help="stable agent identity (default: HOSTNAME/CLUSTER)")
     add_flag(p, "--types", default=DEFAULT_TYPES, help="comma-separated types to sync (group/version/Kind or kubectl names), or all")
     add_flag(p, "--namespaces", default="", help="only these namespaces (comma-separated; default all)")
@@ -90,9 +93,14 @@ def config_from(args: argparse.Namespace) -> AgentConfig:
         serve_state = parse_listen_address(args.serve_state) if pull else None
     except ValueError as exc:
         raise ValueError(f"--inject-faults / --metrics / --serve-state: {exc}") from None
+    hubs = [parse_hub_url(url) for url in _csv(args.hub or "")]
+    tls = ClientTls.from_files(args.tls_ca, args.tls_cert, args.tls_key) if (args.tls_ca or args.tls_cert or args.tls_key) else None
+    if tls and not any(hub.scheme in ("grpcs", "mqtts") for hub in hubs):
+        raise ValueError("--tls-ca / --tls-cert / --tls-key apply to grpcs:// and mqtts:// hub URLs only")
     return AgentConfig(
         cluster_id=check_cluster_name(args.cluster_id),
-        hubs=[parse_hub_url(url) for url in _csv(args.hub or "")],
+        hubs=hubs,
+        tls=tls,
         token=token,
         types=types,
         kubeconfig=args.kubeconfig,

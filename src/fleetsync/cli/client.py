@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ssl
 import sys
 import time
 import urllib.parse
@@ -14,7 +15,7 @@ import orjson
 import yaml
 
 from fleetsync.cli.flags import add_flag
-from fleetsync.model.objects import human_duration
+from fleetsync.model.objects import CLUSTER_VERSION_ANNOTATION, human_duration
 from fleetsync.model.types import TypeRegistry, UnknownResourceType
 from fleetsync.protocol.codec import strip
 
@@ -28,6 +29,9 @@ class ClientError(Exception):
 def _common(p: argparse.ArgumentParser) -> None:
     add_flag(p, "--hub", default="http://127.0.0.1:8080", help="the hub's HTTP API URL")
     add_flag(p, "--token", default="", help="API token (sent as Authorization: Bearer)")
+    add_flag(
+        p, "--certificate-authority", default="", help="https:// hubs: the CA bundle (PEM) to verify the hub's certificate with (default: the system's CAs)"
+    )
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -68,6 +72,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.set_defaults(run=lambda a: _run(_resync(a)))
 
 
+def _session(args: argparse.Namespace, **options: Any) -> aiohttp.ClientSession:
+    """A client session that verifies an https:// hub against ``--certificate-authority`` (if given)."""
+    if not args.certificate_authority:
+        return aiohttp.ClientSession(**options)
+    try:
+        context = ssl.create_default_context(cafile=args.certificate_authority)
+    except (OSError, ssl.SSLError) as exc:
+        raise ClientError(f"--certificate-authority {args.certificate_authority}: {getattr(exc, 'strerror', None) or exc}") from None
+    return aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=context), **options)
+
+
 def _run(coro: Any) -> int:
     try:
         return int(asyncio.run(coro))
@@ -102,7 +117,7 @@ def _print_table(headers: list[str], rows: list[list[Any]]) -> None:
 
 
 async def _clusters(args: argparse.Namespace) -> int:
-    async with aiohttp.ClientSession() as session:
+    async with _session(args) as session:
         data = await fetch(session, f"{args.hub}/api/v1/clusters", token=args.token)
     now = time.time()
     rows = [
@@ -127,7 +142,7 @@ async def _events(args: argparse.Namespace) -> int:
         query["cluster"] = args.cluster
     if args.reason:
         query["reason"] = args.reason
-    async with aiohttp.ClientSession() as session:
+    async with _session(args) as session:
         data = await fetch(session, f"{args.hub}/api/v1/events?{urllib.parse.urlencode(query)}", token=args.token)
     if args.watch:
         return await _watch_events(args, query, data["items"])
@@ -158,7 +173,7 @@ async def _watch_events(args: argparse.Namespace, query: dict[str, str], first: 
         print(_event_line(event, args.output), flush=True)
     since = first[-1]["id"] if first else None
     headers = {"Authorization": f"Bearer {args.token}"} if args.token else {}
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None, sock_connect=10)) as session:
+    async with _session(args, timeout=aiohttp.ClientTimeout(total=None, sock_connect=10)) as session:
         while True:
             params = {k: v for k, v in query.items() if k != "limit"} | {"watch": "1"} | ({"since": str(since)} if since is not None else {})
             url = f"{args.hub}/api/v1/events?{urllib.parse.urlencode(params)}"
@@ -178,7 +193,7 @@ async def _watch_events(args: argparse.Namespace, query: dict[str, str], first: 
 
 async def _resync(args: argparse.Namespace) -> int:
     query = f"?{urllib.parse.urlencode({'type': args.type})}" if args.type else ""
-    async with aiohttp.ClientSession() as session:
+    async with _session(args) as session:
         data = await fetch(session, f"{args.hub}/api/v1/clusters/{urllib.parse.quote(args.cluster)}/resync{query}", token=args.token, method="POST")
     print(f"{args.cluster}: {data['message']}; follow it with `fleetsync events --cluster {args.cluster}`")
     return 0
@@ -190,7 +205,7 @@ async def _get(args: argparse.Namespace) -> int:
     except UnknownResourceType as exc:
         raise ClientError(str(exc)) from None
     query = f"?labelSelector={args.selector}" if args.selector else ""
-    async with aiohttp.ClientSession() as session:
+    async with _session(args) as session:
         clusters = [args.cluster] if args.cluster else [c["name"] for c in (await fetch(session, f"{args.hub}/api/v1/clusters", token=args.token))["items"]]
         path = rtype.collection_path(args.namespace)
         if args.output in ("json", "yaml", "name"):
@@ -227,8 +242,18 @@ async def _get(args: argparse.Namespace) -> int:
 
 
 def canonical(obj: dict[str, Any]) -> bytes:
-    """An object as the agent ships it: stripped, sorted keys (equal objects, equal bytes)."""
-    return orjson.dumps(strip(obj), option=orjson.OPT_SORT_KEYS)
+    """An object's content as the agent ships it (stripped, sorted keys: equal objects, equal bytes),
+    without its ``resourceVersion``: the hub's reads carry the hub revision there, and the cluster's
+    in an annotation, which the simulator's truth lacks. (A cluster's resourceVersion changes only with
+    the content, so equal content is the same version.)"""
+    stripped = strip(obj)
+    meta = stripped.get("metadata")
+    if isinstance(meta, dict):
+        meta.pop("resourceVersion", None)
+        annotations = meta.get("annotations")
+        if isinstance(annotations, dict) and annotations.pop(CLUSTER_VERSION_ANNOTATION, None) is not None and not annotations:
+            del meta["annotations"]
+    return orjson.dumps(stripped, option=orjson.OPT_SORT_KEYS)
 
 
 async def divergence(
@@ -280,7 +305,7 @@ def _check_types(text: str) -> list[str] | None:
 
 
 async def _check(args: argparse.Namespace) -> int:
-    async with aiohttp.ClientSession() as session:
+    async with _session(args) as session:
         only = {c.strip() for c in args.clusters.split(",") if c.strip()} or None
         report = await divergence(session, args.sim, args.hub, token=args.token, only=only, types=_check_types(args.types))
     rows = [[c, t, m, e, s] for c, types in report.items() for t, (m, e, s) in types.items()]

@@ -1,5 +1,6 @@
 """``fleetsync demo``: sim + hub (SQLite in a temporary directory) + one agent per cluster, in one
-process; the agents reach the hub over gRPC, or through a broker given with ``--broker``."""
+process; the agents reach the hub over gRPC, or through a broker given with ``--broker``. The
+hub's API is HTTPS with a CA made for the demo, and the demo prints commands set up with it."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from pathlib import Path
 from fleetsync.agent.runner import Agent, AgentConfig
 from fleetsync.aio import cancel_and_wait, cancel_the_rest
 from fleetsync.api.app import ApiServer
+from fleetsync.certs import make_server_certificate
 from fleetsync.cli.agent import DEFAULT_TYPES
 from fleetsync.cli.flags import add_flag, non_negative_float, positive_int
 from fleetsync.hub.auth import hash_token, new_token
@@ -27,6 +29,7 @@ from fleetsync.store.sqlite import SQLiteStore
 from fleetsync.transport.base import HubAddress, parse_hub_url
 from fleetsync.transport.connect import broker_server
 from fleetsync.transport.grpc import GrpcHubServer
+from fleetsync.web import https_context
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -46,6 +49,33 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.set_defaults(run=run)
 
 
+async def _instructions(store: SQLiteStore, workdir: Path, hub_url: str, ca: Path, sim_url: str, broker: HubAddress | None, clusters: int) -> str:
+    """What to try, ready to paste: kubectl and fleetsync set up with the hub's CA and a read
+    token (kubectl sends tokens over HTTPS only, hence the demo's own CA), and an admin token for acting."""
+    read, admin = new_token(), new_token()
+    await store.add_token(name="demo-reader", role="read", token_hash=hash_token(read))
+    await store.add_token(name="demo-admin", role="admin", token_hash=hash_token(admin))
+    hub_kubeconfig = write_kubeconfig(workdir, "fleetsync-hub", hub_url, read, certificate_authority=ca)
+    bin_dir = Path(sys.executable).parent
+    kubectl = bin_dir / "kubectl" if (bin_dir / "kubectl").exists() else "kubectl"
+    fleetsync = bin_dir / "fleetsync"
+    via = f" -> {broker}" if broker else ""
+    return (
+        f"fleetsync demo: {clusters} simulated clusters -> agents{via} -> hub (SQLite in {workdir})\n"
+        f"  hub API:   {hub_url}/api/v1/clusters   (HTTPS with the demo's CA {ca}; needs a token)\n"
+        f"  first:     export KUBECONFIG={hub_kubeconfig} FLEETSYNC_HUB={hub_url} FLEETSYNC_CERTIFICATE_AUTHORITY={ca} FLEETSYNC_TOKEN={read}\n"
+        f"             (kubectl and fleetsync now reach the hub, trust its CA and use a read-only API token)\n"
+        f"  try:       {kubectl} get pods -A -l fleetsync.io/cluster=c2   (the whole fleet as one cluster)\n"
+        f"             {kubectl} --server {hub_url}/clusters/c1 get pods -A   (one cluster)\n"
+        f"             {kubectl} --server {hub_url}/clusters/c1 get pods -A -w   (changes as they come)\n"
+        f"             {fleetsync} get pods -A\n"
+        f"             {fleetsync} check --sim {sim_url}\n"
+        f"             {fleetsync} events -w   (follows them)\n"
+        f"  as admin:  {fleetsync} resync c1 --type pods --token {admin}\n"
+        f"  Ctrl-C stops everything.\n"
+    )
+
+
 async def demo(args: argparse.Namespace) -> None:
     try:
         broker = parse_hub_url(args.broker, schemes=("mqtt", "mqtts", "nats")) if args.broker else None
@@ -59,7 +89,8 @@ async def demo(args: argparse.Namespace) -> None:
     core = HubCore(store, HubSettings(hub_id="demo-hub"))
     grpc_server = GrpcHubServer(core, "127.0.0.1", args.grpc_port)
     broker_listener = broker_server(core, broker) if broker else None
-    api = ApiServer(core, port=args.http_port)
+    tls = make_server_certificate(workdir / "tls", ["127.0.0.1", "localhost"])
+    api = ApiServer(core, port=args.http_port, ssl_context=https_context(tls.cert, tls.key))
     try:
         await sim.start()
         await core.start()
@@ -85,21 +116,8 @@ async def demo(args: argparse.Namespace) -> None:
             metadata=fleet.clusters[name].labels,
         )
         agents.append(asyncio.create_task(Agent(config).run()))
-    hub_url = f"http://127.0.0.1:{api.port}"
-    kubectl = Path(sys.executable).parent / "kubectl"
-    via = f" -> {broker}" if broker else ""
-    print(
-        f"fleetsync demo: {len(fleet.clusters)} simulated clusters -> agents{via} -> hub (SQLite in {workdir})\n"
-        f"  hub API:   {hub_url}/api/v1/clusters\n"
-        f"  try:       {kubectl if kubectl.exists() else 'kubectl'} --server {hub_url}/clusters/c1 get pods -A\n"
-        f"             {kubectl if kubectl.exists() else 'kubectl'} --server {hub_url}/clusters/c1 get pods -A -w   (changes as they come)\n"
-        f"             {Path(sys.executable).parent / 'fleetsync'} get pods -A --hub {hub_url}\n"
-        f"             {Path(sys.executable).parent / 'fleetsync'} check --sim http://127.0.0.1:{sim.port} --hub {hub_url}\n"
-        f"             {Path(sys.executable).parent / 'fleetsync'} events -w --hub {hub_url}   (follows them)\n"
-        f"             {Path(sys.executable).parent / 'fleetsync'} resync c1 --type pods --hub {hub_url}\n"
-        f"  Ctrl-C stops everything.\n",
-        flush=True,
-    )
+    hub_url = f"https://127.0.0.1:{api.port}"
+    print(await _instructions(store, workdir, hub_url, tls.ca, f"http://127.0.0.1:{sim.port}", broker, len(fleet.clusters)), flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -124,9 +142,9 @@ async def demo(args: argparse.Namespace) -> None:
         await cancel_and_wait(agents)
         if broker_listener is not None:
             await broker_listener.stop()
+        await api.stop()  # first: its watches follow the core's change feed
         await grpc_server.stop(0.5)
         await core.stop()
-        await api.stop()
         await sim.stop()
         await store.close()
         await cancel_the_rest()  # what the client libraries left running

@@ -7,14 +7,17 @@ import asyncio
 import logging
 import signal
 import socket
+from pathlib import Path
 
 from fleetsync.aio import cancel_the_rest
 from fleetsync.cli.flags import add_flag, add_switch, non_negative_float, positive_float, positive_int
+from fleetsync.hub.auth import hash_token
 from fleetsync.hub.core import DigestSchedule, HubCore, HubSettings
 from fleetsync.store import open_store
-from fleetsync.transport.base import parse_hub_url, parse_listen_address
+from fleetsync.transport.base import ServerTls, parse_hub_url, parse_listen_address
 from fleetsync.transport.connect import broker_server
 from fleetsync.transport.grpc import GrpcHubServer
+from fleetsync.web import https_context
 
 log = logging.getLogger("fleetsync.hub")
 
@@ -38,6 +41,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         help="also serve agents through these brokers (comma-separated): mqtt://[USER:PASSWORD@]HOST:PORT, mqtts://..., nats://[USER:PASSWORD@]HOST:PORT",
     )
     add_flag(p, "--hub-id", default=socket.gethostname(), help="this replica's name (in leases and logs)")
+    add_flag(p, "--tls-cert", default="", help="serve HTTPS and gRPC over TLS (agents use grpcs://) with this certificate (PEM); needs --tls-key")
+    add_flag(p, "--tls-key", default="", help="the TLS certificate's private key (PEM)")
+    add_flag(
+        p,
+        "--tls-client-ca",
+        default="",
+        help="mutual TLS for agents: gRPC requires a client certificate signed by this CA (PEM), whose common name must be the agent's cluster",
+    )
+    add_flag(
+        p,
+        "--admin-token-file",
+        default="",
+        help="provision the API token in this file as an admin token at start (for automation; the store keeps only its hash)",
+    )
     add_flag(p, "--heartbeat-interval", type=positive_float, default=10.0, help="agents send a heartbeat after this many idle seconds (H)")
     add_flag(p, "--inactivity-timeout", type=positive_float, default=30.0, help="a cluster with no message for this many seconds becomes inactive (T)")
     add_flag(
@@ -91,6 +108,26 @@ def settings_from(args: argparse.Namespace) -> HubSettings:
     )
 
 
+def _server_tls(args: argparse.Namespace) -> ServerTls | None:
+    if not (args.tls_cert or args.tls_key or args.tls_client_ca):
+        return None
+    if not (args.tls_cert and args.tls_key):
+        raise ValueError("TLS needs both --tls-cert and --tls-key" + (" (--tls-client-ca alone does not turn TLS on)" if args.tls_client_ca else ""))
+    return ServerTls.from_files(args.tls_cert, args.tls_key, args.tls_client_ca)
+
+
+def _admin_token(path: str) -> str:
+    if not path:
+        return ""
+    try:
+        token = Path(path).read_text().strip()
+    except OSError as exc:
+        raise ValueError(f"--admin-token-file {path}: {exc.strerror}") from None
+    if len(token) < 16:
+        raise ValueError(f"--admin-token-file {path}: a token needs at least 16 characters (`fleetsync token create` makes 43)")
+    return token
+
+
 async def serve(args: argparse.Namespace) -> None:
     from fleetsync.api.app import ApiServer  # the API reads the store; imported here to keep layers one-way
 
@@ -99,19 +136,24 @@ async def serve(args: argparse.Namespace) -> None:
         http_host, http_port = parse_listen_address(args.http)
         settings = settings_from(args)
         brokers = [parse_hub_url(url, schemes=("mqtt", "mqtts", "nats")) for url in args.broker.split(",") if url.strip()]
+        tls = _server_tls(args)
+        ssl_context = https_context(tls.cert_file, tls.key_file) if tls else None  # also checks that the key is the certificate's
+        admin_token = _admin_token(args.admin_token_file)
         store = open_store(args.db, change_log_keep=args.change_log_keep)
     except ValueError as exc:
         raise SystemExit(f"fleetsync hub: {exc}") from None
     try:
         await store.open()
+        if admin_token:
+            await store.add_token(name="admin (--admin-token-file)", role="admin", token_hash=hash_token(admin_token))
     except (RuntimeError, OSError) as exc:
         raise SystemExit(f"fleetsync hub: --db: {exc}") from None
     core = HubCore(store, settings)
     try:
-        grpc_server = GrpcHubServer(core, grpc_host, grpc_port)
+        grpc_server = GrpcHubServer(core, grpc_host, grpc_port, tls=tls)
     except (OSError, RuntimeError) as exc:
         raise SystemExit(f"fleetsync hub: cannot listen on {args.grpc}: {exc}") from None
-    api = ApiServer(core, host=http_host, port=http_port)
+    api = ApiServer(core, host=http_host, port=http_port, ssl_context=ssl_context)
     broker_servers = [broker_server(core, address) for address in brokers]
     await core.start()
     await grpc_server.start()
@@ -122,7 +164,8 @@ async def serve(args: argparse.Namespace) -> None:
     except OSError as exc:
         raise SystemExit(f"fleetsync hub: cannot listen on {args.http}: {exc.strerror}") from None
     via = "".join(f", agents also through {address}" for address in brokers)
-    print(f"fleetsync hub {args.hub_id}: gRPC on {grpc_host}:{grpc_server.port}, HTTP on http://{http_host}:{api.port}, store {args.db}{via}", flush=True)
+    grpc_how = "gRPC over TLS" + (" (client certificates required)" if tls and tls.client_ca else "") if tls else "gRPC"
+    print(f"fleetsync hub {args.hub_id}: {grpc_how} on {grpc_host}:{grpc_server.port}, API on {api.url}, store {args.db}{via}", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -131,11 +174,11 @@ async def serve(args: argparse.Namespace) -> None:
         await stop.wait()
     finally:
         log.info("shutting down")
+        await api.stop()  # first: its watches follow the core's change feed
         for server in broker_servers:
             await server.stop()
         await grpc_server.stop()
         await core.stop()
-        await api.stop()
         await store.close()
         await cancel_the_rest()  # what the client libraries left running
 

@@ -1,5 +1,5 @@
 """Python client of the hub: an informer (list + watch into a local cache, with indexes and handlers)."""
 
-from fleetsync.client.informer import Informer, object_key
+from fleetsync.client.informer import Expired, Informer, Refused, object_key
 
-__all__ = ["Informer", "object_key"]
+__all__ = ["Expired", "Informer", "Refused", "object_key"]

@@ -13,7 +13,8 @@
 or the fleet's (``/api/v1/pods``, objects labelled ``fleetsync.io/cluster``). The
 informer lists in pages, then watches from the list's revision with bookmarks; a 410
 (the change log no longer reaches back) relists and reports the difference as events; a
-broken connection reconnects with backoff and resumes from the last revision seen. With
+broken connection reconnects with backoff and resumes from the last revision seen; a
+refused token ends :meth:`Informer.run` with :class:`Refused`. With
 ``resync_period``, every cached object is handed to ``on_update(obj, obj)`` that often,
 as client-go does, so handlers can re-check what they manage.
 """
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 import time
 from collections.abc import Callable
 from typing import Any
@@ -40,6 +42,11 @@ CLUSTER_LABEL = "fleetsync.io/cluster"
 
 class Expired(Exception):
     """The revision the watch resumes from is gone from the hub's change log (410)."""
+
+
+class Refused(Exception):
+    """The hub refused the informer's token (401) or its role (403): retrying cannot help,
+    so :meth:`Informer.run` raises this with the hub's message."""
 
 
 def object_key(obj: Obj) -> str:
@@ -62,12 +69,16 @@ class Informer:
         token: str = "",
         resync_period: float = 0.0,
         page_size: int = 500,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
+        """``token``: an API token (role read is enough); ``ssl_context``: what an https:// hub is
+        verified against (default: the system's CAs)."""
         self.url = hub.rstrip("/") + path
         self.selectors = {k: v for k, v in (("labelSelector", label_selector), ("fieldSelector", field_selector), ("clusterSelector", cluster_selector)) if v}
         self.headers = {"Accept": "application/json"} | ({"Authorization": f"Bearer {token}"} if token else {})
         self.resync_period = resync_period
         self.page_size = page_size
+        self.ssl_context = ssl_context
         self.cache: dict[str, Obj] = {}
         #: Set once the first list is in the cache.
         self.synced = asyncio.Event()
@@ -142,7 +153,8 @@ class Informer:
     async def run(self) -> None:
         """List, then watch, forever (cancel the task to stop)."""
         backoff = Backoff(initial=0.2, maximum=10.0)
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=60)) as session:
+        connector = aiohttp.TCPConnector(ssl=self.ssl_context) if self.ssl_context else None
+        async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=60)) as session:
             resync = asyncio.create_task(self._resync_forever()) if self.resync_period > 0 else None
             try:
                 while True:
@@ -167,6 +179,14 @@ class Informer:
         if response.status == 410:
             response.release()
             raise Expired(self.resource_version)
+        if response.status in (401, 403):
+            body = await response.text()
+            response.release()
+            try:
+                message = orjson.loads(body).get("message", body)
+            except (orjson.JSONDecodeError, AttributeError):
+                message = body[:300]
+            raise Refused(f"{self.url}: {response.status} {message}")
         if response.status >= 400:
             body = await response.text()
             response.release()

@@ -59,11 +59,14 @@ def malformed(bundle: pb.Bundle) -> str:
 
 
 class Session:
-    def __init__(self, core: HubCore, send: Send, *, peer: str = "", end: End | None = None) -> None:
+    def __init__(self, core: HubCore, send: Send, *, peer: str = "", end: End | None = None, certified_cluster: str | None = None) -> None:
         self.core = core
         self.send = send
         self.end = end
         self.peer = peer
+        #: With mutual TLS: the cluster the agent's client certificate names (its common name);
+        #: the session may write that cluster only, whatever its token says.
+        self.certified_cluster = certified_cluster
         self.hello: pb.Hello | None = None
         self.token: TokenRecord | None = None
         self.engine: ClusterEngine | None = None
@@ -170,6 +173,11 @@ class Session:
         assert token is not None
         if token.role != "agent" or token.name != hello.cluster_id:
             await self.reject(pb.PERMISSION_DENIED, f"this token is for {token.role} {token.name!r}; it cannot write cluster {hello.cluster_id!r}")
+        if self.certified_cluster is not None and self.certified_cluster != hello.cluster_id:
+            await self.reject(
+                pb.PERMISSION_DENIED,
+                f"the agent's client certificate is for cluster {self.certified_cluster!r} (its common name); it cannot write cluster {hello.cluster_id!r}",
+            )
         self.token = token
         result = await store.acquire_lease(
             hello.cluster_id, holder=hello.agent_id, incarnation=hello.incarnation, hub_id=core.settings.hub_id, now=now, ttl=core.settings.lease_ttl

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import re
 
-_CLUSTER = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9_-]{0,61}[A-Za-z0-9])?$")
+#: What a cluster name may be (see :func:`check_cluster_name`), as a regular expression.
+CLUSTER_NAME_PATTERN = r"^[A-Za-z0-9]([A-Za-z0-9_-]{0,61}[A-Za-z0-9])?$"
+_CLUSTER = re.compile(CLUSTER_NAME_PATTERN)
 
 
 def check_cluster_name(name: str) -> str:

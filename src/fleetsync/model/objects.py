@@ -11,6 +11,10 @@ from fleetsync.model.types import ResourceType
 _DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 
+#: The annotation the hub's reads add to every object: the cluster's own ``resourceVersion``
+#: of it (their ``metadata.resourceVersion`` is the hub revision, which watches resume from).
+CLUSTER_VERSION_ANNOTATION = "fleetsync.io/cluster-resource-version"
+
 
 def rfc3339(ts: float) -> str:
     """Kubernetes timestamps: second precision, UTC, ``Z`` suffix."""

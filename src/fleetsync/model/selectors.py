@@ -127,6 +127,11 @@ class LabelSelector:
     def matches(self, labels: Mapping[str, str]) -> bool:
         return all(r.matches(labels) for r in self.requirements)
 
+    def equalities(self) -> dict[str, str]:
+        """The labels every match has with a single value (``k=v``, ``k==v``, ``k in (v)``):
+        what a store can filter by before the whole selector is checked."""
+        return {r.key: r.values[0] for r in self.requirements if r.op == "=" or (r.op == "in" and len(r.values) == 1)}
+
 
 def _unescape_field_value(value: str) -> str:
     return re.sub(r"\\(.)", r"\1", value)

@@ -13,12 +13,13 @@ from typing import Any
 class ApiError(Exception):
     """An API failure with its HTTP code, Kubernetes reason and a message a user can act on."""
 
-    def __init__(self, code: int, reason: str, message: str, *, details: dict[str, Any] | None = None) -> None:
+    def __init__(self, code: int, reason: str, message: str, *, details: dict[str, Any] | None = None, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.code = code
         self.reason = reason
         self.message = message
         self.details = details
+        self.headers = headers or {}  # sent with the response (e.g. WWW-Authenticate)
 
     def to_status(self) -> dict[str, Any]:
         status: dict[str, Any] = {
@@ -43,6 +44,10 @@ class ApiError(Exception):
     @classmethod
     def unauthorized(cls, message: str = "Unauthorized") -> ApiError:
         return cls(401, "Unauthorized", message)
+
+    @classmethod
+    def forbidden(cls, message: str) -> ApiError:
+        return cls(403, "Forbidden", message)
 
     @classmethod
     def not_found(cls, resource: str, name: str, group: str = "") -> ApiError:

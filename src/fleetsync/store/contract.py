@@ -156,6 +156,12 @@ class Store(Protocol):
     async def find_token(self, token_hash: str) -> TokenRecord | None:
         """The token with this hash, or None."""
 
+    async def tokens(self) -> list[TokenRecord]:
+        """Every token (what it is for, never its secret), by name then role."""
+
+    async def delete_tokens(self, name: str, role: str | None = None) -> int:
+        """Delete the tokens of ``name`` (of ``role`` only, if given); how many there were."""
+
     # ---- clusters and leases -----------------------------------------------------------
 
     async def upsert_cluster(self, record: ClusterRecord) -> None: ...
@@ -232,9 +238,12 @@ class Store(Protocol):
         namespace: str | None = None,
         after: tuple[str, str, str] | None = None,
         limit: int = 0,
+        labels: Mapping[str, str] | None = None,
     ) -> list[ObjectRecord]:
         """Objects of ``type`` (one cluster or all), ordered by (cluster, namespace, name),
-        strictly after the ``after`` (cluster, namespace, name) cursor; ``limit`` 0 = all."""
+        strictly after the ``after`` (cluster, namespace, name) cursor; ``limit`` 0 = all;
+        with ``labels``, only objects that have every one of these labels with that value
+        (a label selector's equalities, filtered in the database)."""
 
     async def counts(self, cluster: str) -> dict[str, int]:
         """type -> number of objects, for one cluster."""

@@ -394,6 +394,14 @@ class PostgresStore:
             return None
         return TokenRecord(name=rows[0][0], role=rows[0][1], types=tuple(t for t in rows[0][2].split(",") if t))
 
+    async def tokens(self) -> list[TokenRecord]:
+        rows = await self._fetch("SELECT name, role, types FROM tokens ORDER BY name, role, created_at")
+        return [TokenRecord(name=r[0], role=r[1], types=tuple(t for t in r[2].split(",") if t)) for r in rows]
+
+    async def delete_tokens(self, name: str, role: str | None = None) -> int:
+        status = await self._execute("DELETE FROM tokens WHERE name = $1 AND ($2::text IS NULL OR role = $2)", name, role)
+        return int(status.rsplit(" ", 1)[1])  # "DELETE n"
+
     # ---- clusters and leases -------------------------------------------------------------
 
     async def upsert_cluster(self, record: ClusterRecord) -> None:
@@ -623,6 +631,7 @@ class PostgresStore:
         namespace: str | None = None,
         after: tuple[str, str, str] | None = None,
         limit: int = 0,
+        labels: Mapping[str, str] | None = None,
     ) -> list[ObjectRecord]:
         where, params = ["type = $1"], [type]
 
@@ -630,6 +639,8 @@ class PostgresStore:
             params.append(value)
             return f"${len(params)}"
 
+        if labels:
+            where.append(f"labels @> {param(_text(labels))}::jsonb")
         if cluster is not None:
             where.append(f"cluster = {param(cluster)}")
         if namespace is not None:

@@ -388,6 +388,15 @@ class SQLiteStore:
             return None
         return TokenRecord(name=rows[0][0], role=rows[0][1], types=tuple(t for t in rows[0][2].split(",") if t))
 
+    async def tokens(self) -> list[TokenRecord]:
+        rows = await self._read("SELECT name, role, types FROM tokens ORDER BY name, role, created_at")
+        return [TokenRecord(name=r[0], role=r[1], types=tuple(t for t in r[2].split(",") if t)) for r in rows]
+
+    async def delete_tokens(self, name: str, role: str | None = None) -> int:
+        async with self._autocommit() as db:
+            cursor = await db.execute("DELETE FROM tokens WHERE name = ? AND (? IS NULL OR role = ?)", (name, role, role))
+            return cursor.rowcount
+
     # ---- clusters and leases -------------------------------------------------------------
 
     async def upsert_cluster(self, record: ClusterRecord) -> None:
@@ -623,9 +632,13 @@ class SQLiteStore:
         namespace: str | None = None,
         after: tuple[str, str, str] | None = None,
         limit: int = 0,
+        labels: Mapping[str, str] | None = None,
     ) -> list[ObjectRecord]:
         # The conditions are shaped so that SQLite walks objects_by_type in order (no sort).
         where, params = ["type = ?"], [type]
+        for key, value in (labels or {}).items():  # label keys are qualified names: no quote to escape
+            where.append("json_extract(labels, ?) = ?")
+            params += [f'$."{key}"', value]
         if cluster is not None:
             where.append("cluster = ?")
             params.append(cluster)

@@ -3,12 +3,57 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Protocol
 from urllib.parse import unquote, urlsplit
 
 from fleetsync.protocol import fleetsync_pb2 as pb
 
-SCHEMES = ("grpc", "mqtt", "mqtts", "nats")
+SCHEMES = ("grpc", "grpcs", "mqtt", "mqtts", "nats")
+
+
+@dataclass(frozen=True, slots=True)
+class ServerTls:
+    """A TLS listener's certificate and key (PEM), and the CA whose client certificates it
+    requires (mutual TLS; empty: no client certificate asked for)."""
+
+    cert: bytes
+    key: bytes = field(repr=False)
+    client_ca: bytes = b""
+    #: The files they were read from (the ssl module loads a certificate chain from files only).
+    cert_file: str = ""
+    key_file: str = ""
+
+    @classmethod
+    def from_files(cls, cert: str, key: str, client_ca: str = "") -> ServerTls:
+        """Read the PEM files; a ValueError naming the file that cannot be read or is not PEM."""
+        return cls(_pem(cert, "--tls-cert"), _pem(key, "--tls-key"), _pem(client_ca, "--tls-client-ca") if client_ca else b"", cert, key)
+
+
+@dataclass(frozen=True, slots=True)
+class ClientTls:
+    """What an agent trusts (a CA bundle; empty: the system's) and presents (a client
+    certificate and key, for a hub that requires them)."""
+
+    ca: bytes = b""
+    cert: bytes = b""
+    key: bytes = field(default=b"", repr=False)
+
+    @classmethod
+    def from_files(cls, ca: str = "", cert: str = "", key: str = "") -> ClientTls:
+        if bool(cert) != bool(key):
+            raise ValueError("--tls-cert and --tls-key go together (the client certificate and its key)")
+        return cls(_pem(ca, "--tls-ca") if ca else b"", _pem(cert, "--tls-cert") if cert else b"", _pem(key, "--tls-key") if key else b"")
+
+
+def _pem(path: str, flag: str) -> bytes:
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise ValueError(f"{flag} {path}: {exc.strerror}") from None
+    if b"-----BEGIN " not in data:
+        raise ValueError(f"{flag} {path}: not a PEM file (no -----BEGIN line)")
+    return data
 
 
 class TransportError(ConnectionError):
@@ -32,11 +77,11 @@ class HubAddress:
 
     @property
     def broker(self) -> bool:
-        return self.scheme != "grpc"
+        return self.scheme not in ("grpc", "grpcs")
 
 
 def parse_hub_url(url: str, *, schemes: tuple[str, ...] = SCHEMES) -> HubAddress:
-    """``grpc://host:port`` (also ``mqtt://[user:password@]host:port``, mqtts://, nats://) -> HubAddress;
+    """``grpc://host:port`` (``grpcs://`` over TLS; also ``mqtt://[user:password@]host:port``, mqtts://, nats://) -> HubAddress;
     a clear ValueError otherwise."""
     parts = urlsplit(url.strip())
     shown = _without_password(url.strip())
@@ -50,8 +95,8 @@ def parse_hub_url(url: str, *, schemes: tuple[str, ...] = SCHEMES) -> HubAddress
         raise ValueError(f"URL {shown!r}: expected {parts.scheme}://HOST:PORT")
     if parts.path not in ("", "/") or parts.query:
         raise ValueError(f"URL {shown!r}: expected {parts.scheme}://HOST:PORT with no path or query")
-    if parts.username and parts.scheme == "grpc":
-        raise ValueError(f"URL {shown!r}: grpc:// takes no user name (agents authenticate with their token)")
+    if parts.username and parts.scheme in ("grpc", "grpcs"):
+        raise ValueError(f"URL {shown!r}: {parts.scheme}:// takes no user name (agents authenticate with their token)")
     return HubAddress(
         parts.scheme, parts.hostname, port, unquote(parts.username) if parts.username else None, unquote(parts.password) if parts.password else None
     )

@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Protocol
 
 from fleetsync.hub.core import HubCore
-from fleetsync.transport.base import AgentConnection, HubAddress, TransportError
+from fleetsync.transport.base import AgentConnection, ClientTls, HubAddress, TransportError
 
 
 class BrokerServer(Protocol):
@@ -20,17 +20,18 @@ class BrokerServer(Protocol):
 
 
 async def open_agent_connection(
-    address: HubAddress, *, cluster_id: str, agent_id: str, max_message_bytes: int, connect_seconds: float = 10.0
+    address: HubAddress, *, cluster_id: str, agent_id: str, max_message_bytes: int, connect_seconds: float = 10.0, tls: ClientTls | None = None
 ) -> AgentConnection:
-    """A new session's connection to the hub at ``address`` (raises TransportError)."""
-    if address.scheme == "grpc":
+    """A new session's connection to the hub at ``address`` (raises TransportError). ``tls``:
+    what to trust (and present) on grpcs:// and mqtts://."""
+    if address.scheme in ("grpc", "grpcs"):
         from fleetsync.transport.grpc import GrpcAgentConnection
 
-        return await GrpcAgentConnection.open(address, max_message_bytes=max_message_bytes, connect_seconds=connect_seconds)
+        return await GrpcAgentConnection.open(address, max_message_bytes=max_message_bytes, connect_seconds=connect_seconds, tls=tls)
     if address.scheme in ("mqtt", "mqtts"):
         from fleetsync.transport.mqtt import MqttAgentConnection
 
-        return await MqttAgentConnection.open(address, cluster_id=cluster_id, agent_id=agent_id, connect_seconds=connect_seconds)
+        return await MqttAgentConnection.open(address, cluster_id=cluster_id, agent_id=agent_id, connect_seconds=connect_seconds, tls=tls)
     if address.scheme == "nats":
         from fleetsync.transport.nats import NatsAgentConnection
 

@@ -15,7 +15,7 @@ from fleetsync.hub.session import Session, SessionClosed
 from fleetsync.protocol import codec
 from fleetsync.protocol import fleetsync_pb2 as pb
 from fleetsync.protocol import fleetsync_pb2_grpc as pb_grpc
-from fleetsync.transport.base import HubAddress, TransportError
+from fleetsync.transport.base import ClientTls, HubAddress, ServerTls, TransportError
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +51,12 @@ def _decode(data: bytes) -> pb.AgentMessage | _Undecodable:
         return _Undecodable(str(exc))
 
 
+def _certified_cluster(context: grpc.aio.ServicerContext) -> str | None:  # type: ignore[type-arg]
+    """The common name of the peer's verified client certificate (mutual TLS), else None."""
+    names = context.auth_context().get("x509_common_name") or []
+    return names[0].decode(errors="replace") if names else None
+
+
 class _Servicer:
     def __init__(self, core: HubCore) -> None:
         self.core = core
@@ -61,7 +67,7 @@ class _Servicer:
         async def end() -> None:
             await outbox.put(_END)
 
-        session = Session(self.core, outbox.put, peer=context.peer(), end=end)
+        session = Session(self.core, outbox.put, peer=context.peer(), end=end, certified_cluster=_certified_cluster(context))
 
         async def pump() -> None:
             try:
@@ -91,7 +97,7 @@ class _Servicer:
 class GrpcHubServer:
     """Serves the protocol over gRPC for a :class:`HubCore`."""
 
-    def __init__(self, core: HubCore, host: str, port: int) -> None:
+    def __init__(self, core: HubCore, host: str, port: int, *, tls: ServerTls | None = None) -> None:
         self.core = core
         # gRPC itself refuses messages over twice the protocol's limit; the session refuses
         # anything over the limit with a message that says so.
@@ -100,7 +106,11 @@ class GrpcHubServer:
             _Servicer(core).connect, request_deserializer=_decode, response_serializer=pb.HubMessage.SerializeToString
         )
         self.server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("fleetsync.v1.FleetSync", {"Connect": handler}),))
-        self.port = self.server.add_insecure_port(f"{host}:{port}")
+        if tls is None:
+            self.port = self.server.add_insecure_port(f"{host}:{port}")
+        else:
+            credentials = grpc.ssl_server_credentials([(tls.key, tls.cert)], root_certificates=tls.client_ca or None, require_client_auth=bool(tls.client_ca))
+            self.port = self.server.add_secure_port(f"{host}:{port}", credentials)
         if self.port == 0:
             raise OSError(f"cannot listen for gRPC on {host}:{port}")
 
@@ -119,13 +129,23 @@ class GrpcAgentConnection:
         self._call = call
 
     @classmethod
-    async def open(cls, address: HubAddress, *, max_message_bytes: int = 8 * 1024 * 1024, connect_seconds: float = 10.0) -> GrpcAgentConnection:
-        channel = grpc.aio.insecure_channel(f"{address.host}:{address.port}", options=_options(max_message_bytes))
+    async def open(
+        cls, address: HubAddress, *, max_message_bytes: int = 8 * 1024 * 1024, connect_seconds: float = 10.0, tls: ClientTls | None = None
+    ) -> GrpcAgentConnection:
+        target, options = f"{address.host}:{address.port}", _options(max_message_bytes)
+        if address.scheme == "grpcs":
+            tls = tls or ClientTls()
+            credentials = grpc.ssl_channel_credentials(root_certificates=tls.ca or None, private_key=tls.key or None, certificate_chain=tls.cert or None)
+            channel = grpc.aio.secure_channel(target, credentials, options=options)
+        else:
+            channel = grpc.aio.insecure_channel(target, options=options)
         try:
-            await asyncio.wait_for(channel.channel_ready(), connect_seconds)
+            async with asyncio.timeout(connect_seconds):
+                await channel.channel_ready()
         except TimeoutError:
             await channel.close()
-            raise TransportError(f"hub {address} did not answer within {connect_seconds:.0f}s") from None
+            hint = " (or refused the TLS handshake: check --tls-ca, and --tls-cert/--tls-key if the hub requires client certificates)" if tls else ""
+            raise TransportError(f"hub {address} did not answer within {connect_seconds:.0f}s{hint}") from None
         stub = pb_grpc.FleetSyncStub(channel)  # type: ignore[no-untyped-call]
         return cls(channel, stub.Connect())
 

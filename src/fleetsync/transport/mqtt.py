@@ -36,7 +36,7 @@ from fleetsync.hub.core import HubCore
 from fleetsync.protocol import codec
 from fleetsync.protocol import fleetsync_pb2 as pb
 from fleetsync.transport import cloudevents
-from fleetsync.transport.base import HubAddress, TransportError
+from fleetsync.transport.base import ClientTls, HubAddress, TransportError
 from fleetsync.transport.broker import BrokerSessions
 from fleetsync.transport.broker_agent import BrokerConnection, describe
 
@@ -82,7 +82,14 @@ def _attributes(message: aiomqtt.Message) -> dict[str, str]:
     return dict(user) if user else {}
 
 
-def _client(address: HubAddress, identifier: str, *, timeout: float) -> aiomqtt.Client:
+def _tls_context(address: HubAddress, tls: ClientTls | None) -> ssl.SSLContext | None:
+    """mqtts://: verify the broker against ``tls.ca`` (default: the system's CAs; SSL_CERT_FILE works too)."""
+    if address.scheme != "mqtts":
+        return None
+    return ssl.create_default_context(cadata=tls.ca.decode()) if tls and tls.ca else ssl.create_default_context()
+
+
+def _client(address: HubAddress, identifier: str, *, timeout: float, tls: ClientTls | None = None) -> aiomqtt.Client:
     connect = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
     connect.SessionExpiryInterval = SESSION_EXPIRY
     return aiomqtt.Client(
@@ -96,7 +103,7 @@ def _client(address: HubAddress, identifier: str, *, timeout: float) -> aiomqtt.
         properties=connect,
         timeout=timeout,
         keepalive=15,
-        tls_context=ssl.create_default_context() if address.scheme == "mqtts" else None,
+        tls_context=_tls_context(address, tls),
     )
 
 
@@ -108,8 +115,10 @@ class MqttAgentConnection(BrokerConnection):
         self._client = client
 
     @classmethod
-    async def open(cls, address: HubAddress, *, cluster_id: str, agent_id: str, connect_seconds: float = 10.0) -> MqttAgentConnection:
-        client = _client(address, client_id("agent", f"{cluster_id}/{agent_id}"), timeout=connect_seconds)
+    async def open(
+        cls, address: HubAddress, *, cluster_id: str, agent_id: str, connect_seconds: float = 10.0, tls: ClientTls | None = None
+    ) -> MqttAgentConnection:
+        client = _client(address, client_id("agent", f"{cluster_id}/{agent_id}"), timeout=connect_seconds, tls=tls)
         try:
             await client.__aenter__()
         except aiomqtt.MqttError as exc:
