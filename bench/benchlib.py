@@ -11,12 +11,14 @@ import contextlib
 import os
 import platform
 import re
+import secrets
 import signal
 import socket
 import subprocess
 import sys
 import time
 from collections import defaultdict
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -162,9 +164,24 @@ def tail(path: Path, n: int = 30) -> str:
 # ---- HTTP ----------------------------------------------------------------------------------
 
 
-async def get_json(session: aiohttp.ClientSession, url: str, *, method: str = "GET", timeout: float = 60) -> Any:
-    """The decoded JSON answer; BenchError on an HTTP error status."""
-    async with session.request(method, url, timeout=aiohttp.ClientTimeout(total=timeout)) as resp:
+#: The admin API token the benches provision in the hubs they start (``--admin-token-file``,
+#: see :func:`admin_token_file`) and send to them (:data:`HUB_AUTH`); in the environment as
+#: FLEETSYNC_TOKEN, so ``fleetsync check`` and child processes use the same one.
+API_TOKEN = os.environ.setdefault("FLEETSYNC_TOKEN", secrets.token_urlsafe(32))
+HUB_AUTH = {"Authorization": f"Bearer {API_TOKEN}"}
+
+
+def admin_token_file(tmp: Path) -> Path:
+    """A file holding :data:`API_TOKEN`, for a hub's ``--admin-token-file``."""
+    path = tmp / "admin.token"
+    path.write_text(API_TOKEN)
+    path.chmod(0o600)
+    return path
+
+
+async def get_json(session: aiohttp.ClientSession, url: str, *, method: str = "GET", timeout: float = 60, headers: Mapping[str, str] | None = None) -> Any:
+    """The decoded JSON answer; BenchError on an HTTP error status. ``headers``: e.g. :data:`HUB_AUTH` for a hub."""
+    async with session.request(method, url, timeout=aiohttp.ClientTimeout(total=timeout), headers=headers) as resp:
         body = await resp.read()
         if resp.status >= 300:
             raise BenchError(f"{method} {url} answered HTTP {resp.status}: {body[:300]!r}")

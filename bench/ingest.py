@@ -91,9 +91,11 @@ import psutil
 
 from benchlib import (
     DEFAULT_FLEETSYNC,
+    HUB_AUTH,
     BenchError,
     Child,
     Processes,
+    admin_token_file,
     core,
     cpu_seconds,
     divergent_rows,
@@ -225,7 +227,7 @@ def poll_hub(hub: str, clusters: list[str], interval: float, out: str, ready: An
         for cluster in clusters:
             t0 = time.monotonic()
             try:
-                conn.request("GET", f"/clusters/{cluster}/api/v1/pods", headers={"Accept": "application/json"})
+                conn.request("GET", f"/clusters/{cluster}/api/v1/pods", headers={"Accept": "application/json", **HUB_AUTH})
                 response = conn.getresponse()
                 raw = response.read()
                 seen_at = time.monotonic()
@@ -321,13 +323,13 @@ async def watch_pods(session: aiohttp.ClientSession, sim: str, cluster: str, log
 # ---- hub and sim reads ---------------------------------------------------------------
 
 
-async def get_text(session: aiohttp.ClientSession, url: str) -> str:
-    async with session.get(url, timeout=aiohttp.ClientTimeout(total=60)) as resp:
+async def get_text(session: aiohttp.ClientSession, url: str, headers: dict[str, str] | None = None) -> str:
+    async with session.get(url, timeout=aiohttp.ClientTimeout(total=60), headers=headers) as resp:
         return await resp.text()
 
 
 async def metrics(session: aiohttp.ClientSession, hub: str) -> dict[str, float]:
-    return parse_metrics(await get_text(session, f"{hub}/metrics"))
+    return parse_metrics(await get_text(session, f"{hub}/metrics", HUB_AUTH))
 
 
 # ---- the bench -----------------------------------------------------------------------
@@ -498,7 +500,19 @@ async def bench(args: argparse.Namespace, procs: Processes, tmp: Path, fig: dict
         hub_url = f"http://127.0.0.1:{http_port}"
         agent_hub_url, via = await start_transport(args.transport, procs, tmp, grpc_port)
         fig["transport"] = args.transport
-        hub = procs.spawn("hub", "hub", "--db", db, "--grpc", f"127.0.0.1:{grpc_port}", "--http", f"127.0.0.1:{http_port}", *via)
+        hub = procs.spawn(
+            "hub",
+            "hub",
+            "--db",
+            db,
+            "--grpc",
+            f"127.0.0.1:{grpc_port}",
+            "--http",
+            f"127.0.0.1:{http_port}",
+            "--admin-token-file",
+            str(admin_token_file(tmp)),
+            *via,
+        )
         sampler.add("hub", hub.ps)
         t0 = time.monotonic()
         while True:
@@ -544,7 +558,7 @@ async def bench(args: argparse.Namespace, procs: Processes, tmp: Path, fig: dict
         done_at: dict[str, float] = {}
         while True:
             procs.check_alive("sim", "hub", "agent-")
-            hub_clusters = await get_json(session, f"{hub_url}/api/v1/clusters")
+            hub_clusters = await get_json(session, f"{hub_url}/api/v1/clusters", headers=HUB_AUTH)
             now = time.monotonic()
             for name in _counts_match(sim_clusters, hub_clusters, types):
                 done_at.setdefault(name, now - t_start)
@@ -701,7 +715,8 @@ async def bench(args: argparse.Namespace, procs: Processes, tmp: Path, fig: dict
             "objects_applied_total": m2.get("fleetsync_objects_applied_total", 0),
         }
         fig["hub_clusters"] = {
-            c["name"]: {"status": c["status"], "errors": c["errors"]} for c in (await get_json(session, f"{hub_url}/api/v1/clusters"))["items"]
+            c["name"]: {"status": c["status"], "errors": c["errors"]}
+            for c in (await get_json(session, f"{hub_url}/api/v1/clusters", headers=HUB_AUTH))["items"]
         }
         fig["end"] = {"hub_rss": rss(hub.ps), "hub_vmhwm": vm_hwm(hub.proc.pid), "agents_rss": sum(rss(a.ps) for a in procs.of("agent-"))}
         fig["end"]["agents_vmhwm_max"] = max((vm_hwm(a.proc.pid) or 0 for a in procs.of("agent-")), default=0)

@@ -88,7 +88,6 @@ import multiprocessing
 import os
 import random
 import re
-import secrets
 import signal
 import statistics
 import sys
@@ -106,10 +105,12 @@ import psutil
 
 from benchlib import (
     DEFAULT_FLEETSYNC,
+    HUB_AUTH,
     BenchError,
     Child,
     Processes,
     _die_with_parent,
+    admin_token_file,
     cpu_seconds,
     free_port,
     get_json,
@@ -796,11 +797,7 @@ async def bench(args: argparse.Namespace, procs: Processes, tmp: Path, fig: dict
         token_file = None
         headers: dict[str, str] = {}
         if not args.no_auth:
-            token = secrets.token_urlsafe(32)
-            token_file = tmp / "admin.token"
-            token_file.touch(mode=0o600)
-            token_file.write_text(token + "\n")
-            headers = {"Authorization": f"Bearer {token}"}
+            token_file, headers = admin_token_file(tmp), HUB_AUTH
         async with aiohttp.ClientSession(headers=headers) as session:
             hub, base = await start_hub(args, procs, session, db_url, token_file)
         fig["auth"] = {"admin_token_file": token_file is not None} | await auth_check(base, headers)

@@ -49,8 +49,10 @@ import orjson
 
 from benchlib import (
     DEFAULT_FLEETSYNC,
+    HUB_AUTH,
     BenchError,
     Processes,
+    admin_token_file,
     divergent_rows,
     free_port,
     get_json,
@@ -124,7 +126,18 @@ async def bench(args: argparse.Namespace, procs: Processes, tmp: Path, fig: dict
     token = (await asyncio.to_thread(_token, procs.fleetsync, db)).strip()
     (tmp / "c1.token").write_text(token)
     procs.spawn(
-        "hub", "hub", "--db", db, "--grpc", f"127.0.0.1:{hub_grpc}", "--http", f"127.0.0.1:{hub_http}", "--max-message-bytes", str(args.max_message_bytes)
+        "hub",
+        "hub",
+        "--db",
+        db,
+        "--grpc",
+        f"127.0.0.1:{hub_grpc}",
+        "--http",
+        f"127.0.0.1:{hub_http}",
+        "--max-message-bytes",
+        str(args.max_message_bytes),
+        "--admin-token-file",
+        str(admin_token_file(tmp)),
     )
     async with aiohttp.ClientSession() as session:
 
@@ -161,7 +174,7 @@ async def bench(args: argparse.Namespace, procs: Processes, tmp: Path, fig: dict
             agent = Agent(session, f"http://127.0.0.1:{agent_metrics}/metrics")
 
             async def hub_holds_all() -> bool:
-                clusters = (await get_json(session, f"{hub}/api/v1/clusters"))["items"]
+                clusters = (await get_json(session, f"{hub}/api/v1/clusters", headers=HUB_AUTH))["items"]
                 return bool(clusters) and sum(clusters[0]["objects"].values()) == total and await agent.caught_up()
 
             # 1. FULL
@@ -176,14 +189,14 @@ async def bench(args: argparse.Namespace, procs: Processes, tmp: Path, fig: dict
                 f"of {args.max_message_bytes / KIB:,.0f} KiB allowed",
                 flush=True,
             )
-            hub_metrics = parse_metrics(await _text(session, f"{hub}/metrics"))
+            hub_metrics = parse_metrics(await _text(session, f"{hub}/metrics", HUB_AUTH))
             fig["full"]["hub_refused"] = hub_metrics.get("fleetsync_messages_refused_total", 0.0)
             if args.only_full:
                 return
 
             # 2. a digest resync of the unchanged cluster
             before, before_down, wire = *(await agent.bytes_by_kind()), dict(proxy.bytes)
-            await get_json(session, f"{hub}/api/v1/clusters/c1/resync", method="POST")
+            await get_json(session, f"{hub}/api/v1/clusters/c1/resync", method="POST", headers=HUB_AUTH)
             await asyncio.sleep(0.5)  # the request reaches the agent
             took = await wait_for(agent.caught_up, timeout=600, what="the digest resync", procs=procs)
             sent, received = await agent.bytes_by_kind()
@@ -245,8 +258,8 @@ def _token(fleetsync: Path, db: str) -> str:
     return subprocess.run([str(fleetsync), "token", "create", "c1", "--db", db], capture_output=True, text=True, check=True).stdout
 
 
-async def _text(session: aiohttp.ClientSession, url: str) -> str:
-    async with session.get(url) as response:
+async def _text(session: aiohttp.ClientSession, url: str, headers: dict[str, str] | None = None) -> str:
+    async with session.get(url, headers=headers) as response:
         return await response.text()
 
 

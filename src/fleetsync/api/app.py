@@ -43,7 +43,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from fleetsync import __version__
 from fleetsync.api import auth, openapi
 from fleetsync.api.auth import Authenticator
-from fleetsync.api.watch import DEFAULT_TIMEOUT, EncodedChanges, WatchRequest, cluster_labels, store_filter, with_revision
+from fleetsync.api.watch import DEFAULT_TIMEOUT, RenderedObjects, WatchRequest, cluster_labels, store_filter
 from fleetsync.hub.core import HubCore, NotConnected
 from fleetsync.hub.events import REASONS
 from fleetsync.model import discovery
@@ -54,7 +54,7 @@ from fleetsync.model.tables import table
 from fleetsync.model.types import ResourceType, TypeRegistry, UnknownResourceType
 from fleetsync.protocol.codec import CodecError
 from fleetsync.store.contract import ClusterRecord, EventRecord, ObjectRecord
-from fleetsync.web import json_response, serve, status_errors
+from fleetsync.web import JSON, json_response, serve, status_errors
 
 
 def _encode_cursor(cluster: str, namespace: str, name: str) -> str:
@@ -130,7 +130,7 @@ class ApiServer:
         self.authenticator = Authenticator(core.store)
         self._runner: web.AppRunner | None = None
         self._openapi_document: dict[str, Any] | None = None  # built on first request
-        self._encoded = EncodedChanges()  # each change encoded once for all watchers
+        self._rendered = RenderedObjects()  # each object's state rendered once for every read
         self._streams: set[asyncio.Task[Any]] = set()  # open watches, which stop() ends
 
     @property
@@ -358,18 +358,16 @@ class ApiServer:
             record = await self.store.get_object(cluster, rtype.gvk, namespace or "", rest[1])
             if record is None:
                 raise ApiError.not_found(rtype.plural, rest[1], rtype.group)
-            obj = self._object(record)
+            encoded = self._render(record)
             if "as=Table" in request.headers.get("Accept", ""):
-                return json_response(table(rtype.kind, [obj], include_object=request.query.get("includeObject", "Metadata")))
-            return json_response(obj)
+                return json_response(table(rtype.kind, [orjson.loads(encoded)], include_object=request.query.get("includeObject", "Metadata")))
+            return web.Response(body=encoded, content_type=JSON)
         return await self._list(request, cluster, rtype, namespace)
 
-    @staticmethod
-    def _object(record: ObjectRecord, *, fleet: bool = False) -> dict[str, Any]:
-        """The stored object as a read shows it: the hub revision of its last change as its
-        ``resourceVersion`` (so a watch resumes from it), and for a fleet-wide read its cluster's label."""
+    def _render(self, record: ObjectRecord, *, fleet: bool = False) -> bytes:
+        """The stored object's JSON as a read shows it (rendered once per state, see RenderedObjects)."""
         try:
-            return with_revision(record, fleet=fleet)
+            return self._rendered.get(record, fleet=fleet)
         except CodecError as exc:
             raise ApiError(500, "InternalError", f"stored body of {record.cluster}/{record.type}/{record.key} is unreadable: {exc}") from None
 
@@ -410,11 +408,11 @@ class ApiServer:
                 labels=labels,
                 fields=fields,
                 bookmarks=bookmarks,
-                encoded=self._encoded,
+                rendered=self._rendered,
             )
             return await self._streaming(watch.serve(request, resource_version=request.query.get("resourceVersion", ""), timeout=timeout))
         rev = await self.store.current_rev()
-        items: list[dict[str, Any]] = []
+        items: list[bytes] = []
         last: ObjectRecord | None = None
         more = False
         batch = max(limit, 500)
@@ -426,13 +424,13 @@ class ApiServer:
                     continue
                 if not labels.matches(cluster_labels(record) if fleet else record.labels):
                     continue
-                obj = self._object(record, fleet=fleet)
-                if not fields.empty and not fields.matches(selectable_fields(rtype, obj)):
+                encoded = self._render(record, fleet=fleet)
+                if not fields.empty and not fields.matches(selectable_fields(rtype, orjson.loads(encoded))):
                     continue
                 if limit and len(items) >= limit:
                     more = True
                     break
-                items.append(obj)
+                items.append(encoded)
                 last = record
             if more or len(records) < batch:
                 break
@@ -445,10 +443,11 @@ class ApiServer:
             return json_response(
                 table(
                     rtype.kind,
-                    items,
+                    [orjson.loads(item) for item in items],
                     resource_version=str(rev),
                     continue_token=meta.get("continue"),
                     include_object=request.query.get("includeObject", "Metadata"),
                 )
             )
-        return json_response({"kind": rtype.list_kind, "apiVersion": rtype.api_version, "metadata": meta, "items": items})
+        head = orjson.dumps({"kind": rtype.list_kind, "apiVersion": rtype.api_version, "metadata": meta})
+        return web.Response(body=b"".join((head[:-1], b',"items":[', b",".join(items), b"]}")), content_type=JSON)

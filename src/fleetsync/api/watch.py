@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
@@ -25,10 +24,12 @@ from fleetsync.model.objects import CLUSTER_VERSION_ANNOTATION, selectable_field
 from fleetsync.model.selectors import FieldSelector, LabelSelector
 from fleetsync.model.types import ResourceType
 from fleetsync.protocol.codec import body_json
-from fleetsync.store.contract import Change, ObjectRecord, Store
+from fleetsync.store.contract import ObjectRecord, Store
 
 #: Seconds between BOOKMARK events of an idle watch that asked for them.
 BOOKMARK_INTERVAL = 5.0
+#: A watch writes what it has once it holds this many bytes (and at the end of each batch of changes).
+WRITE_CHUNK = 256 * 1024
 #: A watch ends after this long unless ``timeoutSeconds`` says otherwise (clients reconnect).
 DEFAULT_TIMEOUT = 1800.0
 
@@ -66,27 +67,33 @@ def with_revision(record: ObjectRecord, rev: int | None = None, *, fleet: bool =
     return with_cluster_label(obj, record.cluster) if fleet else obj
 
 
-class EncodedChanges:
-    """Each change as watch events carry it, decoded and encoded once for every watcher.
+class RenderedObjects:
+    """Objects as the hub's reads show them (:func:`with_revision`), rendered once and shared.
 
-    A hundred watchers of one change would otherwise each decompress, parse, annotate and
-    serialise the same object; keyed by (revision, fleet-wide or not), the newest
-    ``keep`` stay cached, which covers every watcher that is not far behind.
+    A stored object's state is named by the revision of its last change, so the JSON a
+    list, a get or a watch event carries for it is the same bytes for every reader until
+    it changes again: a hundred watchers of one change, or a poller listing a cluster ten
+    times a second, decompress, parse, annotate and serialise it once. Keyed by (revision,
+    fleet-wide or not); the least recently used are dropped beyond ``budget`` bytes.
     """
 
-    def __init__(self, keep: int = 4096) -> None:
-        self.keep = keep
-        self._cache: OrderedDict[tuple[int, bool], tuple[dict[str, Any], bytes]] = OrderedDict()
+    def __init__(self, budget: int = 64 * 1024 * 1024) -> None:
+        self.budget = budget
+        self.size = 0
+        self._cache: OrderedDict[tuple[int, bool], bytes] = OrderedDict()
 
-    def get(self, change: Change, *, fleet: bool) -> tuple[dict[str, Any], bytes]:
-        """The object (not to be modified: it is shared) and its JSON."""
-        key = (change.rev, fleet)
+    def get(self, record: ObjectRecord, rev: int | None = None, *, fleet: bool) -> bytes:
+        """The JSON of ``record`` (its state at ``rev``, default its last change) as reads show it;
+        raises :class:`CodecError` if the stored body cannot be read."""
+        key = (rev if rev is not None else record.rev, fleet)
         found = self._cache.get(key)
-        if found is None:
-            obj = with_revision(change.obj, change.rev, fleet=fleet)
-            found = self._cache[key] = (obj, orjson.dumps(obj))
-            if len(self._cache) > self.keep:
-                self._cache.popitem(last=False)
+        if found is not None:
+            self._cache.move_to_end(key)
+            return found
+        found = self._cache[key] = orjson.dumps(with_revision(record, key[0], fleet=fleet))
+        self.size += len(found)
+        while self.size > self.budget and self._cache:
+            self.size -= len(self._cache.popitem(last=False)[1])
         return found
 
 
@@ -109,7 +116,7 @@ class WatchRequest:
         labels: LabelSelector,
         fields: FieldSelector,
         bookmarks: bool,
-        encoded: EncodedChanges | None = None,
+        rendered: RenderedObjects | None = None,
     ) -> None:
         self.store = store
         self.feed = feed
@@ -121,14 +128,15 @@ class WatchRequest:
         self.labels = labels
         self.fields = fields
         self.bookmarks = bookmarks
-        self.encoded = encoded or EncodedChanges()
+        self.rendered = rendered or RenderedObjects()
 
     def _labelled(self, record: ObjectRecord) -> bool:
         """The label selector, on the stored labels (no body decoded for it)."""
         return self.labels.matches(cluster_labels(record) if self.fleet else record.labels)
 
-    def _selected(self, record: ObjectRecord, obj: dict[str, Any]) -> bool:
-        return self._labelled(record) and (self.fields.empty or self.fields.matches(selectable_fields(self.rtype, obj)))
+    def _fielded(self, encoded: bytes) -> bool:
+        """The field selector, on the rendered object (parsed only if there is one)."""
+        return self.fields.empty or self.fields.matches(selectable_fields(self.rtype, orjson.loads(encoded)))
 
     def _ours(self, record: ObjectRecord) -> bool:
         return (
@@ -142,23 +150,21 @@ class WatchRequest:
         response = web.StreamResponse(headers={"Content-Type": "application/json", "Cache-Control": "no-cache"})
         await response.prepare(request)
 
-        async def send(kind: str, obj: dict[str, Any]) -> None:
-            await response.write(orjson.dumps({"type": kind, "object": obj}) + b"\n")
-
         with contextlib.suppress(ConnectionResetError, asyncio.TimeoutError):
             async with asyncio.timeout(timeout):
-                since = await self._start(send, resource_version)
+                since = await self._start(response, resource_version)
                 if since is not None:
                     await self._follow(response, since)
         with contextlib.suppress(ConnectionResetError):
             await response.write_eof()
         return response
 
-    async def _start(self, send: Callable[[str, dict[str, Any]], Awaitable[None]], resource_version: str) -> int | None:
+    async def _start(self, response: web.StreamResponse, resource_version: str) -> int | None:
         """Send the initial state if asked for; return the revision to follow from (None: ended)."""
         if resource_version not in ("", "0"):
             if not resource_version.isdigit():
-                await send("ERROR", _status(400, "BadRequest", f"invalid resourceVersion {resource_version!r}: must be a hub revision (an integer)"))
+                message = f"invalid resourceVersion {resource_version!r}: must be a hub revision (an integer)"
+                await response.write(_event("ERROR", orjson.dumps(_status(400, "BadRequest", message))))
                 return None
             return int(resource_version)
         since = await self.store.current_rev()
@@ -167,19 +173,22 @@ class WatchRequest:
         cluster = self.cluster or only
         while True:  # a list in pages; changes meanwhile arrive again from the feed, which is harmless
             page = await self.store.list_objects(self.rtype.gvk, cluster=cluster, namespace=self.namespace, after=after, limit=500, labels=equal)
+            out = bytearray()
             for record in page:
                 if not self._ours(record) or not self._labelled(record):
                     continue
-                obj = with_revision(record, fleet=self.fleet)
-                if self._selected(record, obj):
-                    await send("ADDED", obj)
+                encoded = self.rendered.get(record, fleet=self.fleet)
+                if self._fielded(encoded):
+                    out += _event("ADDED", encoded)
+            if out:
+                await response.write(bytes(out))
             if len(page) < 500:
                 return since
             after = (page[-1].cluster, page[-1].namespace, page[-1].name)
 
     async def _follow(self, response: web.StreamResponse, since: int) -> None:
-        """Every batch of changes the feed yields becomes one write (shared encodings, one
-        send per batch; ``write`` waits while the client is slow to read)."""
+        """Every batch of changes the feed yields becomes one write, or a few of up to
+        ``WRITE_CHUNK`` (shared encodings; ``write`` waits while the client is slow to read)."""
         stream = self.feed.follow(since, idle=BOOKMARK_INTERVAL if self.bookmarks else None)
         try:
             async for batch in stream:
@@ -194,11 +203,14 @@ class WatchRequest:
                     labelled = self._labelled(change.obj)
                     if not labelled and change.type != "MODIFIED":
                         continue
-                    obj, encoded = self.encoded.get(change, fleet=self.fleet)
-                    if labelled and (self.fields.empty or self.fields.matches(selectable_fields(self.rtype, obj))):
+                    encoded = self.rendered.get(change.obj, change.rev, fleet=self.fleet)
+                    if labelled and self._fielded(encoded):
                         out += _event(change.type, encoded)
                     elif change.type == "MODIFIED":
                         out += _event("DELETED", encoded)  # it left the selection (or was never in it: harmless)
+                    if len(out) >= WRITE_CHUNK:  # bounded: a hundred watchers of a big batch hold a chunk each, not the batch
+                        await response.write(bytes(out))
+                        out.clear()
                 if out:
                     await response.write(bytes(out))
         except Gone as exc:
