@@ -2,7 +2,7 @@
 
 ::
 
-    informer = Informer("http://hub:8080", "/api/v1/pods", label_selector="app=web")
+    informer = Informer("https://hub:8080", "/api/v1/pods", label_selector="app=web", token=READ_TOKEN)
     informer.add_index("node", lambda pod: [pod["spec"].get("nodeName", "")])
     informer.on_add(lambda pod: ...)       # and on_update(old, new), on_delete(last)
     task = asyncio.create_task(informer.run())
