@@ -109,7 +109,9 @@ def test_the_openapi_document_is_valid_and_lists_every_type(fleet: Fleet) -> Non
     for path in ("/healthz", "/readyz", "/metrics", "/openapi.json", "/api/v1/clusters", "/api/v1/events"):
         assert "get" in paths[path], path
     assert "post" in paths["/api/v1/clusters/{cluster}/resync"]
-    public = {path for path, item in paths.items() for op in item.values() if op.get("security") == []}
+    assert {"get", "post"} <= paths["/1.0/feature-gates"].keys() and {"get", "put", "delete"} <= paths["/1.0/feature-gates/{key}"].keys()
+    operations = [(path, op) for path, item in paths.items() for method, op in item.items() if method in ("get", "put", "post", "delete")]
+    public = {path for path, op in operations if op.get("security") == []}
     assert public == {"/healthz", "/livez", "/readyz", "/openapi.json"}
 
 
@@ -195,13 +197,18 @@ def _with_watch_timeout(case: Case) -> float | None:
 
 
 def errors_are_statuses_with_a_message(ctx: CheckContext, response: Response, case: Case) -> None:
-    """Every 4xx is a Kubernetes Status whose message says what is wrong."""
+    """Every 4xx is a Kubernetes Status whose message says what is wrong (under /1.0/, microcluster's error)."""
     if not 400 <= response.status_code < 500:
         return
     try:
         status = json.loads(response.content)
     except ValueError:
         raise AssertionError(f"a {response.status_code} whose body is not JSON: {response.content[:300]!r}") from None
+    if case.path.startswith("/1.0/"):  # seed 004's API: microcluster's error shape
+        assert isinstance(status, dict) and status.get("type") == "error", f"a {response.status_code} that is not an error: {status!r}"
+        assert isinstance(status.get("error"), str) and status["error"].strip(), f"a {response.status_code} error without a message: {status!r}"
+        assert status.get("error_code") == response.status_code, f"a {response.status_code} error with code {status.get('error_code')!r}"
+        return
     assert isinstance(status, dict) and status.get("kind") == "Status", f"a {response.status_code} that is not a Status: {status!r}"
     assert isinstance(status.get("message"), str) and status["message"].strip(), f"a {response.status_code} Status without a message: {status!r}"
     assert status.get("code") == response.status_code, f"a {response.status_code} Status with code {status.get('code')!r}"

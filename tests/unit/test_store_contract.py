@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from fleetsync.store.contract import ClusterRecord, EventRecord, ObjectRecord, Store, TokenRecord
+from fleetsync.store.contract import ClusterRecord, EventRecord, GateExists, GateRecord, ObjectRecord, Store, TokenRecord
 from fleetsync.store.postgres import MIGRATIONS as POSTGRES_MIGRATIONS
 from fleetsync.store.postgres import PostgresStore
 from fleetsync.store.sqlite import MIGRATIONS, SQLiteStore
@@ -455,6 +455,33 @@ async def test_tokens_are_listed_and_deleted_by_name_and_role(store: Store) -> N
     assert await store.tokens() == [TokenRecord("ops", "admin")]
 
 
+# ---- feature gates ----------------------------------------------------------------------
+
+
+async def test_gates_are_set_listed_and_deleted_with_a_revision_per_write(store: Store) -> None:
+    assert await store.gates() == [] and await store.gate("feature.x") is None
+    a = await store.set_gate("feature.multi-region", True, by="admin", now=10.0, create=True)
+    b = await store.set_gate("feature.storage.ceph", False, by="node-1", now=11.0)
+    assert a == GateRecord("feature.multi-region", True, 10.0, "admin", 1)
+    assert b == GateRecord("feature.storage.ceph", False, 11.0, "node-1", 2)
+    with pytest.raises(GateExists):
+        await store.set_gate("feature.multi-region", False, by="other", now=12.0, create=True)
+    assert await store.gate("feature.multi-region") == a, "a refused create changes nothing"
+    c = await store.set_gate("feature.multi-region", False, by="node-2", now=13.0)
+    assert c.revision == 3 and await store.gates() == [c, b]
+    gone = await store.delete_gate("feature.storage.ceph", by="node-1", now=14.0)
+    assert gone == GateRecord("feature.storage.ceph", False, 14.0, "node-1", 4, deleted=True)
+    assert await store.delete_gate("feature.storage.ceph", by="node-1", now=15.0) is None
+    assert await store.delete_gate("feature.never", by="node-1", now=15.0) is None
+    assert await store.gates() == [c] and await store.gate("feature.storage.ceph") is None
+    # what changed after a revision, the unset included, for an agent catching up
+    assert await store.gates(since=2) == [c, gone]
+    assert await store.gates(since=4) == []
+    # a deleted gate can be created again
+    again = await store.set_gate("feature.storage.ceph", True, by="admin", now=16.0, create=True)
+    assert again.revision == 5 and not again.deleted
+
+
 async def test_agent_tokens_may_be_scoped_to_types(store: Store) -> None:
     await store.add_token(name="c1", role="agent", token_hash="h1", types=["v1/Pod", "v1/Service"])
     assert await store.find_token("h1") == TokenRecord("c1", "agent", ("v1/Pod", "v1/Service"))
@@ -765,6 +792,13 @@ async def test_replicas_race_for_a_lease_and_exactly_one_wins(replicas: list[Pos
         assert sum(r.granted for r in results) == 1
         winner = next(r.lease for r in results if r.granted)
         assert all(r.lease == winner for r in results)
+
+
+async def test_replicas_writing_one_gate_at_once_agree_on_the_last_write(replicas: list[PostgresStore]) -> None:
+    writes = await asyncio.gather(*(r.set_gate("feature.x", i % 2 == 0, by=f"r{i}", now=float(i)) for i in range(20) for r in replicas))
+    assert sorted(w.revision for w in writes) == list(range(1, 20 * len(replicas) + 1)), "one revision per write, none shared"
+    last = max(writes, key=lambda w: w.revision)
+    assert all([await r.gate("feature.x") == last for r in replicas])
 
 
 async def test_replicas_claim_disjoint_refreshes(replicas: list[PostgresStore]) -> None:

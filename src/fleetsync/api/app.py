@@ -43,6 +43,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from fleetsync import __version__
 from fleetsync.api import auth, openapi
 from fleetsync.api.auth import Authenticator
+from fleetsync.api.gates import GatesApi
 from fleetsync.api.watch import DEFAULT_TIMEOUT, RenderedObjects, WatchRequest, cluster_labels, store_filter
 from fleetsync.hub.core import HubCore, NotConnected
 from fleetsync.hub.events import REASONS
@@ -128,6 +129,7 @@ class ApiServer:
         self.registry = registry or TypeRegistry()
         self.ssl_context = ssl_context
         self.authenticator = Authenticator(core.store)
+        self.gates = GatesApi(core.store)
         self._runner: web.AppRunner | None = None
         self._openapi_document: dict[str, Any] | None = None  # built on first request
         self._rendered = RenderedObjects()  # each object's state rendered once for every read
@@ -140,7 +142,9 @@ class ApiServer:
         return f"{'https' if self.ssl_context else 'http'}://{host}:{self.port}"
 
     def app(self) -> web.Application:
-        app = web.Application(middlewares=[status_errors, auth.middleware(self.authenticator)])
+        # outermost first: Kubernetes Status for failures, microcluster's shape under /1.0/, then the token
+        app = web.Application(middlewares=[status_errors, GatesApi.middleware, auth.middleware(self.authenticator)])
+        self.gates.add_routes(app)
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/livez", self._healthz)
         app.router.add_get("/readyz", self._readyz)

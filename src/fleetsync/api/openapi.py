@@ -5,6 +5,7 @@ Kubernetes-style paths it lists are exactly the types the hub knows:
 
 - the fleetsync endpoints: ``/healthz``, ``/livez``, ``/readyz``, ``/metrics``, ``/api/v1/clusters``,
   ``POST /api/v1/clusters/{cluster}/resync`` and ``/api/v1/events``;
+- ``/1.0/feature-gates`` (seed 004's shapes: microcluster's envelope and error);
 - per cluster, under ``/clusters/{cluster}``: discovery, and for every type its
   collection across namespaces, its namespaced collection and a get by name;
 - fleet-wide (every cluster as one API server): discovery, and for every type its
@@ -26,6 +27,7 @@ from __future__ import annotations
 from typing import Any
 
 from fleetsync import __version__
+from fleetsync.api.gates import GATE_KEY, MAX_KEY_LENGTH
 from fleetsync.hub.events import REASONS
 from fleetsync.model.names import CLUSTER_NAME_PATTERN
 from fleetsync.model.types import ResourceType, TypeRegistry
@@ -432,12 +434,91 @@ def _group_version_id(group: str, version: str) -> str:
     return f"{_camel(group) if group else 'Core'}{_camel(version)}"
 
 
+def _gate_paths() -> dict[str, Schema]:
+    """``/1.0/feature-gates`` (seed 004): microcluster's envelope, and its error shape for every failure."""
+
+    def ok(description: str, metadata: Schema) -> Schema:
+        envelope = {
+            "type": "object",
+            "required": ["type", "status", "status_code", "metadata"],
+            "properties": {"type": {"type": "string", "enum": ["sync"]}, "status": _STRING, "status_code": {"type": "integer"}, "metadata": metadata},
+        }
+        return _json(description, envelope)
+
+    def errors(*codes: int) -> dict[str, Schema]:
+        described = {400: "The body is not JSON.", 404: "The gate is not set.", 409: "The gate is set already.", 422: "Not a valid gate (the error says why)."}
+        described |= {401: _ERROR_DESCRIPTIONS[401], 403: _ERROR_DESCRIPTIONS[403]}
+        return {str(code): _json(described[code], _ref("schemas", "GateError")) for code in sorted({401, 403, *codes})}
+
+    key = _path("key", {"type": "string", "pattern": GATE_KEY.pattern, "maxLength": MAX_KEY_LENGTH}, "The gate's key, e.g. `feature.storage.ceph`.")
+    gate, tag = _ref("schemas", "Gate"), "feature gates"
+
+    def body(schema_name: str) -> Schema:
+        return {"required": True, "content": {JSON: {"schema": _ref("schemas", schema_name)}}}
+
+    return {
+        "/1.0/feature-gates": {
+            "get": _operation(
+                "listFeatureGates", "Every feature gate that is set.", tag, {"200": ok("The gates.", {"type": "array", "items": gate}), **errors()}
+            ),
+            "post": {
+                **_operation("createFeatureGate", "Set a gate that is not set yet.", tag, {"201": ok("The new gate.", gate), **errors(400, 409, 422)}),
+                "requestBody": body("GateCreate"),
+            },
+        },
+        "/1.0/feature-gates/{key}": {
+            "parameters": [key],
+            "get": _operation("readFeatureGate", "One gate.", tag, {"200": ok("The gate.", gate), **errors(404, 422)}),
+            "put": {
+                **_operation("replaceFeatureGate", "Set a gate, new or not (the last write wins).", tag, {"200": ok("The gate.", gate), **errors(400, 422)}),
+                "requestBody": body("GateUpdate"),
+            },
+            "delete": _operation("deleteFeatureGate", "Unset a gate (agents unset it too).", tag, {"200": ok("The gate as it was.", gate), **errors(404, 422)}),
+        },
+    }
+
+
+def _gate_schemas() -> dict[str, Schema]:
+    key = {"type": "string", "pattern": GATE_KEY.pattern, "maxLength": MAX_KEY_LENGTH}
+    return {
+        "Gate": {
+            "type": "object",
+            "required": ["gate-key", "enabled", "updated-at", "updated-by", "revision"],
+            "properties": {
+                "gate-key": key,
+                "enabled": {"type": "boolean"},
+                "updated-at": {"type": "number"},
+                "updated-by": _STRING,
+                "revision": {"type": "integer"},
+            },
+        },
+        "GateCreate": {
+            "type": "object",
+            "required": ["gate-key", "enabled"],
+            "additionalProperties": False,
+            "properties": {"gate-key": key, "enabled": {"type": "boolean"}},
+        },
+        "GateUpdate": {
+            "type": "object",
+            "required": ["enabled"],
+            "additionalProperties": False,
+            "properties": {"gate-key": key, "enabled": {"type": "boolean"}},
+        },
+        "GateError": {
+            "type": "object",
+            "required": ["type", "error_code", "error"],
+            "properties": {"type": {"type": "string", "enum": ["error"]}, "error_code": {"type": "integer"}, "error": {"type": "string", "minLength": 1}},
+        },
+    }
+
+
 # ---- the document ----------------------------------------------------------------------------
 
 
 def document(registry: TypeRegistry) -> dict[str, Any]:
     """The OpenAPI 3.0.3 document of the hub's HTTP API for the types of ``registry``."""
     paths = _fleetsync_paths()
+    paths.update(_gate_paths())
     paths.update(_discovery_paths(registry, "", "fleet reads", "fleet"))
     paths.update(_discovery_paths(registry, "/clusters/{cluster}", "cluster reads", "cluster"))
     for rtype in registry:
@@ -455,12 +536,13 @@ def document(registry: TypeRegistry) -> dict[str, Any]:
             {"name": "fleetsync", "description": "The hub's own endpoints."},
             {"name": "cluster reads", "description": "One cluster's objects, as its own API server would serve them (read-only)."},
             {"name": "fleet reads", "description": "Every cluster as one API server (read-only)."},
+            {"name": "feature gates", "description": "Cluster-wide feature gates (seed 004), in microcluster's REST shapes."},
         ],
         "security": [{"bearerAuth": []}],
         "paths": paths,
         "components": {
             "securitySchemes": {"bearerAuth": {"type": "http", "scheme": "bearer", "description": "`Authorization: Bearer TOKEN`."}},
-            "schemas": _schemas(),
+            "schemas": _schemas() | _gate_schemas(),
             "parameters": _parameters(),
             "responses": {str(code): _json(text, _ref("schemas", "Status"), _CHALLENGE if code == 401 else None) for code, text in _ERROR_DESCRIPTIONS.items()},
         },

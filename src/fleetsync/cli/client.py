@@ -26,7 +26,7 @@ class ClientError(Exception):
     """A request failed; the message names the URL and what the server said."""
 
 
-def _common(p: argparse.ArgumentParser) -> None:
+def add_hub_flags(p: argparse.ArgumentParser) -> None:
     add_flag(p, "--hub", default="http://127.0.0.1:8080", help="the hub's HTTP API URL")
     add_flag(p, "--token", default="", help="API token (sent as Authorization: Bearer)")
     add_flag(
@@ -36,8 +36,8 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = subparsers.add_parser("clusters", help="list the clusters the hub knows")
-    _common(p)
-    p.set_defaults(run=lambda a: _run(_clusters(a)))
+    add_hub_flags(p)
+    p.set_defaults(run=lambda a: run_client(_clusters(a)))
     p = subparsers.add_parser("get", help="list objects of a type, like kubectl get, across clusters")
     p.add_argument("type", help="pods, svc, deployments.apps, v1/Pod, ...")
     p.add_argument("-A", "--all-namespaces", action="store_true", help="all namespaces (the default when -n is not given)")
@@ -45,8 +45,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.add_argument("-l", "--selector", default="", help="label selector")
     p.add_argument("-o", "--output", default="", choices=["", "wide", "json", "yaml", "name"], help="output format")
     p.add_argument("--cluster", default=None, help="only this cluster (default: every cluster)")
-    _common(p)
-    p.set_defaults(run=lambda a: _run(_get(a)))
+    add_hub_flags(p)
+    p.set_defaults(run=lambda a: run_client(_get(a)))
     p = subparsers.add_parser("check", help="compare the hub's view with the simulator's truth; exit 1 on divergence")
     add_flag(p, "--sim", default="http://127.0.0.1:8001", help="the simulator's URL")
     p.add_argument("--clusters", default="", help="only these clusters (comma-separated; default: every simulated cluster)")
@@ -55,24 +55,24 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         default="",
         help="compare these types (comma-separated, or all; default: every type the hub holds a stream or an object of, per cluster)",
     )
-    _common(p)
-    p.set_defaults(run=lambda a: _run(_check(a)))
+    add_hub_flags(p)
+    p.set_defaults(run=lambda a: run_client(_check(a)))
     p = subparsers.add_parser("events", help="cluster events (connected, inactive, resyncs, gaps, ...), oldest first")
     p.add_argument("--cluster", default=None, help="only this cluster")
     p.add_argument("--reason", default=None, help="only this reason (Connected, Disconnected, Rejected, Inactive, Active, ResyncStarted, ...)")
     p.add_argument("--limit", type=int, default=100, help="the newest this many (default: 100)")
     p.add_argument("-o", "--output", default="", choices=["", "json"], help="output format")
     p.add_argument("-w", "--watch", action="store_true", help="after the newest --limit events, print new ones as any hub replica records them (Ctrl-C ends)")
-    _common(p)
-    p.set_defaults(run=lambda a: _run(_events(a)))
+    add_hub_flags(p)
+    p.set_defaults(run=lambda a: run_client(_events(a)))
     p = subparsers.add_parser("resync", help="ask a cluster's agent for a digest resync (every type, or one)")
     p.add_argument("cluster", help="the cluster")
     p.add_argument("--type", default="", help="only this type (pods, v1/Pod, ...)")
-    _common(p)
-    p.set_defaults(run=lambda a: _run(_resync(a)))
+    add_hub_flags(p)
+    p.set_defaults(run=lambda a: run_client(_resync(a)))
 
 
-def _session(args: argparse.Namespace, **options: Any) -> aiohttp.ClientSession:
+def hub_session(args: argparse.Namespace, **options: Any) -> aiohttp.ClientSession:
     """A client session that verifies an https:// hub against ``--certificate-authority`` (if given)."""
     if not args.certificate_authority:
         return aiohttp.ClientSession(**options)
@@ -83,7 +83,7 @@ def _session(args: argparse.Namespace, **options: Any) -> aiohttp.ClientSession:
     return aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=context), **options)
 
 
-def _run(coro: Any) -> int:
+def run_client(coro: Any) -> int:
     try:
         return int(asyncio.run(coro))
     except ClientError as exc:
@@ -91,33 +91,38 @@ def _run(coro: Any) -> int:
         return 2
 
 
-async def fetch(session: aiohttp.ClientSession, url: str, *, accept: str = "application/json", token: str = "", method: str = "GET") -> Any:
-    """The decoded JSON answer of ``url``; a ClientError naming the URL and the server's message otherwise."""
+async def fetch(session: aiohttp.ClientSession, url: str, *, accept: str = "application/json", token: str = "", method: str = "GET", body: Any = None) -> Any:
+    """The decoded JSON answer of ``url`` (``body``, if given, sent as JSON); a ClientError naming
+    the URL and the server's message otherwise."""
     headers = {"Accept": accept}
     if token:
         headers["Authorization"] = f"Bearer {token}"
+    data = None if body is None else orjson.dumps(body)
+    if data is not None:
+        headers["Content-Type"] = "application/json"
     try:
-        async with session.request(method, url, headers=headers) as response:
-            body = await response.read()
+        async with session.request(method, url, headers=headers, data=data) as response:
+            answer = await response.read()
             if response.status >= 400:
                 try:
-                    message = orjson.loads(body).get("message", "")
+                    decoded = orjson.loads(answer)
+                    message = decoded.get("message") or decoded.get("error") or ""  # a Kubernetes Status, or microcluster's error
                 except (orjson.JSONDecodeError, AttributeError):
-                    message = body.decode(errors="replace")[:200]
+                    message = answer.decode(errors="replace")[:200]
                 raise ClientError(f"{url}: {response.status} {message}")
-            return orjson.loads(body)
+            return orjson.loads(answer)
     except aiohttp.ClientError as exc:
         raise ClientError(f"cannot reach {url}: {exc}") from None
 
 
-def _print_table(headers: list[str], rows: list[list[Any]]) -> None:
+def print_table(headers: list[str], rows: list[list[Any]]) -> None:
     widths = [max(len(str(x)) for x in column) for column in zip(headers, *rows, strict=False)]
     for row in [headers, *rows]:
         print("   ".join(str(cell).ljust(width) for cell, width in zip(row, widths, strict=False)).rstrip())
 
 
 async def _clusters(args: argparse.Namespace) -> int:
-    async with _session(args) as session:
+    async with hub_session(args) as session:
         data = await fetch(session, f"{args.hub}/api/v1/clusters", token=args.token)
     now = time.time()
     rows = [
@@ -132,7 +137,7 @@ async def _clusters(args: argparse.Namespace) -> int:
         ]
         for c in data["items"]
     ]
-    _print_table(["NAME", "STATUS", "CONNECTED", "AGENT", "LAST-SEEN", "OBJECTS", "ERRORS"], rows)
+    print_table(["NAME", "STATUS", "CONNECTED", "AGENT", "LAST-SEEN", "OBJECTS", "ERRORS"], rows)
     return 0
 
 
@@ -142,7 +147,7 @@ async def _events(args: argparse.Namespace) -> int:
         query["cluster"] = args.cluster
     if args.reason:
         query["reason"] = args.reason
-    async with _session(args) as session:
+    async with hub_session(args) as session:
         data = await fetch(session, f"{args.hub}/api/v1/events?{urllib.parse.urlencode(query)}", token=args.token)
     if args.watch:
         return await _watch_events(args, query, data["items"])
@@ -154,7 +159,7 @@ async def _events(args: argparse.Namespace) -> int:
         return 0
     now = time.time()
     rows = [[human_duration(now - e["time"]), e["cluster"], e["reason"], e["type"] or "-", e["message"]] for e in data["items"]]
-    _print_table(["AGE", "CLUSTER", "REASON", "TYPE", "MESSAGE"], rows)
+    print_table(["AGE", "CLUSTER", "REASON", "TYPE", "MESSAGE"], rows)
     return 0
 
 
@@ -173,7 +178,7 @@ async def _watch_events(args: argparse.Namespace, query: dict[str, str], first: 
         print(_event_line(event, args.output), flush=True)
     since = first[-1]["id"] if first else None
     headers = {"Authorization": f"Bearer {args.token}"} if args.token else {}
-    async with _session(args, timeout=aiohttp.ClientTimeout(total=None, sock_connect=10)) as session:
+    async with hub_session(args, timeout=aiohttp.ClientTimeout(total=None, sock_connect=10)) as session:
         while True:
             params = {k: v for k, v in query.items() if k != "limit"} | {"watch": "1"} | ({"since": str(since)} if since is not None else {})
             url = f"{args.hub}/api/v1/events?{urllib.parse.urlencode(params)}"
@@ -193,7 +198,7 @@ async def _watch_events(args: argparse.Namespace, query: dict[str, str], first: 
 
 async def _resync(args: argparse.Namespace) -> int:
     query = f"?{urllib.parse.urlencode({'type': args.type})}" if args.type else ""
-    async with _session(args) as session:
+    async with hub_session(args) as session:
         data = await fetch(session, f"{args.hub}/api/v1/clusters/{urllib.parse.quote(args.cluster)}/resync{query}", token=args.token, method="POST")
     print(f"{args.cluster}: {data['message']}; follow it with `fleetsync events --cluster {args.cluster}`")
     return 0
@@ -205,7 +210,7 @@ async def _get(args: argparse.Namespace) -> int:
     except UnknownResourceType as exc:
         raise ClientError(str(exc)) from None
     query = f"?labelSelector={args.selector}" if args.selector else ""
-    async with _session(args) as session:
+    async with hub_session(args) as session:
         clusters = [args.cluster] if args.cluster else [c["name"] for c in (await fetch(session, f"{args.hub}/api/v1/clusters", token=args.token))["items"]]
         path = rtype.collection_path(args.namespace)
         if args.output in ("json", "yaml", "name"):
@@ -237,7 +242,7 @@ async def _get(args: argparse.Namespace) -> int:
     if not rows:
         print(f"No {rtype.plural} found.", file=sys.stderr)
         return 0
-    _print_table(headers, rows)
+    print_table(headers, rows)
     return 0
 
 
@@ -305,11 +310,11 @@ def _check_types(text: str) -> list[str] | None:
 
 
 async def _check(args: argparse.Namespace) -> int:
-    async with _session(args) as session:
+    async with hub_session(args) as session:
         only = {c.strip() for c in args.clusters.split(",") if c.strip()} or None
         report = await divergence(session, args.sim, args.hub, token=args.token, only=only, types=_check_types(args.types))
     rows = [[c, t, m, e, s] for c, types in report.items() for t, (m, e, s) in types.items()]
-    _print_table(["CLUSTER", "TYPE", "MISSING", "EXTRA", "STALE"], rows)
+    print_table(["CLUSTER", "TYPE", "MISSING", "EXTRA", "STALE"], rows)
     diverged = sum(m + e + s for types in report.values() for m, e, s in types.values())
     print(f"\n{'converged' if not diverged else f'DIVERGENT: {diverged} objects differ'}")
     return 1 if diverged else 0

@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 
 from fleetsync import __version__
-from fleetsync.cli import agent, client, db, demo, hub, pull, sim, token
+from fleetsync.cli import agent, client, db, demo, gates, hub, pull, sim, token
 from fleetsync.cli.flags import add_flag
 
 
@@ -25,6 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     db.register(subparsers)
     pull.register(subparsers)
     client.register(subparsers)
+    gates.register(subparsers)
     demo.register(subparsers)
     return parser
 

@@ -71,6 +71,27 @@ class TokenRecord:
 
 
 @dataclass(frozen=True, slots=True)
+class GateRecord:
+    """A cluster-wide feature gate (seed 004): ``feature.*`` key -> enabled, with who set it when.
+
+    ``revision`` orders every gate write (deletes too) across hub replicas: the last write
+    wins, and an agent reconciles from the revision it has. A deleted gate is kept as a
+    tombstone (``deleted``) so that the unset reaches agents that were away.
+    """
+
+    key: str
+    enabled: bool
+    updated_at: float
+    updated_by: str
+    revision: int
+    deleted: bool = False
+
+
+class GateExists(Exception):
+    """A gate created with ``create=True`` exists already."""
+
+
+@dataclass(frozen=True, slots=True)
 class EventRecord:
     """A cluster-level event (connected, inactive, resync finished, ...), kept for a window."""
 
@@ -161,6 +182,20 @@ class Store(Protocol):
 
     async def delete_tokens(self, name: str, role: str | None = None) -> int:
         """Delete the tokens of ``name`` (of ``role`` only, if given); how many there were."""
+
+    # ---- feature gates (seed 004) ------------------------------------------------------
+
+    async def gates(self, *, since: int = 0) -> list[GateRecord]:
+        """Gates by key: the live ones; with ``since``, every write after that revision (tombstones too)."""
+
+    async def gate(self, key: str) -> GateRecord | None:
+        """The live gate ``key``, or None."""
+
+    async def set_gate(self, key: str, enabled: bool, *, by: str, now: float, create: bool = False) -> GateRecord:
+        """Set a gate (a new revision); with ``create``, raise GateExists if it is live already."""
+
+    async def delete_gate(self, key: str, *, by: str, now: float) -> GateRecord | None:
+        """Delete a live gate (a tombstone with a new revision); None if it was not live."""
 
     # ---- clusters and leases -----------------------------------------------------------
 

@@ -44,6 +44,8 @@ from fleetsync.store.contract import (
     Change,
     ClusterRecord,
     EventRecord,
+    GateExists,
+    GateRecord,
     Lease,
     LeaseResult,
     ObjectRecord,
@@ -51,7 +53,19 @@ from fleetsync.store.contract import (
     StreamRecord,
     TokenRecord,
 )
-from fleetsync.store.rows import TOUCH_INTERVAL, Key, event_type, lease_from_row, object_from_row, refresh_from_row, split_key, to_signed, to_unsigned
+from fleetsync.store.rows import (
+    GATE_COLUMNS,
+    TOUCH_INTERVAL,
+    Key,
+    event_type,
+    gate_from_row,
+    lease_from_row,
+    object_from_row,
+    refresh_from_row,
+    split_key,
+    to_signed,
+    to_unsigned,
+)
 
 log = logging.getLogger(__name__)
 
@@ -173,6 +187,20 @@ MIGRATIONS: tuple[str, ...] = (
         holder text NOT NULL,
         expires_at double precision NOT NULL
     );
+    """,
+    # 4: feature gates (seed 004), deletes kept as tombstones; their own revision counter,
+    # whose row lock orders gate writes across replicas (the last write wins)
+    """
+    CREATE TABLE gates (
+        key text PRIMARY KEY,
+        enabled boolean NOT NULL,
+        updated_at double precision NOT NULL,
+        updated_by text NOT NULL,
+        revision bigint NOT NULL,
+        deleted boolean NOT NULL
+    );
+    CREATE INDEX gates_by_revision ON gates (revision);
+    INSERT INTO meta (key, value) VALUES ('gates_rev', 0);
     """,
 )
 
@@ -401,6 +429,53 @@ class PostgresStore:
     async def delete_tokens(self, name: str, role: str | None = None) -> int:
         status = await self._execute("DELETE FROM tokens WHERE name = $1 AND ($2::text IS NULL OR role = $2)", name, role)
         return int(status.rsplit(" ", 1)[1])  # "DELETE n"
+
+    # ---- feature gates ---------------------------------------------------------------------
+
+    async def gates(self, *, since: int = 0) -> list[GateRecord]:
+        if since:
+            rows = await self._fetch(f"SELECT {GATE_COLUMNS} FROM gates WHERE revision > $1 ORDER BY key", since)
+        else:
+            rows = await self._fetch(f"SELECT {GATE_COLUMNS} FROM gates WHERE NOT deleted ORDER BY key")
+        return [gate_from_row(r) for r in rows]
+
+    async def gate(self, key: str) -> GateRecord | None:
+        rows = await self._fetch(f"SELECT {GATE_COLUMNS} FROM gates WHERE key = $1 AND NOT deleted", key)
+        return gate_from_row(rows[0]) if rows else None
+
+    async def set_gate(self, key: str, enabled: bool, *, by: str, now: float, create: bool = False) -> GateRecord:
+        async with self._transaction() as conn:
+            revision = await _next_gate_revision(conn)  # first: its row lock serialises gate writers
+            if create and await conn.fetchval("SELECT NOT deleted FROM gates WHERE key = $1", key):
+                raise GateExists(key)
+            await conn.execute(
+                "INSERT INTO gates (key, enabled, updated_at, updated_by, revision, deleted) VALUES ($1, $2, $3, $4, $5, false)"
+                " ON CONFLICT (key) DO UPDATE SET enabled = excluded.enabled, updated_at = excluded.updated_at,"
+                " updated_by = excluded.updated_by, revision = excluded.revision, deleted = false",
+                key,
+                enabled,
+                now,
+                by,
+                revision,
+            )
+        return GateRecord(key, enabled, now, by, revision)
+
+    async def delete_gate(self, key: str, *, by: str, now: float) -> GateRecord | None:
+        try:
+            async with self._transaction() as conn:
+                revision = await _next_gate_revision(conn)
+                enabled = await conn.fetchval(
+                    "UPDATE gates SET deleted = true, updated_at = $2, updated_by = $3, revision = $4 WHERE key = $1 AND NOT deleted RETURNING enabled",
+                    key,
+                    now,
+                    by,
+                    revision,
+                )
+                if enabled is None:
+                    raise _NothingToDelete  # rolls the revision back: nothing was written
+        except _NothingToDelete:
+            return None
+        return GateRecord(key, bool(enabled), now, by, revision, deleted=True)
 
     # ---- clusters and leases -------------------------------------------------------------
 
@@ -784,3 +859,12 @@ def _safe_url(url: str) -> str:
     credentials, _, host = rest.rpartition("@")
     user = credentials.split(":", 1)[0]
     return f"{scheme}://{user}@{host}"
+
+
+class _NothingToDelete(Exception):
+    """Ends a gate delete's transaction without writing (see :meth:`PostgresStore.delete_gate`)."""
+
+
+async def _next_gate_revision(conn: asyncpg.Connection) -> int:
+    """The next gate revision (in the caller's transaction, whose commit releases the counter's row lock)."""
+    return int(await conn.fetchval("UPDATE meta SET value = value + 1 WHERE key = 'gates_rev' RETURNING value"))

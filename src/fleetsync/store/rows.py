@@ -7,7 +7,7 @@ from typing import Any
 
 import orjson
 
-from fleetsync.store.contract import EventType, Lease, ObjectRecord, RefreshTarget
+from fleetsync.store.contract import EventType, GateRecord, Lease, ObjectRecord, RefreshTarget
 
 #: ``touch_cluster`` writes at most this often per cluster (seconds of its ``now``);
 #: in between the time is kept in memory, folded into the next write and overlaid on reads.
@@ -74,3 +74,11 @@ def lease_from_row(r: Sequence[Any]) -> Lease:
 def refresh_from_row(r: Sequence[Any]) -> RefreshTarget:
     """A refresh target from a row of ``cluster, mode, url, interval, next_refresh_at``."""
     return RefreshTarget(cluster=r[0], mode=r[1], url=r[2], interval=r[3], next_refresh_at=r[4])
+
+
+#: The columns :func:`gate_from_row` reads, in order.
+GATE_COLUMNS = "key, enabled, updated_at, updated_by, revision, deleted"
+
+
+def gate_from_row(r: Sequence[Any]) -> GateRecord:
+    return GateRecord(key=r[0], enabled=bool(r[1]), updated_at=float(r[2]), updated_by=r[3], revision=int(r[4]), deleted=bool(r[5]))

@@ -38,8 +38,32 @@ from typing import Any
 import aiosqlite
 import orjson
 
-from fleetsync.store.contract import Change, ClusterRecord, EventRecord, Lease, LeaseResult, ObjectRecord, RefreshTarget, StreamRecord, TokenRecord
-from fleetsync.store.rows import TOUCH_INTERVAL, Key, event_type, lease_from_row, object_from_row, refresh_from_row, split_key, to_signed, to_unsigned
+from fleetsync.store.contract import (
+    Change,
+    ClusterRecord,
+    EventRecord,
+    GateExists,
+    GateRecord,
+    Lease,
+    LeaseResult,
+    ObjectRecord,
+    RefreshTarget,
+    StreamRecord,
+    TokenRecord,
+)
+from fleetsync.store.rows import (
+    GATE_COLUMNS,
+    TOUCH_INTERVAL,
+    Key,
+    event_type,
+    gate_from_row,
+    lease_from_row,
+    object_from_row,
+    refresh_from_row,
+    split_key,
+    to_signed,
+    to_unsigned,
+)
 
 log = logging.getLogger(__name__)
 
@@ -172,6 +196,19 @@ MIGRATIONS: tuple[str, ...] = (
         holder TEXT NOT NULL,
         expires_at REAL NOT NULL
     ) STRICT;
+    """,
+    # 4: feature gates (seed 004), deletes kept as tombstones; their own revision counter
+    """
+    CREATE TABLE gates (
+        key TEXT PRIMARY KEY,
+        enabled INTEGER NOT NULL,
+        updated_at REAL NOT NULL,
+        updated_by TEXT NOT NULL,
+        revision INTEGER NOT NULL,
+        deleted INTEGER NOT NULL
+    ) STRICT;
+    CREATE INDEX gates_by_revision ON gates (revision);
+    INSERT INTO meta (key, value) VALUES ('gates_rev', 0);
     """,
 )
 
@@ -396,6 +433,43 @@ class SQLiteStore:
         async with self._autocommit() as db:
             cursor = await db.execute("DELETE FROM tokens WHERE name = ? AND (? IS NULL OR role = ?)", (name, role, role))
             return cursor.rowcount
+
+    # ---- feature gates ---------------------------------------------------------------------
+
+    async def gates(self, *, since: int = 0) -> list[GateRecord]:
+        if since:
+            rows = await self._read(f"SELECT {GATE_COLUMNS} FROM gates WHERE revision > ? ORDER BY key", (since,))
+        else:
+            rows = await self._read(f"SELECT {GATE_COLUMNS} FROM gates WHERE NOT deleted ORDER BY key")
+        return [gate_from_row(r) for r in rows]
+
+    async def gate(self, key: str) -> GateRecord | None:
+        rows = await self._read(f"SELECT {GATE_COLUMNS} FROM gates WHERE key = ? AND NOT deleted", (key,))
+        return gate_from_row(rows[0]) if rows else None
+
+    async def set_gate(self, key: str, enabled: bool, *, by: str, now: float, create: bool = False) -> GateRecord:
+        async with self._transaction() as db:
+            if create:
+                rows = list(await db.execute_fetchall("SELECT deleted FROM gates WHERE key = ?", (key,)))
+                if rows and not rows[0][0]:
+                    raise GateExists(key)
+            revision = await _next_gate_revision(db)
+            await db.execute(
+                "INSERT INTO gates (key, enabled, updated_at, updated_by, revision, deleted) VALUES (?, ?, ?, ?, ?, 0)"
+                " ON CONFLICT (key) DO UPDATE SET enabled = excluded.enabled, updated_at = excluded.updated_at,"
+                " updated_by = excluded.updated_by, revision = excluded.revision, deleted = 0",
+                (key, int(enabled), now, by, revision),
+            )
+        return GateRecord(key, enabled, now, by, revision)
+
+    async def delete_gate(self, key: str, *, by: str, now: float) -> GateRecord | None:
+        async with self._transaction() as db:
+            rows = list(await db.execute_fetchall("SELECT enabled FROM gates WHERE key = ? AND NOT deleted", (key,)))
+            if not rows:
+                return None
+            revision = await _next_gate_revision(db)
+            await db.execute("UPDATE gates SET deleted = 1, updated_at = ?, updated_by = ?, revision = ? WHERE key = ?", (now, by, revision, key))
+        return GateRecord(key, bool(rows[0][0]), now, by, revision, deleted=True)
 
     # ---- clusters and leases -------------------------------------------------------------
 
@@ -815,3 +889,9 @@ async def _rollback(db: aiosqlite.Connection) -> None:
         await db.execute("ROLLBACK")
     except sqlite3.Error as exc:  # e.g. no transaction left: SQLite rolled back already, or COMMIT went through
         log.debug("rollback: %s", exc)
+
+
+async def _next_gate_revision(db: aiosqlite.Connection) -> int:
+    """The next gate revision (in the caller's write transaction)."""
+    rows = list(await db.execute_fetchall("UPDATE meta SET value = value + 1 WHERE key = 'gates_rev' RETURNING value"))
+    return int(rows[0][0])

@@ -1,0 +1,164 @@
+"""``/1.0/feature-gates``: cluster-wide feature gates (seed 004), in microcluster's REST shapes.
+
+- ``GET /1.0/feature-gates``: every gate; ``GET /1.0/feature-gates/{key}``: one (404 if unset);
+- ``POST /1.0/feature-gates`` ``{"gate-key": "feature.x", "enabled": true}``: a new gate (409 if set);
+- ``PUT /1.0/feature-gates/{key}`` ``{"enabled": false}``: set it, new or not (what an agent's hook does);
+- ``DELETE /1.0/feature-gates/{key}``: unset it (404 if unset).
+
+Answers use microcluster's envelope (``{"type": "sync", "status": "Success", "status_code":
+200, "metadata": ...}``, errors ``{"type": "error", "error_code": 404, "error": "..."}``), so
+a client of seed 004's API works unchanged. A body that is not JSON is a 400; JSON that is not
+a valid gate (a key outside ``feature.*``, ``enabled`` not a boolean, unknown fields) a 422.
+Every write gets a new gate revision in the store (the last write wins) and records the
+writer: the name of the API token that made it.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+from aiohttp import web
+from aiohttp.typedefs import Middleware
+
+from fleetsync.api.auth import CALLER
+from fleetsync.model.status import ApiError
+from fleetsync.store.contract import GateExists, GateRecord, Store, TokenRecord
+from fleetsync.web import json_response
+
+PREFIX = "/1.0/feature-gates"
+#: ``feature.NAME``, nested as ``feature.storage.ceph``: dot-separated lowercase DNS labels.
+GATE_KEY = re.compile(r"^feature(\.[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)+$")
+MAX_KEY_LENGTH = 253
+
+
+def gate_json(gate: GateRecord) -> dict[str, Any]:
+    """A gate as the API shows it."""
+    return {"gate-key": gate.key, "enabled": gate.enabled, "updated-at": gate.updated_at, "updated-by": gate.updated_by, "revision": gate.revision}
+
+
+def _sync(metadata: Any, status: int = 200) -> web.Response:
+    return json_response({"type": "sync", "status": "Success", "status_code": 200, "operation": "", "error_code": 0, "error": "", "metadata": metadata}, status)
+
+
+def _error(code: int, message: str, headers: dict[str, str] | None = None) -> web.Response:
+    body = {"type": "error", "status": "", "status_code": 0, "operation": "", "error_code": code, "error": message, "metadata": None}
+    return json_response(body, code, headers)
+
+
+def check_gate_key(key: str) -> str:
+    """``key`` if it is a gate key; an ApiError 422 saying why not."""
+    if len(key) > MAX_KEY_LENGTH or not GATE_KEY.match(key):
+        raise ApiError(
+            422,
+            "Invalid",
+            f"invalid gate key {key!r}: gates are in the feature.* namespace, e.g. feature.multi-region or feature.storage.ceph "
+            f"(lowercase letters, digits and '-' between dots, at most {MAX_KEY_LENGTH} characters)",
+        )
+    return key
+
+
+@web.middleware
+async def envelope_errors(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
+    """Failures under ``/1.0/`` (the gates' own, and the token's) in microcluster's error shape;
+    it runs inside the Kubernetes ``Status`` middleware, which renders the rest."""
+    if not request.path.startswith("/1.0/"):
+        return await handler(request)
+    try:
+        return await handler(request)
+    except ApiError as exc:
+        return _error(exc.code, exc.message, exc.headers)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        return _error(exc.status, f"{exc.reason}: {request.method} {request.path}", dict(exc.headers))
+
+
+class GatesApi:
+    """The handlers of ``/1.0/feature-gates``, on the hub's store."""
+
+    middleware: Middleware = envelope_errors
+
+    def __init__(self, store: Store, *, clock: Callable[[], float] = time.time) -> None:
+        self.store = store
+        self.clock = clock
+
+    def add_routes(self, app: web.Application) -> None:
+        app.router.add_get(PREFIX, self.list)
+        app.router.add_post(PREFIX, self.create)
+        app.router.add_get(PREFIX + "/{key}", self.get)
+        app.router.add_put(PREFIX + "/{key}", self.put)
+        app.router.add_delete(PREFIX + "/{key}", self.delete)
+
+    async def list(self, request: web.Request) -> web.Response:
+        return _sync([gate_json(g) for g in await self.store.gates()])
+
+    async def get(self, request: web.Request) -> web.Response:
+        key = check_gate_key(request.match_info["key"])
+        gate = await self.store.gate(key)
+        if gate is None:
+            raise ApiError(404, "NotFound", f"feature gate {key!r} is not set")
+        return _sync(gate_json(gate))
+
+    async def create(self, request: web.Request) -> web.Response:
+        body = await _body(request, required=("gate-key", "enabled"))
+        key = check_gate_key(_string(body, "gate-key"))
+        try:
+            gate = await self.store.set_gate(key, _boolean(body), by=_writer(request), now=self.clock(), create=True)
+        except GateExists:
+            raise ApiError(409, "AlreadyExists", f"feature gate {key!r} is set already: change it with PUT {PREFIX}/{key}") from None
+        return _sync(gate_json(gate), 201)
+
+    async def put(self, request: web.Request) -> web.Response:
+        key = check_gate_key(request.match_info["key"])
+        body = await _body(request, required=("enabled",))
+        if "gate-key" in body and body["gate-key"] != key:
+            raise ApiError(422, "Invalid", f"gate-key {body['gate-key']!r} in the body is not the gate of the path, {key!r}")
+        gate = await self.store.set_gate(key, _boolean(body), by=_writer(request), now=self.clock())
+        return _sync(gate_json(gate))
+
+    async def delete(self, request: web.Request) -> web.Response:
+        key = check_gate_key(request.match_info["key"])
+        gate = await self.store.delete_gate(key, by=_writer(request), now=self.clock())
+        if gate is None:
+            raise ApiError(404, "NotFound", f"feature gate {key!r} is not set")
+        return _sync(gate_json(gate))
+
+
+async def _body(request: web.Request, *, required: tuple[str, ...]) -> dict[str, Any]:
+    """The request's JSON object with the ``required`` fields and no others but gate-key and enabled."""
+    raw = await request.read()
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise ApiError.bad_request(f'the body is not JSON ({exc}); send e.g. {{"gate-key": "feature.x", "enabled": true}}') from None
+    if not isinstance(body, dict):
+        raise ApiError(422, "Invalid", f'the body must be a JSON object like {{"gate-key": "feature.x", "enabled": true}}, not {type(body).__name__}')
+    missing = [f for f in required if f not in body]
+    unknown = sorted(set(body) - {"gate-key", "enabled"})
+    if missing or unknown:
+        problems = ([f"missing {', '.join(missing)}"] if missing else []) + ([f"unknown field {', '.join(unknown)}"] if unknown else [])
+        raise ApiError(422, "Invalid", f"invalid gate: {'; '.join(problems)} (fields: gate-key, enabled)")
+    return body
+
+
+def _string(body: dict[str, Any], field: str) -> str:
+    value = body[field]
+    if not isinstance(value, str):
+        raise ApiError(422, "Invalid", f"{field} must be a string, not {orjson.dumps(value).decode()}")
+    return value
+
+
+def _boolean(body: dict[str, Any]) -> bool:
+    value = body["enabled"]
+    if not isinstance(value, bool):
+        raise ApiError(422, "Invalid", f"enabled must be true or false, not {orjson.dumps(value).decode()}")
+    return value
+
+
+def _writer(request: web.Request) -> str:
+    caller: TokenRecord | None = request.get(CALLER)
+    return caller.name if caller else "unknown"
