@@ -179,9 +179,13 @@ def admin_token_file(tmp: Path) -> Path:
     return path
 
 
-async def get_json(session: aiohttp.ClientSession, url: str, *, method: str = "GET", timeout: float = 60, headers: Mapping[str, str] | None = None) -> Any:
-    """The decoded JSON answer; BenchError on an HTTP error status. ``headers``: e.g. :data:`HUB_AUTH` for a hub."""
-    async with session.request(method, url, timeout=aiohttp.ClientTimeout(total=timeout), headers=headers) as resp:
+async def get_json(
+    session: aiohttp.ClientSession, url: str, *, method: str = "GET", timeout: float = 60, headers: Mapping[str, str] | None = None, body: Any = None
+) -> Any:
+    """The decoded JSON answer; BenchError on an HTTP error status. ``headers``: e.g. :data:`HUB_AUTH` for a hub;
+    ``body``: sent as JSON."""
+    data = None if body is None else orjson.dumps(body)
+    async with session.request(method, url, timeout=aiohttp.ClientTimeout(total=timeout), headers=headers, data=data) as resp:
         body = await resp.read()
         if resp.status >= 300:
             raise BenchError(f"{method} {url} answered HTTP {resp.status}: {body[:300]!r}")

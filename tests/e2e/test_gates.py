@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 
-from tests.harness import create_token, fleetsync, http, start_hub
+from fleetsync.client import check_gated
+from tests.harness import API_TOKEN, create_token, fleetsync, http, start_hub
 
 GATES = "/1.0/feature-gates"
 
@@ -92,5 +94,30 @@ def test_fleetsync_gates_lists_gets_sets_and_unsets(tmp_path: Path) -> None:
         assert bad.returncode == 2 and "expected KEY=true or KEY=false" in bad.stderr, bad.stderr
         outside = fleetsync("gates", "set", "storage=true", "--hub", hub.url)
         assert outside.returncode == 2 and "feature.* namespace" in outside.stderr, outside.stderr
+    finally:
+        hub.proc.stop()
+
+
+async def test_check_gated_asks_the_hub_first_and_the_local_config_only_when_the_hub_cannot_say(tmp_path: Path) -> None:
+    db = f"sqlite:///{tmp_path / 'hub.db'}"
+    hub = start_hub(tmp_path, db)
+    local = tmp_path / "local.json"
+    local.write_text(json.dumps({"feature.on-here": True, "feature.off-fleet": True}))
+    try:
+        assert http("PUT", f"{hub.url}{GATES}/feature.on-fleet", {"enabled": True})[0] == 200
+        assert http("PUT", f"{hub.url}{GATES}/feature.off-fleet", {"enabled": False})[0] == 200
+
+        async def gated(key: str, **kw: object) -> bool:
+            return await check_gated(key, hub=hub.url, token=API_TOKEN, local_config=local, **kw)  # type: ignore[arg-type]
+
+        assert await gated("feature.on-fleet") is False
+        assert await gated("feature.off-fleet") is True, "the hub's disabled gate is final: a stale local true does not override it"
+        assert await gated("feature.on-here") is False, "a gate the hub does not have: the local config decides"
+        assert await gated("feature.nowhere") is True
+        assert await gated("feature.nowhere", generally_available=True) is False
+        # the hub cannot say: the local config decides
+        assert await check_gated("feature.off-fleet", hub=hub.url, token="wrong", local_config=local) is False
+        assert await check_gated("feature.on-fleet", hub="http://127.0.0.1:1", local_config=local) is True
+        assert await check_gated("feature.on-here", hub="http://127.0.0.1:1", local_config=local) is False
     finally:
         hub.proc.stop()

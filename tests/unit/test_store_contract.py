@@ -477,6 +477,7 @@ async def test_gates_are_set_listed_and_deleted_with_a_revision_per_write(store:
     # what changed after a revision, the unset included, for an agent catching up
     assert await store.gates(since=2) == [c, gone]
     assert await store.gates(since=4) == []
+    assert await store.gates(since=0) == [c, gone]
     # a deleted gate can be created again
     again = await store.set_gate("feature.storage.ceph", True, by="admin", now=16.0, create=True)
     assert again.revision == 5 and not again.deleted

@@ -19,10 +19,13 @@ import socket
 import time
 import uuid
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from fleetsync import __version__
+from fleetsync.agent.gatesync import GateSync
 from fleetsync.agent.kube import TypeWatcher, api_client
+from fleetsync.agent.localconfig import LocalConfig, LocalConfigError
 from fleetsync.agent.metrics import AgentMetrics, MetricsServer
 from fleetsync.agent.typesync import TypeSync
 from fleetsync.agent.uplink import HubRejected, Outgoing, Uplink, UplinkSettings
@@ -57,6 +60,12 @@ class AgentConfig:
     uplink: UplinkSettings = field(default_factory=UplinkSettings)
     #: What to trust and present on grpcs:// and mqtts:// (None: the system's CAs, no client certificate).
     tls: ClientTls | None = None
+    #: The local config target of feature gates (a JSON file); None: gates are not synced here.
+    local_config: Path | None = None
+    #: Start in the join phase: push no local gate change until the hub's gates are applied.
+    join: bool = False
+    #: Seconds between reads of the local config file (the hook's trigger).
+    local_config_interval: float = 0.2
     #: Seconds to wait for the hub's answer to Hello.
     hello_timeout: float = 30.0
     #: Serve /metrics here (host, port); None: no metrics endpoint.
@@ -86,6 +95,7 @@ class Agent:
         self.faults = FaultInjector(config.faults) if config.faults else None
         self._changed = asyncio.Event()
         self.connected = asyncio.Event()
+        self.gates = GateSync(LocalConfig(config.local_config), join=config.join) if config.local_config else None
 
     # ---- cluster side ----------------------------------------------------------------------
 
@@ -139,6 +149,8 @@ class Agent:
             asyncio.create_task(TypeWatcher(api, rt, on_list=self._on_list, on_event=self._on_event, on_error=self._on_error).run(), name=f"watch-{rt.gvk}")
             for rt in self.config.types
         ]
+        if self.gates:
+            watchers.append(asyncio.create_task(self._watch_local_config(), name="local-config"))
         try:
             if self.config.serve_state:
                 log.info("pull mode: serving this cluster's state on http://%s:%d/v1/state", self.metrics_server.host, self.metrics_server.port)  # type: ignore[union-attr]
@@ -244,15 +256,43 @@ class Agent:
             while True:
                 for out in uplink.poll(time.monotonic()):
                     await self._send(connection, out)
+                for change in self.gates.outgoing() if self.gates else []:
+                    await self._send(connection, Outgoing("local_change", pb.AgentMessage(local_change=change)))
                 self.metrics.resyncs_outstanding.set(uplink.resyncs_outstanding)
                 item = await self._wait(inbox, timeout=uplink.next_deadline(time.monotonic()) - time.monotonic())
                 while item is not None:
                     if isinstance(item, Exception):
                         raise item
-                    uplink.receive(item, time.monotonic())
+                    if item.WhichOneof("message") == "spec_update":
+                        self._spec_update(item.spec_update)
+                    else:
+                        uplink.receive(item, time.monotonic())
                     item = inbox.get_nowait() if not inbox.empty() else None
         finally:
             await cancel_and_wait([reader])
+            if self.gates:
+                self.gates.disconnected()
+
+    # ---- feature gates -----------------------------------------------------------------------
+
+    async def _watch_local_config(self) -> None:
+        """The hook's trigger: a change of the local config file becomes local changes to send."""
+        assert self.gates is not None
+        while True:
+            try:
+                if self.gates.scan():
+                    self._changed.set()
+            except (LocalConfigError, OSError) as exc:  # a half-edited or broken file: say so, keep going
+                log.warning("%s", exc)
+            await asyncio.sleep(self.config.local_config_interval)
+
+    def _spec_update(self, update: pb.SpecUpdate) -> None:
+        if self.gates is None:
+            return
+        try:
+            self.gates.apply_snapshot(update)
+        except (LocalConfigError, OSError, ValueError) as exc:
+            log.warning("gates from the hub not written to the local config: %s", exc)
 
     async def _read(self, connection: AgentConnection, inbox: asyncio.Queue[pb.HubMessage | Exception]) -> None:
         """Hub messages into ``inbox``, in order; the end of the connection as a TransportError."""

@@ -15,7 +15,6 @@ writer: the name of the API token that made it.
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -25,14 +24,13 @@ from aiohttp import web
 from aiohttp.typedefs import Middleware
 
 from fleetsync.api.auth import CALLER
+from fleetsync.hub.gates import GATES_CHANNEL
+from fleetsync.model.gates import gate_key_problem
 from fleetsync.model.status import ApiError
 from fleetsync.store.contract import GateExists, GateRecord, Store, TokenRecord
 from fleetsync.web import json_response
 
 PREFIX = "/1.0/feature-gates"
-#: ``feature.NAME``, nested as ``feature.storage.ceph``: dot-separated lowercase DNS labels.
-GATE_KEY = re.compile(r"^feature(\.[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)+$")
-MAX_KEY_LENGTH = 253
 
 
 def gate_json(gate: GateRecord) -> dict[str, Any]:
@@ -51,13 +49,8 @@ def _error(code: int, message: str, headers: dict[str, str] | None = None) -> we
 
 def check_gate_key(key: str) -> str:
     """``key`` if it is a gate key; an ApiError 422 saying why not."""
-    if len(key) > MAX_KEY_LENGTH or not GATE_KEY.match(key):
-        raise ApiError(
-            422,
-            "Invalid",
-            f"invalid gate key {key!r}: gates are in the feature.* namespace, e.g. feature.multi-region or feature.storage.ceph "
-            f"(lowercase letters, digits and '-' between dots, at most {MAX_KEY_LENGTH} characters)",
-        )
+    if problem := gate_key_problem(key):
+        raise ApiError(422, "Invalid", problem)
     return key
 
 
@@ -110,6 +103,7 @@ class GatesApi:
             gate = await self.store.set_gate(key, _boolean(body), by=_writer(request), now=self.clock(), create=True)
         except GateExists:
             raise ApiError(409, "AlreadyExists", f"feature gate {key!r} is set already: change it with PUT {PREFIX}/{key}") from None
+        await self._announce(gate)
         return _sync(gate_json(gate), 201)
 
     async def put(self, request: web.Request) -> web.Response:
@@ -118,6 +112,7 @@ class GatesApi:
         if "gate-key" in body and body["gate-key"] != key:
             raise ApiError(422, "Invalid", f"gate-key {body['gate-key']!r} in the body is not the gate of the path, {key!r}")
         gate = await self.store.set_gate(key, _boolean(body), by=_writer(request), now=self.clock())
+        await self._announce(gate)
         return _sync(gate_json(gate))
 
     async def delete(self, request: web.Request) -> web.Response:
@@ -125,7 +120,12 @@ class GatesApi:
         gate = await self.store.delete_gate(key, by=_writer(request), now=self.clock())
         if gate is None:
             raise ApiError(404, "NotFound", f"feature gate {key!r} is not set")
+        await self._announce(gate)
         return _sync(gate_json(gate))
+
+    async def _announce(self, gate: GateRecord) -> None:
+        """Every replica pushes the new gates to its agents at once (no polling)."""
+        await self.store.notify(GATES_CHANNEL, str(gate.revision))
 
 
 async def _body(request: web.Request, *, required: tuple[str, ...]) -> dict[str, Any]:

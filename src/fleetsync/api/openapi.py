@@ -27,8 +27,8 @@ from __future__ import annotations
 from typing import Any
 
 from fleetsync import __version__
-from fleetsync.api.gates import GATE_KEY, MAX_KEY_LENGTH
 from fleetsync.hub.events import REASONS
+from fleetsync.model.gates import GATE_KEY, MAX_KEY_LENGTH
 from fleetsync.model.names import CLUSTER_NAME_PATTERN
 from fleetsync.model.types import ResourceType, TypeRegistry
 

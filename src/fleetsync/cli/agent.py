@@ -10,7 +10,8 @@ from pathlib import Path
 from fleetsync.agent.runner import Agent, AgentConfig
 from fleetsync.agent.uplink import UplinkSettings
 from fleetsync.aio import cancel_and_wait, cancel_the_rest
-from fleetsync.cli.flags import add_flag, positive_float, positive_int
+from fleetsync.cli import agentconfig
+from fleetsync.cli.flags import add_flag, add_switch, positive_float, positive_int
 from fleetsync.model.names import check_cluster_name
 from fleetsync.model.types import ENDPOINT_SLICE, ISTIO_TYPES, POD, SERVICE, TypeRegistry, UnknownResourceType
 from fleetsync.transport.base import ClientTls, parse_hub_url, parse_listen_address
@@ -31,6 +32,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         "mqtt://[USER:PASSWORD@]HOST:PORT, mqtts://..., nats://[USER:PASSWORD@]HOST:PORT (required)",
     )
     add_flag(p, "--token-file", type=Path, default=None, help="file holding the agent token from `fleetsync token create CLUSTER` (required)")
+    add_flag(
+        p,
+        "--local-config",
+        type=Path,
+        default=None,
+        help="the local config target of feature gates (a JSON object file): the hub's gates are written here, and its feature.* changes go to the hub",
+    )
+    add_switch(p, "--join", help="start in the join phase: push no local gate change until the hub's gates are applied (a cluster joining a fleet)")
     add_flag(p, "--tls-ca", default="", help="grpcs:// and mqtts://: CA bundle (PEM) the hub or broker certificate is verified against (default: the system's)")
     add_flag(p, "--tls-cert", default="", help="grpcs://: client certificate (PEM) for a hub that requires mutual TLS; its common name must be --cluster-id")
     add_flag(p, "--tls-key", default="", help="grpcs://: the client certificate's private key (PEM)")
@@ -52,6 +61,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     )
     add_flag(p, "--inject-faults", default="", help="testing aid: drop/duplicate/reorder/delay messages, e.g. drop=0.05,reorder=0.1,delay=0.2,after=5,for=20")
     p.set_defaults(run=run)
+    agentconfig.register(p)
 
 
 def _csv(text: str) -> list[str]:
@@ -101,6 +111,8 @@ def config_from(args: argparse.Namespace) -> AgentConfig:
         cluster_id=check_cluster_name(args.cluster_id),
         hubs=hubs,
         tls=tls,
+        local_config=args.local_config,
+        join=bool(args.join),
         token=token,
         types=types,
         kubeconfig=args.kubeconfig,

@@ -87,6 +87,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         help="changes the store keeps for watches to resume from; a watch from an older revision gets 410 Expired and lists again",
     )
     add_flag(p, "--refresh-workers", type=positive_int, default=4, help="cluster refreshes this replica runs at once")
+    add_flag(
+        p,
+        "--deployment-type",
+        default="",
+        choices=("", "local", "maas"),
+        help="seed 004's deployment type, sent to agents with the gates: local (both ways) or maas (agents' changes up only); unset: local",
+    )
     add_switch(p, "--resync-on-startup", help="ask every cluster for a digest of every type on its first connection after the hub starts (default: on)")
     p.set_defaults(run=run)
 
@@ -105,6 +112,7 @@ def settings_from(args: argparse.Namespace) -> HubSettings:
         resync_on_startup=args.resync_on_startup is not False,
         push_refresh_interval=args.push_refresh_interval,
         refresh_workers=args.refresh_workers,
+        deployment_type=args.deployment_type,
     )
 
 

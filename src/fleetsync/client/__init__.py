@@ -1,5 +1,6 @@
-"""Python client of the hub: an informer (list + watch into a local cache, with indexes and handlers)."""
+"""Python client of the hub: an informer (list + watch into a local cache, with indexes and handlers), and ``check_gated``."""
 
+from fleetsync.client.gates import check_gated
 from fleetsync.client.informer import Expired, Informer, Refused, object_key
 
-__all__ = ["Expired", "Informer", "Refused", "object_key"]
+__all__ = ["Expired", "Informer", "Refused", "check_gated", "object_key"]

@@ -28,6 +28,7 @@ from fleetsync.aio import cancel_and_wait
 from fleetsync.hub import events
 from fleetsync.hub.events import EventLog
 from fleetsync.hub.feed import ChangeFeed
+from fleetsync.hub.gates import GATES_CHANNEL
 from fleetsync.hub.metrics import HubMetrics
 from fleetsync.hub.refresh import RefreshScheduler
 from fleetsync.model.types import TypeRegistry, UnknownResourceType
@@ -91,6 +92,9 @@ class HubSettings:
     digest_schedule: DigestSchedule = field(default_factory=DigestSchedule)
     #: Ask each cluster for a digest of every type on its first connection after this hub starts.
     resync_on_startup: bool = True
+    #: Seed 004's deployment type, sent to agents with the gates: local (gates sync both ways) or
+    #: maas (agents' changes go up, the hub's are not written down); "": unset (agents take local).
+    deployment_type: str = ""
     #: Bytes received and not yet applied, per cluster, before the hub stops reading (backpressure).
     inbox_bytes: int = 64 * 1024 * 1024
     #: Push clusters get a scheduled refresh (a digest of every type) this often; 0: never.
@@ -185,6 +189,9 @@ class HubCore:
             with contextlib.suppress(ValueError):
                 self._events_announced(int(payload))
             return
+        if channel == GATES_CHANNEL:
+            self._push_gates()
+            return
         if channel != RESYNC_CHANNEL:
             return
         try:
@@ -203,6 +210,18 @@ class HubCore:
                 log.info("cluster %s: a resync was asked through another replica, but its agent has left this one", cluster)
 
         self.keep_until_done(asyncio.ensure_future(resync()))
+
+    def _push_gates(self) -> None:
+        """A gate was written (here or on another replica): every agent connected here gets the new snapshot."""
+
+        async def push(session: Session) -> None:
+            try:
+                await session.send_gates()
+            except Exception as exc:  # a session that is ending; it reconciles on its next connection
+                log.debug("cluster %s: gate snapshot not sent: %s", session.cluster, exc)
+
+        for session in list(self.sessions.values()):
+            self.keep_until_done(asyncio.ensure_future(push(session)))
 
     # ---- timers -------------------------------------------------------------------------
 

@@ -38,6 +38,8 @@ AGENT_UP = "AgentUp"
 AGENT_DOWN = "AgentDown"
 NODE_UP = "NodeUp"
 NODE_DOWN = "NodeDown"
+#: An agent's local config change of a gate that the hub cannot take (not a feature.* key, not true/false).
+GATE_REFUSED = "GateRefused"
 
 REASONS = (
     CONNECTED,
@@ -60,10 +62,11 @@ REASONS = (
     AGENT_DOWN,
     NODE_UP,
     NODE_DOWN,
+    GATE_REFUSED,
 )
 
 #: Reasons logged as warnings (the rest at info).
-_WARNINGS = {REJECTED, INACTIVE, GAP_DETECTED, TYPE_FAILED, TYPE_REFUSED, REFRESH_FAILED, AGENT_DOWN, NODE_DOWN}
+_WARNINGS = {REJECTED, INACTIVE, GAP_DETECTED, TYPE_FAILED, TYPE_REFUSED, REFRESH_FAILED, AGENT_DOWN, NODE_DOWN, GATE_REFUSED}
 
 
 class EventLog:

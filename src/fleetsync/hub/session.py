@@ -20,7 +20,7 @@ import logging
 import random
 from collections.abc import Awaitable, Callable
 
-from fleetsync.hub import events
+from fleetsync.hub import events, gates
 from fleetsync.hub.auth import hash_token
 from fleetsync.hub.core import HubCore
 from fleetsync.hub.engine import PERIODIC, ClusterEngine
@@ -77,6 +77,8 @@ class Session:
         self._renewal: asyncio.Task[None] | None = None
         self._refused: set[str] = set()
         self._next_digest: dict[str, float] = {}
+        #: The newest local change (its changed_at_ms) of this agent the store has: snapshots say so.
+        self.applied_local_ms = 0
 
     @property
     def cluster(self) -> str:
@@ -126,8 +128,32 @@ class Session:
             await self.send(pb.HubMessage(heartbeat=pb.Heartbeat(sent_at_ms=int(now * 1000))))
         elif kind == "hello":
             await self.reject(pb.PROTOCOL, "Hello sent twice on one connection")
-        elif kind in ("status", "local_change"):
+        elif kind == "local_change":
+            await self._local_change(message.local_change)
+        elif kind == "status":
             log.debug("cluster %s: %s is not handled by this hub yet", self.cluster, kind)
+
+    async def _local_change(self, change: pb.LocalChange) -> None:
+        """The agent's local config changed a gate (its hook): write it, as any API write, and let
+        every replica's sessions send the new snapshot (this one's included: it confirms the change)."""
+        problem = gates.local_change_problem(change)
+        if problem:
+            self.core.metrics.refused.labels("malformed").inc()
+            await self.core.events.record(self.cluster, events.GATE_REFUSED, problem)
+            return
+        written = await gates.apply_local_change(self.core.store, self.cluster, change)
+        self.applied_local_ms = max(self.applied_local_ms, change.changed_at_ms)
+        if written is not None:
+            await self.core.store.notify(gates.GATES_CHANNEL, str(written.revision))
+        else:  # an unset of what is not set: nothing changed, but the agent learns its change is in
+            await self.send_gates()
+
+    async def send_gates(self) -> None:
+        """A full gate snapshot to this session's agent."""
+        snapshot = gates.snapshot(
+            await self.core.store.gates(since=0), applied_local_ms=self.applied_local_ms, deployment_type=self.core.settings.deployment_type
+        )
+        await self.send(pb.HubMessage(spec_update=snapshot))
 
     async def _submit(self, type_: str, message: pb.Bundle | pb.Digest, problem: str) -> None:
         assert self.engine is not None
@@ -245,6 +271,7 @@ class Session:
         await core.events.record(
             hello.cluster_id, events.CONNECTED, f"agent {hello.agent_id} (incarnation {hello.incarnation}) from {self.peer or 'unknown peer'}"
         )
+        await self.send_gates()  # the agent reconciles its local config with the hub's gates at once
         self.start_engine()
         self._renewal = asyncio.create_task(self._renew_lease(), name=f"lease-{hello.cluster_id}")
         first = core.first_connection_since_start(hello.cluster_id)

@@ -185,8 +185,9 @@ class Store(Protocol):
 
     # ---- feature gates (seed 004) ------------------------------------------------------
 
-    async def gates(self, *, since: int = 0) -> list[GateRecord]:
-        """Gates by key: the live ones; with ``since``, every write after that revision (tombstones too)."""
+    async def gates(self, *, since: int | None = None) -> list[GateRecord]:
+        """Gates by key: the live ones; with ``since``, every gate written after that revision,
+        tombstones too (``since=0``: every gate ever set, as agents reconcile with)."""
 
     async def gate(self, key: str) -> GateRecord | None:
         """The live gate ``key``, or None."""

@@ -432,8 +432,8 @@ class PostgresStore:
 
     # ---- feature gates ---------------------------------------------------------------------
 
-    async def gates(self, *, since: int = 0) -> list[GateRecord]:
-        if since:
+    async def gates(self, *, since: int | None = None) -> list[GateRecord]:
+        if since is not None:
             rows = await self._fetch(f"SELECT {GATE_COLUMNS} FROM gates WHERE revision > $1 ORDER BY key", since)
         else:
             rows = await self._fetch(f"SELECT {GATE_COLUMNS} FROM gates WHERE NOT deleted ORDER BY key")

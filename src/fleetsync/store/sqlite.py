@@ -436,8 +436,8 @@ class SQLiteStore:
 
     # ---- feature gates ---------------------------------------------------------------------
 
-    async def gates(self, *, since: int = 0) -> list[GateRecord]:
-        if since:
+    async def gates(self, *, since: int | None = None) -> list[GateRecord]:
+        if since is not None:
             rows = await self._read(f"SELECT {GATE_COLUMNS} FROM gates WHERE revision > ? ORDER BY key", (since,))
         else:
             rows = await self._read(f"SELECT {GATE_COLUMNS} FROM gates WHERE NOT deleted ORDER BY key")

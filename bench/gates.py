@@ -1,0 +1,207 @@
+"""How fast a feature gate reaches every agent's local config (seed 004 promises 5-10 s).
+
+The bench starts, on free loopback ports in a temporary directory: ``fleetsync sim
+--clusters N --pods 1``, a hub on SQLite (agent tokens written to its store directly, an
+admin token with ``--admin-token-file``), and one ``fleetsync agent`` per cluster
+syncing only Services (the gates are what is measured) with ``--local-config``. When
+every agent is connected it makes ``--changes`` gate writes through the API, one at a
+time: ``PUT /1.0/feature-gates/feature.bench-K`` flipping one of five gates. For each,
+the latency to an agent is from just before the API call to the time the agent logged
+that it wrote that gate revision into its local config (the log line follows the file
+write; the log's clock is the same machine's, millisecond resolution). The next write
+starts once every agent has the previous one. Reported: p50 / p99 / max over every
+(agent, write), and over the last agent of each write (when the whole fleet has it);
+finally every local config is checked against the hub's gates.
+
+Run (from the repository root)::
+
+    .venv/bin/python bench/gates.py                       # 100 agents, 20 writes
+    .venv/bin/python bench/gates.py --agents 20 --changes 5   # quick look
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import re
+import sys
+import tempfile
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import orjson
+
+from benchlib import (
+    DEFAULT_FLEETSYNC,
+    HUB_AUTH,
+    BenchError,
+    Child,
+    Processes,
+    admin_token_file,
+    free_port,
+    get_json,
+    machine,
+    ms,
+    percentile,
+    tail,
+)
+from fleetsync.hub.auth import hash_token, new_token
+from fleetsync.store import open_store
+
+_WROTE = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) INFO fleetsync\.agent\.gatesync: gates from the hub \(revision (\d+)\)", re.M)
+
+
+def _log_time(stamp: str) -> float:
+    return datetime.strptime(stamp, "%Y-%m-%d %H:%M:%S,%f").timestamp()
+
+
+def written_revisions(log: Path) -> dict[int, float]:
+    """revision -> when the agent wrote it into its local config, from its log."""
+    return {int(m.group(2)): _log_time(m.group(1)) for m in _WROTE.finditer(log.read_text(errors="replace"))}
+
+
+async def wait_for(predicate: Any, *, timeout: float, what: str, procs: Processes, interval: float = 0.05) -> None:
+    deadline = time.monotonic() + timeout
+    while not await predicate():
+        procs.check_alive("hub", "sim", "agent-")
+        if time.monotonic() > deadline:
+            raise BenchError(f"timed out after {timeout:.0f} s waiting for {what}")
+        await asyncio.sleep(interval)
+
+
+async def bench(args: argparse.Namespace, procs: Processes, tmp: Path, fig: dict[str, Any]) -> None:
+    sim_port, grpc_port, http_port = free_port(), free_port(), free_port()
+    sim, hub = f"http://127.0.0.1:{sim_port}", f"http://127.0.0.1:{http_port}"
+    clusters = [f"c{i}" for i in range(1, args.agents + 1)]
+    procs.spawn("sim", "sim", "--clusters", str(args.agents), "--pods", "1", "--churn", "0", "--port", str(sim_port), "--kubeconfig-dir", str(tmp / "kc"))
+    db = f"sqlite:///{tmp / 'hub.db'}"
+    store = open_store(db)
+    await store.open()
+    tokens = {c: new_token() for c in clusters}
+    try:
+        for cluster, token in tokens.items():
+            await store.add_token(name=cluster, role="agent", token_hash=hash_token(token))
+    finally:
+        await store.close()
+    procs.spawn(
+        "hub", "hub", "--db", db, "--grpc", f"127.0.0.1:{grpc_port}", "--http", f"127.0.0.1:{http_port}", "--admin-token-file", str(admin_token_file(tmp))
+    )
+    async with aiohttp.ClientSession() as session:
+
+        async def up(url: str) -> bool:
+            try:
+                async with session.get(url) as response:
+                    return response.status == 200
+            except aiohttp.ClientError:
+                return False
+
+        await wait_for(lambda: up(f"{sim}/clusters"), timeout=60, what="the sim", procs=procs)
+        await wait_for(lambda: up(f"{hub}/readyz"), timeout=60, what="the hub", procs=procs)
+        started = time.monotonic()
+        for cluster in clusters:
+            (tmp / f"{cluster}.token").write_text(tokens[cluster])
+            procs.spawn(
+                f"agent-{cluster}",
+                "agent",
+                "--kubeconfig",
+                str(tmp / "kc" / f"{cluster}.kubeconfig"),
+                "--cluster-id",
+                cluster,
+                "--hub",
+                f"grpc://127.0.0.1:{grpc_port}",
+                "--token-file",
+                str(tmp / f"{cluster}.token"),
+                "--types",
+                "v1/Service",
+                "--local-config",
+                str(tmp / f"{cluster}-local.json"),
+            )
+
+        async def all_connected() -> bool:
+            return all("connected to hub" in c.log.read_text(errors="replace") for c in procs.of("agent-"))
+
+        await wait_for(all_connected, timeout=300, what=f"{args.agents} agents connected", procs=procs, interval=0.5)
+        fig["agents_connected_seconds"] = time.monotonic() - started
+        print(f"{args.agents} agents connected after {fig['agents_connected_seconds']:.1f} s; {args.changes} gate writes ...", flush=True)
+
+        latencies: list[float] = []
+        last_agent: list[float] = []
+        for k in range(args.changes):
+            key, enabled = f"feature.bench-{k % 5}", k // 5 % 2 == 0
+            called = time.time()
+            answer = await get_json(
+                session, f"{hub}/1.0/feature-gates/{key}", method="PUT", headers=HUB_AUTH | {"Content-Type": "application/json"}, body={"enabled": enabled}
+            )
+            revision = int(answer["metadata"]["revision"])
+            agents = procs.of("agent-")
+
+            async def everywhere(revision: int = revision, agents: list[Child] = agents) -> bool:
+                return all(revision in written_revisions(a.log) for a in agents)
+
+            await wait_for(everywhere, timeout=args.timeout, what=f"revision {revision} in every local config", procs=procs, interval=0.1)
+            times = [written_revisions(a.log)[revision] - called for a in agents]
+            latencies += times
+            last_agent.append(max(times))
+            print(f"  write {k + 1:>3}: {key}={str(enabled).lower()} revision {revision}: every agent after {ms(max(times))}", flush=True)
+
+        gates = {g["gate-key"]: g["enabled"] for g in (await get_json(session, f"{hub}/1.0/feature-gates", headers=HUB_AUTH))["metadata"]}
+        wrong = [c for c in clusters if {k: v for k, v in json.loads((tmp / f"{c}-local.json").read_text()).items() if k.startswith("feature.")} != gates]
+        if wrong:
+            raise BenchError(f"local configs that differ from the hub's gates: {', '.join(wrong[:10])}")
+    fig["latency"] = {
+        "p50": percentile(latencies, 0.50),
+        "p99": percentile(latencies, 0.99),
+        "max": max(latencies),
+        "last_agent_p50": percentile(last_agent, 0.50),
+        "last_agent_p99": percentile(last_agent, 0.99),
+        "deliveries": len(latencies),
+    }
+    lat = fig["latency"]
+    print("\nfleetsync gates: summary")
+    m = fig["machine"]
+    print(f"  machine                                   {m['nproc']} cores ({m['cpu_model']}), Python {m['python']}")
+    print(f"  scenario                                  {args.agents} agents over gRPC, hub on SQLite, {args.changes} gate writes through the API")
+    print(f"  API call -> an agent's local config       p50 {ms(lat['p50'])} / p99 {ms(lat['p99'])} / max {ms(lat['max'])}  ({lat['deliveries']} deliveries)")
+    print(f"  API call -> every agent's local config    p50 {ms(lat['last_agent_p50'])} / p99 {ms(lat['last_agent_p99'])}")
+    print("  every local config equals the hub's gates  yes")
+    print(orjson.dumps(fig).decode())
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--agents", type=int, default=100, help="clusters, one agent each")
+    p.add_argument("--changes", type=int, default=20, help="gate writes through the API")
+    p.add_argument("--timeout", type=float, default=60, help="seconds one write may take to reach every agent")
+    p.add_argument("--fleetsync", type=Path, default=DEFAULT_FLEETSYNC, help="the fleetsync command")
+    p.add_argument("--json", type=Path, default=None, help="also write the figures to this file")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    fig: dict[str, Any] = {"config": vars(args) | {"fleetsync": str(args.fleetsync), "json": str(args.json)}, "machine": machine()}
+    status = 0
+    with tempfile.TemporaryDirectory(prefix="fleetsync-gates-") as tmp:
+        procs = Processes(args.fleetsync, Path(tmp))
+        try:
+            asyncio.run(bench(args, procs, Path(tmp), fig))
+        except (BenchError, aiohttp.ClientError) as exc:
+            status = 1
+            print(f"\nFAILED: {exc}", file=sys.stderr)
+            for child in procs.children[:3]:
+                print(f"\n--- {child.name} (last lines) ---\n{tail(child.log)}", file=sys.stderr)
+        except KeyboardInterrupt:
+            status = 130
+        finally:
+            procs.stop_all(20)
+    if args.json:
+        args.json.write_text(orjson.dumps(fig, option=orjson.OPT_INDENT_2).decode())
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())
