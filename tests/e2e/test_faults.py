@@ -223,7 +223,11 @@ class RawAgent:
         await self.call.write(message if isinstance(message, bytes) else message.SerializeToString())
 
     async def receive(self) -> Any:
-        return await asyncio.wait_for(self.call.read(), 10)
+        """The hub's next message, past gate snapshots (which every session gets; not what these tests look at)."""
+        while True:
+            message = await asyncio.wait_for(self.call.read(), 10)
+            if not isinstance(message, pb.HubMessage) or message.WhichOneof("message") != "spec_update":
+                return message
 
     async def close(self) -> None:
         self.call.cancel()
