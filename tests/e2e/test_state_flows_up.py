@@ -151,6 +151,13 @@ def test_demo_runs_everything_and_shuts_down_cleanly(tmp_path: Path, transport: 
         assert run(admin).returncode == 0, run(admin).stderr
         as_reader = run(admin.rsplit(" --token ", 1)[0])
         assert "403" in as_reader.stderr and "needs role admin" in as_reader.stderr, as_reader.stderr
+        # the printed gate command: the gate reaches a cluster's local config
+        gate_line = next(line.strip().split("   (then: cat ") for line in demo.output().splitlines() if " gates set " in line)
+        assert run(gate_line[0]).returncode == 0
+        config = Path(gate_line[1].rstrip(")"))
+        wait_until(
+            lambda: config.exists() and json.loads(config.read_text()).get("feature.multi-region") is True, timeout=15, what="the gate in c2's local config"
+        )
         wait_until(lambda: "clusters 2/2 active" in demo.output() and " ms   hub rev" in demo.output(), timeout=10, what="the live summary with the sync lag")
     finally:
         demo.stop(signal.SIGINT)

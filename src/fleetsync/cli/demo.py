@@ -72,6 +72,7 @@ async def _instructions(store: SQLiteStore, workdir: Path, hub_url: str, ca: Pat
         f"             {fleetsync} check --sim {sim_url}\n"
         f"             {fleetsync} events -w   (follows them)\n"
         f"  as admin:  {fleetsync} resync c1 --type pods --token {admin}\n"
+        f"             {fleetsync} gates set feature.multi-region=true --token {admin}   (then: cat {workdir}/gates/c2.json)\n"
         f"  Ctrl-C stops everything.\n"
     )
 
@@ -114,6 +115,7 @@ async def demo(args: argparse.Namespace) -> None:
             kubeconfig=str(kubeconfig),
             agent_id=f"demo-agent-{name}",
             metadata=fleet.clusters[name].labels,
+            local_config=workdir / "gates" / f"{name}.json",  # each cluster's feature gates (`fleetsync agent config ...`)
         )
         agents.append(asyncio.create_task(Agent(config).run()))
     hub_url = f"https://127.0.0.1:{api.port}"
