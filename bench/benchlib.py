@@ -16,9 +16,10 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections import defaultdict
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -299,3 +300,32 @@ def machine() -> dict[str, Any]:
         "fleetsync": version,
         "loadavg_start": os.getloadavg(),
     }
+
+
+Bench = Callable[[Any, "Processes", Path, dict[str, Any]], Awaitable[None]]
+
+
+def run_bench(name: str, args: Any, bench: Bench, *, show_logs: int | None = None) -> int:
+    """Run ``bench(args, procs, tmp, fig)`` in a temporary directory; on failure say why with the end of
+    (the first ``show_logs``, default every) process's log; stop every process; write ``--json``.
+    Returns the exit status: 0, 1 (failed) or 130 (interrupted)."""
+    fig: dict[str, Any] = {"config": vars(args) | {"fleetsync": str(args.fleetsync), "json": str(args.json)}, "machine": machine()}
+    m = fig["machine"]
+    print(f"machine: {m['nproc']} cores ({m['cpu_model']}), {m['memory'] / 2**30:.0f} GiB, Python {m['python']}", flush=True)
+    status = 0
+    with tempfile.TemporaryDirectory(prefix=f"fleetsync-{name}-") as tmp:
+        procs = Processes(args.fleetsync, Path(tmp))
+        try:
+            asyncio.run(bench(args, procs, Path(tmp), fig))
+        except (BenchError, aiohttp.ClientError) as exc:
+            status = 1
+            print(f"\nFAILED: {exc}", file=sys.stderr)
+            for child in procs.children[:show_logs]:
+                print(f"\n--- {child.name} (last lines) ---\n{tail(child.log)}", file=sys.stderr)
+        except KeyboardInterrupt:
+            status = 130
+        finally:
+            procs.stop_all(20)
+    if args.json:
+        args.json.write_text(orjson.dumps(fig, option=orjson.OPT_INDENT_2).decode())
+    return status

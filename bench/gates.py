@@ -26,7 +26,6 @@ import asyncio
 import json
 import re
 import sys
-import tempfile
 import time
 from datetime import datetime
 from pathlib import Path
@@ -44,10 +43,9 @@ from benchlib import (
     admin_token_file,
     free_port,
     get_json,
-    machine,
     ms,
     percentile,
-    tail,
+    run_bench,
 )
 from fleetsync.hub.auth import hash_token, new_token
 from fleetsync.store import open_store
@@ -182,25 +180,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    fig: dict[str, Any] = {"config": vars(args) | {"fleetsync": str(args.fleetsync), "json": str(args.json)}, "machine": machine()}
-    status = 0
-    with tempfile.TemporaryDirectory(prefix="fleetsync-gates-") as tmp:
-        procs = Processes(args.fleetsync, Path(tmp))
-        try:
-            asyncio.run(bench(args, procs, Path(tmp), fig))
-        except (BenchError, aiohttp.ClientError) as exc:
-            status = 1
-            print(f"\nFAILED: {exc}", file=sys.stderr)
-            for child in procs.children[:3]:
-                print(f"\n--- {child.name} (last lines) ---\n{tail(child.log)}", file=sys.stderr)
-        except KeyboardInterrupt:
-            status = 130
-        finally:
-            procs.stop_all(20)
-    if args.json:
-        args.json.write_text(orjson.dumps(fig, option=orjson.OPT_INDENT_2).decode())
-    return status
+    return run_bench("gates", parse_args(argv), bench, show_logs=3)
 
 
 if __name__ == "__main__":

@@ -39,13 +39,11 @@ import argparse
 import asyncio
 import contextlib
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import aiohttp
-import orjson
 
 from benchlib import (
     DEFAULT_FLEETSYNC,
@@ -56,12 +54,11 @@ from benchlib import (
     divergent_rows,
     free_port,
     get_json,
-    machine,
     parse_metrics,
     parse_metrics_by,
     put_churn,
+    run_bench,
     run_check,
-    tail,
 )
 from fleetsync.testing.proxy import PartitionProxy
 
@@ -276,27 +273,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    fig: dict[str, Any] = {"config": vars(args) | {"fleetsync": str(args.fleetsync), "json": str(args.json)}, "machine": machine()}
-    m = fig["machine"]
-    print(f"machine: {m['nproc']} cores ({m['cpu_model']}), {m['memory'] / 2**30:.0f} GiB, Python {m['python']}", flush=True)
-    status = 0
-    with tempfile.TemporaryDirectory(prefix="fleetsync-resync-") as tmp:
-        procs = Processes(args.fleetsync, Path(tmp))
-        try:
-            asyncio.run(bench(args, procs, Path(tmp), fig))
-        except (BenchError, aiohttp.ClientError) as exc:
-            status = 1
-            print(f"\nFAILED: {exc}", file=sys.stderr)
-            for child in procs.children:
-                print(f"\n--- {child.name} (last lines) ---\n{tail(child.log)}", file=sys.stderr)
-        except KeyboardInterrupt:
-            status = 130
-        finally:
-            procs.stop_all(20)
-    if args.json:
-        args.json.write_text(orjson.dumps(fig, option=orjson.OPT_INDENT_2).decode())
-    return status
+    return run_bench("resync", parse_args(argv), bench)
 
 
 if __name__ == "__main__":

@@ -55,7 +55,6 @@ class GateSync:
         self.state_path = config.path.with_name(config.path.name + ".synced")
         self.synced: dict[str, bool] = self._load_synced()
         self.pending: dict[str, Pending] = {}
-        self.hub_revision = 0
 
     def _load_synced(self) -> dict[str, bool]:
         try:
@@ -116,7 +115,6 @@ class GateSync:
         applied_ms = int(doc.get("applied_local_ms", 0))
         for key in [k for k, p in self.pending.items() if p.sent and p.changed_at_ms <= applied_ms]:
             del self.pending[key]  # the hub has it (or a later write of the key)
-        self.hub_revision = max(self.hub_revision, update.revision)
         mode = str(doc.get("deployment-type") or "local")
         if mode not in MODES:
             log.warning("the hub's deployment type %r is not one of %s: taken as local", mode, ", ".join(MODES))

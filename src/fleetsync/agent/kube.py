@@ -24,16 +24,13 @@ from kubernetes_asyncio.client.exceptions import ApiException
 
 from fleetsync.backoff import Backoff
 from fleetsync.model.types import ResourceType
+from fleetsync.model.watchevents import Expired, WatchError, decode_event, event_version
 
 log = logging.getLogger(__name__)
 
 OnList = Callable[[ResourceType, list[dict[str, Any]]], Awaitable[None]]
 OnEvent = Callable[[ResourceType, str, dict[str, Any]], Awaitable[None]]
 OnError = Callable[[ResourceType, str], Awaitable[None]]
-
-
-class Expired(Exception):
-    """The watched resourceVersion is gone from the server's history (410)."""
 
 
 async def api_client(kubeconfig: str | None) -> client.ApiClient:
@@ -114,15 +111,14 @@ class TypeWatcher:
         response = await self._get(query, None)
         try:
             async for line in response.content:
-                if not line.strip():
+                try:
+                    decoded = decode_event(line)
+                except WatchError as exc:
+                    raise ApiException(status=exc.code, reason=exc.message) from None
+                if decoded is None:
                     continue
-                event = orjson.loads(line)
-                kind, obj = event.get("type"), event.get("object") or {}
-                if kind == "ERROR":
-                    if obj.get("code") == 410:
-                        raise Expired(obj.get("message", "410 Gone"))
-                    raise ApiException(status=obj.get("code", 500), reason=obj.get("message", "watch error"))
-                rv = str((obj.get("metadata") or {}).get("resourceVersion") or rv)
+                kind, obj = decoded
+                rv = event_version(obj, rv)
                 if kind != "BOOKMARK":
                     await self.on_event(self.rtype, kind, obj)
         finally:

@@ -33,15 +33,12 @@ import aiohttp
 import orjson
 
 from fleetsync.backoff import Backoff
+from fleetsync.model.watchevents import Expired, WatchError, decode_event, event_version
 
 log = logging.getLogger(__name__)
 
 Obj = dict[str, Any]
 CLUSTER_LABEL = "fleetsync.io/cluster"
-
-
-class Expired(Exception):
-    """The revision the watch resumes from is gone from the hub's change log (410)."""
 
 
 class Refused(Exception):
@@ -218,15 +215,14 @@ class Informer:
         response = await self._get(session, params)
         try:
             async for line in response.content:
-                if not line.strip():
+                try:
+                    decoded = decode_event(line)
+                except WatchError as exc:
+                    raise aiohttp.ClientError(f"watch error: {exc.message}") from None
+                if decoded is None:
                     continue
-                event = orjson.loads(line)
-                kind, obj = event.get("type"), event.get("object") or {}
-                if kind == "ERROR":
-                    if obj.get("code") == 410:
-                        raise Expired(obj.get("message", ""))
-                    raise aiohttp.ClientError(f"watch error: {obj.get('message', obj)}")
-                self.resource_version = str((obj.get("metadata") or {}).get("resourceVersion") or self.resource_version)
+                kind, obj = decoded
+                self.resource_version = event_version(obj, self.resource_version)
                 if kind == "DELETED":
                     self._remove(object_key(obj))
                 elif kind in ("ADDED", "MODIFIED"):

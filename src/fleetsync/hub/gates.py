@@ -12,7 +12,6 @@ which are still in flight.
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import orjson
@@ -45,9 +44,9 @@ def local_change_problem(change: pb.LocalChange) -> str:
     return ""
 
 
-async def apply_local_change(store: Store, cluster: str, change: pb.LocalChange) -> GateRecord | None:
+async def apply_local_change(store: Store, cluster: str, change: pb.LocalChange, *, now: float) -> GateRecord | None:
     """Write an agent's local change (a checked one) to the store; None for an unset of a gate that is not set."""
-    by, now = f"agent {cluster}", time.time()
+    by = f"agent {cluster}"
     if change.unset:
         return await store.delete_gate(change.key, by=by, now=now)
     return await store.set_gate(change.key, change.value == "true", by=by, now=now)

@@ -141,7 +141,7 @@ class Session:
             self.core.metrics.refused.labels("malformed").inc()
             await self.core.events.record(self.cluster, events.GATE_REFUSED, problem)
             return
-        written = await gates.apply_local_change(self.core.store, self.cluster, change)
+        written = await gates.apply_local_change(self.core.store, self.cluster, change, now=self.core.clock())
         self.applied_local_ms = max(self.applied_local_ms, change.changed_at_ms)
         if written is not None:
             await self.core.store.notify(gates.GATES_CHANNEL, str(written.revision))

@@ -1,0 +1,43 @@
+"""Reading a Kubernetes watch stream: one JSON ``WatchEvent`` per line, failures as ERROR events.
+
+Shared by every client of a watch in fleetsync: the agent watching its cluster and the
+informer watching the hub.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+
+class Expired(Exception):
+    """The watched resourceVersion is gone from the server's history (410): list again."""
+
+
+class WatchError(Exception):
+    """Any other ERROR event: the server's Status code and message."""
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def decode_event(line: bytes) -> tuple[str, dict[str, Any]] | None:
+    """``(type, object)`` of one line of a watch (None for a blank one); an ERROR event
+    raises :class:`Expired` (410) or :class:`WatchError`."""
+    if not line.strip():
+        return None
+    event = orjson.loads(line)
+    kind, obj = event.get("type"), event.get("object") or {}
+    if kind == "ERROR":
+        if obj.get("code") == 410:
+            raise Expired(obj.get("message") or "410 Gone")
+        raise WatchError(int(obj.get("code") or 500), str(obj.get("message") or obj))
+    return str(kind), obj
+
+
+def event_version(obj: dict[str, Any], current: str) -> str:
+    """The resourceVersion an event moves a watch to (``current`` if it carries none)."""
+    return str((obj.get("metadata") or {}).get("resourceVersion") or current)
