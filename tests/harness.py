@@ -10,7 +10,6 @@ import atexit
 import getpass
 import json
 import os
-import secrets
 import shutil
 import signal
 import socket
@@ -20,8 +19,9 @@ import sys
 import tempfile
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,13 +29,19 @@ from typing import Any, TypeVar
 
 import trustme
 
+from fleetsync.hub.auth import new_token
+from fleetsync.model.types import COLLECTED_TYPES
+from fleetsync.testing.prometheus import start_prometheus_process
+
 T = TypeVar("T")
+#: The types agents collect rather than list from their cluster (the simulator has no truth of them).
+COLLECTED = {t.gvk for t in COLLECTED_TYPES}
 BIN = Path(sys.executable).parent
 
 #: The admin API token of every hub the harness starts (``--admin-token-file``). It is in the
 #: environment as FLEETSYNC_TOKEN, so client commands (check, get, events, ...) send it, and
 #: :func:`http` sends it to the hubs' URLs; kubectl and client libraries are given it explicitly.
-API_TOKEN = os.environ.setdefault("FLEETSYNC_TOKEN", secrets.token_urlsafe(32))
+API_TOKEN = os.environ.setdefault("FLEETSYNC_TOKEN", new_token())
 #: The URLs of the hubs started (http:// and https://), to which :func:`http` sends the token.
 _HUB_URLS: set[str] = set()
 
@@ -201,27 +207,40 @@ class Sim:
 @contextmanager
 def run_sim(tmp: Path, *args: str, startup_timeout: float = 60) -> Iterator[Sim]:
     """Start ``fleetsync sim`` with ``args`` on a free port; stop it afterwards."""
-    port = free_port()
-    kubeconfig_dir = tmp / f"sim-{port}"
-    log = (tmp / f"sim-{port}.log").open("wb")
-    process = subprocess.Popen(
-        [str(BIN / "fleetsync"), "sim", "--port", str(port), "--kubeconfig-dir", str(kubeconfig_dir), *args],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    sim = Sim(process, port, kubeconfig_dir)
+    for _ in range(PORT_ATTEMPTS):
+        sim = _start_sim_on(tmp, args, free_port(), startup_timeout)
+        if sim is None:
+            continue
+        try:
+            yield sim
+        finally:
+            stop_process(sim.process)
+        return
+    raise RuntimeError(f"fleetsync sim could not listen on any free port picked ({PORT_ATTEMPTS} tries): see {tmp}/sim-*.log")
+
+
+def _start_sim_on(tmp: Path, args: tuple[str, ...], port: int, startup_timeout: float) -> Sim | None:
+    """A sim answering on ``port``, or None if the port was taken."""
+    log = tmp / f"sim-{port}.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [str(BIN / "fleetsync"), "sim", "--port", str(port), "--kubeconfig-dir", str(tmp / f"sim-{port}"), *args], stdout=out, stderr=subprocess.STDOUT
+        )
+    sim = Sim(process, port, tmp / f"sim-{port}")
     try:
-
-        def up() -> bool:
-            if process.poll() is not None:
-                raise RuntimeError(f"fleetsync sim exited with {process.returncode}: {(tmp / f'sim-{port}.log').read_text()[-2000:]}")
-            return http("GET", f"{sim.url}/healthz", timeout=1)[0] == 200
-
-        wait_until(up, timeout=startup_timeout, what="fleetsync sim to answer /healthz")
-        yield sim
-    finally:
+        wait_until(
+            lambda: process.poll() is not None or http("GET", f"{sim.url}/healthz", timeout=1)[0] == 200,
+            timeout=startup_timeout,
+            what="fleetsync sim to answer /healthz",
+        )
+    except BaseException:
         stop_process(process)
-        log.close()
+        raise
+    if process.poll() is None:
+        return sim
+    if "cannot listen on" in log.read_text(errors="replace"):
+        return None
+    raise RuntimeError(f"fleetsync sim exited with {process.returncode}: {log.read_text(errors='replace')[-2000:]}")
 
 
 def fleetsync(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
@@ -406,8 +425,23 @@ def start_hub(
     its gRPC port TLS, with a certificate of the test CA (agents of :func:`start_agent` trust it)."""
     token_file = tmp / "api.token"
     token_file.write_text(API_TOKEN)
-    grpc_port = grpc_port or free_port()
-    http_port = http_port or free_port()
+    chosen = grpc_port is None and http_port is None  # else a restart on the ports it had: no second try
+    for _ in range(PORT_ATTEMPTS if chosen else 1):
+        hub = _start_hub_on(tmp, db, extra, grpc_port or free_port(), http_port or free_port(), transport, env, tls, token_file)
+        if hub is not None:
+            return hub
+    raise RuntimeError(f"fleetsync hub could not listen on {'any free ports picked' if chosen else 'its ports'}: see {tmp}/hub-*.log")
+
+
+#: Free ports are picked, then bound by a process started later: another test (or an outgoing
+#: connection) may take one in between. A process that cannot listen is started again on others.
+PORT_ATTEMPTS = 3
+
+
+def _start_hub_on(
+    tmp: Path, db: str, extra: tuple[str, ...], grpc_port: int, http_port: int, transport: Transport, env: dict[str, str] | None, tls: bool, token_file: Path
+) -> Hub | None:
+    """A ready hub on these ports, or None if one of them was taken."""
     # The hub id stays the same across restarts (the broker keeps the hub's session by it)
     # and differs between replicas.
     via = ("--broker", transport.hub_url or transport.broker.url) if transport.broker else ()
@@ -415,17 +449,21 @@ def start_hub(
     secure = ("--tls-cert", str(PKI.server_cert), "--tls-key", str(PKI.server_key)) if tls else ()
     proc = spawn(tmp, f"hub-{http_port}", "hub", "--db", db, *listen, *via, *secure, "--admin-token-file", str(token_file), *extra, env=env)
     hub = Hub(proc, db, grpc_port, http_port, transport, tls)
-    _HUB_URLS.add(hub.url)
 
     def up() -> bool:
         if proc.process.poll() is not None:
-            raise RuntimeError(f"fleetsync hub exited with {proc.process.returncode}: {proc.output()[-2000:]}")
+            return True
         try:
             return http("GET", f"{hub.url}/readyz", timeout=1)[0] == 200
         except OSError:
             return False
 
     wait_until(up, timeout=30, what="fleetsync hub to be ready")
+    if proc.process.poll() is not None:
+        if "cannot listen on" in proc.output():
+            return None
+        raise RuntimeError(f"fleetsync hub exited with {proc.process.returncode}: {proc.output()[-2000:]}")
+    _HUB_URLS.add(hub.url)
     return hub
 
 
@@ -456,6 +494,35 @@ def start_agent(tmp: Path, sim: Sim, cluster: str, hub_url: str, token_file: Pat
         *extra,
         env=env,
     )
+
+
+class AgentFleet:
+    """A hub and agents of the sim's ``clusters``, started on demand; :meth:`stop` stops them all.
+    Subclasses say what every agent runs with (:meth:`agent_args`) and add their own checks."""
+
+    def __init__(self, sim: Sim, hub: Hub, tmp: Path, clusters: Sequence[str]) -> None:
+        self.sim, self.hub, self.tmp = sim, hub, tmp
+        self.clusters = tuple(clusters)
+        self.tokens = {c: create_token(tmp, hub.db, c) for c in self.clusters}
+        self.agents: dict[str, Proc] = {}
+
+    def agent_args(self, cluster: str) -> tuple[str, ...]:
+        """The arguments every agent of ``cluster`` gets (before a start's own)."""
+        return ()
+
+    def start(self, cluster: str, *extra: str) -> Proc:
+        self.agents[cluster] = start_agent(self.tmp, self.sim, cluster, self.hub.agent_url, self.tokens[cluster], *self.agent_args(cluster), *extra)
+        return self.agents[cluster]
+
+    def start_all(self, *clusters: str) -> None:
+        """Start an agent of each of ``clusters`` (none given: of every cluster)."""
+        for cluster in clusters or self.clusters:
+            self.start(cluster)
+
+    def stop(self) -> None:
+        for agent in self.agents.values():
+            agent.stop()
+        self.hub.proc.stop()
 
 
 def check(sim: Sim, hub: Hub, *clusters: str, types: str = "") -> subprocess.CompletedProcess[str]:
@@ -493,9 +560,10 @@ def hub_events(hub: Hub, **query: str) -> list[dict[str, Any]]:
 
 
 def hub_objects(hub: Hub, cluster: str) -> int:
-    """How many objects the hub holds for ``cluster`` (0 if it does not know it)."""
+    """How many of the cluster's own objects the hub holds for ``cluster`` (0 if it does not know
+    it): what its API serves, not what agents collect besides (their IstioMesh, say)."""
     found = [c for c in http("GET", f"{hub.url}/api/v1/clusters")[1]["items"] if c["name"] == cluster]
-    return sum(found[0]["objects"].values()) if found else 0
+    return sum(n for t, n in found[0]["objects"].items() if t not in COLLECTED) if found else 0
 
 
 def metric(url: str, name: str, **labels: str) -> float:
@@ -512,3 +580,69 @@ def metric(url: str, name: str, **labels: str) -> float:
             continue
         total += float(value)
     return total
+
+
+# ---- Prometheus ----------------------------------------------------------------------------------
+
+
+@dataclass
+class Prometheus:
+    """A Prometheus server of the test's own (Debian's package) on a free port, scraping the
+    targets it was started with; its log is ``proc.log``."""
+
+    proc: Proc
+    port: int
+    config: Path
+    data: Path
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def query(self, promql: str) -> list[dict[str, Any]]:
+        """An instant query's result: ``[{"metric": {labels}, "value": [time, "number"]}, ...]``."""
+        status, body = http("GET", f"{self.url}/api/v1/query?{urllib.parse.urlencode({'query': promql})}")
+        assert status == 200 and isinstance(body, dict) and body.get("status") == "success", f"{promql}: {status} {body}"
+        return list(body["data"]["result"])
+
+    def values(self, promql: str, *by: str) -> dict[tuple[str, ...], float]:
+        """An instant query's samples as {(the values of labels ``by``): number}."""
+        return {tuple(r["metric"].get(label, "") for label in by): float(r["value"][1]) for r in self.query(promql)}
+
+    def targets(self) -> list[dict[str, Any]]:
+        """The active scrape targets (job, health, lastError, ... of ``/api/v1/targets``)."""
+        status, body = http("GET", f"{self.url}/api/v1/targets?state=active")
+        assert status == 200, body
+        return list(body["data"]["activeTargets"])
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        self.proc.stop(sig)
+
+
+def start_prometheus(tmp: Path, targets: dict[str, str], *, scrape_interval: str = "1s") -> Prometheus:
+    """Start Prometheus on a free loopback port scraping ``targets`` (job name -> URL of a metrics
+    endpoint, e.g. ``{"c1": f"{sim.url}/clusters/c1/metrics"}``) every ``scrape_interval``; wait
+    until it is ready. Stop it with ``prometheus.stop()``."""
+    port = free_port()
+    data = tmp / f"prometheus-{port}"
+    log = data / "prometheus.log"
+    data.mkdir(parents=True)
+    with log.open("ab") as out:
+        process = start_prometheus_process(data, targets, port=port, scrape_interval=scrape_interval, log=out)
+    config = data / "prometheus.yml"
+    prometheus = Prometheus(Proc(process, log), port, config, data)
+
+    def ready() -> bool:
+        if process.poll() is not None:
+            raise RuntimeError(f"prometheus exited with {process.returncode}: {prometheus.proc.output()[-2000:]}")
+        try:
+            return http("GET", f"{prometheus.url}/-/ready", timeout=1)[0] == 200
+        except OSError:
+            return False
+
+    try:
+        wait_until(ready, timeout=30, what=f"prometheus on port {port} to be ready")
+    except BaseException:
+        prometheus.stop()
+        raise
+    return prometheus

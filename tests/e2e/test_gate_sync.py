@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness import Hub, Proc, Sim, create_token, fleetsync, http, start_agent, start_hub, wait_until
+from fleetsync.testing.proxy import PartitionProxy
+from tests.harness import AgentFleet, Hub, Sim, create_token, fleetsync, http, hub_events, start_agent, start_hub, wait_until
 
 FAST = ("--types", "v1/Service")
 CLUSTERS = ("c1", "c2", "c3")
@@ -33,26 +34,16 @@ def set_locally(path: Path, *assignments: str) -> None:
     assert result.returncode == 0, result.stderr
 
 
-class Fleet:
+class Fleet(AgentFleet):
     def __init__(self, sim: Sim, hub: Hub, tmp: Path) -> None:
-        self.sim, self.hub, self.tmp = sim, hub, tmp
-        self.tokens = {c: create_token(tmp, hub.db, c) for c in CLUSTERS}
+        super().__init__(sim, hub, tmp, CLUSTERS)
         self.files = {c: tmp / f"{c}-local.json" for c in CLUSTERS}
-        self.agents: dict[str, Proc] = {}
 
-    def start(self, cluster: str, *extra: str) -> Proc:
-        self.agents[cluster] = start_agent(
-            self.tmp, self.sim, cluster, self.hub.agent_url, self.tokens[cluster], *FAST, "--local-config", str(self.files[cluster]), *extra
-        )
-        return self.agents[cluster]
+    def agent_args(self, cluster: str) -> tuple[str, ...]:
+        return (*FAST, "--local-config", str(self.files[cluster]))
 
     def everywhere(self, key: str, value: object, clusters: tuple[str, ...] = CLUSTERS) -> bool:
         return all(local(self.files[c]).get(key, None) == value for c in clusters)
-
-    def stop(self) -> None:
-        for agent in self.agents.values():
-            agent.stop()
-        self.hub.proc.stop()
 
 
 @pytest.fixture
@@ -76,6 +67,12 @@ def test_gates_reach_every_agent_and_local_changes_reach_the_fleet_without_echo(
     # an API write reaches every agent's local config at once (pushed, not polled)
     assert http("POST", f"{hub.url}/1.0/feature-gates", {"gate-key": "feature.multi-region", "enabled": True})[0] == 201
     wait_until(lambda: fleet.everywhere("feature.multi-region", True), timeout=15, what="the gate in every local config")
+    # and each agent tells the hub which gate revision it applied: every cluster shows it has the fleet's gates
+    wait_until(
+        lambda: all(c["gates"]["applied"] == c["gates"]["current"] == 1 for c in http("GET", f"{hub.url}/api/v1/clusters")[1]["items"]),
+        timeout=15,
+        what="every cluster reporting revision 1 applied",
+    )
 
     # the hook: a local change on c1 goes to the hub (recorded as c1's), then to c2 and c3
     set_locally(fleet.files["c1"], "feature.storage.ceph=true")
@@ -162,6 +159,22 @@ def test_maas_sends_local_changes_up_and_writes_nothing_down(quiet_sim: Sim, tmp
         # c2 has had the snapshots with both gates (it logged the type from one), and wrote neither
         assert "feature.up" not in local(fleet.files["c2"]) and "feature.down" not in local(fleet.files["c2"])
         assert "feature.down" not in local(fleet.files["c1"])
+
+        # the hub setting overrides the flag, at once, without a restart: now local, so the gates are written down
+        settings = f"{hub.url}/api/v1/settings"
+        for key, body, code, snippet in (
+            ("deployment-type", {"value": "edge"}, 422, "takes local or maas"),
+            ("deployment-type", {"value": "local", "extra": 1}, 422, "nothing else"),
+            ("colour", {"value": "red"}, 404, "no hub setting 'colour'"),
+        ):
+            status, answer = http("PUT", f"{settings}/{key}", body)
+            assert status == code and snippet in answer["message"], answer
+        reader = create_token(tmp_path, hub.db, "viewer", "read").read_text().strip()
+        assert http("PUT", f"{settings}/deployment-type", {"value": "local"}, headers={"Authorization": f"Bearer {reader}"})[0] == 403
+        switched = fleetsync("settings", "set", "deployment-type=local", "--hub", hub.url)
+        assert switched.returncode == 0 and switched.stdout.strip() == "deployment-type=local", switched.stderr
+        wait_until(lambda: fleet.everywhere("feature.down", True, ("c1", "c2")), timeout=20, what="the gates written down once the type is local")
+        assert "deployment-type   local" in fleetsync("settings", "list", "--hub", hub.url).stdout
     finally:
         fleet.stop()
 
@@ -190,3 +203,44 @@ def test_local_changes_while_the_hub_is_down_are_kept_and_reach_the_fleet_when_i
     hub.proc = start_hub(fleet.tmp, hub.db, grpc_port=hub.grpc_port, http_port=hub.http_port).proc
     wait_until(lambda: (gate(hub, "feature.while-down") or {}).get("updated-by") == "agent c1", timeout=40, what="the change on the hub once it is back")
     wait_until(lambda: fleet.everywhere("feature.while-down", True, ("c1", "c2")), timeout=20, what="the change on c2")
+
+
+def test_a_partition_with_the_agent_running_heals_gates_both_ways_and_the_works_sent_meanwhile(quiet_sim: Sim, tmp_path: Path) -> None:
+    """Seed 004's partition case through the fault tooling: c1's connection carries nothing for a
+    while (it stays open), the hub and c1 each change gates, a work targets c1; after the heal,
+    everything agrees without a restart."""
+    hub = start_hub(tmp_path, f"sqlite:///{tmp_path / 'hub.db'}", "--heartbeat-interval", "1", "--inactivity-timeout", "4")
+    fleet = Fleet(quiet_sim, hub, tmp_path)
+    with PartitionProxy(hub.agent_address) as proxy:
+        try:
+            fleet.agents["c1"] = start_agent(
+                tmp_path, quiet_sim, "c1", hub.agent_url_via(proxy.port), fleet.tokens["c1"], *FAST, "--local-config", str(fleet.files["c1"])
+            )
+            fleet.start("c2")
+            assert http("PUT", f"{hub.url}/1.0/feature-gates/feature.before", {"enabled": True})[0] == 200
+            wait_until(lambda: fleet.everywhere("feature.before", True, ("c1", "c2")), timeout=20, what="a gate everywhere before the partition")
+
+            proxy.partition()
+            assert http("PUT", f"{hub.url}/1.0/feature-gates/feature.during-hub", {"enabled": True})[0] == 200
+            assert http("DELETE", f"{hub.url}/1.0/feature-gates/feature.before")[0] == 200
+            set_locally(fleet.files["c1"], "feature.during-c1=true")
+            manifest = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "partitioned", "namespace": "default"}, "data": {"k": "v"}}
+            work = {"metadata": {"name": "partitioned"}, "spec": {"placement": {"clusters": ["c1"]}, "manifests": [manifest]}}
+            assert http("PUT", f"{hub.url}/api/v1/works/partitioned", work)[0] == 201
+            wait_until(lambda: fleet.everywhere("feature.during-hub", True, ("c2",)), timeout=20, what="c2 to get the hub's change")
+            wait_until(lambda: len(hub_events(hub, cluster="c1", reason="Inactive")) == 1, timeout=20, what="c1 inactive behind the partition")
+            assert "feature.during-hub" not in local(fleet.files["c1"]) and local(fleet.files["c1"]).get("feature.before") is True
+            assert gate(hub, "feature.during-c1") is None
+
+            proxy.heal()
+            both = ("c1", "c2")
+            wait_until(lambda: fleet.everywhere("feature.during-c1", True, both), timeout=60, what="c1's change on the hub and c2 after the heal")
+            wait_until(
+                lambda: fleet.everywhere("feature.during-hub", True, both) and fleet.everywhere("feature.before", None, both), timeout=30, what="c1 caught up"
+            )
+            wait_until(lambda: http("GET", f"{hub.url}/api/v1/works/partitioned")[1]["status"]["available"] == 1, timeout=30, what="the work applied on c1")
+            assert any(o["metadata"]["name"] == "partitioned" for o in quiet_sim.truth("c1", "v1/ConfigMap"))
+            assert http("DELETE", f"{hub.url}/api/v1/works/partitioned")[0] == 200
+            wait_until(lambda: not any(o["metadata"]["name"] == "partitioned" for o in quiet_sim.truth("c1", "v1/ConfigMap")), timeout=20)
+        finally:
+            fleet.stop()

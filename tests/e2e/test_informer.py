@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from fleetsync.client import Informer, object_key
-from tests.harness import API_TOKEN, PKI, Sim, create_token, eventually, http, start_agent, start_hub, wait_converged, wait_until
+from tests.harness import API_TOKEN, PKI, Proc, Sim, create_token, eventually, http, start_agent, start_hub, wait_converged, wait_until
 
 FAST = ("--types", "v1/Service,v1/Pod")
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
@@ -105,6 +105,55 @@ async def test_an_informer_away_longer_than_the_change_log_relists_on_410(tmp_pa
         await asyncio.gather(task, return_exceptions=True)
     finally:
         agent.stop()
+        hub.proc.stop()
+
+
+async def test_a_cluster_selector_takes_in_clusters_that_join_later_and_relists_when_one_is_relabelled(
+    tmp_path: Path, quiet_sim: Sim, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A controller watching ``env=prod`` clusters from before any agent connects gets each prod
+    cluster as it joins; a cluster relabelled into or out of prod makes it list again."""
+    sim = quiet_sim
+    db = f"sqlite:///{tmp_path / 'hub.db'}"
+    hub = start_hub(tmp_path, db)
+    tokens = {c: create_token(tmp_path, db, c) for c in ("c1", "c2")}
+    prod = "/api/v1/pods?clusterSelector=env%3Dprod"
+    informer = Informer(hub.url, "/api/v1/pods", cluster_selector="env=prod", token=API_TOKEN)
+    deleted: list[str] = []
+    informer.on_delete(lambda pod: deleted.append(object_key(pod)))
+    caplog.set_level(logging.INFO, logger="fleetsync.client.informer")
+    task = asyncio.create_task(informer.run())
+
+    def relabel(agent: Proc, cluster: str, env: str) -> Proc:
+        agent.stop()
+        restarted = start_agent(tmp_path, sim, cluster, hub.agent_url, tokens[cluster], *FAST, "--label", f"env={env}")
+        labelled = lambda: any(c["name"] == cluster and c["metadata"].get("env") == env for c in http("GET", f"{hub.url}/api/v1/clusters")[1]["items"])  # noqa: E731
+        wait_until(labelled, timeout=30, what=f"{cluster} labelled {env}")
+        return restarted
+
+    async def mirrored(*clusters: str) -> bool:
+        keys = hub_keys(hub.url, prod)
+        return set(informer.cache) == keys and {k.split("/")[0] for k in keys} == set(clusters)
+
+    agents: dict[str, Proc] = {}
+    try:
+        await asyncio.wait_for(informer.synced.wait(), 30)  # an empty fleet
+        agents = {c: start_agent(tmp_path, sim, c, hub.agent_url, tokens[c], *FAST, "--label", f"env={env}") for c, env in (("c1", "prod"), ("c2", "dev"))}
+        wait_converged(sim, hub, "c1", "c2", types="v1/Service,v1/Pod", timeout=60, what="c1 and c2 synced")
+        await eventually(lambda: mirrored("c1"), timeout=30, what="the informer holding c1's pods, which joined after it started")
+        assert not any("listing again" in r.getMessage() for r in caplog.records), "a cluster joining needs no relist"
+        agents["c2"] = relabel(agents["c2"], "c2", "prod")
+        await eventually(lambda: mirrored("c1", "c2"), timeout=30, what="the informer holding c2's pods after c2 became prod")
+        assert any("listing again" in r.getMessage() for r in caplog.records), caplog.text
+        c1_pods = {k for k in informer.cache if k.startswith("c1/")}
+        agents["c1"] = relabel(agents["c1"], "c1", "dev")
+        await eventually(lambda: mirrored("c2"), timeout=30, what="the informer dropping c1's pods after c1 left prod")
+        assert c1_pods <= set(deleted), "the pods of a cluster that left the selection are reported as deleted"
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        for agent in agents.values():
+            agent.stop()
         hub.proc.stop()
 
 

@@ -7,7 +7,11 @@ import collections
 import itertools
 import signal
 import subprocess
+import urllib.error
+import urllib.request
 from pathlib import Path
+
+import pytest
 
 from tests.harness import (
     Hub,
@@ -29,7 +33,7 @@ from tests.harness import (
 TYPES = "v1/Node,v1/Pod"
 
 
-def start_pull_agent(tmp: Path, sim: Sim, cluster: str, port: int) -> Proc:
+def start_pull_agent(tmp: Path, sim: Sim, cluster: str, port: int, *extra: str) -> Proc:
     return spawn(
         tmp,
         f"pull-{cluster}",
@@ -42,7 +46,13 @@ def start_pull_agent(tmp: Path, sim: Sim, cluster: str, port: int) -> Proc:
         f"127.0.0.1:{port}",
         "--types",
         TYPES,
+        *extra,
     )
+
+
+def wait_serving(*ports: int) -> None:
+    """Until the pull agents on ``ports`` answer: a hub's first refresh must not find one still starting."""
+    wait_until(lambda: all(http("GET", f"http://127.0.0.1:{p}/healthz", timeout=1)[0] == 200 for p in ports), timeout=60, what="the pull agents serving")
 
 
 def add_pull(db: str, cluster: str, port: int, interval: float) -> None:
@@ -58,6 +68,7 @@ def test_three_replicas_refresh_50_pull_clusters_once_per_interval_never_twice_a
             free.add(free_port())
         ports = dict(zip(clusters, sorted(free), strict=True))
         agents = [start_pull_agent(tmp_path, sim, c, ports[c]) for c in clusters]
+        wait_serving(*ports.values())
         hubs: list[Hub] = []
         try:
             for c in clusters:
@@ -133,6 +144,7 @@ def test_pull_cluster_view_events_and_agent_down_keeps_the_last_state(tmp_path: 
     with run_sim(tmp_path, "--clusters", "1", "--pods", "5", "--no-istio", "--churn", "0") as sim:
         port = free_port()
         agent = start_pull_agent(tmp_path, sim, "c1", port)
+        wait_serving(port)
         add_pull(db, "c1", port, 1)
         hub = start_hub(tmp_path, db)
         try:
@@ -159,3 +171,31 @@ def test_pull_cluster_view_events_and_agent_down_keeps_the_last_state(tmp_path: 
         finally:
             agent.stop()
             hub.proc.stop()
+
+
+def test_a_pull_agent_with_a_token_serves_its_state_only_to_hubs_that_send_it(tmp_path: Path) -> None:
+    db = f"sqlite:///{tmp_path / 'hub.db'}"
+    secret = tmp_path / "pull.token"
+    secret.write_text("pull-token-0123456789abcdef\n")
+    with run_sim(tmp_path, "--clusters", "1", "--pods", "5", "--no-istio", "--churn", "0") as sim:
+        port = free_port()
+        agent = start_pull_agent(tmp_path, sim, "c1", port, "--serve-state-token-file", str(secret))
+        wait_serving(port)
+        add_pull(db, "c1", port, 1)
+        hub = start_hub(tmp_path, db)  # without --pull-token-file
+        try:
+            wait_until(lambda: hub_events(hub, reason="RefreshFailed"), timeout=30, what="the refused refresh reported")
+            assert "HTTP 401: it wants a token: give the hub --pull-token-file" in hub_events(hub, reason="RefreshFailed")[0]["message"]
+            assert http("GET", f"{hub.url}/api/v1/clusters")[1]["items"] == [], "nothing of the cluster applied"
+            refused = urllib.request.Request(f"http://127.0.0.1:{port}/v1/state", headers={"Authorization": "Bearer not-the-token"})
+            with pytest.raises(urllib.error.HTTPError) as wrong:
+                urllib.request.urlopen(refused, timeout=10)
+            assert wrong.value.code == 401 and "a wrong token" in wrong.value.read().decode()
+            hub.proc.stop()
+            hub = start_hub(tmp_path, db, "--pull-token-file", str(secret))
+            wait_converged(sim, hub, timeout=60, what="the pulls with the token")
+        finally:
+            agent.stop()
+            hub.proc.stop()
+    bad = fleetsync("agent", "--cluster-id", "c1", "--serve-state", "127.0.0.1:1", "--serve-state-token-file", str(tmp_path / "missing"))
+    assert bad.returncode != 0 and "--serve-state-token-file" in bad.stderr and "No such file" in bad.stderr, bad.stderr

@@ -15,6 +15,8 @@ from tests.harness import (
     Transport,
     converged,
     create_token,
+    fleetsync,
+    free_port,
     http,
     hub_events,
     run_sim,
@@ -153,3 +155,38 @@ def test_replicas_on_one_broker_answer_each_agent_once_and_take_over_a_dead_ones
                 b.proc.stop()
     finally:
         broker.stop()
+
+
+def test_a_work_written_through_one_replica_reaches_an_agent_on_another_and_its_status_is_read_from_both(tmp_path: Path, pg_url: str) -> None:
+    with run_sim(tmp_path, "--clusters", "2", "--pods", "5", "--churn", "0") as sim:
+        a = start_hub(tmp_path, pg_url)
+        b = start_hub(tmp_path, pg_url)
+        agents = [start_agent(tmp_path, sim, c, b.grpc_url, create_token(tmp_path, pg_url, c), "--types", "v1/Service") for c in ("c1", "c2")]
+        try:
+            wait_until(lambda: holder_hub(a, "c1") == b.hub_id and holder_hub(a, "c2") == b.hub_id, timeout=30, what="both agents on B")
+            manifest = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "via-a", "namespace": "default"}, "data": {"k": "v"}}
+            work = {"metadata": {"name": "via-a"}, "spec": {"placement": {"clusters": ["c2"]}, "manifests": [manifest]}}
+            assert http("PUT", f"{a.url}/api/v1/works/via-a", work)[0] == 201
+            wait_until(lambda: http("GET", f"{b.url}/api/v1/works/via-a")[1]["status"]["available"] == 1, timeout=20, what="c2 to apply A's work")
+            assert http("GET", f"{a.url}/api/v1/works/via-a")[1]["status"]["clusters"][0]["cluster"] == "c2"
+            assert sim.truth("c2", "v1/ConfigMap") and any(o["metadata"]["name"] == "via-a" for o in sim.truth("c2", "v1/ConfigMap"))
+            assert not any(o["metadata"]["name"] == "via-a" for o in sim.truth("c1", "v1/ConfigMap"))
+            assert http("DELETE", f"{a.url}/api/v1/works/via-a")[0] == 200
+            wait_until(lambda: not any(o["metadata"]["name"] == "via-a" for o in sim.truth("c2", "v1/ConfigMap")), timeout=20, what="c2 to remove it")
+        finally:
+            for agent in agents:
+                agent.stop()
+            a.proc.stop()
+            b.proc.stop()
+
+
+def test_a_second_hub_on_a_taken_port_exits_saying_so_instead_of_sharing_it(tmp_path: Path) -> None:
+    """gRPC servers share a port by default (SO_REUSEPORT): two hubs would silently split the agents."""
+    first = start_hub(tmp_path, f"sqlite:///{tmp_path / 'a.db'}")
+    try:
+        for flag, taken, free in (("--grpc", first.grpc_port, "--http"), ("--http", first.http_port, "--grpc")):
+            argv = ["hub", "--db", f"sqlite:///{tmp_path / 'b.db'}", flag, f"127.0.0.1:{taken}", free, f"127.0.0.1:{free_port()}"]
+            second = fleetsync(*argv, "--admin-token-file", str(tmp_path / "api.token"), timeout=30)
+            assert second.returncode == 1 and f"cannot listen on 127.0.0.1:{taken}" in second.stderr, (flag, second.stderr)
+    finally:
+        first.proc.stop()

@@ -7,6 +7,7 @@ import json
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 from tests.harness import (
     BIN,
@@ -16,6 +17,7 @@ from tests.harness import (
     hub_events,
     hub_kubectl,
     hub_stream,
+    kubectl_binary,
     start_agent,
     start_hub,
     wait_converged,
@@ -149,4 +151,65 @@ def test_the_fleet_as_one_api_server_lists_and_watches_across_clusters(tmp_path:
     finally:
         for agent in agents:
             agent.stop()
+        hub.proc.stop()
+
+
+def test_a_selective_watch_sees_objects_enter_and_leave_its_selection_and_nothing_else(tmp_path: Path, quiet_sim: Sim) -> None:
+    """As from an API server: an object relabelled into the selection is ADDED, out of it DELETED,
+    changed in it MODIFIED; changes to objects outside it are not sent at all."""
+    sim = quiet_sim
+    db = f"sqlite:///{tmp_path / 'hub.db'}"
+    hub = start_hub(tmp_path, db)
+    agent = start_agent(tmp_path, sim, "c3", hub.agent_url, create_token(tmp_path, db, "c3"), *FAST)
+    services = f"{hub.url}/clusters/c3/api/v1/namespaces/default/services"
+
+    def tier(name: str) -> str | None:
+        status, body = http("GET", f"{services}/{name}")
+        return (body["metadata"].get("labels") or {}).get("tier") if status == 200 else None
+
+    def change(name: str, verb: str, *args: str, then: str) -> None:
+        """Change a Service in the cluster; wait for the hub to have it (one change at a time)."""
+        sim.kubectl("c3", "-n", "default", verb, "--overwrite", "service", name, *args)
+        wait_until(
+            lambda: (
+                tier(name) == then and (verb != "annotate" or args[0].split("=")[0] in http("GET", f"{services}/{name}")[1]["metadata"].get("annotations", {}))
+            ),
+            timeout=30,
+            what=f"{name}: {verb} {args} on the hub",
+        )
+
+    def read_until(response: Any, last: tuple[str, str]) -> list[tuple[str, str]]:
+        events: list[tuple[str, str]] = []
+        while not events or events[-1] != last:
+            event = json.loads(response.readline())
+            events.append((event["type"], event["object"]["metadata"]["name"]))
+        return events
+
+    try:
+        for name, label in (("sel-a", "web"), ("sel-b", "db"), ("sel-c", "db")):
+            manifest = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": name, "labels": {"tier": label}}, "spec": {"ports": [{"port": 80}]}}
+            created = subprocess.run(
+                [kubectl_binary(), "--kubeconfig", str(sim.kubeconfig("c3")), "-n", "default", "create", "-f", "-"],
+                input=json.dumps(manifest), text=True, capture_output=True, timeout=30, check=False,
+            )  # fmt: skip
+            assert created.returncode == 0, created.stderr
+        wait_until(lambda: [tier(n) for n in ("sel-a", "sel-b", "sel-c")] == ["web", "db", "db"], timeout=60, what="the Services on the hub")
+        status, listed = http("GET", f"{services}?labelSelector=tier%3Dweb")
+        assert status == 200 and [i["metadata"]["name"] for i in listed["items"]] == ["sel-a"]
+        # an informer's watch: from the list's version
+        url = f"{services}?watch=1&labelSelector=tier%3Dweb&timeoutSeconds=60"
+        with hub_stream(f"{url}&resourceVersion={listed['metadata']['resourceVersion']}", timeout=60) as response:
+            change("sel-c", "annotate", "touched=1", then="db")  # outside: nothing
+            change("sel-b", "label", "tier=web", then="web")  # enters
+            change("sel-b", "annotate", "note=1", then="web")  # changes inside
+            change("sel-a", "label", "tier=api", then="api")  # leaves
+            change("sel-c", "label", "tier=web", then="web")  # enters: the last event
+            assert read_until(response, ("ADDED", "sel-c")) == [("ADDED", "sel-b"), ("MODIFIED", "sel-b"), ("DELETED", "sel-a"), ("ADDED", "sel-c")]
+        # a watch from scratch: the selection as ADDED, then only what touches it
+        with hub_stream(url, timeout=60) as response:
+            change("sel-a", "annotate", "touched=1", then="api")  # outside: nothing
+            change("sel-b", "label", "tier=db", then="db")  # leaves: the last event
+            assert read_until(response, ("DELETED", "sel-b")) == [("ADDED", "sel-b"), ("ADDED", "sel-c"), ("DELETED", "sel-b")]
+    finally:
+        agent.stop()
         hub.proc.stop()

@@ -8,7 +8,6 @@ tests at the end check SQLite specifics (pragmas, migrations).
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import sqlite3
 import sys
@@ -18,7 +17,18 @@ from pathlib import Path
 
 import pytest
 
-from fleetsync.store.contract import ClusterRecord, EventRecord, GateExists, GateRecord, ObjectRecord, Store, TokenRecord
+from fleetsync.store.contract import (
+    ClusterRecord,
+    EventRecord,
+    GateExists,
+    GateRecord,
+    ObjectRecord,
+    Store,
+    TokenRecord,
+    WorkExists,
+    WorkRecord,
+    WorkStatusRecord,
+)
 from fleetsync.store.postgres import MIGRATIONS as POSTGRES_MIGRATIONS
 from fleetsync.store.postgres import PostgresStore
 from fleetsync.store.sqlite import MIGRATIONS, SQLiteStore
@@ -403,6 +413,8 @@ async def test_counts_are_per_type_for_one_cluster(store: Store) -> None:
     assert await store.counts("c1") == {POD: 2, CM: 1}
     assert await store.counts("c2") == {POD: 1}
     assert await store.counts("nope") == {}
+    assert await store.counts_by_cluster() == {"c1": {POD: 2, CM: 1}, "c2": {POD: 1}}, "the fleet's counts in one query"
+    assert [(s.cluster, s.type) for s in await store.streams(None)] == [("c1", CM), ("c1", POD), ("c2", POD)], "every cluster's streams"
 
 
 async def test_changes_since_and_trim_window(store: Store) -> None:
@@ -481,6 +493,118 @@ async def test_gates_are_set_listed_and_deleted_with_a_revision_per_write(store:
     # a deleted gate can be created again
     again = await store.set_gate("feature.storage.ceph", True, by="admin", now=16.0, create=True)
     assert again.revision == 5 and not again.deleted
+
+
+# ---- works and their status --------------------------------------------------------------
+
+
+async def test_works_are_created_replaced_and_deleted_with_growing_generations(store: Store) -> None:
+    assert await store.works() == [] and await store.work("web") is None
+    web = await store.put_work("web", b'{"v":1}', by="admin", now=10.0, create=True)
+    assert web == WorkRecord("web", b'{"v":1}', generation=1, revision=1, created_at=10.0, updated_at=10.0, updated_by="admin")
+    assert await store.work("web") == web
+
+    # a spec equal to the stored one changes nothing: no revision, no new time or author
+    assert await store.put_work("web", b'{"v":1}', by="other", now=11.0) == web
+    assert await store.work("web") == web
+
+    # create on an existing work is refused and writes nothing, not even a revision
+    with pytest.raises(WorkExists):
+        await store.put_work("web", b'{"v":2}', by="other", now=12.0, create=True)
+    with pytest.raises(WorkExists):
+        await store.put_work("web", b'{"v":1}', by="other", now=12.0, create=True)
+    assert await store.work("web") == web
+
+    # a changed spec takes the next revision as its generation; the creation time stays
+    web2 = await store.put_work("web", b'{"v":2}', by="ops", now=13.0)
+    assert web2 == WorkRecord("web", b'{"v":2}', generation=2, revision=2, created_at=10.0, updated_at=13.0, updated_by="ops")
+    assert await store.work("web") == web2
+
+    # one counter for all works, listed by name
+    api = await store.put_work("api", b"\x00binary{}", by="admin", now=14.0)
+    assert (api.generation, api.revision, api.spec) == (3, 3, b"\x00binary{}")
+    assert await store.works() == [api, web2]
+
+    # deleted, then created again: the generation keeps growing past the old one
+    assert await store.delete_work("web") is True
+    assert await store.delete_work("web") is False
+    assert await store.delete_work("never") is False
+    assert await store.work("web") is None and await store.works() == [api]
+    again = await store.put_work("web", b'{"v":1}', by="admin", now=15.0, create=True)
+    assert again == WorkRecord("web", b'{"v":1}', generation=4, revision=4, created_at=15.0, updated_at=15.0, updated_by="admin")
+    assert again.generation > web2.generation
+    assert [w.name for w in await store.works()] == ["api", "web"]
+
+
+async def test_work_statuses_are_upserted_filtered_and_outlive_their_work(store: Store) -> None:
+    def status(work: str, cluster: str, generation: int = 1, at: float = 1.0) -> WorkStatusRecord:
+        manifests = f'[{{"manifest":"{work}","condition":"Applied","message":""}}]'.encode()
+        return WorkStatusRecord(work=work, cluster=cluster, generation=generation, manifests=manifests, updated_at=at)
+
+    assert await store.work_statuses() == []
+    await store.put_work("web", b"{}", by="admin", now=1.0)
+    rows = [status("web", "c2"), status("api", "c1"), status("web", "c1"), status("api", "c3")]
+    for row in rows:
+        await store.set_work_status(row)
+    assert await store.work_statuses() == sorted(rows, key=lambda r: (r.work, r.cluster))
+    assert await store.work_statuses(work="web") == [status("web", "c1"), status("web", "c2")]
+    assert await store.work_statuses(cluster="c1") == [status("api", "c1"), status("web", "c1")]
+    assert await store.work_statuses(work="api", cluster="c3") == [status("api", "c3")]
+    assert await store.work_statuses(work="api", cluster="c2") == []
+    assert await store.work_statuses(work="nope") == []
+
+    # upsert on (work, cluster)
+    newer = replace(status("web", "c1", generation=7, at=2.0), manifests=b'[{"manifest":"x","condition":"Failed","message":"boom"}]')
+    await store.set_work_status(newer)
+    assert await store.work_statuses(work="web", cluster="c1") == [newer]
+    assert len(await store.work_statuses()) == 4
+
+    # the rows stay when the work goes: they say what the agents must remove
+    assert await store.delete_work("web")
+    assert await store.work_statuses(work="web") == [newer, status("web", "c2")]
+
+    await store.delete_work_status("web", "c1")
+    await store.delete_work_status("web", "c1")  # absent: a no-op
+    await store.delete_work_status("never", "c9")
+    assert await store.work_statuses(work="web") == [status("web", "c2")]
+    assert await store.work_statuses(cluster="c1") == [status("api", "c1")]
+
+
+async def test_the_gate_revision_each_cluster_applied_is_kept_per_cluster(store: Store) -> None:
+    assert await store.gates_applied() == {}
+    await store.set_gates_applied("c1", 3, now=1.0)
+    await store.set_gates_applied("c2", 5, now=1.0)
+    await store.set_gates_applied("c1", 6, now=2.0)
+    assert await store.gates_applied() == {"c1": 6, "c2": 5}
+
+
+async def test_hub_settings_are_set_and_unset(store: Store) -> None:
+    assert await store.hub_settings() == {}
+    await store.set_hub_setting("deployment-type", "edge")
+    await store.set_hub_setting("other", "x")
+    assert await store.hub_settings() == {"deployment-type": "edge", "other": "x"}
+    await store.set_hub_setting("deployment-type", "central")
+    assert await store.hub_settings() == {"deployment-type": "central", "other": "x"}
+    await store.set_hub_setting("other", None)
+    await store.set_hub_setting("never", None)  # unsetting what is not set: a no-op
+    assert await store.hub_settings() == {"deployment-type": "central"}
+    await store.set_hub_setting("empty", "")
+    assert await store.hub_settings() == {"deployment-type": "central", "empty": ""}
+
+
+async def test_works_statuses_and_settings_survive_reopen(engine: Engine, store: Store) -> None:
+    await store.put_work("web", b'{"v":1}', by="admin", now=1.0)
+    await store.set_work_status(WorkStatusRecord("web", "c1", 1, b"[]", 2.0))
+    await store.set_hub_setting("deployment-type", "edge")
+    snapshot = (await store.works(), await store.work_statuses(), await store.hub_settings())
+    await store.close()
+    again = engine.make()
+    await again.open()
+    try:
+        assert (await again.works(), await again.work_statuses(), await again.hub_settings()) == snapshot
+        assert (await again.put_work("web", b'{"v":2}', by="admin", now=3.0)).generation == 2, "the counter survives too"
+    finally:
+        await again.close()
 
 
 async def test_agent_tokens_may_be_scoped_to_types(store: Store) -> None:
@@ -730,12 +854,14 @@ async def test_committed_bundle_survives_kill_9(engine: Engine) -> None:
         for _ in range(5):
             line = (await asyncio.wait_for(child.stdout.readline(), 60)).decode()
             assert line.startswith("committed"), f"child said {line!r}"
-        os.kill(child.pid, signal.SIGKILL)  # right after the ack: the next bundle is likely mid-transaction
         _, seq, rev = line.split()
     finally:
+        # Right after the ack: the next bundle is likely mid-transaction. Kill once, through the
+        # Process: a second kill (or os.kill first) makes Popen.send_signal poll() and reap the
+        # zombie before asyncio's child watcher can, and wait() then reports 255, not -9.
         if child.returncode is None:
             child.kill()
-        await child.wait()
+        await asyncio.wait_for(child.wait(), 30)
     assert child.returncode == -signal.SIGKILL
 
     again = engine.make()
@@ -802,6 +928,23 @@ async def test_replicas_writing_one_gate_at_once_agree_on_the_last_write(replica
     assert all([await r.gate("feature.x") == last for r in replicas])
 
 
+async def test_replicas_writing_one_work_at_once_agree_on_the_last_write(replicas: list[PostgresStore]) -> None:
+    writes = await asyncio.gather(
+        *(r.put_work("web", f'{{"write":{i},"replica":{j}}}'.encode(), by=f"r{j}", now=float(i)) for i in range(20) for j, r in enumerate(replicas))
+    )
+    assert sorted(w.revision for w in writes) == list(range(1, 20 * len(replicas) + 1)), "one revision per write, none shared"
+    assert all(w.generation == w.revision for w in writes)
+    last = max(writes, key=lambda w: w.revision)
+    assert all([await r.work("web") == last for r in replicas])
+    first = min(writes, key=lambda w: w.revision)
+    assert last.created_at == first.created_at, "the creation time is the first write's"
+    # concurrent creates of one new work: exactly one wins, the others are refused
+    results = await asyncio.gather(*(r.put_work("api", b"{}", by=f"r{j}", now=1.0, create=True) for j, r in enumerate(replicas)), return_exceptions=True)
+    assert sum(isinstance(r, WorkRecord) for r in results) == 1
+    assert sum(isinstance(r, WorkExists) for r in results) == len(replicas) - 1
+    assert (await replicas[0].work("api")) in results
+
+
 async def test_replicas_claim_disjoint_refreshes(replicas: list[PostgresStore]) -> None:
     for i in range(60):
         await replicas[0].set_refresh(f"p{i:02}", mode="pull", url="u", interval=60, next_refresh_at=0.0)
@@ -837,6 +980,10 @@ async def test_sqlite_uses_wal_and_applies_migrations_once(tmp_path: Path) -> No
         assert db.execute("SELECT version FROM schema_version ORDER BY version").fetchall() == [(n,) for n in range(1, len(MIGRATIONS) + 1)]
         tables = {r[0] for r in db.execute("SELECT name FROM sqlite_schema WHERE type = 'table'")}
         assert {"tokens", "clusters", "leases", "streams", "objects", "changes", "events", "meta", "schema_version"} <= tables
+        assert {"gates", "works", "work_status", "hub_settings"} <= tables
+        assert db.execute("SELECT value FROM meta WHERE key = 'works_rev'").fetchone() == (0,)
+        strict = {r[0]: r[1] for r in db.execute("SELECT name, strict FROM pragma_table_list WHERE schema = 'main'")}
+        assert strict["works"] == strict["work_status"] == strict["hub_settings"] == 1
         db.execute("INSERT INTO schema_version (version, applied_at) VALUES (?, 0)", (len(MIGRATIONS) + 1,))
         db.commit()
     finally:

@@ -1,17 +1,19 @@
 """Feature gates on the agent (seed 004, its hook and watcher done right), without I/O of its own.
 
-Three views of every gate: the local config file (what the cluster uses), the hub's
-snapshot, and ``synced``, the last state both agreed on (kept beside the file, so it
-survives restarts). Then:
+Three views of every gate: the local config target (what the cluster uses: a file or a
+ConfigMap, see :mod:`fleetsync.agent.localconfig`), the hub's snapshot, and ``synced``, the
+last state both agreed on (kept by the target beside the config, so it survives restarts).
+Then:
 
-- **hook** (local -> hub): :meth:`GateSync.scan` diffs the file against ``synced``; each
+- **hook** (local -> hub): :meth:`GateSync.scan` diffs the target against ``synced``; each
   difference is a local change to send (sets and unsets alike), kept until a snapshot
   says the hub has it (``applied_local_ms``), and sent again after a reconnect otherwise;
-- **watcher** (hub -> local): :meth:`GateSync.apply_snapshot` writes to the file every gate
-  whose hub value differs from the file's, unset ones removed, except gates with a local
-  change in flight (the hub will have them next); ``synced`` moves along, so the file
-  change it makes is not seen as a local change: the echo is suppressed by construction,
-  not by timing;
+- **watcher** (hub -> local): :meth:`GateSync.apply_snapshot` writes to the target every gate
+  whose hub value differs from the target's, unset ones removed, except gates with a local
+  change in flight (the hub will have them next); ``synced`` moves along (in the same
+  write, where the target can), so the change it makes is not seen as a local change: the
+  echo is suppressed by construction, not by timing. A local change not scanned yet when a
+  snapshot comes is recorded first, not overwritten;
 - **join phase**: an agent started with ``join`` pushes nothing until its first snapshot
   is applied (a joining cluster takes the fleet's gates, it does not impose its own);
 - **deployment type**, read from every snapshot (the hub's ``--deployment-type``; ``local``
@@ -19,7 +21,8 @@ survives restarts). Then:
   writes the hub's down.
 
 The last write wins by hub revision: concurrent writes converge everywhere to the value
-of the write the hub applied last.
+of the write the hub applied last. Calls are made one at a time (the agent's gates task);
+:meth:`GateSync.outgoing` and :meth:`GateSync.disconnected` may come in between.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from fleetsync.agent.localconfig import LocalConfig
+from fleetsync.agent.localconfig import LocalConfigTarget
 from fleetsync.protocol import fleetsync_pb2 as pb
 
 log = logging.getLogger(__name__)
@@ -48,48 +51,59 @@ class Pending:
 
 
 class GateSync:
-    def __init__(self, config: LocalConfig, *, join: bool = False) -> None:
+    def __init__(self, config: LocalConfigTarget, *, join: bool = False) -> None:
         self.config = config
         self.mode = "local"  # until a snapshot says otherwise
         self.joining = join
-        self.state_path = config.path.with_name(config.path.name + ".synced")
-        self.synced: dict[str, bool] = self._load_synced()
+        #: The agreed state; None until read from the target (the first scan or snapshot does).
+        self._synced: dict[str, bool] | None = None
         self.pending: dict[str, Pending] = {}
+        #: The revision of the last hub snapshot reconciled with the target, and the one last told the hub.
+        self.applied_revision = 0
+        self._revision_told = 0
 
-    def _load_synced(self) -> dict[str, bool]:
-        try:
-            data = json.loads(self.state_path.read_text())
-        except (FileNotFoundError, ValueError):
+    @property
+    def synced(self) -> dict[str, bool]:
+        return self._synced or {}
+
+    async def _load(self) -> dict[str, bool]:
+        """The agreed state, read from the target the first time (an error leaves it unread, to try again)."""
+        if self._synced is None:
+            self._synced = await self.config.agreed()
+        return self._synced
+
+    def _record(self, local: dict[str, bool], synced: dict[str, bool], now_ms: int) -> dict[str, Pending]:
+        """The differences of ``local`` from ``synced``, as local changes to send (``synced`` moves along)."""
+        if self.joining:  # the fleet's gates win: the first snapshot overwrites these
             return {}
-        return {k: v for k, v in data.items() if isinstance(v, bool)} if isinstance(data, dict) else {}
-
-    def _save_synced(self) -> None:
-        tmp = self.state_path.with_name(self.state_path.name + ".tmp")
-        tmp.write_text(json.dumps(self.synced, sort_keys=True))
-        tmp.replace(self.state_path)
+        changes: dict[str, Pending] = {}
+        for key in sorted(local.keys() | synced.keys()):
+            value = local.get(key)
+            if value == synced.get(key):
+                continue
+            changes[key] = Pending(value, now_ms)
+            if value is None:
+                synced.pop(key, None)
+            else:
+                synced[key] = value
+        return changes
 
     # ---- hook: local -> hub ----------------------------------------------------------------
 
-    def scan(self, now_ms: int | None = None) -> bool:
-        """Read the local config; record its changes since ``synced`` as pending. True if any."""
-        local = self.config.gates()
-        now_ms = now_ms if now_ms is not None else int(time.time() * 1000)
-        changed = False
-        for key in sorted(local.keys() | self.synced.keys()):
-            value = local.get(key)
-            if value == self.synced.get(key):
-                continue
-            if self.joining:  # the fleet's gates win: the first snapshot overwrites this
-                continue
-            self.pending[key] = Pending(value, now_ms)
-            if value is None:
-                self.synced.pop(key, None)
-            else:
-                self.synced[key] = value
-            changed = True
-        if changed:
-            self._save_synced()
-        return changed
+    async def scan(self, now_ms: int | None = None) -> bool:
+        """Read the local config; record its changes since ``synced`` as pending, then store the
+        agreed state (the changes are sent even if that store fails). True if any."""
+        synced = await self._load()
+        changes = self._record(await self.config.gates(), synced, now_ms if now_ms is not None else int(time.time() * 1000))
+        if not changes:
+            return False
+        self.pending.update(changes)
+        await self.config.write({}, agreed=synced)
+        return True
+
+    def has_outgoing(self) -> bool:
+        """Whether a local change, or news of the applied revision, waits to be sent on this connection."""
+        return self.applied_revision != self._revision_told or any(not change.sent for change in self.pending.values())
 
     def outgoing(self) -> list[pb.LocalChange]:
         """Local changes not sent on this connection yet (marked sent)."""
@@ -106,10 +120,18 @@ class GateSync:
         """What was sent and not confirmed goes again on the next connection."""
         for change in self.pending.values():
             change.sent = False
+        self._revision_told = 0
+
+    def revision_news(self) -> int:
+        """The snapshot revision the target now reflects, if the hub has not been told it yet (else 0)."""
+        if self.applied_revision == self._revision_told:
+            return 0
+        self._revision_told = self.applied_revision
+        return self.applied_revision
 
     # ---- watcher: hub -> local ------------------------------------------------------------
 
-    def apply_snapshot(self, update: pb.SpecUpdate) -> dict[str, bool | None]:
+    async def apply_snapshot(self, update: pb.SpecUpdate, now_ms: int | None = None) -> dict[str, bool | None]:
         """Reconcile the local config with a hub snapshot; returns what was written locally."""
         doc: dict[str, Any] = json.loads(update.gates_json or b"{}")
         applied_ms = int(doc.get("applied_local_ms", 0))
@@ -123,26 +145,36 @@ class GateSync:
             log.info("deployment type %s: %s", mode, "gates sync both ways" if mode == "local" else "local gate changes go up, the hub's are not written here")
             self.mode = mode
         hub = {g["gate-key"]: (None if g.get("deleted") else bool(g["enabled"])) for g in doc.get("gates", [])}
+        # Worked out on a copy, kept once written: a failed write leaves nothing half-agreed
+        # (the target's old values would otherwise look like local changes).
+        synced = dict(await self._load())
+        recorded: dict[str, Pending] = {}
         written: dict[str, bool | None] = {}
-        if self.mode == "local":
-            local = self.config.gates()
-            for key, value in hub.items():
-                if key in self.pending:
-                    continue  # the hub will have this agent's change next: keep it
-                if local.get(key) != value:
-                    written[key] = value
-                if value is None:
-                    self.synced.pop(key, None)
-                else:
-                    self.synced[key] = value
-            if written:
-                self.config.update(written)
-                log.info("gates from the hub (revision %d): %s", update.revision, ", ".join(f"{k}={_shown(v)}" for k, v in sorted(written.items())))
-        if self.joining:  # what the file held before joining is taken as agreed: only later changes go up
-            self.synced = self.config.gates()
+        if self.mode == "local" or self.joining:
+            local = await self.config.gates()
+            # a local change the hook has not seen yet is a local change, not something to overwrite
+            recorded = self._record(local, synced, now_ms if now_ms is not None else int(time.time() * 1000))
+            if self.mode == "local":
+                for key, value in hub.items():
+                    if key in self.pending or key in recorded:
+                        continue  # the hub will have this agent's change next: keep it
+                    if local.get(key) != value:
+                        written[key] = value
+                    if value is None:
+                        synced.pop(key, None)
+                    else:
+                        synced[key] = value
+            if self.joining:  # what the config held before joining is taken as agreed: only later changes go up
+                synced = {k: v for k, v in {**local, **written}.items() if v is not None}
+        await self.config.write(written, agreed=synced)
+        self._synced = synced
+        self.pending.update(recorded)
+        self.applied_revision = max(self.applied_revision, update.revision)
+        if written:
+            log.info("gates from the hub (revision %d): %s", update.revision, ", ".join(f"{k}={_shown(v)}" for k, v in sorted(written.items())))
+        if self.joining:
             self.joining = False
             log.info("join phase over: local gate changes now go to the hub")
-        self._save_synced()
         return written
 
 

@@ -14,8 +14,9 @@ resourceVersion. See https://kubernetes.io/docs/reference/using-api/api-concepts
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import orjson
@@ -28,7 +29,13 @@ from fleetsync.model.watchevents import Expired, WatchError, decode_event, event
 
 log = logging.getLogger(__name__)
 
+#: A source that has its objects at once (Istio detection, the service graph) hands them over as a list.
 OnList = Callable[[ResourceType, list[dict[str, Any]]], Awaitable[None]]
+#: A LIST's pages, each fetched when the one before has been taken.
+Pages = AsyncIterator[list[dict[str, Any]]]
+#: A TypeWatcher hands a LIST over page by page: a page can be made into wire objects and
+#: dropped before the next is read, so the agent never holds a whole type's JSON at once.
+OnPages = Callable[[ResourceType, Pages], Awaitable[None]]
 OnEvent = Callable[[ResourceType, str, dict[str, Any]], Awaitable[None]]
 OnError = Callable[[ResourceType, str], Awaitable[None]]
 
@@ -43,6 +50,47 @@ async def api_client(kubeconfig: str | None) -> client.ApiClient:
     return client.ApiClient(configuration)
 
 
+def status_message(body: bytes | None) -> str:
+    """The message of an error answer's Kubernetes ``Status`` (or the start of a body that is not one)."""
+    try:
+        return str(orjson.loads(body or b"").get("message", ""))
+    except (orjson.JSONDecodeError, AttributeError):
+        return (body or b"")[:200].decode(errors="replace")
+
+
+async def raise_for_status(response: Any, what: str) -> None:
+    """An ApiException with the server's message for an error answer (without
+    ``_preload_content`` the library hands back the raw response, error or not)."""
+    if response.status < 400:
+        return
+    body = await response.read()
+    response.release()
+    raise ApiException(status=response.status, reason=f"{what}: {status_message(body)}")
+
+
+async def get_json(api: client.ApiClient, path: str, query: list[tuple[str, Any]] | None = None, *, timeout: float = 30) -> Any:
+    """GET ``path`` of the cluster's API, decoded once with orjson; ApiException on an error answer."""
+    response = await api.call_api(
+        path,
+        "GET",
+        query_params=query or [],
+        header_params={"Accept": "application/json"},
+        auth_settings=["BearerToken"],
+        _preload_content=False,
+        _request_timeout=timeout,
+    )
+    await raise_for_status(response, path)
+    try:
+        return orjson.loads(await response.read())
+    finally:
+        response.release()
+
+
+async def no_pages() -> Pages:
+    """The pages of an empty list (a type that is absent)."""
+    yield []
+
+
 class TypeWatcher:
     """Keeps one type's objects flowing: LIST (paged), then WATCH from its version, forever."""
 
@@ -51,11 +99,13 @@ class TypeWatcher:
         api: client.ApiClient,
         rtype: ResourceType,
         *,
-        on_list: OnList,
+        on_list: OnPages,
         on_event: OnEvent,
         on_error: OnError,
         page_size: int = 500,
         watch_seconds: int = 300,
+        label_selector: str = "",
+        absent_recheck: float = 60.0,
     ) -> None:
         self.api = api
         self.rtype = rtype
@@ -64,9 +114,16 @@ class TypeWatcher:
         self.on_error = on_error
         self.page_size = page_size
         self.watch_seconds = watch_seconds
+        #: Only objects with these labels (e.g. what a work owns); "": every object of the type.
+        self.label_selector = label_selector
+        #: A custom type whose CRD is not installed is absent (not failed); it is looked for again this often.
+        self.absent = False
+        self.absent_recheck = absent_recheck
         self.backoff = Backoff(initial=0.5, maximum=30)
 
     async def _get(self, query: list[tuple[str, Any]], timeout: float | None) -> Any:
+        if self.label_selector:
+            query = [*query, ("labelSelector", self.label_selector)]
         response = await self.api.call_api(
             self.rtype.collection_path(),
             "GET",
@@ -76,34 +133,36 @@ class TypeWatcher:
             _preload_content=False,
             _request_timeout=timeout,
         )
-        # Without _preload_content the library hands back the raw response, error or not.
-        if response.status >= 400:
-            body = await response.read()
-            response.release()
-            try:
-                message = orjson.loads(body).get("message", "")
-            except (orjson.JSONDecodeError, AttributeError):
-                message = body[:200].decode(errors="replace")
-            raise ApiException(status=response.status, reason=f"{self.rtype.collection_path()}: {message}")
+        await raise_for_status(response, self.rtype.collection_path())
         return response
 
     async def list(self) -> str:
-        """All objects (every page), handed over at once; returns the list's resourceVersion."""
-        items: list[dict[str, Any]] = []
-        token = ""
-        while True:
-            query: list[tuple[str, Any]] = [("limit", self.page_size)]
-            if token:
-                query.append(("continue", token))
-            response = await self._get(query, 60)
-            page = orjson.loads(await response.read())
-            items.extend(page.get("items") or [])
-            token = (page.get("metadata") or {}).get("continue") or ""
-            if not token:
-                rv = str((page.get("metadata") or {}).get("resourceVersion", ""))
-                break
-        await self.on_list(self.rtype, items)
-        return rv
+        """All objects, handed over page by page (``on_list`` must read every page); returns the list's resourceVersion."""
+        listed: list[str] = []
+
+        async def pages() -> Pages:
+            token = ""
+            while True:
+                query: list[tuple[str, Any]] = [("limit", self.page_size)]
+                if token:
+                    query.append(("continue", token))
+                response = await self._get(query, 60)
+                page = orjson.loads(await response.read())
+                metadata = page.get("metadata") or {}
+                token = metadata.get("continue") or ""
+                if not token:
+                    listed.append(str(metadata.get("resourceVersion", "")))
+                yield page.get("items") or []
+                if not token:
+                    return
+
+        await self.on_list(self.rtype, pages())
+        if not listed:
+            raise RuntimeError(f"{self.rtype}: the list was not read to its end")
+        if self.absent:
+            log.info("%s: now served by this cluster", self.rtype)
+            self.absent = False
+        return listed[0]
 
     async def watch(self, rv: str) -> str:
         """Watch from ``rv`` until the server ends the stream; returns the last version seen."""
@@ -138,9 +197,21 @@ class TypeWatcher:
             except ApiException as exc:
                 if exc.status == 410:
                     continue
+                if exc.status == 404 and self.rtype.custom:
+                    await self._absent()
+                    continue
                 await self._failed(f"{exc.status} {exc.reason}".strip())
             except (OSError, TimeoutError, ValueError) as exc:
                 await self._failed(f"{type(exc).__name__}: {exc}")
+
+    async def _absent(self) -> None:
+        """A custom type the cluster does not serve (its CRD is not installed, e.g. a cluster without
+        Istio): no objects, and no error either; looked for again every ``absent_recheck`` seconds."""
+        if not self.absent:
+            log.info("%s: not served by this cluster (its CRD is not installed); holding none, checking again every %.0fs", self.rtype, self.absent_recheck)
+            self.absent = True
+            await self.on_list(self.rtype, no_pages())
+        await asyncio.sleep(self.absent_recheck)
 
     async def _failed(self, error: str) -> None:
         log.warning("%s: %s; retrying", self.rtype, error)

@@ -6,6 +6,8 @@ its own framing (HTTP/2, MQTT, NATS headers).
 
 from __future__ import annotations
 
+import hmac
+import logging
 from collections.abc import Callable, Mapping
 
 from aiohttp import web
@@ -14,6 +16,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 from fleetsync.agent.typesync import TypeSync
 from fleetsync.protocol import fleetsync_pb2 as pb
 from fleetsync.web import serve
+
+log = logging.getLogger(__name__)
 
 #: The media type of ``GET /v1/state``: a serialized fleetsync.v1.State protobuf.
 STATE_CONTENT_TYPE = "application/x-protobuf; messageType=fleetsync.v1.State"
@@ -53,6 +57,16 @@ class AgentMetrics:
             "The most GET /v1/state requests ever answered at once (a hub refreshing a cluster twice at once would make it 2)",
             registry=self.registry,
         )
+        self.work_applies = Counter(
+            "fleetsync_agent_work_applies_total",
+            "Manifests of works applied to the cluster, by outcome (applied, failed) and cause (work, drift, retry)",
+            ["outcome", "cause"],
+            registry=self.registry,
+        )
+        self.work_deletes = Counter(
+            "fleetsync_agent_work_deletes_total", "Objects of works deleted from the cluster (work removed, retargeted or shrunk)", registry=self.registry
+        )
+        self.works = Gauge("fleetsync_agent_works", "Works the hub has this cluster hold", registry=self.registry)
         self.info = Gauge("fleetsync_agent_info", "The cluster this agent syncs", ["cluster"], registry=self.registry)
         self.info.labels(**labels).set(1)
 
@@ -79,10 +93,21 @@ class AgentMetrics:
 
 class MetricsServer:
     """``GET /metrics`` (and ``/healthz``) for one agent; with ``state``, also ``GET /v1/state``
-    (pull mode): the serialized :class:`~fleetsync.protocol.fleetsync_pb2.State` it returns."""
+    (pull mode): the serialized :class:`~fleetsync.protocol.fleetsync_pb2.State` it returns, to
+    requests bearing ``state_token`` when there is one."""
 
-    def __init__(self, metrics: AgentMetrics, syncs: Mapping[str, TypeSync], *, host: str, port: int, state: Callable[[], pb.State] | None = None) -> None:
+    def __init__(
+        self,
+        metrics: AgentMetrics,
+        syncs: Mapping[str, TypeSync],
+        *,
+        host: str,
+        port: int,
+        state: Callable[[], pb.State] | None = None,
+        state_token: str = "",
+    ) -> None:
         self.metrics = metrics
+        self._authorization = f"Bearer {state_token}".encode() if state_token else b""
         self.syncs = syncs
         self.host = host
         self.port = port
@@ -101,6 +126,12 @@ class MetricsServer:
 
     async def _state(self, request: web.Request) -> web.StreamResponse:
         assert self.state is not None
+        if self._authorization and not hmac.compare_digest(request.headers.get("Authorization", "").encode(), self._authorization):
+            reason = "a wrong token" if "Authorization" in request.headers else "no token"
+            log.warning("GET /v1/state from %s refused: %s", request.remote, reason)
+            return web.Response(
+                status=401, text=f"{reason}: /v1/state needs the agent's --serve-state-token-file as a bearer token\n", headers={"WWW-Authenticate": "Bearer"}
+            )
         self._in_flight += 1
         self._in_flight_max = max(self._in_flight_max, self._in_flight)
         self.metrics.state_in_flight.set(self._in_flight)

@@ -24,14 +24,17 @@ from typing import Any
 
 from fleetsync import __version__
 from fleetsync.agent.gatesync import GateSync
-from fleetsync.agent.kube import TypeWatcher, api_client
-from fleetsync.agent.localconfig import LocalConfig, LocalConfigError
+from fleetsync.agent.istio import IstioDetector, mesh_clusters
+from fleetsync.agent.kube import Pages, TypeWatcher, api_client
+from fleetsync.agent.localconfig import ConfigMapRef, LocalConfigError, open_target
 from fleetsync.agent.metrics import AgentMetrics, MetricsServer
+from fleetsync.agent.servicegraph import ServiceGraphSource
 from fleetsync.agent.typesync import TypeSync
 from fleetsync.agent.uplink import HubRejected, Outgoing, Uplink, UplinkSettings
+from fleetsync.agent.works import WorkApplier
 from fleetsync.aio import cancel_and_wait
 from fleetsync.backoff import Backoff
-from fleetsync.model.types import ResourceType
+from fleetsync.model.types import ISTIO_MESH, SERVICE_EDGE, ResourceType
 from fleetsync.protocol import fleetsync_pb2 as pb
 from fleetsync.transport.base import AgentConnection, ClientTls, HubAddress, TransportError
 from fleetsync.transport.connect import open_agent_connection
@@ -60,11 +63,16 @@ class AgentConfig:
     uplink: UplinkSettings = field(default_factory=UplinkSettings)
     #: What to trust and present on grpcs:// and mqtts:// (None: the system's CAs, no client certificate).
     tls: ClientTls | None = None
-    #: The local config target of feature gates (a JSON file); None: gates are not synced here.
-    local_config: Path | None = None
+    #: The local config target of feature gates (a JSON file, or a ConfigMap of this cluster); None: gates are not synced here.
+    local_config: Path | ConfigMapRef | None = None
     #: Start in the join phase: push no local gate change until the hub's gates are applied.
     join: bool = False
-    #: Seconds between reads of the local config file (the hook's trigger).
+    #: Apply the works the hub targets at this cluster (server-side apply); False: a read-only agent.
+    apply_works: bool = True
+    #: Look for Istio (istiod, its mesh config, the Istio CRDs) every this many seconds and sync what
+    #: is found as one IstioMesh object; 0: do not look.
+    istio_interval: float = 60.0
+    #: Seconds between reads of a local config file (the hook's trigger; a ConfigMap is watched).
     local_config_interval: float = 0.2
     #: Seconds to wait for the hub's answer to Hello.
     hello_timeout: float = 30.0
@@ -74,6 +82,21 @@ class AgentConfig:
     faults: FaultSpec | None = None
     #: Pull mode: serve GET /v1/state (and /metrics) here and connect to no hub.
     serve_state: tuple[str, int] | None = None
+    #: Pull mode: GET /v1/state needs this bearer token ("": anyone who reaches it may read it).
+    serve_state_token: str = field(default="", repr=False)
+    #: The metrics provider: a Prometheus-compatible API's base URL ("": none); the service graph
+    #: (SERVICE_EDGE) is then collected from it and synced as one more type.
+    prometheus_url: str = ""
+    #: Seconds the figures cover, and seconds between collections.
+    prometheus_window: float = 300.0
+    prometheus_interval: float = 30.0
+    #: PromQL label matchers every query is limited to (None: destination_cluster="<istiod's CLUSTER_ID, else cluster_id>"; "": none).
+    prometheus_selector: str | None = None
+    #: Seconds per query (each is tried 3 times, with backoff).
+    prometheus_timeout: float = 10.0
+    #: A bearer token file, and the CA bundle of an https:// Prometheus (default: the system's).
+    prometheus_token_file: str | None = None
+    prometheus_ca: str | None = None
 
 
 class Agent:
@@ -85,22 +108,60 @@ class Agent:
             rt.gvk: TypeSync(rt, self.incarnation, max_message_bytes=config.max_message_bytes, namespaces=config.namespaces, exclude=config.exclude_namespaces)
             for rt in config.types
         }
+        if config.prometheus_url and SERVICE_EDGE.gvk not in self.syncs:  # collected by a ServiceGraphSource, not watched
+            self.syncs[SERVICE_EDGE.gvk] = TypeSync(
+                SERVICE_EDGE, self.incarnation, max_message_bytes=config.max_message_bytes, namespaces=config.namespaces, exclude=config.exclude_namespaces
+            )
+        if config.istio_interval and ISTIO_MESH.gvk not in self.syncs:  # found by an IstioDetector, not watched
+            self.syncs[ISTIO_MESH.gvk] = TypeSync(ISTIO_MESH, self.incarnation, max_message_bytes=config.max_message_bytes)
+        #: The metrics provider (--prometheus): collects SERVICE_EDGE in a task of its own.
+        self.service_graph = self._service_graph() if config.prometheus_url else None
         self.metrics = AgentMetrics(config.cluster_id)
         self.metrics_server: MetricsServer | None = None
         if config.serve_state:
-            self.metrics_server = MetricsServer(self.metrics, self.syncs, host=config.serve_state[0], port=config.serve_state[1], state=self.state)
+            self.metrics_server = MetricsServer(
+                self.metrics, self.syncs, host=config.serve_state[0], port=config.serve_state[1], state=self.state, state_token=config.serve_state_token
+            )
         elif config.metrics_address:
             self.metrics_server = MetricsServer(self.metrics, self.syncs, host=config.metrics_address[0], port=config.metrics_address[1])
         self._snapshots = 0
         self.faults = FaultInjector(config.faults) if config.faults else None
         self._changed = asyncio.Event()
         self.connected = asyncio.Event()
-        self.gates = GateSync(LocalConfig(config.local_config), join=config.join) if config.local_config else None
+        self.gates = (
+            GateSync(open_target(config.local_config, kubeconfig=config.kubeconfig, interval=config.local_config_interval), join=config.join)
+            if config.local_config
+            else None
+        )
+        #: Gate snapshots from the hub not applied yet (the gates task applies them, in order), and its wake-up.
+        self._gate_snapshots: list[pb.SpecUpdate] = []
+        self._gates_due = asyncio.Event()
+        #: Applies the hub's works to the cluster (set once the cluster's API client exists).
+        self.works: WorkApplier | None = None
 
     # ---- cluster side ----------------------------------------------------------------------
 
     async def _on_list(self, rtype: ResourceType, items: list[dict[str, Any]]) -> None:
         self.syncs[rtype.gvk].on_list(items)
+        self._changed.set()
+
+    async def _on_mesh(self, rtype: ResourceType, items: list[dict[str, Any]]) -> None:
+        await self._on_list(rtype, items)
+        if self.service_graph:
+            self.service_graph.follow_mesh(mesh_clusters(items[0]))
+
+    @staticmethod
+    async def _run_service_graph(source: ServiceGraphSource, detector: IstioDetector | None) -> None:
+        if detector:  # its first look tells the default scope (the cluster's name in Istio's metrics)
+            await detector.looked.wait()
+        await source.run()
+
+    async def _on_pages(self, rtype: ResourceType, pages: Pages) -> None:
+        sync = self.syncs[rtype.gvk]
+        listing = sync.listing()
+        async for items in pages:
+            listing.add(items)
+        sync.finish_list(listing)
         self._changed.set()
 
     async def _on_event(self, rtype: ResourceType, kind: str, obj: dict[str, Any]) -> None:
@@ -146,11 +207,20 @@ class Agent:
             await self.metrics_server.start()
             log.info("agent metrics on http://%s:%d/metrics", self.metrics_server.host, self.metrics_server.port)
         watchers = [
-            asyncio.create_task(TypeWatcher(api, rt, on_list=self._on_list, on_event=self._on_event, on_error=self._on_error).run(), name=f"watch-{rt.gvk}")
+            asyncio.create_task(TypeWatcher(api, rt, on_list=self._on_pages, on_event=self._on_event, on_error=self._on_error).run(), name=f"watch-{rt.gvk}")
             for rt in self.config.types
         ]
         if self.gates:
             watchers.append(asyncio.create_task(self._watch_local_config(), name="local-config"))
+        if self.config.apply_works and not self.config.serve_state:
+            self.works = WorkApplier(api, metrics=self.metrics, on_report=self._changed.set)
+            watchers.append(asyncio.create_task(self.works.run(), name="works"))
+        detector: IstioDetector | None = None
+        if self.config.istio_interval:
+            detector = IstioDetector(api, on_list=self._on_mesh, on_error=self._on_error, interval=self.config.istio_interval)
+            watchers.append(asyncio.create_task(detector.run(), name="istio"))
+        if self.service_graph:  # its own task, which never ends but cancelled: a failing Prometheus leaves the watchers be
+            watchers.append(asyncio.create_task(self._run_service_graph(self.service_graph, detector), name="servicegraph"))
         try:
             if self.config.serve_state:
                 log.info("pull mode: serving this cluster's state on http://%s:%d/v1/state", self.metrics_server.host, self.metrics_server.port)  # type: ignore[union-attr]
@@ -162,6 +232,21 @@ class Agent:
             await api.close()
             if self.metrics_server:
                 await self.metrics_server.stop()
+
+    def _service_graph(self) -> ServiceGraphSource:
+        config = self.config
+        return ServiceGraphSource(
+            config.prometheus_url,
+            on_list=self._on_list,
+            on_error=self._on_error,
+            cluster_id=config.cluster_id,
+            scope=config.prometheus_selector,
+            window=config.prometheus_window,
+            interval=config.prometheus_interval,
+            timeout=config.prometheus_timeout,
+            token_file=config.prometheus_token_file,
+            ca_file=config.prometheus_ca,
+        )
 
     async def _open(self, address: HubAddress) -> AgentConnection:
         connection = await open_agent_connection(
@@ -219,7 +304,13 @@ class Agent:
             incarnation=self.incarnation,
             token=self.config.token,
             metadata={"agent_version": __version__, **self.config.metadata},
-            capabilities=["digest", "lz4", "chunk-acks"],
+            capabilities=[
+                "digest",
+                "lz4",
+                "chunk-acks",
+                *(["works"] if self.config.apply_works else []),
+                *(["servicegraph"] if self.config.prometheus_url else []),
+            ],
             resumable=[
                 pb.StreamPosition(type=t, incarnation=s.stream.incarnation, seq=min(s.stream.held, default=s.stream.seq)) for t, s in self.syncs.items()
             ],
@@ -258,6 +349,10 @@ class Agent:
                     await self._send(connection, out)
                 for change in self.gates.outgoing() if self.gates else []:
                     await self._send(connection, Outgoing("local_change", pb.AgentMessage(local_change=change)))
+                if self.gates and (revision := self.gates.revision_news()):
+                    await self._send(connection, Outgoing("status", pb.AgentMessage(status=pb.Status(gates_revision=revision))))
+                for status in self.works.outgoing() if self.works else []:
+                    await self._send(connection, Outgoing("status", pb.AgentMessage(status=status)))
                 self.metrics.resyncs_outstanding.set(uplink.resyncs_outstanding)
                 item = await self._wait(inbox, timeout=uplink.next_deadline(time.monotonic()) - time.monotonic())
                 while item is not None:
@@ -272,27 +367,70 @@ class Agent:
             await cancel_and_wait([reader])
             if self.gates:
                 self.gates.disconnected()
+            if self.works:
+                self.works.disconnected()
 
     # ---- feature gates -----------------------------------------------------------------------
 
     async def _watch_local_config(self) -> None:
-        """The hook's trigger: a change of the local config file becomes local changes to send."""
+        """The gates task: the hook (a change of the local config target becomes local changes to
+        send) and the watcher (the hub's snapshots written to the target), one at a time, in order.
+        A scan or snapshot that fails (a half-edited file, an unreachable cluster) is tried again."""
         assert self.gates is not None
-        while True:
-            try:
-                if self.gates.scan():
+        gates = self.gates
+        scan_due = True
+
+        def changed() -> None:
+            nonlocal scan_due
+            scan_due = True
+            self._gates_due.set()
+
+        watch = asyncio.create_task(gates.config.watch(changed), name="local-config-watch")
+        retry = Backoff(initial=0.5, maximum=10)
+        again: asyncio.TimerHandle | None = None
+        try:
+            while True:
+                await self._gates_due.wait()
+                self._gates_due.clear()
+                failed = False
+                if scan_due:  # first: a local change is recorded before a snapshot could overwrite it
+                    scan_due = False
+                    try:
+                        await gates.scan()
+                    except (LocalConfigError, OSError) as exc:  # a half-edited or broken file: say so, keep going
+                        log.warning("%s", exc)
+                        failed = True
+                while self._gate_snapshots:
+                    try:
+                        await gates.apply_snapshot(self._gate_snapshots[0])
+                    except (LocalConfigError, OSError, ValueError) as exc:
+                        log.warning("gates from the hub not written to the local config: %s", exc)
+                        del self._gate_snapshots[:-1]  # only the latest one is tried again
+                        failed = True
+                        break
+                    del self._gate_snapshots[0]
+                if gates.has_outgoing():
                     self._changed.set()
-            except (LocalConfigError, OSError) as exc:  # a half-edited or broken file: say so, keep going
-                log.warning("%s", exc)
-            await asyncio.sleep(self.config.local_config_interval)
+                if again:
+                    again.cancel()
+                again = asyncio.get_running_loop().call_later(retry.next_delay(), changed) if failed else None
+                if not failed:
+                    retry.reset()
+        finally:
+            if again:
+                again.cancel()
+            await cancel_and_wait([watch])
+            await gates.config.close()
 
     def _spec_update(self, update: pb.SpecUpdate) -> None:
+        if update.works_json:
+            if self.works is not None:
+                self.works.snapshot(update)
+            return
         if self.gates is None:
             return
-        try:
-            self.gates.apply_snapshot(update)
-        except (LocalConfigError, OSError, ValueError) as exc:
-            log.warning("gates from the hub not written to the local config: %s", exc)
+        self._gate_snapshots.append(update)  # applied by the gates task (_watch_local_config)
+        self._gates_due.set()
 
     async def _read(self, connection: AgentConnection, inbox: asyncio.Queue[pb.HubMessage | Exception]) -> None:
         """Hub messages into ``inbox``, in order; the end of the connection as a TransportError."""

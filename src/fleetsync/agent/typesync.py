@@ -33,6 +33,12 @@ def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
+def _wire(item: dict[str, Any]) -> tuple[str, pb.Object, int]:
+    """(key, wire object, size in a message) of a cluster object."""
+    obj = codec.make_object(item)
+    return codec.key_of(obj.namespace, obj.name), obj, obj.ByteSize() + FIELD_BYTES
+
+
 class TypeSync:
     def __init__(
         self,
@@ -58,6 +64,7 @@ class TypeSync:
         self.pending: dict[str, pb.Object | None] = {}
         self.pending_since_ms = 0
         self.oversized: dict[str, int] = {}  # key -> size of objects left out (too large for any message)
+        self._left_out: dict[str, pb.Object] = {}  # those objects, in case the hub's limit goes up again
         self.listed = False
         self.list_error = ""
         self.error_reported: str | None = None  # None: not reported on this connection yet
@@ -67,13 +74,19 @@ class TypeSync:
 
     def limit_to(self, hub_max_message_bytes: int) -> None:
         """Use the smaller of the agent's own limit and the hub's (Welcome.max_message_bytes; 0: none).
-        Cached objects that no longer fit are left out from now on."""
+        Cached objects that no longer fit are left out from now on; left-out ones that fit again
+        (a hub whose limit went up) are synced again."""
         limit = min(self.max_message_bytes, hub_max_message_bytes or self.max_message_bytes)
         self.budget = max(limit, 4 * ENVELOPE_BYTES) - ENVELOPE_BYTES
         for key in [k for k, size in self.sizes.items() if size > self.budget]:
             self.oversized[key] = self.sizes.pop(key)
-            del self.cache[key]
+            self._left_out[key] = self.cache.pop(key)
             self._changed(key, None)
+        for key in [k for k, size in self.oversized.items() if size <= self.budget and k in self._left_out]:
+            obj = self._left_out.pop(key)
+            self.sizes[key] = self.oversized.pop(key)
+            self.cache[key] = obj
+            self._changed(key, obj)
 
     def wanted(self, namespace: str) -> bool:
         if self.include and namespace not in self.include:
@@ -94,27 +107,27 @@ class TypeSync:
 
     # ---- from the cluster --------------------------------------------------------------
 
-    def _make(self, item: dict[str, Any]) -> tuple[str, pb.Object | None, int]:
-        """(key, object or None when too large, size) of a cluster object."""
-        obj = codec.make_object(item)
-        key = codec.key_of(obj.namespace, obj.name)
-        size = obj.ByteSize() + FIELD_BYTES
-        if size > self.budget:
-            self.oversized[key] = size
-            return key, None, size
-        self.oversized.pop(key, None)
-        return key, obj, size
+    def listing(self) -> Listing:
+        """A LIST to take in page by page (:meth:`Listing.add`), then :meth:`finish_list`."""
+        return Listing(self)
 
-    def on_list(self, items: list[dict[str, Any]]) -> None:
+    def on_list(self, items: Iterable[dict[str, Any]]) -> None:
+        """A whole LIST at once."""
+        listing = self.listing()
+        listing.add(items)
+        self.finish_list(listing)
+
+    def finish_list(self, listing: Listing) -> None:
+        """The LIST is complete: it replaces the cache; what changed or went is pending."""
         fresh: dict[str, pb.Object] = {}
         sizes: dict[str, int] = {}
         self.oversized.clear()
-        for item in items:
-            meta = item.get("metadata") or {}
-            if not self.wanted(meta.get("namespace", "")):
-                continue
-            key, obj, size = self._make(item)
-            if obj is not None:
+        self._left_out.clear()
+        for key, (obj, size) in listing.objects.items():
+            if size > self.budget:  # the budget is checked here: the hub's limit may have changed while listing
+                self.oversized[key] = size
+                self._left_out[key] = obj
+            else:
                 fresh[key] = obj
                 sizes[key] = size
         for key, obj in fresh.items():
@@ -134,16 +147,21 @@ class TypeSync:
         if kind == "DELETED":
             key = codec.key_of(meta.get("namespace", ""), meta.get("name", ""))
             self.oversized.pop(key, None)
+            self._left_out.pop(key, None)
             if self.cache.pop(key, None) is not None:
                 del self.sizes[key]
                 self._changed(key, None)
             return
-        key, obj, size = self._make(item)
-        if obj is None:
+        key, obj, size = _wire(item)
+        if size > self.budget:
+            self.oversized[key] = size
+            self._left_out[key] = obj
             if self.cache.pop(key, None) is not None:  # it grew too large: the hub must not keep an old state
                 del self.sizes[key]
                 self._changed(key, None)
             return
+        self.oversized.pop(key, None)
+        self._left_out.pop(key, None)
         old = self.cache.get(key)
         if old is None or old.hash != obj.hash:
             self.cache[key] = obj
@@ -301,3 +319,21 @@ class TypeSync:
             return None
         self.error_reported = error
         return pb.Bundle(type=self.type, incarnation=self.stream.incarnation, error=error)
+
+
+class Listing:
+    """A LIST being taken in, page by page. Each object is made into its wire form as its page
+    arrives (the page's JSON can then go), and the type's state changes only at
+    :meth:`TypeSync.finish_list`: a LIST that fails half-way changes nothing."""
+
+    def __init__(self, sync: TypeSync) -> None:
+        self.sync = sync
+        #: key -> (wire object, size in a message), of the wanted namespaces.
+        self.objects: dict[str, tuple[pb.Object, int]] = {}
+
+    def add(self, items: Iterable[dict[str, Any]]) -> None:
+        for item in items:
+            meta = item.get("metadata") or {}
+            if self.sync.wanted(meta.get("namespace", "")):
+                key, obj, size = _wire(item)
+                self.objects[key] = (obj, size)

@@ -12,7 +12,8 @@
 - ``/api/...`` and ``/apis/...``: the same across every cluster, each object labelled
   ``fleetsync.io/cluster``, with ``clusterSelector`` on the clusters' labels (names are per
   cluster, so a get by name needs the cluster path);
-- ``/healthz``, ``/readyz``, ``/metrics`` (Prometheus), ``/openapi.json`` (this API as an OpenAPI 3 document).
+- ``/healthz``, ``/readyz``, ``/metrics`` (Prometheus), ``/openapi.json`` (this API as an OpenAPI 3 document);
+- ``/`` and ``/ui/...``: the web dashboard (``api/dashboard.py``), which calls this API with the user's token.
 
 Every request but ``/healthz``, ``/livez``, ``/readyz`` and ``/openapi.json`` needs an API token
 (``Authorization: Bearer``): role read for reads, admin for the rest (see ``api/auth.py``).
@@ -43,8 +44,12 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from fleetsync import __version__
 from fleetsync.api import auth, openapi
 from fleetsync.api.auth import Authenticator
+from fleetsync.api.dashboard import Dashboard
 from fleetsync.api.gates import GatesApi
-from fleetsync.api.watch import DEFAULT_TIMEOUT, RenderedObjects, WatchRequest, cluster_labels, store_filter
+from fleetsync.api.servicegraph import ServiceGraphApi
+from fleetsync.api.settings import SettingsApi
+from fleetsync.api.watch import DEFAULT_TIMEOUT, ClusterSelection, RenderedObjects, WatchRequest, cluster_labels, store_filter
+from fleetsync.api.works import WorksApi
 from fleetsync.hub.core import HubCore, NotConnected
 from fleetsync.hub.events import REASONS
 from fleetsync.model import discovery
@@ -52,9 +57,9 @@ from fleetsync.model.objects import selectable_fields
 from fleetsync.model.selectors import FieldSelector, LabelSelector, SelectorError
 from fleetsync.model.status import ApiError
 from fleetsync.model.tables import table
-from fleetsync.model.types import ResourceType, TypeRegistry, UnknownResourceType
-from fleetsync.protocol.codec import CodecError
-from fleetsync.store.contract import ClusterRecord, EventRecord, ObjectRecord
+from fleetsync.model.types import HUB_TYPES, ISTIO_MESH, SERVICE_EDGE, ResourceType, TypeRegistry, UnknownResourceType
+from fleetsync.protocol.codec import CodecError, body_json
+from fleetsync.store.contract import ClusterRecord, EventRecord, ObjectRecord, StreamRecord
 from fleetsync.web import JSON, json_response, serve, status_errors
 
 
@@ -85,6 +90,18 @@ def _count(request: web.Request, name: str, default: int = 0) -> int:
     return int(raw)
 
 
+def _cluster_selector(request: web.Request) -> LabelSelector | None:
+    """A fleet-wide read's ``clusterSelector`` on the clusters' labels (agent metadata), e.g.
+    ``region=eu,env!=dev``; None: every cluster."""
+    raw = request.query.get("clusterSelector")
+    if not raw:
+        return None
+    try:
+        return LabelSelector.parse(raw)
+    except SelectorError as exc:
+        raise ApiError.bad_request(f"clusterSelector: {exc}") from None
+
+
 def _flag(request: web.Request, name: str) -> bool:
     """A boolean query parameter as Kubernetes clients send it (``1``, ``true``; Python clients send ``True``;
     ``0``, ``false``, or no parameter: false). Anything else, even an empty value, is refused rather than guessed."""
@@ -110,6 +127,24 @@ def _stale_warning(cluster: ClusterRecord) -> str:
     return f'299 - "cluster {cluster.name} is inactive (no message from its agent since {since}): this is its last known state"'
 
 
+def istio_summary(mesh: dict[str, Any] | None) -> dict[str, Any] | None:
+    """What ``/api/v1/clusters`` shows of a cluster's IstioMesh object (None: its agent has not reported one)."""
+    if mesh is None:
+        return None
+    spec = mesh.get("spec") or {}
+    planes = [{k: c.get(k) for k in ("namespace", "revision", "version", "readyReplicas")} for c in spec.get("controlPlanes") or []]
+    return {"controlPlanes": planes, "absentCrds": len((spec.get("crds") or {}).get("absent") or [])}
+
+
+def service_graph_health(streams: list[StreamRecord]) -> dict[str, Any] | None:
+    """The cluster's metrics provider as its agent reports it: None when the agent has none (it
+    syncs no ServiceEdge), else whether its last collection worked and why not."""
+    stream = next((s for s in streams if s.type == SERVICE_EDGE.gvk), None)
+    if stream is None:
+        return None
+    return {"healthy": not stream.error, "error": stream.error}
+
+
 class ApiServer:
     """The hub's HTTP API (HTTPS with ``ssl_context``); every request but the probes needs an API token."""
 
@@ -126,10 +161,14 @@ class ApiServer:
         self.store = core.store
         self.host = host
         self.port = port
-        self.registry = registry or TypeRegistry()
+        self.registry = registry or TypeRegistry(HUB_TYPES)
         self.ssl_context = ssl_context
         self.authenticator = Authenticator(core.store)
         self.gates = GatesApi(core.store)
+        self.works = WorksApi(core.store, core.specs)
+        self.settings = SettingsApi(core.store)
+        self.servicegraph = ServiceGraphApi(core.store)
+        self.dashboard = Dashboard()  # GET / and /ui/...: the web dashboard (docs/dashboard.md)
         self._runner: web.AppRunner | None = None
         self._openapi_document: dict[str, Any] | None = None  # built on first request
         self._rendered = RenderedObjects()  # each object's state rendered once for every read
@@ -145,6 +184,10 @@ class ApiServer:
         # outermost first: Kubernetes Status for failures, microcluster's shape under /1.0/, then the token
         app = web.Application(middlewares=[status_errors, GatesApi.middleware, auth.middleware(self.authenticator)])
         self.gates.add_routes(app)
+        self.works.add_routes(app)
+        self.settings.add_routes(app)
+        self.servicegraph.add_routes(app)
+        self.dashboard.add_routes(app)
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/livez", self._healthz)
         app.router.add_get("/readyz", self._readyz)
@@ -203,8 +246,9 @@ class ApiServer:
 
     async def _metrics(self, request: web.Request) -> web.Response:
         clusters = await self.store.clusters()
+        counts = await self.store.counts_by_cluster()
         for cluster in clusters:
-            self.core.metrics.objects.labels(cluster.name).set(sum((await self.store.counts(cluster.name)).values()))
+            self.core.metrics.objects.labels(cluster.name).set(sum(counts.get(cluster.name, {}).values()))
         self.core.metrics.inactive.set(sum(c.status == "inactive" for c in clusters))
         return web.Response(body=generate_latest(self.core.metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
@@ -212,8 +256,16 @@ class ApiServer:
         now = self.core.clock()
         connected = {lease.cluster for lease in await self.store.leases() if lease.connected and lease.expires_at > now}
         items = []
+        meshes = {r.cluster: orjson.loads(body_json(r.body, r.compression)) for r in await self.store.list_objects(ISTIO_MESH.gvk)}
+        # a few queries for the whole fleet, not a few per cluster (a dashboard reads this often)
+        counts = await self.store.counts_by_cluster()
+        gates_current = max((g.revision for g in await self.store.gates(since=0)), default=0)
+        gates_applied = await self.store.gates_applied()
+        all_streams: dict[str, list[StreamRecord]] = {}
+        for stream in await self.store.streams(None):
+            all_streams.setdefault(stream.cluster, []).append(stream)
         for c in await self.store.clusters():
-            streams = await self.store.streams(c.name)
+            streams = all_streams.get(c.name, [])
             items.append(
                 {
                     "name": c.name,
@@ -226,9 +278,13 @@ class ApiServer:
                     "connectedAt": c.connected_at,
                     "lastHeartbeat": c.last_seen,  # the last message of any kind
                     "metadata": dict(c.metadata),
-                    "objects": await self.store.counts(c.name),
+                    "objects": counts.get(c.name, {}),
                     "types": sorted(s.type for s in streams),
                     "errors": {s.type: s.error for s in streams if s.error},
+                    "istio": istio_summary(meshes.get(c.name)),
+                    "serviceGraph": service_graph_health(streams),
+                    # the gate snapshot its agent's local config reflects, against the fleet's newest
+                    "gates": {"applied": gates_applied.get(c.name), "current": gates_current},
                 }
             )
         return json_response({"kind": "ClusterList", "apiVersion": "fleetsync.io/v1", "items": items})
@@ -375,18 +431,6 @@ class ApiServer:
         except CodecError as exc:
             raise ApiError(500, "InternalError", f"stored body of {record.cluster}/{record.type}/{record.key} is unreadable: {exc}") from None
 
-    async def _fleet_clusters(self, request: web.Request) -> set[str] | None:
-        """The clusters a fleet-wide read covers: those whose labels (agent metadata) match
-        ``clusterSelector`` (e.g. ``region=eu,env!=dev``); None: every cluster."""
-        raw = request.query.get("clusterSelector")
-        if not raw:
-            return None
-        try:
-            selector = LabelSelector.parse(raw)
-        except SelectorError as exc:
-            raise ApiError.bad_request(f"clusterSelector: {exc}") from None
-        return {c.name for c in await self.store.clusters() if selector.matches(c.metadata)}
-
     async def _list(self, request: web.Request, cluster: str | None, rtype: ResourceType, namespace: str | None) -> web.StreamResponse:
         try:
             labels = LabelSelector.parse(request.query.get("labelSelector"))
@@ -394,7 +438,7 @@ class ApiServer:
         except SelectorError as exc:
             raise ApiError.bad_request(str(exc)) from None
         fleet = cluster is None
-        clusters = await self._fleet_clusters(request) if fleet else None
+        cluster_selector = _cluster_selector(request) if fleet else None
         # every parameter's value is checked, also of those this request does not use (a bad timeoutSeconds on a list is refused too)
         watching, bookmarks = _flag(request, "watch"), _flag(request, "allowWatchBookmarks")
         timeout = float(_count(request, "timeoutSeconds")) or DEFAULT_TIMEOUT
@@ -407,7 +451,7 @@ class ApiServer:
                 feed=self.core.feed,
                 rtype=rtype,
                 cluster=cluster,
-                clusters=clusters,
+                clusters=ClusterSelection(cluster_selector, self.core.cluster_labels) if cluster_selector else None,
                 namespace=namespace,
                 labels=labels,
                 fields=fields,
@@ -415,6 +459,7 @@ class ApiServer:
                 rendered=self._rendered,
             )
             return await self._streaming(watch.serve(request, resource_version=request.query.get("resourceVersion", ""), timeout=timeout))
+        clusters = {c.name for c in await self.store.clusters() if cluster_selector.matches(c.metadata)} if cluster_selector else None
         rev = await self.store.current_rev()
         items: list[bytes] = []
         last: ObjectRecord | None = None

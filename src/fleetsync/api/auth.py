@@ -1,6 +1,8 @@
 """Who may use the hub's HTTP API: bearer tokens with roles.
 
-Every request but the health checks and the API description carries
+Every request but the health checks, the API description and the dashboard's page and
+static assets (``GET /``, ``GET /ui/...``: they hold no data; the API calls the page makes
+carry a token like any other client's) carries
 ``Authorization: Bearer TOKEN`` (``kubectl --token``, ``fleetsync --token`` or
 ``FLEETSYNC_TOKEN``). A token's role decides what it may do:
 
@@ -28,6 +30,9 @@ from fleetsync.store.contract import Store, TokenRecord
 
 #: Paths anyone may read: probes (kubelet and load balancers send no token) and the API description.
 PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/livez", "/openapi.json"})
+#: The dashboard's page and the prefix of its static assets (api/dashboard.py), public for GET and HEAD only.
+DASHBOARD_PAGE = "/"
+DASHBOARD_ASSETS = "/ui/"
 #: Methods a read token may use.
 READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 #: The request key under which handlers find the caller's TokenRecord.
@@ -88,7 +93,7 @@ def middleware(authenticator: Authenticator) -> Middleware:
 
     @web.middleware
     async def authenticate(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
-        if request.path not in PUBLIC_PATHS:
+        if not public(request.method, request.path):
             caller = await authenticator.caller(request.headers.get("Authorization"))
             authorize(caller, request.method, request.path)
             request[CALLER] = caller
@@ -97,5 +102,18 @@ def middleware(authenticator: Authenticator) -> Middleware:
     return authenticate
 
 
+def public(method: str, path: str) -> bool:
+    """Whether ``method path`` needs no token: the probes, the API description, the dashboard's page and assets."""
+    if path in PUBLIC_PATHS:
+        return True
+    return method in ("GET", "HEAD") and (path == DASHBOARD_PAGE or path.startswith(DASHBOARD_ASSETS))
+
+
 def _unauthorized(message: str) -> ApiError:
     return ApiError(401, "Unauthorized", message, headers={"WWW-Authenticate": 'Bearer realm="fleetsync"'})
+
+
+def caller_name(request: web.Request) -> str:
+    """Who made ``request``: its token's name (what the store records as a write's author)."""
+    caller: TokenRecord | None = request.get(CALLER)
+    return caller.name if caller else "unknown"

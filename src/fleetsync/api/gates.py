@@ -23,11 +23,11 @@ import orjson
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
-from fleetsync.api.auth import CALLER
+from fleetsync.api.auth import caller_name
 from fleetsync.hub.gates import GATES_CHANNEL
 from fleetsync.model.gates import gate_key_problem
 from fleetsync.model.status import ApiError
-from fleetsync.store.contract import GateExists, GateRecord, Store, TokenRecord
+from fleetsync.store.contract import GateExists, GateRecord, Store
 from fleetsync.web import json_response
 
 PREFIX = "/1.0/feature-gates"
@@ -100,7 +100,7 @@ class GatesApi:
         body = await _body(request, required=("gate-key", "enabled"))
         key = check_gate_key(_string(body, "gate-key"))
         try:
-            gate = await self.store.set_gate(key, _boolean(body), by=_writer(request), now=self.clock(), create=True)
+            gate = await self.store.set_gate(key, _boolean(body), by=caller_name(request), now=self.clock(), create=True)
         except GateExists:
             raise ApiError(409, "AlreadyExists", f"feature gate {key!r} is set already: change it with PUT {PREFIX}/{key}") from None
         await self._announce(gate)
@@ -111,13 +111,13 @@ class GatesApi:
         body = await _body(request, required=("enabled",))
         if "gate-key" in body and body["gate-key"] != key:
             raise ApiError(422, "Invalid", f"gate-key {body['gate-key']!r} in the body is not the gate of the path, {key!r}")
-        gate = await self.store.set_gate(key, _boolean(body), by=_writer(request), now=self.clock())
+        gate = await self.store.set_gate(key, _boolean(body), by=caller_name(request), now=self.clock())
         await self._announce(gate)
         return _sync(gate_json(gate))
 
     async def delete(self, request: web.Request) -> web.Response:
         key = check_gate_key(request.match_info["key"])
-        gate = await self.store.delete_gate(key, by=_writer(request), now=self.clock())
+        gate = await self.store.delete_gate(key, by=caller_name(request), now=self.clock())
         if gate is None:
             raise ApiError(404, "NotFound", f"feature gate {key!r} is not set")
         await self._announce(gate)
@@ -157,8 +157,3 @@ def _boolean(body: dict[str, Any]) -> bool:
     if not isinstance(value, bool):
         raise ApiError(422, "Invalid", f"enabled must be true or false, not {orjson.dumps(value).decode()}")
     return value
-
-
-def _writer(request: web.Request) -> str:
-    caller: TokenRecord | None = request.get(CALLER)
-    return caller.name if caller else "unknown"

@@ -4,17 +4,25 @@ It is built from the :class:`~fleetsync.model.types.TypeRegistry` the hub serves
 Kubernetes-style paths it lists are exactly the types the hub knows:
 
 - the fleetsync endpoints: ``/healthz``, ``/livez``, ``/readyz``, ``/metrics``, ``/api/v1/clusters``,
-  ``POST /api/v1/clusters/{cluster}/resync`` and ``/api/v1/events``;
+  ``POST /api/v1/clusters/{cluster}/resync``, ``/api/v1/events`` and ``/api/v1/servicegraph`` (the
+  mesh's service graph, merged across clusters);
+- ``/api/v1/settings`` and ``/api/v1/settings/{key}``: the hub's runtime settings, to list, set and unset;
+- ``/api/v1/works`` and ``/api/v1/works/{name}``: works (manifests for the clusters a placement
+  picks) to list, create, read, replace and delete, each with its status per cluster; bodies
+  are JSON or YAML (``Content-Type: application/yaml``);
 - ``/1.0/feature-gates`` (seed 004's shapes: microcluster's envelope and error);
 - per cluster, under ``/clusters/{cluster}``: discovery, and for every type its
-  collection across namespaces, its namespaced collection and a get by name;
+  collection across namespaces, its namespaced collection and a get by name (the types the
+  hub stores: the clusters' own, and those its agents collect, such as ``serviceedges`` and ``istiomeshes``);
 - fleet-wide (every cluster as one API server): discovery, and for every type its
   collection across namespaces and its namespaced collection (names are per cluster, so
   there is no get by name there: it answers 400 and is not listed).
 
 Schemas are deliberately loose where the hub passes objects through (objects are the
 agents' own), and exact where the hub builds the answer itself (the ``Status`` of every
-error, the fleetsync resources). A watch (``watch=true``) answers ``application/json`` too,
+error, the fleetsync resources and works). A work's request body is described as exactly as
+a JSON schema can say what :func:`~fleetsync.model.works.parse_work` takes (what it cannot say,
+such as the size limits or a manifest given twice, the schemas' descriptions do). A watch (``watch=true``) answers ``application/json`` too,
 but as a stream of JSON objects, one per line (``WatchEvent``s; the events of ``/api/v1/events``),
 which a single JSON schema cannot describe; the operations' descriptions say so.
 
@@ -27,10 +35,17 @@ from __future__ import annotations
 from typing import Any
 
 from fleetsync import __version__
+from fleetsync.api.servicegraph import PATH as SERVICE_GRAPH_PATH
+from fleetsync.api.settings import PREFIX as SETTINGS_PREFIX
+from fleetsync.api.settings import SETTINGS
 from fleetsync.hub.events import REASONS
 from fleetsync.model.gates import GATE_KEY, MAX_KEY_LENGTH
 from fleetsync.model.names import CLUSTER_NAME_PATTERN
+from fleetsync.model.servicegraph import QUANTILES
 from fleetsync.model.types import ResourceType, TypeRegistry
+from fleetsync.model.works import API_VERSION as WORK_API_VERSION
+from fleetsync.model.works import KIND as WORK_KIND
+from fleetsync.model.works import MAX_MANIFEST_BYTES, MAX_MANIFESTS, MAX_WORK_BYTES, WORK_LABEL
 
 JSON = "application/json"
 Schema = dict[str, Any]
@@ -62,7 +77,27 @@ def _status() -> Schema:
             "message": {"type": "string", "minLength": 1},
             "reason": {"type": "string", "minLength": 1},
             "code": {"type": "integer", "minimum": 400, "maximum": 599},
-            "details": {"type": "object"},
+            "details": {
+                "type": "object",
+                "description": "What the failure is about; a 422 for an invalid body names each problem in `causes`.",
+                "properties": {
+                    "name": _STRING,
+                    "group": _STRING,
+                    "kind": _STRING,
+                    "causes": {
+                        "type": "array",
+                        "items": {
+                            "type": "object",
+                            "required": ["reason", "message", "field"],
+                            "properties": {
+                                "reason": _STRING,
+                                "message": _STRING,
+                                "field": {"type": "string", "description": "The field at fault (`spec.manifests[0].kind`; empty: the whole object)."},
+                            },
+                        },
+                    },
+                },
+            },
         },
     }
 
@@ -133,7 +168,7 @@ def _cluster() -> Schema:
     counts = {"type": "object", "additionalProperties": {"type": "integer"}}
     return {
         "type": "object",
-        "required": ["name", "status", "stale", "connected", "objects", "types", "errors"],
+        "required": ["name", "status", "stale", "connected", "objects", "types", "errors", "istio", "serviceGraph", "gates"],
         "properties": {
             "name": {"type": "string"},
             "status": {"type": "string", "enum": ["never", "active", "inactive"]},
@@ -148,6 +183,53 @@ def _cluster() -> Schema:
             "objects": counts,
             "types": {"type": "array", "items": {"type": "string"}},
             "errors": {"type": "object", "additionalProperties": {"type": "string"}},
+            "istio": {
+                "type": "object",
+                "nullable": True,
+                "description": "What the cluster's agent found of Istio (its IstioMesh object); null: it has not reported any.",
+                "required": ["controlPlanes", "absentCrds"],
+                "properties": {
+                    "controlPlanes": {
+                        "type": "array",
+                        "description": "The istiod Deployments, one per namespace and revision (none: Istio is not installed).",
+                        "items": {
+                            "type": "object",
+                            "required": ["namespace", "revision", "version", "readyReplicas"],
+                            "properties": {
+                                "namespace": _STRING,
+                                "revision": {"type": "string", "description": "`istio.io/rev` (`default` without one)."},
+                                "version": {"type": "string", "description": "istiod's image tag (empty: unknown)."},
+                                "readyReplicas": {"type": "integer", "minimum": 0},
+                            },
+                        },
+                    },
+                    "absentCrds": {"type": "integer", "minimum": 0, "description": "How many of the Istio types fleetsync syncs the cluster does not serve."},
+                },
+            },
+            "serviceGraph": {
+                "type": "object",
+                "nullable": True,
+                "description": "The cluster's metrics provider, as its agent reports it; null: the agent has none (it collects no service graph).",
+                "required": ["healthy", "error"],
+                "properties": {
+                    "healthy": {"type": "boolean", "description": "Its last collection worked."},
+                    "error": {"type": "string", "description": "Why it did not (empty when healthy)."},
+                },
+            },
+            "gates": {
+                "type": "object",
+                "description": "Whether the cluster has the fleet's feature gates: its agent's applied snapshot against the newest.",
+                "required": ["applied", "current"],
+                "properties": {
+                    "applied": {
+                        "type": "integer",
+                        "nullable": True,
+                        "minimum": 0,
+                        "description": "The gate revision the agent reports its local config reflects; null: it never reported one.",
+                    },
+                    "current": {"type": "integer", "minimum": 0, "description": "The fleet's newest gate revision (deletes included)."},
+                },
+            },
         },
     }
 
@@ -263,11 +345,13 @@ def _errors(*codes: int) -> dict[str, Schema]:
 
 
 _ERROR_DESCRIPTIONS = {
-    400: "Bad request: a parameter is not valid (the message says which and why).",
+    400: "Bad request: a parameter, or the body, is not valid (the message says which and why).",
     401: "No valid bearer token (the message says what is wrong with it).",
     403: "The token's role does not allow this (an agent token reads nothing; a read token only reads).",
     404: "Not found: an unknown cluster, path or object.",
     409: "Conflict: the request cannot be carried out now (the message says why).",
+    413: "The body is larger than the hub takes (the message says the limit).",
+    422: "Invalid: the object or its name is not valid (the message says why; for a body, `details.causes` names each problem).",
 }
 
 #: What a 401 asks for.
@@ -512,6 +596,393 @@ def _gate_schemas() -> dict[str, Schema]:
     }
 
 
+# ---- works ---------------------------------------------------------------------------------------
+
+#: A work's name (see :func:`fleetsync.model.works.name_problem`): a Kubernetes label value, as it labels every object of the work.
+_WORK_NAME: Schema = {"type": "string", "pattern": "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", "maxLength": 63}
+#: A manifest's name or namespace: a path segment of its id (``apiVersion/kind/namespace/name``).
+_SEGMENT = "^[^/]*$"
+_IGNORED: Schema = {"description": "Shown by the hub, ignored on input (so that what a read shows can be applied as is)."}
+_YAML = "application/yaml"
+
+
+def _manifest() -> Schema:
+    """A Kubernetes object of a work, checked for shape only: whether the cluster takes it is the cluster's to say."""
+    return {
+        "type": "object",
+        "description": f"A Kubernetes object for the agents to apply (server-side apply); at most {MAX_MANIFEST_BYTES} bytes as JSON, "
+        "and no other manifest of the work with the same apiVersion, kind, namespace and name.",
+        "required": ["apiVersion", "kind", "metadata"],
+        "properties": {
+            "apiVersion": {"type": "string", "minLength": 1},
+            "kind": {"type": "string", "minLength": 1},
+            "metadata": {
+                "type": "object",
+                "required": ["name"],
+                "properties": {
+                    "name": {"type": "string", "minLength": 1, "pattern": _SEGMENT},
+                    "namespace": {"type": "string", "pattern": _SEGMENT},
+                    "labels": {
+                        "description": f"The agent sets `{WORK_LABEL}` (the owning work's name): a manifest may not.",
+                        "not": {"type": "object", "required": [WORK_LABEL]},
+                    },
+                },
+            },
+        },
+    }
+
+
+def _placement(*, request: bool) -> Schema:
+    """Which clusters a work targets; on input, a null (YAML's empty value) is no value."""
+    nullable = {"nullable": True} if request else {}
+    return {
+        "type": "object",
+        **nullable,
+        "description": "The clusters named, and those whose labels (their agents' `--label`s, and `fleetsync.io/cluster=NAME`) match "
+        "the selector; neither: no cluster.",
+        "additionalProperties": False,
+        "properties": {
+            "clusters": {"type": "array", **nullable, "items": {"type": "string", "minLength": 1}, "description": "Clusters by name."},
+            "clusterSelector": {"type": "string", **nullable, "description": "A label selector, e.g. `env=prod,region in (eu,us)`."},
+        },
+    }
+
+
+def _work_spec(*, request: bool) -> Schema:
+    spec: Schema = {
+        "type": "object",
+        "required": ["manifests"] if request else ["placement", "manifests"],
+        "properties": {
+            "placement": _placement(request=request),
+            "manifests": {
+                "type": "array",
+                "minItems": 1,
+                "maxItems": MAX_MANIFESTS,
+                "items": _ref("schemas", "Manifest"),
+                "description": f"At most {MAX_WORK_BYTES} bytes as JSON in all.",
+            },
+        },
+    }
+    if request:
+        spec["additionalProperties"] = False
+    return spec
+
+
+def _work_request(*, create: bool) -> Schema:
+    """A work as POST (``create``) or PUT takes it; PUT takes the name from the URL, and a name in the body must be that one."""
+    meta: Schema = {
+        "type": "object",
+        # PUT: a null (YAML's empty value) is no metadata
+        **({"required": ["name"]} if create else {"nullable": True}),
+        "additionalProperties": False,
+        "properties": {
+            "name": _WORK_NAME if create else {**_WORK_NAME, "description": "The name in the URL (or nothing)."},
+            **{field: _IGNORED for field in ("generation", "resourceVersion", "creationTimestamp", "annotations", "uid")},
+        },
+    }
+    return {
+        "type": "object",
+        "description": "A work to create or replace. An invalid one is refused (422) with every problem in the Status' `details.causes`.",
+        "required": ["metadata", "spec"] if create else ["spec"],
+        "additionalProperties": False,
+        "properties": {
+            "apiVersion": {"type": "string", "enum": [WORK_API_VERSION]},
+            "kind": {"type": "string", "enum": [WORK_KIND]},
+            "metadata": meta,
+            "spec": _work_spec(request=True),
+            "status": _IGNORED,
+        },
+    }
+
+
+def _work_cluster_status() -> Schema:
+    return {
+        "type": "object",
+        "description": "A work on one cluster: `Pending` until its agent reports the work's current generation, then `Failed` if a manifest "
+        "failed, `Available` if all are, else `Applied`; `Removing`: a cluster the work no longer targets, whose agent has not yet removed its objects.",
+        "required": ["cluster", "state"],
+        "properties": {
+            "cluster": _STRING,
+            "state": {"type": "string", "enum": ["Pending", "Applied", "Available", "Failed", "Removing"]},
+            "observedGeneration": {"type": "integer", "minimum": 0, "description": "The generation the agent last reported."},
+            "updated": {"type": "string", "format": "date-time"},
+            "manifests": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["manifest", "condition", "message"],
+                    "properties": {
+                        "manifest": {"type": "string", "description": "`apiVersion/kind/namespace/name`."},
+                        "condition": {"type": "string", "enum": ["Applied", "Available", "Failed"]},
+                        "message": {"type": "string", "description": "Why it failed (the cluster's words); empty otherwise."},
+                    },
+                },
+            },
+        },
+    }
+
+
+def _work_status() -> Schema:
+    return {
+        "type": "object",
+        "description": "The work across the fleet, computed on every read from the clusters' reports.",
+        "required": ["targeted", "applied", "available", "failed", "pending", "clusters"],
+        "properties": {
+            **{count: {"type": "integer", "minimum": 0} for count in ("targeted", "applied", "available", "failed", "pending")},
+            "clusters": {"type": "array", "items": _ref("schemas", "WorkClusterStatus")},
+        },
+    }
+
+
+def _work() -> Schema:
+    """A work as the hub shows it."""
+    return {
+        "type": "object",
+        "required": ["apiVersion", "kind", "metadata", "spec", "status"],
+        "properties": {
+            "apiVersion": {"type": "string", "enum": [WORK_API_VERSION]},
+            "kind": {"type": "string", "enum": [WORK_KIND]},
+            "metadata": {
+                "type": "object",
+                "required": ["name", "generation", "resourceVersion", "creationTimestamp"],
+                "properties": {
+                    "name": _WORK_NAME,
+                    "generation": {"type": "integer", "minimum": 1, "description": "Grows with every change of the spec."},
+                    "resourceVersion": {"type": "string", "pattern": "^[0-9]+$"},
+                    "creationTimestamp": {"type": "string", "format": "date-time"},
+                    "annotations": {"type": "object", "additionalProperties": {"type": "string"}},
+                },
+            },
+            "spec": _work_spec(request=False),
+            "status": _ref("schemas", "WorkStatus"),
+        },
+    }
+
+
+def _work_schemas() -> dict[str, Schema]:
+    return {
+        "Work": _work(),
+        "WorkList": _fleetsync_list("WorkList", _ref("schemas", "Work")),
+        "WorkStatus": _work_status(),
+        "WorkClusterStatus": _work_cluster_status(),
+        "Manifest": _manifest(),
+        "WorkCreate": _work_request(create=True),
+        "WorkReplace": _work_request(create=False),
+    }
+
+
+def _work_paths() -> dict[str, Schema]:
+    """``/api/v1/works``: reads take role read, writes role admin (both: the 403 of the shared responses)."""
+    tag, work = "works", _ref("schemas", "Work")
+
+    def body(schema_name: str) -> Schema:
+        schema = _ref("schemas", schema_name)
+        return {"required": True, "content": {JSON: {"schema": schema}, _YAML: {"schema": schema}}}
+
+    name = _path("name", _WORK_NAME, "The work's name.")
+    return {
+        "/api/v1/works": {
+            "get": _operation(
+                "listWorks", "Every work, with its status across the fleet.", tag, {"200": _json("The works.", _ref("schemas", "WorkList")), **_errors()}
+            ),
+            "post": {
+                **_operation(
+                    "createWork",
+                    "Create a work (409 if the name is taken: replace it with PUT).",
+                    tag,
+                    {"201": _json("The new work.", work), **_errors(400, 409, 413, 422)},
+                ),
+                "requestBody": body("WorkCreate"),
+            },
+        },
+        "/api/v1/works/{name}": {
+            "parameters": [name],
+            "get": _operation("readWork", "One work, with its status across the fleet.", tag, {"200": _json("The work.", work), **_errors(404, 422)}),
+            "put": {
+                **_operation(
+                    "replaceWork",
+                    "Create or replace a work (what `fleetsync works apply` does); an unchanged spec keeps its generation.",
+                    tag,
+                    {"200": _json("The work, replaced.", work), "201": _json("The work, created.", work), **_errors(400, 413, 422)},
+                ),
+                "requestBody": body("WorkReplace"),
+            },
+            "delete": _operation(
+                "deleteWork",
+                "Delete a work: its agents remove its objects.",
+                tag,
+                {"200": _json("The work as it was.", work), **_errors(404, 422)},
+            ),
+        },
+    }
+
+
+# ---- the service graph ---------------------------------------------------------------------------
+
+#: A cluster's name inside a larger pattern.
+_CLUSTER_NAME = CLUSTER_NAME_PATTERN.removeprefix("^").removesuffix("$")
+
+
+def _service_graph_schemas() -> dict[str, Schema]:
+    service: Schema = {"type": "object", "required": ["service", "namespace"], "properties": {"service": _STRING, "namespace": _STRING}}
+    clusters: Schema = {"type": "array", "items": _STRING, "description": "The clusters it was seen in."}
+    latency = {f"p{round(q * 100)}": {"type": "number", "nullable": True} for q in QUANTILES}
+    return {
+        "ServiceGraph": {
+            "type": "object",
+            "description": "The mesh's services and the requests between them, merged across the clusters asked for.",
+            "required": ["kind", "apiVersion", "clusters", "namespace", "window", "nodes", "edges", "errors"],
+            "properties": {
+                "kind": {"type": "string", "enum": ["ServiceGraph"]},
+                "apiVersion": {"type": "string", "enum": ["fleetsync.io/v1"]},
+                "clusters": {
+                    "type": "array",
+                    "items": _STRING,
+                    "description": "The clusters the graph covers (those asked for; none asked for: every cluster).",
+                },
+                "namespace": {"type": "string", "description": "The namespace asked for (empty: every namespace)."},
+                "window": {"type": "number", "description": "The longest window of the edges, in seconds (0: no edges)."},
+                "nodes": {"type": "array", "items": _ref("schemas", "ServiceGraphNode")},
+                "edges": {"type": "array", "items": _ref("schemas", "ServiceGraphEdge")},
+                "errors": {
+                    "type": "object",
+                    "additionalProperties": {"type": "string"},
+                    "description": "The clusters whose metrics provider fails now, and why (their last collected edges are still shown).",
+                },
+            },
+        },
+        "ServiceGraphNode": {
+            "type": "object",
+            "description": "A service an edge starts or ends at.",
+            "required": ["service", "namespace", "clusters", "requestRateIn", "requestRateOut"],
+            "properties": {
+                "service": _STRING,
+                "namespace": _STRING,
+                "clusters": clusters,
+                "requestRateIn": {"type": "number", "description": "Requests per second it receives (over the edges shown)."},
+                "requestRateOut": {"type": "number", "description": "Requests per second it sends (over the edges shown)."},
+            },
+        },
+        "ServiceGraphEdge": {
+            "type": "object",
+            "description": "The requests from one service to another over a window; an edge seen in several clusters is one edge, "
+            "its counts and latency histograms added, its rates and percentiles computed from the sums.",
+            "required": ["source", "destination", "clusters", "window", "requests", "requestRate", "errorRate", "latencyMs", "collectedAt"],
+            "properties": {
+                "source": service,
+                "destination": service,
+                "clusters": clusters,
+                "window": {"type": "number", "description": "The seconds the figures cover."},
+                "requests": {"type": "number", "description": "Requests in the window."},
+                "requestRate": {"type": "number", "description": "Requests per second."},
+                "errorRate": {"type": "number", "description": "The share of requests that got a 5xx response (0 to 1)."},
+                "latencyMs": {
+                    "type": "object",
+                    "description": "Latency percentiles in milliseconds, from the merged histogram (null: no requests).",
+                    "required": list(latency),
+                    "properties": latency,
+                },
+                "collectedAt": {"type": "string", "description": "When the earliest of its clusters' figures were collected (RFC 3339; empty: unknown)."},
+            },
+        },
+    }
+
+
+def _service_graph_paths() -> dict[str, Schema]:
+    """``/api/v1/servicegraph``: a read (role read)."""
+    clusters = {"type": "string", "pattern": rf"^\s*{_CLUSTER_NAME}\s*(,\s*{_CLUSTER_NAME}\s*)*$"}
+    return {
+        SERVICE_GRAPH_PATH: {
+            "get": _operation(
+                "readServiceGraph",
+                "The mesh's service graph (services, and the requests between them), merged across clusters.",
+                "fleetsync",
+                {"200": _json("The service graph.", _ref("schemas", "ServiceGraph")), **_errors(400, 404)},
+                [
+                    {
+                        **_query(
+                            "cluster",
+                            {"type": "array", "items": clusters},
+                            "Only these clusters (repeat the parameter, or separate names with commas; none: every cluster). "
+                            "An invalid name is a 400, a cluster the hub does not know a 404.",
+                        ),
+                        "style": "form",
+                        "explode": True,
+                    },
+                    _query("namespace", _NAME, "Only edges from or to services of this namespace (leave it out for every namespace)."),
+                ],
+            )
+        }
+    }
+
+
+# ---- settings ------------------------------------------------------------------------------------
+
+
+def _settings_schemas() -> dict[str, Schema]:
+    values = sorted({value for taken, _ in SETTINGS.values() for value in taken})
+    value: Schema = {"type": "string", "nullable": True, "description": "The value set (null: unset, the default applies)."}
+    return {
+        "Setting": {
+            "type": "object",
+            "required": ["key", "value", "values", "description"],
+            "properties": {
+                "key": {"type": "string", "enum": list(SETTINGS)},
+                "value": value,
+                "values": {"type": "array", "items": _STRING, "description": "The values it takes."},
+                "description": _STRING,
+            },
+        },
+        "SettingList": _fleetsync_list("SettingList", _ref("schemas", "Setting")),
+        "SettingUpdate": {
+            "type": "object",
+            "description": "A setting's new value: one of the values it takes (its `values`; anything else is a 422).",
+            "required": ["value"],
+            "additionalProperties": False,
+            "properties": {"value": {"type": "string", "enum": values}},
+        },
+        "SettingValue": {
+            "type": "object",
+            "required": ["key", "value"],
+            "properties": {"key": {"type": "string", "enum": list(SETTINGS)}, "value": value},
+        },
+    }
+
+
+def _settings_paths() -> dict[str, Schema]:
+    """``/api/v1/settings``: the list takes role read, writes role admin (both: the 403 of the shared responses)."""
+    tag, changed = "settings", _ref("schemas", "SettingValue")
+    key = _path("key", {"type": "string", "enum": list(SETTINGS)}, "A setting's key (any other is a 404).")
+    return {
+        SETTINGS_PREFIX: {
+            "get": _operation(
+                "listSettings",
+                "Every setting the hub knows, with its value and the values it takes.",
+                tag,
+                {"200": _json("The settings.", _ref("schemas", "SettingList")), **_errors()},
+            )
+        },
+        f"{SETTINGS_PREFIX}/{{key}}": {
+            "parameters": [key],
+            "put": {
+                **_operation(
+                    "replaceSetting",
+                    "Set a setting (every hub replica applies it at once: a change of the deployment type sends every agent a new gate snapshot).",
+                    tag,
+                    {"200": _json("The setting, set.", changed), **_errors(400, 404, 422)},
+                ),
+                "requestBody": {"required": True, "content": {JSON: {"schema": _ref("schemas", "SettingUpdate")}}},
+            },
+            "delete": _operation(
+                "deleteSetting",
+                "Unset a setting: its default applies again.",
+                tag,
+                {"200": _json("The setting, unset (its value null).", changed), **_errors(404)},
+            ),
+        },
+    }
+
+
 # ---- the document ----------------------------------------------------------------------------
 
 
@@ -519,6 +990,9 @@ def document(registry: TypeRegistry) -> dict[str, Any]:
     """The OpenAPI 3.0.3 document of the hub's HTTP API for the types of ``registry``."""
     paths = _fleetsync_paths()
     paths.update(_gate_paths())
+    paths.update(_work_paths())
+    paths.update(_service_graph_paths())
+    paths.update(_settings_paths())
     paths.update(_discovery_paths(registry, "", "fleet reads", "fleet"))
     paths.update(_discovery_paths(registry, "/clusters/{cluster}", "cluster reads", "cluster"))
     for rtype in registry:
@@ -537,12 +1011,14 @@ def document(registry: TypeRegistry) -> dict[str, Any]:
             {"name": "cluster reads", "description": "One cluster's objects, as its own API server would serve them (read-only)."},
             {"name": "fleet reads", "description": "Every cluster as one API server (read-only)."},
             {"name": "feature gates", "description": "Cluster-wide feature gates (seed 004), in microcluster's REST shapes."},
+            {"name": "works", "description": "Kubernetes manifests the agents apply to the clusters a placement picks, and their status per cluster."},
+            {"name": "settings", "description": "The hub's runtime settings, shared by every replica (such as seed 004's deployment type)."},
         ],
         "security": [{"bearerAuth": []}],
         "paths": paths,
         "components": {
             "securitySchemes": {"bearerAuth": {"type": "http", "scheme": "bearer", "description": "`Authorization: Bearer TOKEN`."}},
-            "schemas": _schemas() | _gate_schemas(),
+            "schemas": _schemas() | _gate_schemas() | _work_schemas() | _service_graph_schemas() | _settings_schemas(),
             "parameters": _parameters(),
             "responses": {str(code): _json(text, _ref("schemas", "Status"), _CHALLENGE if code == 401 else None) for code, text in _ERROR_DESCRIPTIONS.items()},
         },

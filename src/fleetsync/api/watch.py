@@ -5,8 +5,13 @@ the change log still holds and gets a 410 ``Expired`` ERROR event (as from a rea
 server) before that; without a ``resourceVersion`` (or with "0") it starts with a
 synthetic ADDED for every current object. Objects carry the hub revision of their last
 change as ``metadata.resourceVersion``, so a client resuming from an object's version
-resumes from the right place. Label selectors turn changes into what the watcher
-sees: an object that stops matching arrives as DELETED.
+resumes from the right place. Label and field selectors turn changes into what the
+watcher sees, as an API server's do: an object entering the selection arrives as ADDED,
+one leaving it as DELETED, and changes to objects outside it not at all. A fleet-wide
+watch with a cluster selector follows the clusters' labels: a cluster that joins the
+fleet later is in it if its labels match, and one whose labels change so that it enters
+or leaves the selection ends the watch with 410 (list again), since what the client holds
+of that cluster no longer matches what the watch would send.
 """
 
 from __future__ import annotations
@@ -14,17 +19,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import OrderedDict
+from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
 import orjson
 from aiohttp import web
 
+from fleetsync.hub.clusterlabels import ClusterLabels
 from fleetsync.hub.feed import ChangeFeed, Gone
-from fleetsync.model.objects import CLUSTER_VERSION_ANNOTATION, selectable_fields
+from fleetsync.model.objects import CLUSTER_LABEL, CLUSTER_VERSION_ANNOTATION, selectable_fields
 from fleetsync.model.selectors import FieldSelector, LabelSelector
 from fleetsync.model.types import ResourceType
 from fleetsync.protocol.codec import body_json
-from fleetsync.store.contract import ObjectRecord, Store
+from fleetsync.store.contract import Change, ObjectRecord, Store
 
 #: Seconds between BOOKMARK events of an idle watch that asked for them.
 BOOKMARK_INTERVAL = 5.0
@@ -32,10 +39,6 @@ BOOKMARK_INTERVAL = 5.0
 WRITE_CHUNK = 256 * 1024
 #: A watch ends after this long unless ``timeoutSeconds`` says otherwise (clients reconnect).
 DEFAULT_TIMEOUT = 1800.0
-
-
-#: The label fleet-wide reads add to every object: the cluster it is of.
-CLUSTER_LABEL = "fleetsync.io/cluster"
 
 
 def cluster_labels(record: ObjectRecord) -> dict[str, str]:
@@ -97,6 +100,52 @@ class RenderedObjects:
         return found
 
 
+class ClusterSelection:
+    """The clusters a fleet-wide watch with ``clusterSelector`` covers, as their labels change.
+
+    What each cluster's labels said is learnt at the watch's start (and, for a cluster not
+    known then, when the watch first meets it). :meth:`check` compares with the labels now:
+    a cluster joining the fleet is simply taken in (its objects arrive as changes), but a
+    known cluster that enters or leaves the selection cannot be followed change by change
+    (the client holds none, or all, of its objects), so the watch must start over.
+    """
+
+    def __init__(self, selector: LabelSelector, labels: ClusterLabels) -> None:
+        self.selector = selector
+        self.labels = labels
+        self.selected: dict[str, bool] = {}
+        self._version = -1
+
+    def admits(self, cluster: str) -> bool:
+        return self.selected.get(cluster, False)
+
+    async def learn(self) -> None:
+        """Take in every cluster's labels now."""
+        current = await self.labels.current()
+        self._version = self.labels.version
+        self.selected = {name: self.selector.matches(labels) for name, labels in current.items()}
+
+    async def meet(self, names: Iterable[str]) -> None:
+        """Take in the labels of clusters in ``names`` met for the first time."""
+        if new := {name for name in names if name not in self.selected}:
+            current = await self.labels.current(*new)
+            self.selected.update({name: self.selector.matches(current[name]) for name in new if name in current})
+
+    async def check(self, names: Iterable[str] = ()) -> str | None:
+        """Take in clusters met for the first time (``names``) and label changes; return why the
+        watch must end if a cluster it knew entered or left the selection, else None."""
+        await self.meet(names)
+        current = await self.labels.current()
+        if self.labels.version == self._version:
+            return None
+        self._version = self.labels.version
+        for name, labels in current.items():
+            now = self.selector.matches(labels)
+            if self.selected.setdefault(name, now) != now:
+                return f"cluster {name} {'entered' if now else 'left'} the clusterSelector's selection (its labels changed); list again"
+        return None
+
+
 def _event(kind: str, encoded: bytes) -> bytes:
     return b'{"type":"' + kind.encode() + b'","object":' + encoded + b"}\n"
 
@@ -112,7 +161,7 @@ class WatchRequest:
         rtype: ResourceType,
         cluster: str | None,
         namespace: str | None,
-        clusters: set[str] | None = None,
+        clusters: ClusterSelection | None = None,
         labels: LabelSelector,
         fields: FieldSelector,
         bookmarks: bool,
@@ -123,12 +172,18 @@ class WatchRequest:
         self.rtype = rtype
         self.cluster = cluster
         self.fleet = cluster is None  # across clusters: objects carry their cluster's label
-        self.clusters = clusters  # fleet-wide: only these (a cluster selector); None: all
+        self.clusters = clusters  # fleet-wide: only the clusters a cluster selector admits; None: all
         self.namespace = namespace
         self.labels = labels
         self.fields = fields
         self.bookmarks = bookmarks
         self.rendered = rendered or RenderedObjects()
+        #: A watch with a selector tracks which objects are in its selection (their keys), to send
+        #: an object leaving it as DELETED, entering it as ADDED, and nothing for those outside.
+        self.selective = not (labels.empty and fields.empty)
+        self.selected: set[tuple[str, str, str]] = set()
+        #: Changes up to this revision may predate what ``selected`` was learnt from.
+        self.exact_after = 0
 
     def _labelled(self, record: ObjectRecord) -> bool:
         """The label selector, on the stored labels (no body decoded for it)."""
@@ -142,7 +197,7 @@ class WatchRequest:
         return (
             record.type == self.rtype.gvk
             and (self.cluster is None or record.cluster == self.cluster)
-            and (self.clusters is None or record.cluster in self.clusters)
+            and (self.clusters is None or self.clusters.admits(record.cluster))
             and (self.namespace is None or record.namespace == self.namespace)
         )
 
@@ -160,54 +215,100 @@ class WatchRequest:
         return response
 
     async def _start(self, response: web.StreamResponse, resource_version: str) -> int | None:
-        """Send the initial state if asked for; return the revision to follow from (None: ended)."""
+        """Send the initial state if asked for; return the revision to follow from (None: ended).
+        A selective watch also learns what its selection holds now (see :meth:`_follow`)."""
+        if self.clusters is not None:
+            await self.clusters.learn()
         if resource_version not in ("", "0"):
             if not resource_version.isdigit():
                 message = f"invalid resourceVersion {resource_version!r}: must be a hub revision (an integer)"
                 await response.write(_event("ERROR", orjson.dumps(_status(400, "BadRequest", message))))
                 return None
+            if self.selective:
+                self.selected = {_key(record) async for record in self._selection()}
+                self.exact_after = await self.store.current_rev()
             return int(resource_version)
         since = await self.store.current_rev()
+        listed: set[tuple[str, str, str]] = set()
+        out = bytearray()
+        async for record in self._selection():  # changes meanwhile arrive again from the feed, which is harmless
+            listed.add(_key(record))
+            out += _event("ADDED", self.rendered.get(record, fleet=self.fleet))
+            if len(out) >= WRITE_CHUNK:
+                await response.write(bytes(out))
+                out.clear()
+        if out:
+            await response.write(bytes(out))
+        if self.selective:
+            self.selected = listed
+            self.exact_after = await self.store.current_rev()
+        return since
+
+    async def _selection(self) -> AsyncIterator[ObjectRecord]:
+        """The objects the watch selects now (read in pages). Bodies are rendered only for a
+        field selector (the label selector reads stored labels); what is rendered is cached."""
         after: tuple[str, str, str] | None = None
         equal, only = store_filter(self.labels, fleet=self.fleet)
         cluster = self.cluster or only
-        while True:  # a list in pages; changes meanwhile arrive again from the feed, which is harmless
+        while True:
             page = await self.store.list_objects(self.rtype.gvk, cluster=cluster, namespace=self.namespace, after=after, limit=500, labels=equal)
-            out = bytearray()
+            if self.clusters is not None:  # clusters that joined since the watch learnt the labels
+                await self.clusters.meet({record.cluster for record in page})
             for record in page:
                 if not self._ours(record) or not self._labelled(record):
                     continue
-                encoded = self.rendered.get(record, fleet=self.fleet)
-                if self._fielded(encoded):
-                    out += _event("ADDED", encoded)
-            if out:
-                await response.write(bytes(out))
+                if self.fields.empty or self._fielded(self.rendered.get(record, fleet=self.fleet)):
+                    yield record
             if len(page) < 500:
-                return since
+                return
             after = (page[-1].cluster, page[-1].namespace, page[-1].name)
+
+    def _selective_event(self, change: Change) -> tuple[str, bytes] | None:
+        """What a selective watch sends for ``change``, as an API server's watch does: an object
+        entering the selection is ADDED, one changing in it MODIFIED, one leaving it (or deleted
+        in it) DELETED, and one outside it nothing. Whether it was in the selection is known
+        exactly after ``exact_after``; before (changes that may predate what the watch learnt
+        of its selection), an object that is outside it now and changed is sent as DELETED,
+        which a client that never had it ignores."""
+        key = _key(change.obj)
+        was = None if change.rev <= self.exact_after else key in self.selected
+        labelled = self._labelled(change.obj)
+        if not labelled and not was and (was is False or change.type != "MODIFIED"):
+            self.selected.discard(key)
+            return None
+        encoded = self.rendered.get(change.obj, change.rev, fleet=self.fleet)
+        inside = labelled and self._fielded(encoded)
+        if change.type == "DELETED":
+            self.selected.discard(key)
+            return ("DELETED", encoded) if (was if was is not None else inside) else None
+        if inside:
+            self.selected.add(key)
+            return ("ADDED" if was is False else change.type), encoded
+        self.selected.discard(key)
+        return ("DELETED", encoded) if (was if was is not None else change.type == "MODIFIED") else None
 
     async def _follow(self, response: web.StreamResponse, since: int) -> None:
         """Every batch of changes the feed yields becomes one write, or a few of up to
         ``WRITE_CHUNK`` (shared encodings; ``write`` waits while the client is slow to read)."""
-        stream = self.feed.follow(since, idle=BOOKMARK_INTERVAL if self.bookmarks else None)
+        idle = BOOKMARK_INTERVAL if self.bookmarks or self.clusters is not None else None  # the clusters' labels are checked when idle too
+        stream = self.feed.follow(since, idle=idle)
         try:
             async for batch in stream:
                 out = bytearray()
-                if not batch:
+                if self.clusters is not None and (changed := await self.clusters.check({c.obj.cluster for c in batch})):
+                    await response.write(_event("ERROR", orjson.dumps(_status(410, "Expired", changed))))
+                    return
+                if not batch and self.bookmarks:
                     bookmark = {"kind": self.rtype.kind, "apiVersion": self.rtype.api_version, "metadata": {"resourceVersion": str(since)}}
                     out += _event("BOOKMARK", orjson.dumps(bookmark))
                 for change in batch:
                     since = change.rev
                     if not self._ours(change.obj):
                         continue
-                    labelled = self._labelled(change.obj)
-                    if not labelled and change.type != "MODIFIED":
-                        continue
-                    encoded = self.rendered.get(change.obj, change.rev, fleet=self.fleet)
-                    if labelled and self._fielded(encoded):
-                        out += _event(change.type, encoded)
-                    elif change.type == "MODIFIED":
-                        out += _event("DELETED", encoded)  # it left the selection (or was never in it: harmless)
+                    if not self.selective:
+                        out += _event(change.type, self.rendered.get(change.obj, change.rev, fleet=self.fleet))
+                    elif sent := self._selective_event(change):
+                        out += _event(*sent)
                     if len(out) >= WRITE_CHUNK:  # bounded: a hundred watchers of a big batch hold a chunk each, not the batch
                         await response.write(bytes(out))
                         out.clear()
@@ -217,6 +318,10 @@ class WatchRequest:
             await response.write(_event("ERROR", orjson.dumps(_status(410, "Expired", f"too old resource version: {exc.rev} ({exc.oldest + 1})"))))
         finally:
             await stream.aclose()
+
+
+def _key(record: ObjectRecord) -> tuple[str, str, str]:
+    return record.cluster, record.namespace, record.name
 
 
 def _status(code: int, reason: str, message: str) -> dict[str, Any]:

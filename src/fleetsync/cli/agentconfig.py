@@ -1,16 +1,20 @@
-"""``fleetsync agent config get [KEY] | set KEY=VALUE | unset KEY --local-config FILE``: the agent's
-local config target, changed as ``snap set`` changes snap config. A running agent on the same
-file notices the change and sends it to the hub (the hook); gates from the hub arrive in it."""
+"""``fleetsync agent config get [KEY] | set KEY=VALUE | unset KEY --local-config TARGET``: the agent's
+local config target, changed as ``snap set`` changes snap config. TARGET is a JSON object file or
+``configmap:NAMESPACE/NAME`` (reached through ``--kubeconfig``). A running agent on the same target
+notices the change and sends it to the hub (the hook); gates from the hub arrive in it."""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
-from pathlib import Path
+from typing import TYPE_CHECKING
 
-from fleetsync.agent.localconfig import LocalConfig, LocalConfigError
 from fleetsync.cli.flags import add_flag
 from fleetsync.model.gates import gate_key_problem
+
+if TYPE_CHECKING:
+    from fleetsync.agent.localconfig import LocalConfigTarget
 
 
 def register(agent: argparse.ArgumentParser) -> None:
@@ -25,7 +29,13 @@ def register(agent: argparse.ArgumentParser) -> None:
     unset = verbs.add_parser("unset", help="remove keys (an unset gate is unset on the hub and every agent)")
     unset.add_argument("keys", nargs="+", metavar="KEY")
     for verb in (get, set_, unset):
-        add_flag(verb, "--local-config", type=Path, default=None, help="the agent's local config file (required)")
+        add_flag(
+            verb,
+            "--local-config",
+            default=None,
+            help="the agent's local config target (required): a JSON object file, or configmap:NAMESPACE/NAME",
+        )
+        add_flag(verb, "--kubeconfig", default=None, help="configmap: targets: kubeconfig of the agent's cluster (default: in-cluster config)")
         verb.set_defaults(run=run)
 
 
@@ -39,16 +49,13 @@ def _value(key: str, text: str) -> bool | str:
     return text
 
 
-def run(args: argparse.Namespace) -> int:
-    if args.local_config is None:
-        raise SystemExit("fleetsync agent config: --local-config FILE is required (the file the agent was started with)")
-    config = LocalConfig(args.local_config)
+async def _run(args: argparse.Namespace, config: LocalConfigTarget) -> None:
     try:
         if args.config_command == "get":
-            data = config.read()
+            data = await config.read()
             if args.key:
                 if args.key not in data:
-                    raise SystemExit(f"fleetsync agent config get: {args.key} is not set in {args.local_config}")
+                    raise SystemExit(f"fleetsync agent config get: {args.key} is not set in {config}")
                 print(json.dumps(data[args.key]))
             else:
                 print(json.dumps(data, indent=2, sort_keys=True))
@@ -59,9 +66,21 @@ def run(args: argparse.Namespace) -> int:
                 if not sep or not key:
                     raise ValueError(f"expected KEY=VALUE, not {assignment!r}")
                 changes[key] = _value(key, text)
-            config.update(changes)
+            await config.write(changes)
         else:
-            config.update(dict.fromkeys(args.keys))
+            await config.write(dict.fromkeys(args.keys))
+    finally:
+        await config.close()
+
+
+def run(args: argparse.Namespace) -> int:
+    if not args.local_config:
+        raise SystemExit("fleetsync agent config: --local-config FILE|configmap:NAMESPACE/NAME is required (the target the agent was started with)")
+    from fleetsync.agent.localconfig import LocalConfigError, open_target, parse_target  # the Kubernetes client: only when used
+
+    try:
+        config = open_target(parse_target(args.local_config), kubeconfig=args.kubeconfig)
+        asyncio.run(_run(args, config))
     except (ValueError, LocalConfigError) as exc:
         raise SystemExit(f"fleetsync agent config {args.config_command}: {exc}") from None
     return 0

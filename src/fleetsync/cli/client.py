@@ -16,7 +16,7 @@ import yaml
 
 from fleetsync.cli.flags import add_flag
 from fleetsync.model.objects import CLUSTER_VERSION_ANNOTATION, human_duration
-from fleetsync.model.types import TypeRegistry, UnknownResourceType
+from fleetsync.model.types import HUB_TYPES, TypeRegistry, UnknownResourceType
 from fleetsync.protocol.codec import strip
 
 TABLE_ACCEPT = "application/json;as=Table;v=v1;g=meta.k8s.io,application/json"
@@ -134,11 +134,21 @@ async def _clusters(args: argparse.Namespace) -> int:
             human_duration(now - c["lastHeartbeat"]) + " ago" if c["lastHeartbeat"] else "-",
             sum(c["objects"].values()),
             len(c["errors"]),
+            _istio(c.get("istio")),
+            "-" if not c.get("serviceGraph") else "ok" if c["serviceGraph"]["healthy"] else "failing",
         ]
         for c in data["items"]
     ]
-    print_table(["NAME", "STATUS", "CONNECTED", "AGENT", "LAST-SEEN", "OBJECTS", "ERRORS"], rows)
+    print_table(["NAME", "STATUS", "CONNECTED", "AGENT", "LAST-SEEN", "OBJECTS", "ERRORS", "ISTIO", "METRICS"], rows)
     return 0
+
+
+def _istio(summary: dict[str, Any] | None) -> str:
+    """``1.24.1`` (several control planes: ``1.24.1/canary:1.25.0``), ``none``, or ``-`` when not reported."""
+    if summary is None:
+        return "-"
+    planes = summary["controlPlanes"]
+    return "/".join(p["version"] if p["revision"] == "default" else f"{p['revision']}:{p['version']}" for p in planes) or "none"
 
 
 async def _events(args: argparse.Namespace) -> int:
@@ -206,7 +216,7 @@ async def _resync(args: argparse.Namespace) -> int:
 
 async def _get(args: argparse.Namespace) -> int:
     try:
-        rtype = TypeRegistry().resolve(args.type)
+        rtype = TypeRegistry(HUB_TYPES).resolve(args.type)
     except UnknownResourceType as exc:
         raise ClientError(str(exc)) from None
     query = f"?labelSelector={args.selector}" if args.selector else ""
@@ -269,6 +279,7 @@ async def divergence(
     clusters = {c["name"]: c for c in (await fetch(session, f"{hub}/api/v1/clusters", token=token))["items"]}
     report: dict[str, dict[str, tuple[int, int, int]]] = {}
     registry = TypeRegistry()
+    served = {t.gvk for t in registry}
     simulated = (await fetch(session, f"{sim}/clusters"))["clusters"]
     unknown = (only or set()) - {c["name"] for c in simulated}
     if unknown:
@@ -281,7 +292,7 @@ async def divergence(
         if hub_cluster is None or not (hub_cluster["types"] or hub_cluster["objects"]):
             report[name] = {"(cluster not synced)": (sum(sim_cluster["objects"].values()), 0, 0)}
             continue
-        held = set(hub_cluster["types"]) | set(hub_cluster["objects"])
+        held = {t for t in set(hub_cluster["types"]) | set(hub_cluster["objects"]) if t in served}  # not what agents collect elsewhere
         compare = sorted(held if types is None else set(types) & set(sim_cluster["objects"]))
         truth = (await fetch(session, f"{sim}/clusters/{name}/truth?" + "&".join(f"type={t}" for t in compare)))["types"]
         report[name] = {}

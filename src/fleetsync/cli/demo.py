@@ -8,28 +8,27 @@ import argparse
 import asyncio
 import contextlib
 import signal
+import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from fleetsync.agent.runner import Agent, AgentConfig
 from fleetsync.aio import cancel_and_wait, cancel_the_rest
-from fleetsync.api.app import ApiServer
-from fleetsync.certs import make_server_certificate
 from fleetsync.cli.agent import DEFAULT_TYPES
 from fleetsync.cli.flags import add_flag, non_negative_float, positive_int
 from fleetsync.hub.auth import hash_token, new_token
-from fleetsync.hub.core import HubCore, HubSettings
 from fleetsync.model.types import TypeRegistry
-from fleetsync.sim.fleet import SimConfig, SimFleet
 from fleetsync.sim.kubeconfig import write_kubeconfig
-from fleetsync.sim.server import SimServer
-from fleetsync.store.sqlite import SQLiteStore
 from fleetsync.transport.base import HubAddress, parse_hub_url
-from fleetsync.transport.connect import broker_server
-from fleetsync.transport.grpc import GrpcHubServer
-from fleetsync.web import https_context
+
+if TYPE_CHECKING:
+    from fleetsync.sim.server import SimServer
+    from fleetsync.store.sqlite import SQLiteStore
+
+# The demo runs all of fleetsync: the simulator, hub and agent modules are imported when it
+# starts (in demo()), not when the CLI does, so every other command starts faster.
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -42,6 +41,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     add_flag(p, "--grpc-port", type=int, default=7443, help="the hub's gRPC port")
     add_flag(
         p,
+        "--prometheus-port",
+        type=int,
+        default=9090,
+        help="a Prometheus of the demo's own scrapes the simulated clusters' Istio metrics here and the agents collect the service graph "
+        "from it (when the prometheus binary is installed; 0: no Prometheus)",
+    )
+    add_flag(
+        p,
         "--broker",
         default="",
         help="the agents reach the hub through this broker (one you run): mqtt://[USER:PASSWORD@]HOST:PORT or nats://...; default: gRPC",
@@ -49,7 +56,49 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.set_defaults(run=run)
 
 
-async def _instructions(store: SQLiteStore, workdir: Path, hub_url: str, ca: Path, sim_url: str, broker: HubAddress | None, clusters: int) -> str:
+#: A work the demo offers to apply: a ConfigMap and a Deployment on every cluster.
+EXAMPLE_WORK = """\
+apiVersion: fleetsync.io/v1
+kind: Work
+metadata:
+  name: web
+spec:
+  placement:
+    clusterSelector: fleetsync.io/cluster   # every cluster (try env=prod, or clusters: [c1])
+  manifests:
+    - apiVersion: v1
+      kind: ConfigMap
+      metadata: {name: web-config, namespace: default}
+      data: {color: blue}
+    - apiVersion: apps/v1
+      kind: Deployment
+      metadata: {name: web, namespace: default}
+      spec:
+        replicas: 2
+        selector: {matchLabels: {app: web}}
+        template:
+          metadata: {labels: {app: web}}
+          spec: {containers: [{name: web, image: nginx:1.27}]}
+"""
+
+
+def _prometheus(port: int, workdir: Path, sim: SimServer, clusters: list[str]) -> tuple[str, subprocess.Popen[bytes] | None]:
+    """A Prometheus scraping every simulated cluster's Istio metrics, if it is installed (and wanted)."""
+    if not port:
+        return "", None
+    from fleetsync.testing.prometheus import start_prometheus_process
+
+    try:
+        process = start_prometheus_process(workdir / "prometheus", {c: f"{sim.cluster_url(c)}/metrics" for c in clusters}, port=port, scrape_interval="5s")
+    except RuntimeError as exc:  # not installed: the demo goes on without a service graph
+        print(f"fleetsync demo: no service graph: {exc}", flush=True)
+        return "", None
+    return f"http://127.0.0.1:{port}", process
+
+
+async def _instructions(
+    store: SQLiteStore, workdir: Path, hub_url: str, ca: Path, sim_url: str, broker: HubAddress | None, clusters: int, prometheus_url: str = ""
+) -> str:
     """What to try, ready to paste: kubectl and fleetsync set up with the hub's CA and a read
     token (kubectl sends tokens over HTTPS only, hence the demo's own CA), and an admin token for acting."""
     read, admin = new_token(), new_token()
@@ -60,9 +109,12 @@ async def _instructions(store: SQLiteStore, workdir: Path, hub_url: str, ca: Pat
     kubectl = bin_dir / "kubectl" if (bin_dir / "kubectl").exists() else "kubectl"
     fleetsync = bin_dir / "fleetsync"
     via = f" -> {broker}" if broker else ""
+    work = workdir / "web-work.yaml"
+    work.write_text(EXAMPLE_WORK)
     return (
         f"fleetsync demo: {clusters} simulated clusters -> agents{via} -> hub (SQLite in {workdir})\n"
         f"  hub API:   {hub_url}/api/v1/clusters   (HTTPS with the demo's CA {ca}; needs a token)\n"
+        f"  dashboard: {hub_url}/   (in a browser; trust {ca} or accept the warning, and sign in with the read token of the export below)\n"
         f"  first:     export KUBECONFIG={hub_kubeconfig} FLEETSYNC_HUB={hub_url} FLEETSYNC_CERTIFICATE_AUTHORITY={ca} FLEETSYNC_TOKEN={read}\n"
         f"             (kubectl and fleetsync now reach the hub, trust its CA and use a read-only API token)\n"
         f"  try:       {kubectl} get pods -A -l fleetsync.io/cluster=c2   (the whole fleet as one cluster)\n"
@@ -71,13 +123,26 @@ async def _instructions(store: SQLiteStore, workdir: Path, hub_url: str, ca: Pat
         f"             {fleetsync} get pods -A\n"
         f"             {fleetsync} check --sim {sim_url}\n"
         f"             {fleetsync} events -w   (follows them)\n"
-        f"  as admin:  {fleetsync} resync c1 --type pods --token {admin}\n"
+        + (f"             {fleetsync} servicegraph   (the mesh's edges from {prometheus_url}; about a minute to fill its window)\n" if prometheus_url else "")
+        + f"  as admin:  {fleetsync} resync c1 --type pods --token {admin}\n"
         f"             {fleetsync} gates set feature.multi-region=true --token {admin}   (then: cat {workdir}/gates/c2.json)\n"
+        f"             {fleetsync} works apply -f {work} --wait applied --token {admin}   (then: {fleetsync} works get web)\n"
         f"  Ctrl-C stops everything.\n"
     )
 
 
 async def demo(args: argparse.Namespace) -> None:
+    from fleetsync.agent.runner import Agent, AgentConfig
+    from fleetsync.api.app import ApiServer
+    from fleetsync.certs import make_server_certificate
+    from fleetsync.hub.core import HubCore, HubSettings
+    from fleetsync.sim.fleet import SimConfig, SimFleet
+    from fleetsync.sim.server import SimServer
+    from fleetsync.store.sqlite import SQLiteStore
+    from fleetsync.transport.connect import broker_server
+    from fleetsync.transport.grpc import GrpcHubServer
+    from fleetsync.web import https_context
+
     try:
         broker = parse_hub_url(args.broker, schemes=("mqtt", "mqtts", "nats")) if args.broker else None
     except ValueError as exc:
@@ -101,6 +166,7 @@ async def demo(args: argparse.Namespace) -> None:
         raise SystemExit(f"fleetsync demo: cannot listen: {exc.strerror} (another demo running? use --sim-port/--http-port/--grpc-port)") from None
     if broker_listener is not None:
         await broker_listener.start()
+    prometheus_url, prometheus = _prometheus(args.prometheus_port, workdir, sim, list(fleet.clusters))
     registry = TypeRegistry()
     agents = []
     for name in fleet.clusters:
@@ -116,10 +182,13 @@ async def demo(args: argparse.Namespace) -> None:
             agent_id=f"demo-agent-{name}",
             metadata=fleet.clusters[name].labels,
             local_config=workdir / "gates" / f"{name}.json",  # each cluster's feature gates (`fleetsync agent config ...`)
+            prometheus_url=prometheus_url,
+            prometheus_window=60.0,
+            prometheus_interval=10.0,
         )
         agents.append(asyncio.create_task(Agent(config).run()))
     hub_url = f"https://127.0.0.1:{api.port}"
-    print(await _instructions(store, workdir, hub_url, tls.ca, f"http://127.0.0.1:{sim.port}", broker, len(fleet.clusters)), flush=True)
+    print(await _instructions(store, workdir, hub_url, tls.ca, f"http://127.0.0.1:{sim.port}", broker, len(fleet.clusters), prometheus_url), flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -134,7 +203,7 @@ async def demo(args: argparse.Namespace) -> None:
             rate = (applied - last_applied) / (now - last_time)
             last_applied, last_time = applied, now
             clusters = await store.clusters()
-            objects = sum([sum((await store.counts(c.name)).values()) for c in clusters])
+            objects = sum(sum(types.values()) for types in (await store.counts_by_cluster()).values())
             active = sum(c.status == "active" for c in clusters)
             tty = sys.stdout.isatty()  # a live line on a terminal, a log line otherwise
             summary = f"clusters {active}/{len(fleet.clusters)} active   objects {objects:>7}   changes/s {rate:>7.1f}   lag {core.metrics.max_lag() * 1000:>6.0f} ms   hub rev {await store.current_rev():>8}"
@@ -148,6 +217,9 @@ async def demo(args: argparse.Namespace) -> None:
         await grpc_server.stop(0.5)
         await core.stop()
         await sim.stop()
+        if prometheus is not None:
+            prometheus.terminate()
+            prometheus.wait(10)
         await store.close()
         await cancel_the_rest()  # what the client libraries left running
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import os
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 
@@ -70,3 +71,18 @@ non_negative_float.__name__ = "non-negative number"
 positive_float.__name__ = "positive number"
 positive_int.__name__ = "positive integer"
 non_negative_int.__name__ = "non-negative integer"
+
+
+def read_token_file(flag: str, path: str, *, min_length: int = 1) -> str:
+    """The token in ``path`` (stripped), or a ValueError naming ``flag`` and what is wrong."""
+    try:
+        token = Path(path).read_text().strip()
+    except OSError as exc:
+        raise ValueError(f"{flag} {path}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"{flag} {path}: not a text file") from None
+    if not token:
+        raise ValueError(f"{flag} {path} is empty")
+    if len(token) < min_length:
+        raise ValueError(f"{flag} {path}: a token needs at least {min_length} characters (`fleetsync token create` makes 47)")
+    return token

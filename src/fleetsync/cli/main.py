@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 
 from fleetsync import __version__
-from fleetsync.cli import agent, client, db, demo, gates, hub, pull, sim, token
+from fleetsync.cli import agent, client, db, demo, gates, hub, pull, servicegraph, settings, sim, token, works
 from fleetsync.cli.flags import add_flag
 
 
@@ -26,6 +26,9 @@ def build_parser() -> argparse.ArgumentParser:
     pull.register(subparsers)
     client.register(subparsers)
     gates.register(subparsers)
+    works.register(subparsers)
+    settings.register(subparsers)
+    servicegraph.register(subparsers)
     demo.register(subparsers)
     return parser
 

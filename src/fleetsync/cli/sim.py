@@ -12,9 +12,6 @@ import sys
 from pathlib import Path
 
 from fleetsync.cli.flags import add_flag, add_switch, non_negative_float, non_negative_int, positive_int
-from fleetsync.sim.fleet import SimConfig, SimFleet
-from fleetsync.sim.kubeconfig import write_kubeconfig
-from fleetsync.sim.server import SimServer
 
 log = logging.getLogger("fleetsync.sim")
 
@@ -25,7 +22,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         help="serve simulated Kubernetes clusters (for the demo, tests and benchmarks)",
         description="Serve N simulated Kubernetes API servers on one port: cluster NAME at "
         "http://HOST:PORT/clusters/NAME, with a kubeconfig for each in --kubeconfig-dir. "
-        'PUT /churn {"rate": R} re-rates churn while running (0 pauses); GET /clusters/NAME/truth dumps a cluster.',
+        'PUT /churn {"rate": R} re-rates churn while running (0 pauses); GET /clusters/NAME/truth dumps a cluster. '
+        "GET /clusters/NAME/metrics serves Istio's standard metrics (istio_requests_total, "
+        "istio_request_duration_milliseconds; reporter=destination) of the cluster's Services for Prometheus to scrape: "
+        "in each istio-injection=enabled namespace, istio-ingressgateway calls the first Service (by name) and each "
+        "Service the next one or two, at a rate, error ratio and latency fixed per edge; the counters grow with time "
+        "from when an edge appeared (empty with --no-istio). GET /clusters/NAME/mesh-traffic shows the configured "
+        'edges (JSON); PUT /clusters/NAME/metrics-outage {"down": true} makes /metrics answer 503 until {"down": false}.',
     )
     add_flag(p, "--clusters", type=positive_int, default=3, help="number of virtual clusters (named c1, c2, ...)")
     add_flag(p, "--pods", type=non_negative_int, default=100, help="application pods per cluster")
@@ -49,6 +52,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
 
 
 async def serve(args: argparse.Namespace, *, ready: asyncio.Event | None = None) -> None:
+    from fleetsync.sim.fleet import SimConfig, SimFleet  # the simulator: only when it runs, not for every command
+    from fleetsync.sim.kubeconfig import write_kubeconfig
+    from fleetsync.sim.server import SimServer
+
     config = SimConfig(
         clusters=args.clusters,
         pods=args.pods,
@@ -76,6 +83,7 @@ async def serve(args: argparse.Namespace, *, ready: asyncio.Event | None = None)
         f"fleetsync sim: {len(fleet.clusters)} clusters, {fleet.total_objects()} objects, churn {config.churn}/s per cluster\n"
         f"  API:         http://{args.host}:{server.port}/clusters/NAME   (NAME = {', '.join(fleet.clusters)})\n"
         f"  kubeconfigs: {args.kubeconfig_dir}/NAME.kubeconfig\n"
+        f"  metrics:     http://{args.host}:{server.port}/clusters/NAME/metrics   (Istio's, for Prometheus; /mesh-traffic: what they are set to)\n"
         f"  try:         {_kubectl()} --kubeconfig {args.kubeconfig_dir}/{next(iter(fleet.clusters))}.kubeconfig get pods -A",
         flush=True,
     )

@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 from fleetsync.cli.flags import add_flag
 from fleetsync.hub.auth import ROLES, hash_token, new_token
 from fleetsync.model.names import check_cluster_name
-from fleetsync.model.types import TypeRegistry, UnknownResourceType
+from fleetsync.model.types import HUB_TYPES, TypeRegistry, UnknownResourceType
 from fleetsync.store import open_store
 from fleetsync.store.contract import Store
 
@@ -43,7 +43,7 @@ def _types(args: argparse.Namespace) -> list[str]:
     names = [t.strip() for t in args.types.split(",") if t.strip()]
     if names and args.role != "agent":
         raise ValueError("--types applies to agent tokens only")
-    registry = TypeRegistry()
+    registry = TypeRegistry(HUB_TYPES)
     try:
         return [registry.resolve(name).gvk for name in names]
     except UnknownResourceType as exc:

@@ -33,12 +33,12 @@ import aiohttp
 import orjson
 
 from fleetsync.backoff import Backoff
+from fleetsync.model.objects import CLUSTER_LABEL
 from fleetsync.model.watchevents import Expired, WatchError, decode_event, event_version
 
 log = logging.getLogger(__name__)
 
 Obj = dict[str, Any]
-CLUSTER_LABEL = "fleetsync.io/cluster"
 
 
 class Refused(Exception):

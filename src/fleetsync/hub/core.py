@@ -26,12 +26,14 @@ import orjson
 
 from fleetsync.aio import cancel_and_wait
 from fleetsync.hub import events
+from fleetsync.hub.clusterlabels import ClusterLabels
 from fleetsync.hub.events import EventLog
 from fleetsync.hub.feed import ChangeFeed
 from fleetsync.hub.gates import GATES_CHANNEL
 from fleetsync.hub.metrics import HubMetrics
 from fleetsync.hub.refresh import RefreshScheduler
-from fleetsync.model.types import TypeRegistry, UnknownResourceType
+from fleetsync.hub.works import WORKS_CHANNEL, SpecCache
+from fleetsync.model.types import HUB_TYPES, TypeRegistry, UnknownResourceType
 from fleetsync.store.contract import Store
 
 if TYPE_CHECKING:
@@ -56,7 +58,7 @@ class DigestSchedule:
     @classmethod
     def parse(cls, text: str, *, registry: TypeRegistry | None = None) -> DigestSchedule:
         """``300`` or ``300,v1/Pod=60,networking.istio.io/v1/VirtualService=0`` (types as the agent's --types)."""
-        registry = registry or TypeRegistry()
+        registry = registry or TypeRegistry(HUB_TYPES)
         default, per_type = cls.default, {}
         for part in (p.strip() for p in text.split(",") if p.strip()):
             name, sep, raw = part.rpartition("=")
@@ -101,6 +103,8 @@ class HubSettings:
     push_refresh_interval: float = 600.0
     #: Refreshes this replica runs at once.
     refresh_workers: int = 4
+    #: The bearer token sent to pull clusters' agents (their --serve-state-token-file); "": none.
+    pull_token: str = field(default="", repr=False)
 
 
 class NotConnected(LookupError):
@@ -120,15 +124,19 @@ class HubCore:
         self.store = store
         self.settings = settings or HubSettings()
         self.metrics = metrics or HubMetrics()
-        self.registry = registry or TypeRegistry()
+        self.registry = registry or TypeRegistry(HUB_TYPES)
         self.clock = clock
         self.events = EventLog(store, self.metrics, hub_id=self.settings.hub_id, clock=clock)
         #: The change log as a live stream (every replica's applies), for watches.
         self.feed = ChangeFeed(store)
+        #: Every cluster's labels, for watches with a cluster selector.
+        self.cluster_labels = ClusterLabels(store)
         #: Scheduled refreshes of push and pull clusters (seed 003).
-        self.refresh = RefreshScheduler(self, workers=self.settings.refresh_workers)
+        self.refresh = RefreshScheduler(self, workers=self.settings.refresh_workers, token=self.settings.pull_token)
         #: Live sessions on this replica, by cluster.
         self.sessions: dict[str, Session] = {}
+        #: Work specs parsed once per generation, for every session's works snapshot.
+        self.specs = SpecCache()
         self._connected_since_start: set[str] = set()
         self._timers: asyncio.Task[None] | None = None
         self._background: set[asyncio.Future[None]] = set()
@@ -192,6 +200,9 @@ class HubCore:
         if channel == GATES_CHANNEL:
             self._push_gates()
             return
+        if channel == WORKS_CHANNEL:
+            self._push_works()
+            return
         if channel != RESYNC_CHANNEL:
             return
         try:
@@ -223,10 +234,29 @@ class HubCore:
         for session in list(self.sessions.values()):
             self.keep_until_done(asyncio.ensure_future(push(session)))
 
+    def _push_works(self) -> None:
+        """A work was written (here or on another replica): every agent connected here whose part
+        of the works changed gets its new snapshot (the works are read once for all of them)."""
+
+        async def push() -> None:
+            try:
+                works = await self.store.works()
+            except Exception as exc:  # the store is down: agents reconcile on their next connection
+                log.warning("works not pushed: %s", exc)
+                return
+            for session in list(self.sessions.values()):
+                try:
+                    await session.send_works(works)
+                except Exception as exc:  # a session that is ending; it reconciles on its next connection
+                    log.debug("cluster %s: works snapshot not sent: %s", session.cluster, exc)
+
+        self.keep_until_done(asyncio.ensure_future(push()))
+
     # ---- timers -------------------------------------------------------------------------
 
     async def start(self) -> None:
         self.store.listen(self._on_notification)
+        self.cluster_labels.start()
         await self.feed.start()
         await self.refresh.start()
         if self._timers is None:

@@ -40,6 +40,10 @@ NODE_UP = "NodeUp"
 NODE_DOWN = "NodeDown"
 #: An agent's local config change of a gate that the hub cannot take (not a feature.* key, not true/false).
 GATE_REFUSED = "GateRefused"
+#: A manifest of a work failed to apply on the cluster (reported once per failure, not per retry).
+WORK_FAILED = "WorkFailed"
+#: An agent's work status that the hub cannot take (a bad work name, condition, or too many manifests).
+WORK_STATUS_REFUSED = "WorkStatusRefused"
 
 REASONS = (
     CONNECTED,
@@ -63,10 +67,12 @@ REASONS = (
     NODE_UP,
     NODE_DOWN,
     GATE_REFUSED,
+    WORK_FAILED,
+    WORK_STATUS_REFUSED,
 )
 
 #: Reasons logged as warnings (the rest at info).
-_WARNINGS = {REJECTED, INACTIVE, GAP_DETECTED, TYPE_FAILED, TYPE_REFUSED, REFRESH_FAILED, AGENT_DOWN, NODE_DOWN, GATE_REFUSED}
+_WARNINGS = {REJECTED, INACTIVE, GAP_DETECTED, TYPE_FAILED, TYPE_REFUSED, REFRESH_FAILED, AGENT_DOWN, NODE_DOWN, GATE_REFUSED, WORK_FAILED, WORK_STATUS_REFUSED}
 
 
 class EventLog:

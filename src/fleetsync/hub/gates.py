@@ -20,8 +20,16 @@ from fleetsync.model.gates import gate_key_problem
 from fleetsync.protocol import fleetsync_pb2 as pb
 from fleetsync.store.contract import GateRecord, Store
 
-#: The store notification channel of gate writes (payload: the revision).
+#: The store notification channel of gate writes (payload: the revision) and of deployment-type changes.
 GATES_CHANNEL = "gates"
+#: The hub setting (store) that holds seed 004's deployment type, and the values it takes.
+DEPLOYMENT_TYPE = "deployment-type"
+DEPLOYMENT_TYPES = ("local", "maas")
+
+
+def deployment_type(settings: dict[str, str], default: str) -> str:
+    """The deployment type in force: the hub setting, else the hub's flag (``default``); "" means unset (agents take local)."""
+    return settings.get(DEPLOYMENT_TYPE) or default
 
 
 def snapshot(gates: list[GateRecord], *, applied_local_ms: int, deployment_type: str = "") -> pb.SpecUpdate:

@@ -36,6 +36,7 @@ from google.protobuf.message import DecodeError
 
 from fleetsync.aio import cancel_and_wait
 from fleetsync.hub import events
+from fleetsync.hub.clusterlabels import announce_if_relabelled
 from fleetsync.hub.engine import object_record
 from fleetsync.model.types import UnknownResourceType
 from fleetsync.protocol import fleetsync_pb2 as pb
@@ -55,8 +56,10 @@ class RefreshFailed(Exception):
 
 
 class RefreshScheduler:
-    def __init__(self, core: HubCore, *, tick: float = 1.0, workers: int = 4, fetch_timeout: float = 30.0) -> None:
+    def __init__(self, core: HubCore, *, tick: float = 1.0, workers: int = 4, fetch_timeout: float = 30.0, token: str = "") -> None:
         self.core = core
+        #: Sent to pull clusters' agents as ``Authorization: Bearer`` ("": nothing sent).
+        self._headers = {"Authorization": f"Bearer {token}"} if token else {}
         self.tick = tick
         self.workers = workers
         self.fetch_timeout = fetch_timeout
@@ -149,9 +152,6 @@ class RefreshScheduler:
         self._failing.discard(cluster)
         agent, now = state.agent, core.clock()
         nodes_before = await self._ready_nodes(cluster) if any(b.type == NODE for b in state.bundles) else {}
-        written = 0
-        for bundle in state.bundles:
-            written += await self._apply(cluster, agent.incarnation, bundle, now)
         same_agent = before is not None and before.incarnation == agent.incarnation and before.status == "active"
         await store.upsert_cluster(
             ClusterRecord(
@@ -165,6 +165,10 @@ class RefreshScheduler:
                 hub_id=core.settings.hub_id,
             )
         )
+        await announce_if_relabelled(store, before, agent.metadata, cluster)  # before its objects: a watch meets a known cluster
+        written = 0
+        for bundle in state.bundles:
+            written += await self._apply(cluster, agent.incarnation, bundle, now)
         await self._view_events(target, before, state, nodes_before, now)
         await core.events.record(cluster, events.REFRESHED, f"pulled {sum(len(b.upserts) for b in state.bundles)} objects from {target.url}; {written} changed")
         return "ok"
@@ -172,7 +176,10 @@ class RefreshScheduler:
     async def _fetch(self, target: RefreshTarget) -> pb.State:
         assert self._http is not None, "the scheduler is not started"
         try:
-            async with self._http.get(target.url) as response:
+            async with self._http.get(target.url, headers=self._headers) as response:
+                if response.status == 401:
+                    how = "the token sent was refused" if self._headers else "it wants a token: give the hub --pull-token-file"
+                    raise RefreshFailed(f"GET {target.url}: HTTP 401: {how}")
                 if response.status != 200:
                     raise RefreshFailed(f"GET {target.url}: HTTP {response.status} {(await response.text())[:200]}")
                 data = await response.read()

@@ -20,14 +20,18 @@ import logging
 import random
 from collections.abc import Awaitable, Callable
 
-from fleetsync.hub import events, gates
+import orjson
+
+from fleetsync.hub import events, gates, works
 from fleetsync.hub.auth import hash_token
+from fleetsync.hub.clusterlabels import announce_if_relabelled
 from fleetsync.hub.core import HubCore
 from fleetsync.hub.engine import PERIODIC, ClusterEngine
 from fleetsync.model.types import UnknownResourceType
+from fleetsync.model.works import FAILED
 from fleetsync.protocol import fleetsync_pb2 as pb
 from fleetsync.protocol.codec import CodecError
-from fleetsync.store.contract import ClusterRecord, TokenRecord
+from fleetsync.store.contract import ClusterRecord, TokenRecord, WorkRecord
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +83,8 @@ class Session:
         self._next_digest: dict[str, float] = {}
         #: The newest local change (its changed_at_ms) of this agent the store has: snapshots say so.
         self.applied_local_ms = 0
+        #: The works snapshot last sent (a push that would repeat it is skipped).
+        self._works_sent = b""
 
     @property
     def cluster(self) -> str:
@@ -131,7 +137,7 @@ class Session:
         elif kind == "local_change":
             await self._local_change(message.local_change)
         elif kind == "status":
-            log.debug("cluster %s: %s is not handled by this hub yet", self.cluster, kind)
+            await self._status(message.status)
 
     async def _local_change(self, change: pb.LocalChange) -> None:
         """The agent's local config changed a gate (its hook): write it, as any API write, and let
@@ -150,10 +156,51 @@ class Session:
 
     async def send_gates(self) -> None:
         """A full gate snapshot to this session's agent."""
-        snapshot = gates.snapshot(
-            await self.core.store.gates(since=0), applied_local_ms=self.applied_local_ms, deployment_type=self.core.settings.deployment_type
-        )
+        store = self.core.store
+        kind = gates.deployment_type(await store.hub_settings(), self.core.settings.deployment_type)  # read on every change (seed 004)
+        snapshot = gates.snapshot(await store.gates(since=0), applied_local_ms=self.applied_local_ms, deployment_type=kind)
         await self.send(pb.HubMessage(spec_update=snapshot))
+
+    async def _status(self, status: pb.Status) -> None:
+        """The agent reports what it applied (or removed) for works on its cluster, and which gate
+        snapshot its local config reflects."""
+        if status.gates_revision:
+            await self.core.store.set_gates_applied(self.cluster, status.gates_revision, now=self.core.clock())
+        records, problem = works.status_records(self.cluster, status, now=self.core.clock())
+        if problem:
+            self.core.metrics.refused.labels("malformed").inc()
+            await self.core.events.record(self.cluster, events.WORK_STATUS_REFUSED, problem)
+            return
+        for record in records:
+            before = {m["manifest"]: m for s in await self.core.store.work_statuses(work=record.work, cluster=self.cluster) for m in orjson.loads(s.manifests)}
+            for m in orjson.loads(record.manifests):
+                if m["condition"] == FAILED and before.get(m["manifest"], {}).get("message") != m["message"]:
+                    await self.core.events.record(self.cluster, events.WORK_FAILED, f"work {record.work}: {m['manifest']}: {m['message']}")
+            await self.core.store.set_work_status(record)
+        for name in status.removed:
+            await self.core.store.delete_work_status(name, self.cluster)
+            self._works_sent = b""  # its inventory changed: the next push is not a repeat
+
+    async def send_works(self, all_works: list[WorkRecord] | None = None) -> None:
+        """This cluster's works snapshot to its agent, unless it is what the agent has already
+        (or the agent does not apply works: it did not say ``works`` in its Hello)."""
+        assert self.hello is not None
+        if "works" not in self.hello.capabilities:
+            return
+        store = self.core.store
+        doc = works.cluster_works(
+            self.cluster,
+            self.hello.metadata,
+            await store.works() if all_works is None else all_works,
+            await store.work_statuses(cluster=self.cluster),
+            self.core.specs,
+        )
+        encoded = orjson.dumps(doc)
+        if encoded == self._works_sent:
+            return
+        self._works_sent = encoded
+        for update in works.snapshot_messages(doc, max_bytes=self.core.settings.max_message_bytes):
+            await self.send(pb.HubMessage(spec_update=update))
 
     async def _submit(self, type_: str, message: pb.Bundle | pb.Digest, problem: str) -> None:
         assert self.engine is not None
@@ -254,6 +301,7 @@ class Session:
                 hub_id=core.settings.hub_id,
             )
         )
+        await announce_if_relabelled(store, before, hello.metadata, hello.cluster_id)
         core.sessions[hello.cluster_id] = self
         if (interval := core.settings.push_refresh_interval) > 0:
             await store.set_refresh(hello.cluster_id, mode="push", interval=interval, next_refresh_at=now + interval)
@@ -272,6 +320,7 @@ class Session:
             hello.cluster_id, events.CONNECTED, f"agent {hello.agent_id} (incarnation {hello.incarnation}) from {self.peer or 'unknown peer'}"
         )
         await self.send_gates()  # the agent reconciles its local config with the hub's gates at once
+        await self.send_works()  # and applies (or removes) the works that concern its cluster
         self.start_engine()
         self._renewal = asyncio.create_task(self._renew_lease(), name=f"lease-{hello.cluster_id}")
         first = core.first_connection_since_start(hello.cluster_id)

@@ -16,6 +16,6 @@ def check_cluster_name(name: str) -> str:
     63 characters: a Kubernetes-like name that is also a valid MQTT topic level and NATS
     subject token (no ``/``, ``.``, ``+``, ``#``, ``*``, ``>`` or spaces).
     """
-    if not _CLUSTER.match(name):
+    if not _CLUSTER.fullmatch(name):
         raise ValueError(f"cluster name {name!r} is not valid: use letters, digits, '-' and '_' (at most 63, starting and ending with a letter or digit)")
     return name

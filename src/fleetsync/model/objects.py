@@ -14,6 +14,9 @@ _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 #: The annotation the hub's reads add to every object: the cluster's own ``resourceVersion``
 #: of it (their ``metadata.resourceVersion`` is the hub revision, which watches resume from).
 CLUSTER_VERSION_ANNOTATION = "fleetsync.io/cluster-resource-version"
+#: The label the hub's reads add to every object (and the label fleet-wide selectors and
+#: work placements match clusters by): the name of the object's cluster.
+CLUSTER_LABEL = "fleetsync.io/cluster"
 
 
 def rfc3339(ts: float) -> str:

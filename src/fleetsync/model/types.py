@@ -31,6 +31,9 @@ class ResourceType:
     #: True for types with a ``scale`` subresource (``kubectl scale``).
     scalable: bool = False
     singular: str = field(default="")
+    #: Made by the agent from another source (Prometheus, the cluster's Istio install), not served by
+    #: the cluster's API: the hub stores and serves it like any type; the simulator does not serve it.
+    collected: bool = False
 
     def __post_init__(self) -> None:
         if not self.singular:
@@ -142,6 +145,18 @@ ISTIO_TYPES: tuple[ResourceType, ...] = (
     WASM_PLUGIN,
 )
 ALL_TYPES: tuple[ResourceType, ...] = KUBERNETES_TYPES + ISTIO_TYPES
+
+#: The mesh's service graph over a window, one object per source -> destination service pair
+#: (see :mod:`fleetsync.model.servicegraph`), collected from a Prometheus-compatible API.
+SERVICE_EDGE = ResourceType(
+    group="metrics.fleetsync.io", version="v1", kind="ServiceEdge", plural="serviceedges", namespaced=True, short_names=("edge",), collected=True
+)
+#: What the agent found of Istio in its cluster: control planes (istiod), their mesh config, the
+#: Istio CRDs installed and absent. One cluster-scoped object named ``istio``.
+ISTIO_MESH = ResourceType(group="mesh.fleetsync.io", version="v1", kind="IstioMesh", plural="istiomeshes", namespaced=False, collected=True)
+COLLECTED_TYPES: tuple[ResourceType, ...] = (SERVICE_EDGE, ISTIO_MESH)
+#: What the hub stores and serves: every cluster type and the collected ones.
+HUB_TYPES: tuple[ResourceType, ...] = ALL_TYPES + COLLECTED_TYPES
 
 
 class UnknownResourceType(LookupError):

@@ -454,12 +454,18 @@ class ManifestStatus(_message.Message):
     MANIFEST_FIELD_NUMBER: _builtins.int
     APPLIED_FIELD_NUMBER: _builtins.int
     MESSAGE_FIELD_NUMBER: _builtins.int
+    CONDITION_FIELD_NUMBER: _builtins.int
     work: _builtins.str
     generation: _builtins.int
+    """the work's generation the agent applied"""
     manifest: _builtins.str
-    """group/version/Kind/namespace/name"""
+    """group/version/Kind/namespace/name (namespace empty: cluster-scoped or not given)"""
     applied: _builtins.bool
+    """the cluster accepted it (condition Applied or Available)"""
     message: _builtins.str
+    """condition Failed: the cluster's (or the agent's) reason"""
+    condition: _builtins.str
+    """"Applied", "Available" (exists and, for workloads, ready) or "Failed" """
     def __init__(
         self,
         *,
@@ -468,10 +474,11 @@ class ManifestStatus(_message.Message):
         manifest: _builtins.str = ...,
         applied: _builtins.bool = ...,
         message: _builtins.str = ...,
+        condition: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["applied", b"applied", "generation", b"generation", "manifest", b"manifest", "message", b"message", "work", b"work"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["applied", b"applied", "condition", b"condition", "generation", b"generation", "manifest", b"manifest", "message", b"message", "work", b"work"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -479,19 +486,35 @@ Global___ManifestStatus: _TypeAlias = ManifestStatus  # noqa: Y015
 
 @_typing.final
 class Status(_message.Message):
+    """Work status from an agent. For every work named in `manifests`, the entries given are that
+    work's whole status on this cluster (they replace what the hub had); `removed` names works
+    whose objects the agent has deleted from the cluster (the work is gone or no longer
+    targets it), so the hub forgets them.
+    """
+
     DESCRIPTOR: _descriptor.Descriptor
 
     MANIFESTS_FIELD_NUMBER: _builtins.int
+    REMOVED_FIELD_NUMBER: _builtins.int
+    GATES_REVISION_FIELD_NUMBER: _builtins.int
+    gates_revision: _builtins.int
+    """The revision of the gate snapshot the agent's local config now reflects (0: no news), so the
+    hub can show, per cluster, whether it has the fleet's gates.
+    """
     @_builtins.property
     def manifests(self) -> _containers.RepeatedCompositeFieldContainer[Global___ManifestStatus]: ...
+    @_builtins.property
+    def removed(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     def __init__(
         self,
         *,
         manifests: _abc.Iterable[Global___ManifestStatus] | None = ...,
+        removed: _abc.Iterable[_builtins.str] | None = ...,
+        gates_revision: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["manifests", b"manifests"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["gates_revision", b"gates_revision", "manifests", b"manifests", "removed", b"removed"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -752,6 +775,8 @@ class SpecUpdate(_message.Message):
     GATES_JSON_FIELD_NUMBER: _builtins.int
     WORKS_JSON_FIELD_NUMBER: _builtins.int
     FULL_FIELD_NUMBER: _builtins.int
+    CHUNK_FIELD_NUMBER: _builtins.int
+    LAST_FIELD_NUMBER: _builtins.int
     revision: _builtins.int
     gates_json: _builtins.bytes
     """Feature gates and works travel as JSON documents: their shapes belong to the
@@ -760,6 +785,11 @@ class SpecUpdate(_message.Message):
     works_json: _builtins.bytes
     full: _builtins.bool
     """a complete snapshot (on connect) rather than a change"""
+    chunk: _builtins.int
+    """A works snapshot larger than one message comes in chunks (chunk 0, 1, ...; `last` on the
+    final one); the agent acts on it once it has the last chunk. Gate snapshots are one message.
+    """
+    last: _builtins.bool
     def __init__(
         self,
         *,
@@ -767,10 +797,12 @@ class SpecUpdate(_message.Message):
         gates_json: _builtins.bytes = ...,
         works_json: _builtins.bytes = ...,
         full: _builtins.bool = ...,
+        chunk: _builtins.int = ...,
+        last: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["full", b"full", "gates_json", b"gates_json", "revision", b"revision", "works_json", b"works_json"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunk", b"chunk", "full", b"full", "gates_json", b"gates_json", "last", b"last", "revision", b"revision", "works_json", b"works_json"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -86,7 +86,14 @@ class BundleHeader:
 
 @dataclass
 class HubStream:
-    """The hub's view of one (cluster, type) stream."""
+    """The hub's view of one (cluster, type) stream, for one session.
+
+    Only ``applied`` is stored (with the objects); ``full_progress`` and ``pending_digest``
+    live as long as the connection: the hub builds a new HubStream from the store on every
+    Hello. :meth:`AgentStream.plan` relies on it, forgetting the same two on a connection --
+    a hub that kept an answered digest across a reconnect would ignore the held deltas the
+    agent resumes with as covered by a repair that never comes.
+    """
 
     applied: Position | None = None
     #: FULL in progress: (incarnation, seq, next chunk expected).

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 from fleetsync.model import types as t
 from fleetsync.sim.churn import Churn
+from fleetsync.sim.mesh import MeshTraffic
 from fleetsync.sim.store import ClusterState
 from fleetsync.sim.workloads import ClusterBuilder
 
@@ -36,6 +37,12 @@ class SimCluster:
     builder: ClusterBuilder
     token: str
     labels: dict[str, str] = field(default_factory=dict)
+    #: Whether its services are in an Istio mesh (they then export Istio's metrics).
+    istio: bool = True
+    mesh: MeshTraffic = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.mesh = MeshTraffic(self.state, istio=self.istio)
 
 
 class SimFleet:
@@ -54,7 +61,7 @@ class SimFleet:
             builder.populate(pods=config.pods, namespaces=config.namespaces, pods_per_service=config.pods_per_service, istio=config.istio)
             token = "sim-" + hashlib.sha256(f"{config.seed}:{name}:token".encode()).hexdigest()[:32]
             labels = {"region": region, "env": ENVIRONMENTS[(i - 1) % len(ENVIRONMENTS)]}
-            self.clusters[name] = SimCluster(name, state, builder, token, labels)
+            self.clusters[name] = SimCluster(name, state, builder, token, labels, istio=config.istio)
         self.churn = Churn([c.builder for c in self.clusters.values()], rate=config.churn, seed=config.seed)
 
     def total_objects(self) -> int:

@@ -5,6 +5,10 @@ Paths (all on one port):
 - ``/clusters/NAME/...``: the Kubernetes API of cluster NAME (discovery, list, watch,
   get, create, update, patch, server-side apply, delete, ``status`` subresources);
 - ``/clusters/NAME/truth``: every current object of NAME (for convergence checks);
+- ``/clusters/NAME/metrics``: Istio's standard metrics of NAME's services, for Prometheus
+  (:mod:`fleetsync.sim.mesh`); ``/clusters/NAME/mesh-traffic``: the traffic configured for
+  them (JSON); ``PUT /clusters/NAME/metrics-outage {"down": true}``: ``/metrics`` answers 503
+  until ``{"down": false}``;
 - ``/clusters``: the virtual clusters, their labels and sizes;
 - ``/churn``: ``GET`` the churn rate and counts, ``PUT {"rate": R}`` to re-rate (0 pauses);
 - ``/healthz``, ``/readyz``.
@@ -21,6 +25,7 @@ from typing import Any
 import orjson
 import yaml
 from aiohttp import web
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 
 from fleetsync import __version__
 from fleetsync.model import discovery
@@ -177,6 +182,10 @@ class SimServer:
         app.router.add_get("/churn", self._get_churn)
         app.router.add_put("/churn", self._put_churn)
         app.router.add_get("/clusters/{cluster}/truth", self._truth)
+        app.router.add_get("/clusters/{cluster}/metrics", self._metrics)
+        app.router.add_get("/clusters/{cluster}/mesh-traffic", self._mesh_traffic)
+        app.router.add_get("/clusters/{cluster}/metrics-outage", self._get_metrics_outage)
+        app.router.add_put("/clusters/{cluster}/metrics-outage", self._put_metrics_outage)
         app.router.add_route("*", "/clusters/{cluster}", self._kube)
         app.router.add_route("*", "/clusters/{cluster}/{tail:.*}", self._kube)
         return app
@@ -246,6 +255,31 @@ class SimServer:
         parts = [orjson.dumps(rt.gvk) + b":[" + b",".join(o.raw for o in objs) + b"]" for rt, objs in state.truth(rtypes).items()]
         head = orjson.dumps({"cluster": cluster.name, "resourceVersion": str(state.rv)})
         return web.Response(body=head[:-1] + b',"types":{' + b",".join(parts) + b"}}", content_type=JSON)
+
+    # ---- Istio metrics (fleetsync.sim.mesh) -------------------------------------------
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        mesh = self._cluster(request).mesh
+        if mesh.down:
+            return web.Response(status=503, text='metrics outage (PUT /clusters/NAME/metrics-outage {"down": false} ends it)\n')
+        return web.Response(body=mesh.exposition(), headers={"Content-Type": CONTENT_TYPE_PLAIN_0_0_4})
+
+    async def _mesh_traffic(self, request: web.Request) -> web.Response:
+        return json_response(self._cluster(request).mesh.describe())
+
+    async def _get_metrics_outage(self, request: web.Request) -> web.Response:
+        cluster = self._cluster(request)
+        return json_response({"cluster": cluster.name, "down": cluster.mesh.down})
+
+    async def _put_metrics_outage(self, request: web.Request) -> web.Response:
+        cluster = self._cluster(request)
+        body = await _read_body(request)
+        down = body.get("down") if isinstance(body, dict) else None
+        if not isinstance(down, bool):
+            raise ApiError.bad_request('expected {"down": true} (/metrics answers 503) or {"down": false}')
+        cluster.mesh.down = down
+        log.info("metrics of cluster %s %s", cluster.name, "down" if down else "up again")
+        return await self._get_metrics_outage(request)
 
     # ---- the Kubernetes API ----------------------------------------------------------
 

@@ -60,10 +60,19 @@ class Workload:
     template_hash: str = ""
     image: str = ""
     pod_labels: dict[str, str] = field(default_factory=dict)
+    container: str = "app"
+    env: dict[str, str] = field(default_factory=dict)
 
     @property
     def rs_name(self) -> str:
         return f"{self.name}-{self.template_hash}"
+
+
+def _container(w: Workload, port: int) -> dict[str, Any]:
+    container: dict[str, Any] = {"name": w.container, "image": w.image, "ports": [{"containerPort": port, "protocol": "TCP"}]}
+    if w.env:
+        container["env"] = [{"name": k, "value": v} for k, v in w.env.items()]
+    return container
 
 
 class ClusterBuilder:
@@ -186,7 +195,16 @@ class ClusterBuilder:
                 },
             },
         )
-        istiod = Workload("istio-system", "istiod", replicas=1, protected=True, image=f"docker.io/istio/pilot:{ISTIO_VERSION}")
+        # CLUSTER_ID: the name Istio's metrics give this cluster, as the simulated mesh's exporter does
+        istiod = Workload(
+            "istio-system",
+            "istiod",
+            replicas=1,
+            protected=True,
+            image=f"docker.io/istio/pilot:{ISTIO_VERSION}",
+            container="discovery",
+            env={"CLUSTER_ID": self.cluster.name},
+        )
         self._create_workload_objects(istiod, port=15012, istio=False)
         ns = "istio-system"
         self._istio(
@@ -294,7 +312,7 @@ class ClusterBuilder:
                 "selector": {"matchLabels": {"app": w.name}},
                 "template": {
                     "metadata": {"labels": {"app": w.name, "version": "v1"}},
-                    "spec": {"containers": [{"name": "app", "image": w.image, "ports": [{"containerPort": port, "protocol": "TCP"}]}]},
+                    "spec": {"containers": [_container(w, port)]},
                 },
                 "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": "25%", "maxUnavailable": "25%"}},
             },

@@ -92,6 +92,44 @@ class GateExists(Exception):
 
 
 @dataclass(frozen=True, slots=True)
+class WorkRecord:
+    """A work (manifests for clusters chosen by a placement), as the API validated it.
+
+    ``spec`` is the work's spec as JSON bytes (placement and manifests), stored as given.
+    ``revision`` orders every work write across replicas (one counter for all works);
+    ``generation`` is the revision of the last write that changed ``spec``, so it only ever
+    grows, even when a work is deleted and created again under the same name, and a
+    cluster's status says which spec it describes.
+    """
+
+    name: str
+    spec: bytes
+    generation: int
+    revision: int
+    created_at: float
+    updated_at: float
+    updated_by: str
+
+
+class WorkExists(Exception):
+    """A work created with ``create=True`` exists already."""
+
+
+@dataclass(frozen=True, slots=True)
+class WorkStatusRecord:
+    """What one cluster's agent last reported of one work: the generation it applied and a JSON
+    list of per-manifest results (``[{"manifest", "condition", "message"}]``). The rows of a
+    cluster are also the inventory of what the agent applied there: what to remove when the
+    work goes away or no longer targets the cluster."""
+
+    work: str
+    cluster: str
+    generation: int
+    manifests: bytes
+    updated_at: float
+
+
+@dataclass(frozen=True, slots=True)
 class EventRecord:
     """A cluster-level event (connected, inactive, resync finished, ...), kept for a window."""
 
@@ -198,6 +236,47 @@ class Store(Protocol):
     async def delete_gate(self, key: str, *, by: str, now: float) -> GateRecord | None:
         """Delete a live gate (a tombstone with a new revision); None if it was not live."""
 
+    async def set_gates_applied(self, cluster: str, revision: int, *, now: float) -> None:
+        """Record the gate revision ``cluster``'s agent reports its local config reflects."""
+
+    async def gates_applied(self) -> dict[str, int]:
+        """cluster -> the gate revision its agent last reported applied."""
+
+    # ---- works (specs flowing down) --------------------------------------------------------
+
+    async def works(self) -> list[WorkRecord]:
+        """Every work, by name."""
+
+    async def work(self, name: str) -> WorkRecord | None:
+        """The work ``name``, or None."""
+
+    async def put_work(self, name: str, spec: bytes, *, by: str, now: float, create: bool = False) -> WorkRecord:
+        """Create or replace a work. A write whose ``spec`` equals the stored one changes nothing
+        and returns the stored record; any other write takes a new revision, and, when the spec
+        differs or the work is new, that revision as its generation. With ``create``, raise
+        WorkExists if the work exists."""
+
+    async def delete_work(self, name: str) -> bool:
+        """Delete a work (its status rows stay: they say what the agents must remove); False if
+        there was none."""
+
+    async def work_statuses(self, *, work: str | None = None, cluster: str | None = None) -> list[WorkStatusRecord]:
+        """Status rows, by work then cluster, of one work and/or one cluster (None: all)."""
+
+    async def set_work_status(self, record: WorkStatusRecord) -> None:
+        """Create or replace the status of (work, cluster)."""
+
+    async def delete_work_status(self, work: str, cluster: str) -> None:
+        """Forget (work, cluster): the agent removed what it had applied (a no-op if absent)."""
+
+    # ---- hub settings (runtime configuration every replica reads) ----------------------------
+
+    async def hub_settings(self) -> dict[str, str]:
+        """Every hub setting that is set (e.g. ``deployment-type``)."""
+
+    async def set_hub_setting(self, key: str, value: str | None) -> None:
+        """Set a hub setting; None unsets it."""
+
     # ---- clusters and leases -----------------------------------------------------------
 
     async def upsert_cluster(self, record: ClusterRecord) -> None: ...
@@ -228,7 +307,8 @@ class Store(Protocol):
 
     # ---- streams and apply -------------------------------------------------------------
 
-    async def streams(self, cluster: str) -> list[StreamRecord]: ...
+    async def streams(self, cluster: str | None) -> list[StreamRecord]:
+        """The streams of ``cluster`` (None: of every cluster), by cluster then type."""
 
     async def apply_bundle(
         self,
@@ -280,6 +360,9 @@ class Store(Protocol):
         strictly after the ``after`` (cluster, namespace, name) cursor; ``limit`` 0 = all;
         with ``labels``, only objects that have every one of these labels with that value
         (a label selector's equalities, filtered in the database)."""
+
+    async def counts_by_cluster(self) -> dict[str, dict[str, int]]:
+        """cluster -> type -> objects held, for every cluster that has any (one query for a fleet)."""
 
     async def counts(self, cluster: str) -> dict[str, int]:
         """type -> number of objects, for one cluster."""

@@ -52,19 +52,27 @@ from fleetsync.store.contract import (
     RefreshTarget,
     StreamRecord,
     TokenRecord,
+    WorkExists,
+    WorkRecord,
+    WorkStatusRecord,
 )
 from fleetsync.store.rows import (
     GATE_COLUMNS,
     TOUCH_INTERVAL,
+    WORK_COLUMNS,
+    WORK_STATUS_COLUMNS,
     Key,
     event_type,
     gate_from_row,
     lease_from_row,
+    nested_counts,
     object_from_row,
     refresh_from_row,
     split_key,
     to_signed,
     to_unsigned,
+    work_from_row,
+    work_status_from_row,
 )
 
 log = logging.getLogger(__name__)
@@ -201,6 +209,43 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX gates_by_revision ON gates (revision);
     INSERT INTO meta (key, value) VALUES ('gates_rev', 0);
+    """,
+    # 5: works (specs flowing down) with their own revision counter, whose row lock orders
+    # work writes across replicas; what each cluster reported of them; hub settings
+    """
+    CREATE TABLE works (
+        name text PRIMARY KEY,
+        spec bytea NOT NULL,  -- JSON
+        generation bigint NOT NULL,
+        revision bigint NOT NULL,
+        created_at double precision NOT NULL,
+        updated_at double precision NOT NULL,
+        updated_by text NOT NULL
+    );
+
+    CREATE TABLE work_status (
+        work text NOT NULL,
+        cluster text NOT NULL,
+        generation bigint NOT NULL,
+        manifests bytea NOT NULL,  -- JSON list
+        updated_at double precision NOT NULL,
+        PRIMARY KEY (work, cluster)
+    );
+    CREATE INDEX work_status_by_cluster ON work_status (cluster, work);
+
+    CREATE TABLE hub_settings (
+        key text PRIMARY KEY,
+        value text NOT NULL
+    );
+    INSERT INTO meta (key, value) VALUES ('works_rev', 0);
+    """,
+    # 6: the gate revision each cluster's agent has applied
+    """
+    CREATE TABLE cluster_gates (
+        cluster text PRIMARY KEY,
+        revision bigint NOT NULL,
+        updated_at double precision NOT NULL
+    );
     """,
 )
 
@@ -477,6 +522,90 @@ class PostgresStore:
             return None
         return GateRecord(key, bool(enabled), now, by, revision, deleted=True)
 
+    # ---- works -----------------------------------------------------------------------------
+
+    async def works(self) -> list[WorkRecord]:
+        return [work_from_row(r) for r in await self._fetch(f"SELECT {WORK_COLUMNS} FROM works ORDER BY name")]
+
+    async def work(self, name: str) -> WorkRecord | None:
+        rows = await self._fetch(f"SELECT {WORK_COLUMNS} FROM works WHERE name = $1", name)
+        return work_from_row(rows[0]) if rows else None
+
+    async def put_work(self, name: str, spec: bytes, *, by: str, now: float, create: bool = False) -> WorkRecord:
+        async with self._transaction() as conn:
+            # first: the counter's row lock serialises work writers across replicas, so the
+            # check below sees every earlier write and the highest revision commits last
+            await conn.execute("SELECT value FROM meta WHERE key = 'works_rev' FOR UPDATE")
+            row = await conn.fetchrow(f"SELECT {WORK_COLUMNS} FROM works WHERE name = $1", name)
+            if row is not None:
+                if create:
+                    raise WorkExists(name)
+                stored = work_from_row(row)
+                if stored.spec == spec:
+                    return stored  # nothing to write: no revision taken
+            revision = await _next_work_revision(conn)
+            written = await conn.fetchrow(
+                "INSERT INTO works (name, spec, generation, revision, created_at, updated_at, updated_by) VALUES ($1, $2, $3, $3, $4, $4, $5)"
+                " ON CONFLICT (name) DO UPDATE SET spec = excluded.spec, generation = excluded.generation, revision = excluded.revision,"
+                f" updated_at = excluded.updated_at, updated_by = excluded.updated_by RETURNING {WORK_COLUMNS}",
+                name,
+                spec,
+                revision,
+                now,
+                by,
+            )
+        return work_from_row(written)
+
+    async def delete_work(self, name: str) -> bool:
+        return _rowcount(await self._execute("DELETE FROM works WHERE name = $1", name)) > 0
+
+    async def work_statuses(self, *, work: str | None = None, cluster: str | None = None) -> list[WorkStatusRecord]:
+        where: list[str] = []
+        params: list[Any] = []
+        for column, value in (("work", work), ("cluster", cluster)):
+            if value is not None:
+                params.append(value)
+                where.append(f"{column} = ${len(params)}")
+        sql = f"SELECT {WORK_STATUS_COLUMNS} FROM work_status" + (f" WHERE {' AND '.join(where)}" if where else "") + " ORDER BY work, cluster"
+        return [work_status_from_row(r) for r in await self._fetch(sql, *params)]
+
+    async def set_work_status(self, record: WorkStatusRecord) -> None:
+        await self._execute(
+            f"INSERT INTO work_status ({WORK_STATUS_COLUMNS}) VALUES ($1, $2, $3, $4, $5)"
+            " ON CONFLICT (work, cluster) DO UPDATE SET generation = excluded.generation, manifests = excluded.manifests, updated_at = excluded.updated_at",
+            record.work,
+            record.cluster,
+            record.generation,
+            record.manifests,
+            record.updated_at,
+        )
+
+    async def delete_work_status(self, work: str, cluster: str) -> None:
+        await self._execute("DELETE FROM work_status WHERE work = $1 AND cluster = $2", work, cluster)
+
+    # ---- hub settings ------------------------------------------------------------------------
+
+    async def hub_settings(self) -> dict[str, str]:
+        return {r[0]: r[1] for r in await self._fetch("SELECT key, value FROM hub_settings ORDER BY key")}
+
+    async def set_hub_setting(self, key: str, value: str | None) -> None:
+        if value is None:
+            await self._execute("DELETE FROM hub_settings WHERE key = $1", key)
+        else:
+            await self._execute("INSERT INTO hub_settings (key, value) VALUES ($1, $2) ON CONFLICT (key) DO UPDATE SET value = excluded.value", key, value)
+
+    async def set_gates_applied(self, cluster: str, revision: int, *, now: float) -> None:
+        await self._execute(
+            "INSERT INTO cluster_gates (cluster, revision, updated_at) VALUES ($1, $2, $3)"
+            " ON CONFLICT (cluster) DO UPDATE SET revision = excluded.revision, updated_at = excluded.updated_at",
+            cluster,
+            revision,
+            now,
+        )
+
+    async def gates_applied(self) -> dict[str, int]:
+        return {r[0]: int(r[1]) for r in await self._fetch("SELECT cluster, revision FROM cluster_gates ORDER BY cluster")}
+
     # ---- clusters and leases -------------------------------------------------------------
 
     async def upsert_cluster(self, record: ClusterRecord) -> None:
@@ -603,8 +732,10 @@ class PostgresStore:
 
     # ---- streams and apply -----------------------------------------------------------
 
-    async def streams(self, cluster: str) -> list[StreamRecord]:
-        rows = await self._fetch("SELECT cluster, type, incarnation, seq, error, updated_at FROM streams WHERE cluster = $1 ORDER BY type", cluster)
+    async def streams(self, cluster: str | None) -> list[StreamRecord]:
+        rows = await self._fetch(
+            "SELECT cluster, type, incarnation, seq, error, updated_at FROM streams WHERE $1::text IS NULL OR cluster = $1 ORDER BY cluster, type", cluster
+        )
         return [StreamRecord(cluster=r[0], type=r[1], incarnation=r[2], seq=r[3], error=r[4], updated_at=r[5]) for r in rows]
 
     async def apply_bundle(
@@ -731,6 +862,10 @@ class PostgresStore:
     async def counts(self, cluster: str) -> dict[str, int]:
         rows = await self._fetch("SELECT type, count(*) FROM objects WHERE cluster = $1 GROUP BY type ORDER BY type", cluster)
         return {r[0]: r[1] for r in rows}
+
+    async def counts_by_cluster(self) -> dict[str, dict[str, int]]:
+        rows = await self._fetch("SELECT cluster, type, count(*) FROM objects GROUP BY cluster, type ORDER BY cluster, type")
+        return nested_counts(rows)
 
     async def current_rev(self) -> int:
         return int(await self._fetchval("SELECT value FROM meta WHERE key = 'rev'"))
@@ -868,3 +1003,8 @@ class _NothingToDelete(Exception):
 async def _next_gate_revision(conn: asyncpg.Connection) -> int:
     """The next gate revision (in the caller's transaction, whose commit releases the counter's row lock)."""
     return int(await conn.fetchval("UPDATE meta SET value = value + 1 WHERE key = 'gates_rev' RETURNING value"))
+
+
+async def _next_work_revision(conn: asyncpg.Connection) -> int:
+    """The next work revision (in the caller's transaction, whose commit releases the counter's row lock)."""
+    return int(await conn.fetchval("UPDATE meta SET value = value + 1 WHERE key = 'works_rev' RETURNING value"))

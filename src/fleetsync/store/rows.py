@@ -7,7 +7,7 @@ from typing import Any
 
 import orjson
 
-from fleetsync.store.contract import EventType, GateRecord, Lease, ObjectRecord, RefreshTarget
+from fleetsync.store.contract import EventType, GateRecord, Lease, ObjectRecord, RefreshTarget, WorkRecord, WorkStatusRecord
 
 #: ``touch_cluster`` writes at most this often per cluster (seconds of its ``now``);
 #: in between the time is kept in memory, folded into the next write and overlaid on reads.
@@ -76,9 +76,33 @@ def refresh_from_row(r: Sequence[Any]) -> RefreshTarget:
     return RefreshTarget(cluster=r[0], mode=r[1], url=r[2], interval=r[3], next_refresh_at=r[4])
 
 
+def nested_counts(rows: Sequence[Sequence[Any]]) -> dict[str, dict[str, int]]:
+    """cluster -> type -> count, from rows of ``cluster, type, count``."""
+    counts: dict[str, dict[str, int]] = {}
+    for cluster, type_, count in rows:
+        counts.setdefault(cluster, {})[type_] = int(count)
+    return counts
+
+
 #: The columns :func:`gate_from_row` reads, in order.
 GATE_COLUMNS = "key, enabled, updated_at, updated_by, revision, deleted"
 
 
 def gate_from_row(r: Sequence[Any]) -> GateRecord:
     return GateRecord(key=r[0], enabled=bool(r[1]), updated_at=float(r[2]), updated_by=r[3], revision=int(r[4]), deleted=bool(r[5]))
+
+
+#: The columns :func:`work_from_row` reads, in order.
+WORK_COLUMNS = "name, spec, generation, revision, created_at, updated_at, updated_by"
+
+
+def work_from_row(r: Sequence[Any]) -> WorkRecord:
+    return WorkRecord(name=r[0], spec=bytes(r[1]), generation=int(r[2]), revision=int(r[3]), created_at=float(r[4]), updated_at=float(r[5]), updated_by=r[6])
+
+
+#: The columns :func:`work_status_from_row` reads, in order.
+WORK_STATUS_COLUMNS = "work, cluster, generation, manifests, updated_at"
+
+
+def work_status_from_row(r: Sequence[Any]) -> WorkStatusRecord:
+    return WorkStatusRecord(work=r[0], cluster=r[1], generation=int(r[2]), manifests=bytes(r[3]), updated_at=float(r[4]))

@@ -50,19 +50,27 @@ from fleetsync.store.contract import (
     RefreshTarget,
     StreamRecord,
     TokenRecord,
+    WorkExists,
+    WorkRecord,
+    WorkStatusRecord,
 )
 from fleetsync.store.rows import (
     GATE_COLUMNS,
     TOUCH_INTERVAL,
+    WORK_COLUMNS,
+    WORK_STATUS_COLUMNS,
     Key,
     event_type,
     gate_from_row,
     lease_from_row,
+    nested_counts,
     object_from_row,
     refresh_from_row,
     split_key,
     to_signed,
     to_unsigned,
+    work_from_row,
+    work_status_from_row,
 )
 
 log = logging.getLogger(__name__)
@@ -209,6 +217,43 @@ MIGRATIONS: tuple[str, ...] = (
     ) STRICT;
     CREATE INDEX gates_by_revision ON gates (revision);
     INSERT INTO meta (key, value) VALUES ('gates_rev', 0);
+    """,
+    # 5: works (specs flowing down) with their own revision counter, what each cluster
+    # reported of them, and hub settings
+    """
+    CREATE TABLE works (
+        name TEXT PRIMARY KEY,
+        spec BLOB NOT NULL,  -- JSON
+        generation INTEGER NOT NULL,
+        revision INTEGER NOT NULL,
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL,
+        updated_by TEXT NOT NULL
+    ) STRICT;
+
+    CREATE TABLE work_status (
+        work TEXT NOT NULL,
+        cluster TEXT NOT NULL,
+        generation INTEGER NOT NULL,
+        manifests BLOB NOT NULL,  -- JSON list
+        updated_at REAL NOT NULL,
+        PRIMARY KEY (work, cluster)
+    ) STRICT;
+    CREATE INDEX work_status_by_cluster ON work_status (cluster, work);
+
+    CREATE TABLE hub_settings (
+        key TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+    ) STRICT;
+    INSERT INTO meta (key, value) VALUES ('works_rev', 0);
+    """,
+    # 6: the gate revision each cluster's agent has applied
+    """
+    CREATE TABLE cluster_gates (
+        cluster TEXT PRIMARY KEY,
+        revision INTEGER NOT NULL,
+        updated_at REAL NOT NULL
+    ) STRICT;
     """,
 )
 
@@ -471,6 +516,87 @@ class SQLiteStore:
             await db.execute("UPDATE gates SET deleted = 1, updated_at = ?, updated_by = ?, revision = ? WHERE key = ?", (now, by, revision, key))
         return GateRecord(key, bool(rows[0][0]), now, by, revision, deleted=True)
 
+    # ---- works -----------------------------------------------------------------------------
+
+    async def works(self) -> list[WorkRecord]:
+        return [work_from_row(r) for r in await self._read(f"SELECT {WORK_COLUMNS} FROM works ORDER BY name")]
+
+    async def work(self, name: str) -> WorkRecord | None:
+        rows = await self._read(f"SELECT {WORK_COLUMNS} FROM works WHERE name = ?", (name,))
+        return work_from_row(rows[0]) if rows else None
+
+    async def put_work(self, name: str, spec: bytes, *, by: str, now: float, create: bool = False) -> WorkRecord:
+        async with self._transaction() as db:
+            rows = list(await db.execute_fetchall(f"SELECT {WORK_COLUMNS} FROM works WHERE name = ?", (name,)))
+            if rows:
+                if create:
+                    raise WorkExists(name)
+                stored = work_from_row(rows[0])
+                if stored.spec == spec:
+                    return stored  # nothing to write: no revision taken
+            revision = await _next_work_revision(db)
+            written = list(
+                await db.execute_fetchall(
+                    "INSERT INTO works (name, spec, generation, revision, created_at, updated_at, updated_by) VALUES (?, ?, ?, ?, ?, ?, ?)"
+                    " ON CONFLICT (name) DO UPDATE SET spec = excluded.spec, generation = excluded.generation, revision = excluded.revision,"
+                    f" updated_at = excluded.updated_at, updated_by = excluded.updated_by RETURNING {WORK_COLUMNS}",
+                    (name, spec, revision, revision, now, now, by),
+                )
+            )
+        return work_from_row(written[0])
+
+    async def delete_work(self, name: str) -> bool:
+        async with self._autocommit() as db:
+            return (await db.execute("DELETE FROM works WHERE name = ?", (name,))).rowcount > 0
+
+    async def work_statuses(self, *, work: str | None = None, cluster: str | None = None) -> list[WorkStatusRecord]:
+        where: list[str] = []
+        params: list[Any] = []
+        if work is not None:
+            where.append("work = ?")
+            params.append(work)
+        if cluster is not None:
+            where.append("cluster = ?")
+            params.append(cluster)
+        sql = f"SELECT {WORK_STATUS_COLUMNS} FROM work_status" + (f" WHERE {' AND '.join(where)}" if where else "") + " ORDER BY work, cluster"
+        return [work_status_from_row(r) for r in await self._read(sql, params)]
+
+    async def set_work_status(self, record: WorkStatusRecord) -> None:
+        async with self._autocommit() as db:
+            await db.execute(
+                f"INSERT INTO work_status ({WORK_STATUS_COLUMNS}) VALUES (?, ?, ?, ?, ?)"
+                " ON CONFLICT (work, cluster) DO UPDATE SET generation = excluded.generation, manifests = excluded.manifests,"
+                " updated_at = excluded.updated_at",
+                (record.work, record.cluster, record.generation, record.manifests, record.updated_at),
+            )
+
+    async def delete_work_status(self, work: str, cluster: str) -> None:
+        async with self._autocommit() as db:
+            await db.execute("DELETE FROM work_status WHERE work = ? AND cluster = ?", (work, cluster))
+
+    # ---- hub settings ------------------------------------------------------------------------
+
+    async def hub_settings(self) -> dict[str, str]:
+        return {r[0]: r[1] for r in await self._read("SELECT key, value FROM hub_settings ORDER BY key")}
+
+    async def set_hub_setting(self, key: str, value: str | None) -> None:
+        async with self._autocommit() as db:
+            if value is None:
+                await db.execute("DELETE FROM hub_settings WHERE key = ?", (key,))
+            else:
+                await db.execute("INSERT INTO hub_settings (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value", (key, value))
+
+    async def set_gates_applied(self, cluster: str, revision: int, *, now: float) -> None:
+        async with self._autocommit() as db:
+            await db.execute(
+                "INSERT INTO cluster_gates (cluster, revision, updated_at) VALUES (?, ?, ?)"
+                " ON CONFLICT (cluster) DO UPDATE SET revision = excluded.revision, updated_at = excluded.updated_at",
+                (cluster, revision, now),
+            )
+
+    async def gates_applied(self) -> dict[str, int]:
+        return {r[0]: int(r[1]) for r in await self._read("SELECT cluster, revision FROM cluster_gates ORDER BY cluster")}
+
     # ---- clusters and leases -------------------------------------------------------------
 
     async def upsert_cluster(self, record: ClusterRecord) -> None:
@@ -601,8 +727,10 @@ class SQLiteStore:
 
     # ---- streams and apply -----------------------------------------------------------
 
-    async def streams(self, cluster: str) -> list[StreamRecord]:
-        rows = await self._read("SELECT cluster, type, incarnation, seq, error, updated_at FROM streams WHERE cluster = ? ORDER BY type", (cluster,))
+    async def streams(self, cluster: str | None) -> list[StreamRecord]:
+        rows = await self._read(
+            "SELECT cluster, type, incarnation, seq, error, updated_at FROM streams WHERE ? IS NULL OR cluster = ? ORDER BY cluster, type", (cluster, cluster)
+        )
         return [StreamRecord(cluster=r[0], type=r[1], incarnation=r[2], seq=r[3], error=r[4], updated_at=r[5]) for r in rows]
 
     async def apply_bundle(
@@ -746,6 +874,10 @@ class SQLiteStore:
     async def counts(self, cluster: str) -> dict[str, int]:
         rows = await self._read("SELECT type, count(*) FROM objects WHERE cluster = ? GROUP BY type ORDER BY type", (cluster,))
         return {r[0]: r[1] for r in rows}
+
+    async def counts_by_cluster(self) -> dict[str, dict[str, int]]:
+        rows = await self._read("SELECT cluster, type, count(*) FROM objects GROUP BY cluster, type ORDER BY cluster, type")
+        return nested_counts(rows)
 
     async def current_rev(self) -> int:
         return await _current_rev(self._reader())
@@ -894,4 +1026,10 @@ async def _rollback(db: aiosqlite.Connection) -> None:
 async def _next_gate_revision(db: aiosqlite.Connection) -> int:
     """The next gate revision (in the caller's write transaction)."""
     rows = list(await db.execute_fetchall("UPDATE meta SET value = value + 1 WHERE key = 'gates_rev' RETURNING value"))
+    return int(rows[0][0])
+
+
+async def _next_work_revision(db: aiosqlite.Connection) -> int:
+    """The next work revision (in the caller's write transaction)."""
+    rows = list(await db.execute_fetchall("UPDATE meta SET value = value + 1 WHERE key = 'works_rev' RETURNING value"))
     return int(rows[0][0])

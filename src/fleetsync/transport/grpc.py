@@ -101,7 +101,9 @@ class GrpcHubServer:
         self.core = core
         # gRPC itself refuses messages over twice the protocol's limit; the session refuses
         # anything over the limit with a message that says so.
-        self.server = grpc.aio.server(options=_options(core.settings.max_message_bytes * 2))
+        # No SO_REUSEPORT (gRPC's default): a second hub on a taken port must fail to start, not
+        # silently share the port and split the agents between two hubs.
+        self.server = grpc.aio.server(options=[*_options(core.settings.max_message_bytes * 2), ("grpc.so_reuseport", 0)])
         handler = grpc.stream_stream_rpc_method_handler(
             _Servicer(core).connect, request_deserializer=_decode, response_serializer=pb.HubMessage.SerializeToString
         )
