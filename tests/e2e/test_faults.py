@@ -136,7 +136,11 @@ def test_dropped_duplicated_delayed_and_reordered_messages_heal_to_zero_divergen
 # ---- a network partition --------------------------------------------------------------------------
 
 
-def test_connection_cut_for_60s_while_churn_continues_resumes_without_a_full(tmp_path: Path, transport: Transport) -> None:
+def test_connection_cut_while_churn_continues_resumes_without_a_full(tmp_path: Path, transport: Transport) -> None:
+    # A minute over gRPC, as in the correctness issue; the brokers' runs cut for a third of that:
+    # past the inactivity timeout and several ack timeouts as well, which is what their sessions
+    # see, and the suite must stay within CI's 15 minutes.
+    cut_for = 60.0 if transport.name == "grpc" else 20.0
     with run_sim(tmp_path, "--clusters", "3", "--pods", "120", "--churn", "0") as sim:
         db = f"sqlite:///{tmp_path / 'hub.db'}"
         hub = start_hub(tmp_path, db, transport=transport)
@@ -159,7 +163,7 @@ def test_connection_cut_for_60s_while_churn_continues_resumes_without_a_full(tmp
                 wait_until(lambda: len(hub_events(hub, reason="Inactive")) == 3, timeout=60, interval=0.5, what="every cluster inactive after T")
                 stale = http("GET", f"{hub.url}/api/v1/clusters")[1]["items"]
                 assert all(c["stale"] for c in stale)
-                time.sleep(max(0.0, 60 - (time.monotonic() - cut)))  # the partition lasts 60 s, churn going on
+                time.sleep(max(0.0, cut_for - (time.monotonic() - cut)))  # the partition lasts, churn going on
                 proxy.heal()
                 restored = time.monotonic()
                 sim.set_churn(0)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import collections
 import itertools
+import re
 import signal
 import subprocess
 import urllib.error
@@ -60,9 +61,9 @@ def add_pull(db: str, cluster: str, port: int, interval: float) -> None:
     assert result.returncode == 0, result.stderr
 
 
-def test_three_replicas_refresh_50_pull_clusters_once_per_interval_never_twice_at_once(tmp_path: Path, pg_url: str) -> None:
-    interval, clusters = 4.0, [f"c{i}" for i in range(1, 51)]
-    with run_sim(tmp_path, "--clusters", "50", "--pods", "5", "--namespaces", "1", "--no-istio", "--churn", "0") as sim:
+def test_three_replicas_refresh_15_pull_clusters_once_per_interval_never_twice_at_once(tmp_path: Path, pg_url: str) -> None:
+    interval, clusters = 3.0, [f"c{i}" for i in range(1, 16)]
+    with run_sim(tmp_path, "--clusters", "15", "--pods", "5", "--namespaces", "1", "--no-istio", "--churn", "0") as sim:
         free: set[int] = set()
         while len(free) < len(clusters):  # free_port() may hand out a port twice before anyone binds it
             free.add(free_port())
@@ -75,7 +76,9 @@ def test_three_replicas_refresh_50_pull_clusters_once_per_interval_never_twice_a
                 add_pull(pg_url, c, ports[c], interval)
             hubs = [start_hub(tmp_path, pg_url) for _ in range(3)]
             wait_until(
-                lambda: len({e["cluster"] for e in hub_events(hubs[0], reason="ClusterNew")}) == 50, timeout=120, what="every pull cluster's first state"
+                lambda: len({e["cluster"] for e in hub_events(hubs[0], reason="ClusterNew")}) == len(clusters),
+                timeout=120,
+                what="every pull cluster's first state",
             )
             wait_converged(sim, hubs[1], timeout=60, what="every pull cluster converged")
             sim.set_churn(2)
@@ -89,13 +92,16 @@ def test_three_replicas_refresh_50_pull_clusters_once_per_interval_never_twice_a
             sim.set_churn(0)
             refreshed = [e for e in hub_events(hubs[0], reason="Refreshed") if first < e["time"] <= first + window]
             per_cluster = collections.defaultdict(list)
-            for e in refreshed:
-                per_cluster[e["cluster"]].append(e["time"])
+            for e in refreshed:  # when each refresh started: the event says how long it took
+                took = re.search(r" in ([0-9.]+) s;", e["message"])
+                assert took, e["message"]
+                per_cluster[e["cluster"]].append(e["time"] - float(took[1]))
             for c in clusters:
-                times = sorted(per_cluster[c])
-                assert 2 <= len(times) <= 4, (c, times)  # a 3-interval window holds 3 refreshes, give or take one at its edges
-                gaps = [b - a for a, b in itertools.pairwise(times)]
-                assert all(gap > 0.75 * interval for gap in gaps), (c, gaps)  # never twice within an interval
+                starts = sorted(per_cluster[c])
+                assert 2 <= len(starts) <= 4, (c, starts)  # a 3-interval window holds 3 refreshes, give or take one at its edges
+                gaps = [b - a for a, b in itertools.pairwise(starts)]
+                # never twice within an interval, however late a claim ran (the clock of events has ms steps)
+                assert all(gap > 0.95 * interval for gap in gaps), (c, gaps)
             assert len({e["hub"] for e in refreshed}) >= 2, "the replicas share the work"
             # never twice at once, as the agents themselves saw it
             for c in clusters:

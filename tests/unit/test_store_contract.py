@@ -676,9 +676,13 @@ async def test_refresh_claims_move_the_next_time_and_take_push_clusters_only_whe
     assert [(t.cluster, t.url, t.next_refresh_at) for t in claimed] == [("p1", "http://a/v1/state", 111.0)]
     assert await store.claim_due_refreshes(hub_id="hub-a", now=101.0) == [], "a claim moves the next time"
     assert [t.cluster for t in await store.claim_due_refreshes(hub_id="hub-b", now=106.0)] == ["p2", "s1"]
+    await store.postpone_refresh("p1", until=113.0)  # its refresh started at 103
+    await store.postpone_refresh("p1", until=112.0)  # never earlier
+    assert await store.claim_due_refreshes(hub_id="hub-a", now=112.5) == [], "a late start moves the next time on"
+    assert [t.cluster for t in await store.claim_due_refreshes(hub_id="hub-a", now=113.0)] == ["p1"]
     # re-registering keeps an earlier next time; removing stops the refreshes
     await store.set_refresh("p1", mode="pull", url="http://a2/v1/state", interval=5, next_refresh_at=500.0)
-    assert {t.cluster: (t.url, t.interval, t.next_refresh_at) for t in await store.refresh_targets()}["p1"] == ("http://a2/v1/state", 5, 111.0)
+    assert {t.cluster: (t.url, t.interval, t.next_refresh_at) for t in await store.refresh_targets()}["p1"] == ("http://a2/v1/state", 5, 123.0)
     assert await store.remove_refresh("p1") and not await store.remove_refresh("p1")
     assert [t.cluster for t in await store.refresh_targets()] == ["p2", "s1"]
 

@@ -116,10 +116,13 @@ class RefreshScheduler:
             log.info("cluster %s: %s refresh discarded: another refresh of it is running", target.cluster, why)
             return False
         started = time.monotonic()
+        # the interval runs from here, not from the claim: a claim that waited in the queue
+        # must not be followed by the next one sooner than an interval after it ran
+        await core.store.postpone_refresh(target.cluster, until=core.clock() + target.interval)
         result = "ok"
         try:
             if target.mode == "pull":
-                result = await self._pull(target)
+                result = await self._pull(target, started)
             else:
                 await core.request_resync(target.cluster, None, reason=f"{why} refresh")
         except Exception:
@@ -134,7 +137,8 @@ class RefreshScheduler:
 
     # ---- pull --------------------------------------------------------------------------
 
-    async def _pull(self, target: RefreshTarget) -> str:
+    async def _pull(self, target: RefreshTarget, started: float) -> str:
+        """Fetch and apply a pull cluster's state; ``started`` is the refresh's ``time.monotonic()`` start."""
         core, store, cluster = self.core, self.core.store, target.cluster
         before = await store.cluster(cluster)
         try:
@@ -170,7 +174,10 @@ class RefreshScheduler:
         for bundle in state.bundles:
             written += await self._apply(cluster, agent.incarnation, bundle, now)
         await self._view_events(target, before, state, nodes_before, now)
-        await core.events.record(cluster, events.REFRESHED, f"pulled {sum(len(b.upserts) for b in state.bundles)} objects from {target.url}; {written} changed")
+        took = time.monotonic() - started
+        await core.events.record(
+            cluster, events.REFRESHED, f"pulled {sum(len(b.upserts) for b in state.bundles)} objects from {target.url} in {took:.3f} s; {written} changed"
+        )
         return "ok"
 
     async def _fetch(self, target: RefreshTarget) -> pb.State:

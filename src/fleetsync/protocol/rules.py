@@ -107,11 +107,13 @@ class HubStream:
         if same and applied is not None and b.seq <= applied.seq:
             return Decision(Verdict.DUPLICATE, f"seq {b.seq} <= applied {applied.seq}")
         digest = self.pending_digest
-        if digest is not None and not b.full and digest.incarnation == b.incarnation and b.seq <= digest.seq:
+        if digest is not None and digest.incarnation == b.incarnation and b.seq <= digest.seq:
             # Sent before a digest the hub has answered, arriving late: the repair carries the
             # final state of everything the digest found different. Applied now, this could set
             # a key to a state that a later delta (also late) reverted -- invisible to the
-            # digest, so absent from the repair, and then ignored as a duplicate of it.
+            # digest, so absent from the repair, and then ignored as a duplicate of it. A FULL
+            # chunk alike: it could bring back a key deleted since, which the digest did not see
+            # on the hub, and the FULL that would have removed it again never completes.
             return Decision(Verdict.DUPLICATE, f"seq {b.seq} is covered by the repair of the digest at seq {digest.seq}", covered=True)
         progress = self.full_progress
         if progress is not None and progress[0] == b.incarnation and b.seq < progress[1]:

@@ -393,6 +393,10 @@ class Store(Protocol):
         ``hub_id``), their next time moved to ``now + interval`` in the same statement: of
         several replicas claiming at once, each due target goes to exactly one."""
 
+    async def postpone_refresh(self, cluster: str, *, until: float) -> None:
+        """Move ``cluster``'s next refresh to ``until`` unless it is later already: a refresh
+        that starts late (its claim queued behind others) counts its interval from its start."""
+
     async def try_lock(self, name: str, *, holder: str, now: float, ttl: float) -> bool:
         """Take lock ``name`` until ``now + ttl`` unless someone else holds it unexpired; the
         holder itself renews it this way (use a holder name per attempt where that matters)."""

@@ -966,6 +966,9 @@ class PostgresStore:
         )
         return sorted((refresh_from_row(r) for r in rows), key=lambda t: t.cluster)
 
+    async def postpone_refresh(self, cluster: str, *, until: float) -> None:
+        await self._execute("UPDATE refresh SET next_refresh_at = greatest(next_refresh_at, $1) WHERE cluster = $2", until, cluster)
+
     async def try_lock(self, name: str, *, holder: str, now: float, ttl: float) -> bool:
         row = await self._fetchval(
             "INSERT INTO locks (name, holder, expires_at) VALUES ($1, $2, $3)"

@@ -938,6 +938,10 @@ class SQLiteStore:
             )
         return sorted((refresh_from_row(r) for r in rows), key=lambda t: t.cluster)
 
+    async def postpone_refresh(self, cluster: str, *, until: float) -> None:
+        async with self._autocommit() as db:
+            await db.execute("UPDATE refresh SET next_refresh_at = max(next_refresh_at, ?) WHERE cluster = ?", (until, cluster))
+
     async def try_lock(self, name: str, *, holder: str, now: float, ttl: float) -> bool:
         async with self._autocommit() as db:
             rows = await db.execute_fetchall(
