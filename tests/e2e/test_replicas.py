@@ -145,7 +145,9 @@ def test_replicas_on_one_broker_answer_each_agent_once_and_take_over_a_dead_ones
                 survivor = b if victim is a else a
                 sim.set_churn(10)
                 victim.proc.stop(signal.SIGKILL)
-                wait_until(lambda: all(holder_hub(survivor, c) == survivor.hub_id for c in serving), timeout=60, what="the dead replica's clusters taken over")
+                # silence (4 heartbeats) + a lease TTL, then the survivor tells the agents whose Hello
+                # the dead replica had taken to connect again: well before their 30 s Hello timeout
+                wait_until(lambda: all(holder_hub(survivor, c) == survivor.hub_id for c in serving), timeout=25, what="the dead replica's clusters taken over")
                 sim.set_churn(0)
                 wait_converged(sim, survivor, timeout=60, what="convergence through the surviving replica")
             finally:

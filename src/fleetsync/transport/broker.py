@@ -24,8 +24,10 @@ renewed while it serves a session of that cluster); the replicas that cannot tak
 ignore the session. The others' events of a session nobody here knows are ignored too
 while another live replica holds the lock; if none does (this replica restarted, or
 the holder's lock lapsed), the agent is told to connect again. If the holder dies, its
-lock lapses after the lease TTL; the agent, hearing nothing, says Hello again and a
-live replica takes it.
+lock lapses after the lease TTL. A replica that left a Hello to the holder looks at the
+lock once more a lease TTL later: if it has lapsed and nobody took it, the holder died
+without answering, and the agent is told to connect again, so it says Hello to a live
+replica then rather than at its own Hello timeout (30 s).
 """
 
 from __future__ import annotations
@@ -92,6 +94,9 @@ class BrokerSessions:
         self._ended: OrderedDict[tuple[str, str], bool] = OrderedDict()
         #: Recent sessions another replica serves.
         self._foreign: OrderedDict[tuple[str, str], None] = OrderedDict()
+        #: Hellos left to the replica holding their cluster's broker lock, by when to look
+        #: whether it answered (the lock still held) or died (the lock lapsed).
+        self._left: OrderedDict[tuple[str, str], float] = OrderedDict()
         self._expiry: asyncio.Task[None] | None = None
 
     def __len__(self) -> int:
@@ -134,6 +139,11 @@ class BrokerSessions:
                 self._foreign[key] = None
                 while len(self._foreign) > _ENDED_KEPT:
                     self._foreign.popitem(last=False)
+                if event.type == HELLO:
+                    self._left.pop(key, None)  # kept in the order they are due
+                    self._left[key] = time.monotonic() + self.core.settings.lease_ttl
+                    while len(self._left) > _ENDED_KEPT:
+                        self._left.popitem(last=False)
                 await _ack(done)
                 return
             connection = self._open(cluster, event.session)
@@ -164,6 +174,33 @@ class BrokerSessions:
                 log.warning("%s: another hub replica serves cluster %s now; ending its sessions here", self.transport, cluster)
                 for key in [k for k in self._live if k[0] == cluster]:
                     await self._end(key)
+
+    async def _redirect_orphaned_hellos(self) -> None:
+        """Hellos left to a lock holder that has died since: tell their agents to connect again.
+
+        Each one is looked at once, a lease TTL after it came: by then a live holder has
+        renewed the lock, and a dead one's has lapsed. A session the holder served and ended
+        meanwhile gets the answer too, harmlessly: its agent has moved on to another session
+        and ignores it."""
+        now = time.monotonic()
+        while self._left:
+            key, due = next(iter(self._left.items()))
+            if due > now:
+                return  # in arrival order: the rest are due later
+            del self._left[key]
+            try:
+                holder = await self.core.store.lock_holder(broker_lock(key[0]), now=self.core.clock())
+            except Exception as exc:  # the agent's own Hello timeout still applies
+                log.debug("%s: cannot look at the broker lock of cluster %s: %s", self.transport, key[0], exc)
+                continue
+            if holder is not None or key in self._live:
+                continue
+            log.info("%s: the replica holding cluster %s's broker lock stopped; telling its agent to connect again", self.transport, key[0])
+            message = "the hub replica that took this session stopped before answering; connect again"
+            try:
+                await self.publish(key[0], key[1], pb.HubMessage(reject=pb.Reject(reason=pb.PROTOCOL, message=message)))
+            except Exception as exc:
+                log.debug("%s: cannot tell cluster %s to connect again: %s", self.transport, key[0], exc)
 
     def _open(self, cluster: str, session_id: str) -> _Connection:
         key = (cluster, session_id)
@@ -259,6 +296,7 @@ class BrokerSessions:
             if now - renewed >= self.core.settings.lease_ttl / 3:
                 renewed = now
                 await self._renew_locks()
+            await self._redirect_orphaned_hellos()
             for key, connection in list(self._live.items()):
                 if now - connection.last_seen > timeout:
                     log.info("%s: nothing from cluster %s's session %s for %.0fs; ending it", self.transport, key[0], key[1], timeout)
