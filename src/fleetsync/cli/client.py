@@ -83,6 +83,11 @@ def hub_session(args: argparse.Namespace, **options: Any) -> aiohttp.ClientSessi
     return aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=context), **options)
 
 
+def item_url(args: argparse.Namespace, collection: str, name: str = "") -> str:
+    """The hub's URL of ``collection`` (e.g. ``/api/v1/works``), or of its item ``name`` (quoted)."""
+    return f"{args.hub}{collection}" + (f"/{urllib.parse.quote(name, safe='')}" if name else "")
+
+
 def run_client(coro: Any) -> int:
     try:
         return int(asyncio.run(coro))

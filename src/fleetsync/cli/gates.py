@@ -6,10 +6,9 @@ import argparse
 import json
 import sys
 import time
-import urllib.parse
 from typing import Any
 
-from fleetsync.cli.client import ClientError, add_hub_flags, fetch, hub_session, print_table, run_client
+from fleetsync.cli.client import ClientError, add_hub_flags, fetch, hub_session, item_url, print_table, run_client
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -36,10 +35,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     unset.set_defaults(run=lambda a: run_client(_unset(a)))
 
 
-def _url(args: argparse.Namespace, key: str = "") -> str:
-    return f"{args.hub}/1.0/feature-gates" + (f"/{urllib.parse.quote(key, safe='')}" if key else "")
-
-
 def _rows(gates: list[dict[str, Any]]) -> None:
     now = time.time()
     print_table(
@@ -50,7 +45,7 @@ def _rows(gates: list[dict[str, Any]]) -> None:
 
 async def _list(args: argparse.Namespace) -> int:
     async with hub_session(args) as session:
-        gates = (await fetch(session, _url(args), token=args.token))["metadata"]
+        gates = (await fetch(session, item_url(args, "/1.0/feature-gates"), token=args.token))["metadata"]
     if args.output == "json":
         print(json.dumps(gates, indent=2))
     elif gates:
@@ -62,7 +57,7 @@ async def _list(args: argparse.Namespace) -> int:
 
 async def _get(args: argparse.Namespace) -> int:
     async with hub_session(args) as session:
-        gate = (await fetch(session, _url(args, args.key), token=args.token))["metadata"]
+        gate = (await fetch(session, item_url(args, "/1.0/feature-gates", args.key), token=args.token))["metadata"]
     if args.output == "json":
         print(json.dumps(gate, indent=2))
     else:
@@ -80,13 +75,13 @@ def _assignment(text: str) -> tuple[str, bool]:
 async def _set(args: argparse.Namespace) -> int:
     key, enabled = _assignment(args.assignment)
     async with hub_session(args) as session:
-        gate = (await fetch(session, _url(args, key), token=args.token, method="PUT", body={"enabled": enabled}))["metadata"]
+        gate = (await fetch(session, item_url(args, "/1.0/feature-gates", key), token=args.token, method="PUT", body={"enabled": enabled}))["metadata"]
     print(f"{gate['gate-key']}={str(gate['enabled']).lower()} (revision {gate['revision']})")
     return 0
 
 
 async def _unset(args: argparse.Namespace) -> int:
     async with hub_session(args) as session:
-        gate = (await fetch(session, _url(args, args.key), token=args.token, method="DELETE"))["metadata"]
+        gate = (await fetch(session, item_url(args, "/1.0/feature-gates", args.key), token=args.token, method="DELETE"))["metadata"]
     print(f"{gate['gate-key']} unset (revision {gate['revision']})")
     return 0

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import urllib.parse
 from typing import Any
 
-from fleetsync.cli.client import ClientError, add_hub_flags, fetch, hub_session, print_table, run_client
+from fleetsync.cli.client import ClientError, add_hub_flags, fetch, hub_session, item_url, print_table, run_client
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -30,13 +29,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     unset.set_defaults(run=lambda a: run_client(_unset(a)))
 
 
-def _url(args: argparse.Namespace, key: str = "") -> str:
-    return f"{args.hub}/api/v1/settings" + (f"/{urllib.parse.quote(key, safe='')}" if key else "")
-
-
 async def _list(args: argparse.Namespace) -> int:
     async with hub_session(args) as session:
-        items: list[dict[str, Any]] = (await fetch(session, _url(args), token=args.token))["items"]
+        items: list[dict[str, Any]] = (await fetch(session, item_url(args, "/api/v1/settings"), token=args.token))["items"]
     if args.output == "json":
         print(json.dumps(items, indent=2))
     else:
@@ -49,13 +44,13 @@ async def _set(args: argparse.Namespace) -> int:
     if not sep or not key.strip():
         raise ClientError(f"expected KEY=VALUE, not {args.assignment!r} (e.g. deployment-type=maas)")
     async with hub_session(args) as session:
-        answer = await fetch(session, _url(args, key.strip()), token=args.token, method="PUT", body={"value": value.strip()})
+        answer = await fetch(session, item_url(args, "/api/v1/settings", key.strip()), token=args.token, method="PUT", body={"value": value.strip()})
     print(f"{answer['key']}={answer['value']}")
     return 0
 
 
 async def _unset(args: argparse.Namespace) -> int:
     async with hub_session(args) as session:
-        await fetch(session, _url(args, args.key), token=args.token, method="DELETE")
+        await fetch(session, item_url(args, "/api/v1/settings", args.key), token=args.token, method="DELETE")
     print(f"{args.key} unset")
     return 0

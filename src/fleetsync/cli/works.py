@@ -7,14 +7,13 @@ import asyncio
 import json
 import sys
 import time
-import urllib.parse
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import yaml
 
-from fleetsync.cli.client import ClientError, add_hub_flags, fetch, hub_session, print_table, run_client
+from fleetsync.cli.client import ClientError, add_hub_flags, fetch, hub_session, item_url, print_table, run_client
 from fleetsync.model.objects import parse_rfc3339
 
 
@@ -45,10 +44,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     delete.set_defaults(run=lambda a: run_client(_delete(a)))
 
 
-def _url(args: argparse.Namespace, name: str = "") -> str:
-    return f"{args.hub}/api/v1/works" + (f"/{urllib.parse.quote(name, safe='')}" if name else "")
-
-
 def read_works(filename: str) -> list[dict[str, Any]]:
     """The Work documents of a YAML/JSON file (several YAML documents, or a WorkList's items)."""
     try:
@@ -76,7 +71,7 @@ def read_works(filename: str) -> list[dict[str, Any]]:
 
 async def _existing(session: aiohttp.ClientSession, args: argparse.Namespace, name: str) -> dict[str, Any] | None:
     try:
-        found: dict[str, Any] = await fetch(session, _url(args, name), token=args.token)
+        found: dict[str, Any] = await fetch(session, item_url(args, "/api/v1/works", name), token=args.token)
     except ClientError as exc:
         if ": 404 " in str(exc):
             return None
@@ -91,7 +86,7 @@ async def _apply(args: argparse.Namespace) -> int:
         for work in works:
             name = work["metadata"]["name"]
             before = await _existing(session, args, name)
-            after = await fetch(session, _url(args, name), token=args.token, method="PUT", body=work)
+            after = await fetch(session, item_url(args, "/api/v1/works", name), token=args.token, method="PUT", body=work)
             change = "created" if before is None else ("unchanged" if before["metadata"]["generation"] == after["metadata"]["generation"] else "configured")
             print(f"work.fleetsync.io/{name} {change} (generation {after['metadata']['generation']})")
             written.append(after)
@@ -106,7 +101,7 @@ async def _wait(session: aiohttp.ClientSession, args: argparse.Namespace, works:
     pending = {w["metadata"]["name"]: w["metadata"]["generation"] for w in works}
     while pending:
         for name, generation in list(pending.items()):
-            work = await fetch(session, _url(args, name), token=args.token)
+            work = await fetch(session, item_url(args, "/api/v1/works", name), token=args.token)
             if work["metadata"]["generation"] != generation:
                 raise ClientError(f"work {name} was changed again (generation {work['metadata']['generation']}) while waiting")
             status = work["status"]
@@ -120,7 +115,7 @@ async def _wait(session: aiohttp.ClientSession, args: argparse.Namespace, works:
         if pending:
             if time.monotonic() > deadline:
                 for name in pending:
-                    _print_clusters(await fetch(session, _url(args, name), token=args.token), only_failed=False)
+                    _print_clusters(await fetch(session, item_url(args, "/api/v1/works", name), token=args.token), only_failed=False)
                 print(f"error: timed out after {args.timeout:.0f}s waiting for {', '.join(pending)} to be {args.wait}", file=sys.stderr)
                 return 1
             await asyncio.sleep(0.5)
@@ -155,7 +150,7 @@ def _print_clusters(work: dict[str, Any], *, only_failed: bool) -> None:
 
 async def _get(args: argparse.Namespace) -> int:
     async with hub_session(args) as session:
-        found = await fetch(session, _url(args, args.name or ""), token=args.token)
+        found = await fetch(session, item_url(args, "/api/v1/works", args.name or ""), token=args.token)
     if args.output == "json":
         print(json.dumps(found, indent=2))
         return 0
@@ -196,6 +191,6 @@ def _summary(status: dict[str, Any]) -> str:
 
 async def _delete(args: argparse.Namespace) -> int:
     async with hub_session(args) as session:
-        await fetch(session, _url(args, args.name), token=args.token, method="DELETE")
+        await fetch(session, item_url(args, "/api/v1/works", args.name), token=args.token, method="DELETE")
     print(f"work.fleetsync.io/{args.name} deleted (its agents remove its objects)")
     return 0
