@@ -97,6 +97,30 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     add_flag(p, "--refresh-workers", type=positive_int, default=4, help="cluster refreshes this replica runs at once")
     add_flag(
         p,
+        "--inbox-bytes",
+        type=positive_int,
+        default=64 * 1024 * 1024,
+        help="bytes received from one cluster and not yet applied before the hub stops reading it",
+    )
+    add_flag(
+        p,
+        "--inbox-budget",
+        type=positive_int,
+        default=256 * 1024 * 1024,
+        help="the same for all clusters together: bounds the hub's memory for received bundles whatever the fleet's size (agents wait meanwhile)",
+    )
+    add_flag(p, "--batch-bundles", type=positive_int, default=1000, help="group commit: most bundles (of any clusters) in one store transaction")
+    add_flag(p, "--batch-bytes", type=positive_int, default=16 * 1024 * 1024, help="group commit: most bytes of objects in one store transaction")
+    add_flag(p, "--batch-linger", type=non_negative_float, default=0.002, help="group commit: seconds the writer waits for more bundles under load")
+    add_flag(
+        p,
+        "--store-retry",
+        type=non_negative_float,
+        default=30.0,
+        help="seconds a cluster's writes are retried while the store cannot be written, before its session ends (the agent reconnects and resends)",
+    )
+    add_flag(
+        p,
         "--deployment-type",
         default="",
         choices=("", "local", "maas"),
@@ -123,6 +147,12 @@ def settings_from(args: argparse.Namespace) -> HubSettings:
         resync_on_startup=args.resync_on_startup is not False,
         push_refresh_interval=args.push_refresh_interval,
         refresh_workers=args.refresh_workers,
+        inbox_bytes=args.inbox_bytes,
+        inbox_budget=args.inbox_budget,
+        batch_bundles=args.batch_bundles,
+        batch_bytes=args.batch_bytes,
+        batch_linger=args.batch_linger,
+        store_retry=args.store_retry,
         deployment_type=args.deployment_type,
         pull_token=read_token_file("--pull-token-file", args.pull_token_file, min_length=16) if args.pull_token_file else "",
     )

@@ -30,9 +30,11 @@ from fleetsync.hub.clusterlabels import ClusterLabels
 from fleetsync.hub.events import EventLog
 from fleetsync.hub.feed import ChangeFeed
 from fleetsync.hub.gates import GATES_CHANNEL
+from fleetsync.hub.inbox import InboxBudget
 from fleetsync.hub.metrics import HubMetrics
 from fleetsync.hub.refresh import RefreshScheduler
 from fleetsync.hub.works import WORKS_CHANNEL, SpecCache
+from fleetsync.hub.writer import BatchWriter
 from fleetsync.model.types import HUB_TYPES, TypeRegistry, UnknownResourceType
 from fleetsync.store.contract import Store
 
@@ -99,6 +101,17 @@ class HubSettings:
     deployment_type: str = ""
     #: Bytes received and not yet applied, per cluster, before the hub stops reading (backpressure).
     inbox_bytes: int = 64 * 1024 * 1024
+    #: The same for every cluster together: what the hub holds of received bundles is bounded by
+    #: this, not by the fleet's size (the agents wait, through the transports' flow control).
+    inbox_budget: int = 256 * 1024 * 1024
+    #: Group commit: at most this many bundles, and this many bytes of objects, in one transaction.
+    batch_bundles: int = 1000
+    batch_bytes: int = 16 * 1024 * 1024
+    #: Under load, the writer waits this long for more bundles before it commits (seconds).
+    batch_linger: float = 0.002
+    #: While the store cannot be written, a cluster's engine retries this long before its
+    #: session ends (the agent reconnects and resends what was not acknowledged).
+    store_retry: float = 30.0
     #: Push clusters get a scheduled refresh (a digest of every type) this often; 0: never.
     push_refresh_interval: float = 600.0
     #: Refreshes this replica runs at once.
@@ -137,6 +150,12 @@ class HubCore:
         self.sessions: dict[str, Session] = {}
         #: Work specs parsed once per generation, for every session's works snapshot.
         self.specs = SpecCache()
+        #: Every session's bundles reach the store through this one writer (group commit).
+        self.writer = BatchWriter(
+            store, metrics=self.metrics, max_bundles=self.settings.batch_bundles, max_bytes=self.settings.batch_bytes, linger=self.settings.batch_linger
+        )
+        #: What every session's inbox may hold together.
+        self.inbox_budget = InboxBudget(self.settings.inbox_budget)
         self._connected_since_start: set[str] = set()
         self._timers: asyncio.Task[None] | None = None
         self._background: set[asyncio.Future[None]] = set()
@@ -269,6 +288,7 @@ class HubCore:
         if self._background:  # sessions still closing: let them hand their leases back
             await asyncio.gather(*self._background, return_exceptions=True)
         await self.refresh.stop()
+        await self.writer.close()
         await self.feed.stop()
 
     async def run_timers(self) -> None:

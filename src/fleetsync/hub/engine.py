@@ -5,8 +5,15 @@ bundles and digests into the engine's :class:`~fleetsync.hub.inbox.Inbox` as the
 arrive (where they conflate while the engine is behind); :meth:`ClusterEngine.run`
 takes them out one at a time, so a cluster's bundles are applied strictly in order.
 The rules themselves live in :mod:`fleetsync.protocol.rules`; this module turns their
-decisions into one store transaction each and the answer to send (an Ack, only after
-the commit; a ResyncRequest on a gap; a DigestDiff).
+decisions into writes for the :class:`~fleetsync.hub.writer.BatchWriter` (which commits
+the bundles of many clusters together) and the answer to send (an Ack, only after the
+commit; a ResyncRequest on a gap; a DigestDiff).
+
+A write that fails is never skipped: while the store is unavailable the engine retries
+with backoff, for ``store_retry`` seconds, and then raises :class:`StoreUnavailable`
+to its session, which ends (the agent reconnects and resends what was not acked). A
+bundle the store refuses by itself (not the store's state) refuses its type, as a
+malformed one would: :class:`BundleRefused`.
 """
 
 from __future__ import annotations
@@ -20,13 +27,15 @@ from dataclasses import dataclass
 
 import xxhash
 
+from fleetsync.backoff import Backoff
 from fleetsync.hub import events
 from fleetsync.hub.events import EventLog
-from fleetsync.hub.inbox import Inbox, QueuedDelta, QueuedDigest, header_of
+from fleetsync.hub.inbox import Inbox, InboxBudget, QueuedDelta, QueuedDigest, header_of
 from fleetsync.hub.metrics import HubMetrics
+from fleetsync.hub.writer import BatchWriter
 from fleetsync.protocol import fleetsync_pb2 as pb
 from fleetsync.protocol.rules import HubStream, Position, Verdict, compare_digest
-from fleetsync.store.contract import ObjectRecord, Store, StreamRecord
+from fleetsync.store.contract import BundleWrite, ObjectRecord, Store, StoreUnavailable, StreamRecord
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +70,14 @@ def object_record(cluster: str, type_: str, incarnation: str, obj: pb.Object, co
     )
 
 
+class BundleRefused(Exception):
+    """The store could not write one bundle (the bundle, not the store, is at fault)."""
+
+    def __init__(self, type_: str, message: str) -> None:
+        super().__init__(message)
+        self.type = type_
+
+
 @dataclass
 class _Resync:
     """A resync of one type under way: why, since when, and what it repairs."""
@@ -82,17 +99,22 @@ class ClusterEngine:
         events: EventLog,
         metrics: HubMetrics,
         max_message_bytes: int,
+        writer: BatchWriter | None = None,
+        store_retry: float = 30.0,
         inbox_bytes: int = 64 * 1024 * 1024,
+        inbox_budget: InboxBudget | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.store = store
+        self.writer = writer or BatchWriter(store, metrics=metrics)
+        self.store_retry = store_retry
         self.cluster = cluster
         self.send = send
         self.events = events
         self.metrics = metrics
         self.clock = clock
         self.max_diff_bytes = max_message_bytes // 2
-        self.inbox = Inbox(max_bytes=inbox_bytes)
+        self.inbox = Inbox(max_bytes=inbox_bytes, budget=inbox_budget)
         self.streams: dict[str, HubStream] = {}
         self.errors: dict[str, str] = {}
         for s in streams:
@@ -149,8 +171,12 @@ class ClusterEngine:
     async def step(self) -> None:
         """Apply the next queued item (waiting for one) and send what answers it."""
         item = await self.inbox.get()
-        self._observe_inbox()
-        for answer in await self.process(item):
+        try:
+            answers = await self.process(item)
+        finally:
+            self.inbox.done()
+            self._observe_inbox()
+        for answer in answers:
             await self.send(answer)
 
     async def drained(self) -> None:
@@ -163,7 +189,12 @@ class ClusterEngine:
         if isinstance(item, pb.Bundle) and item.kind == pb.BUNDLE_KIND_UNSPECIFIED:
             await self._type_error(item.type, item.error)
             return []
-        return await self._apply(item)
+        try:
+            return await self._apply(item)
+        except BundleRefused as exc:  # the stream stays where it was: the agent may send it again later
+            self.metrics.refused.labels("store").inc()
+            await self.events.record(self.cluster, events.TYPE_REFUSED, str(exc), type=exc.type)
+            return [pb.HubMessage(reject=pb.Reject(reason=pb.PROTOCOL, message=str(exc), type=exc.type))]
 
     async def _apply(self, item: QueuedDelta | pb.Bundle) -> list[pb.HubMessage]:
         if isinstance(item, QueuedDelta):
@@ -182,17 +213,21 @@ class ClusterEngine:
         if decision.verdict is not Verdict.DUPLICATE:
             started = time.perf_counter()
             moves = decision.verdict in (Verdict.APPLY_DELTA, Verdict.FULL_LAST)
-            await self.store.apply_bundle(
-                self.cluster,
-                type_,
-                incarnation=header.incarnation,
-                seq=header.seq,
-                upserts=[object_record(self.cluster, type_, header.incarnation, o, item.compression) for o in upserts],
-                deletes=deletes,
-                full_seq=full_mark(header.incarnation, header.seq) if header.full else None,
-                full_end=decision.verdict is Verdict.FULL_LAST,
-                move_to=(header.incarnation, header.seq) if moves else None,
-                now=self.clock(),
+            records = [object_record(self.cluster, type_, header.incarnation, o, item.compression) for o in upserts]
+            await self._write(
+                BundleWrite(
+                    self.cluster,
+                    type_,
+                    header.incarnation,
+                    header.seq,
+                    records,
+                    deletes,
+                    full_seq=full_mark(header.incarnation, header.seq) if header.full else None,
+                    full_end=decision.verdict is Verdict.FULL_LAST,
+                    move_to=(header.incarnation, header.seq) if moves else None,
+                    now=self.clock(),
+                ),
+                size=sum(len(r.body) for r in records),
             )
             objects = len(upserts) + len(deletes)
             self.applied_objects += objects
@@ -207,6 +242,32 @@ class ClusterEngine:
         if ack is None:
             return []
         return [pb.HubMessage(ack=pb.Ack(type=type_, incarnation=ack.incarnation, seq=ack.seq, chunk=ack.chunk, partial=ack.partial))]
+
+    async def _write(self, write: BundleWrite, *, size: int) -> None:
+        """Commit ``write`` (with other clusters' bundles), retrying while the store is unavailable."""
+        backoff: Backoff | None = None
+        deadline = 0.0
+        while True:
+            try:
+                await self.writer.apply(write, size=size)
+                return
+            except StoreUnavailable as exc:
+                now = time.monotonic()
+                if backoff is None:
+                    backoff, deadline = Backoff(initial=0.05, maximum=2.0), now + self.store_retry
+                    log.warning(
+                        "cluster %s: the store is unavailable (%s); retrying %s seq %d for up to %.0fs",
+                        self.cluster,
+                        exc,
+                        write.type,
+                        write.seq,
+                        self.store_retry,
+                    )
+                if now >= deadline:
+                    raise StoreUnavailable(f"the store has been unavailable for {self.store_retry:.0f}s: {exc}") from exc
+                await asyncio.sleep(min(backoff.next_delay(), max(0.0, deadline - now)))
+            except Exception as exc:
+                raise BundleRefused(write.type, f"the hub could not store bundle seq {write.seq} of {write.type}: {exc}") from exc
 
     async def _gap(self, type_: str, reason: str) -> list[pb.HubMessage]:
         now = self.clock()

@@ -88,4 +88,7 @@ class EventLog:
         assert reason in REASONS, reason
         log.log(logging.WARNING if reason in _WARNINGS else logging.INFO, "cluster %s: %s%s: %s", cluster, reason, f" {type}" if type else "", message)
         self.metrics.events.labels(reason).inc()
-        await self.store.add_events([EventRecord(time=self.clock(), cluster=cluster, reason=reason, message=message, type=type, hub_id=self.hub_id)])
+        try:
+            await self.store.add_events([EventRecord(time=self.clock(), cluster=cluster, reason=reason, message=message, type=type, hub_id=self.hub_id)])
+        except Exception as exc:  # the log line above has it; an event the store cannot take must not stop what it reports on
+            log.warning("cluster %s: event %s not stored: %s", cluster, reason, exc)

@@ -13,9 +13,11 @@ and applies them in order. When the engine falls behind, the queue conflates:
   digest of a type replaces an older one still queued.
 
 Applying the conflated queue leaves the store exactly as applying every message would,
-with fewer transactions (a hypothesis test checks this). Memory is bounded by
-``max_bytes``: :meth:`Inbox.room` waits (pushing back on the transport) while more is
-queued.
+with fewer transactions (a hypothesis test checks this). Memory is bounded twice: per
+cluster by ``max_bytes``, and for the whole hub by a shared :class:`InboxBudget` that
+counts every inbox's bytes and the item each engine is applying. :meth:`Inbox.room`
+waits while either is exceeded, so the transport stops reading, and flow control (gRPC's
+windows, the broker's in-flight limits) pushes back on the agents before memory grows.
 """
 
 from __future__ import annotations
@@ -50,7 +52,7 @@ class QueuedDelta:
 
     @classmethod
     def of(cls, bundle: pb.Bundle, size: int) -> QueuedDelta:
-        queued = cls(bundle.type, header_of(bundle), bundle.compression, bundle.collected_at_ms, size=size, bundles=0)
+        queued = cls(bundle.type, header_of(bundle), bundle.compression, bundle.collected_at_ms, size=0, bundles=0)
         queued.merge(bundle, size)
         return queued
 
@@ -88,10 +90,39 @@ class QueuedDigest:
 Item = QueuedDelta | QueuedDigest | pb.Bundle  # pb.Bundle: a FULL chunk or an error report
 
 
-class Inbox:
-    def __init__(self, *, max_bytes: int = 64 * 1024 * 1024) -> None:
+class InboxBudget:
+    """The bytes every cluster's inbox of one hub holds together, against one limit."""
+
+    def __init__(self, max_bytes: int) -> None:
+        if max_bytes < 1:
+            raise ValueError(f"the inbox budget must be at least one byte, not {max_bytes}")
         self.max_bytes = max_bytes
         self.bytes = 0
+        self._room = asyncio.Event()
+        self._room.set()
+
+    def take(self, size: int) -> None:
+        self.bytes += size
+        if self.bytes >= self.max_bytes:
+            self._room.clear()
+
+    def give(self, size: int) -> None:
+        self.bytes -= size
+        if self.bytes < self.max_bytes:
+            self._room.set()
+
+    async def room(self) -> None:
+        while self.bytes >= self.max_bytes:
+            await self._room.wait()
+
+
+class Inbox:
+    def __init__(self, *, max_bytes: int = 64 * 1024 * 1024, budget: InboxBudget | None = None) -> None:
+        self.max_bytes = max_bytes
+        self.budget = budget or InboxBudget(max_bytes)
+        self.bytes = 0
+        #: Bytes of the item the engine took last and has not reported :meth:`done` with.
+        self.in_hand = 0
         self._queue: deque[tuple[Item, int]] = deque()
         self._assembling: dict[str, tuple[QueuedDigest, int]] = {}  # type -> (digest so far, next chunk)
         self._nonempty = asyncio.Event()  # one consumer (the engine) waits on it
@@ -121,7 +152,12 @@ class Inbox:
 
     def _append(self, item: Item, size: int) -> None:
         self._queue.append((item, size))
+        self._grow(size)
+
+    def _grow(self, size: int) -> None:
+        """``size`` bytes more (or, negative, fewer) are queued."""
         self.bytes += size
+        self.budget.take(size)
 
     def _put_delta(self, bundle: pb.Bundle, size: int) -> None:
         header = header_of(bundle)
@@ -131,7 +167,7 @@ class Inbox:
             if isinstance(item, QueuedDelta) and item.compression == bundle.compression and item.header.incarnation == header.incarnation:
                 if can_merge(item.header, header):
                     item.merge(bundle, size)
-                    self.bytes += size
+                    self._grow(size)
                     self.conflated += 1
                     return
                 if header.seq <= item.header.seq and header.base_seq >= item.header.base_seq:
@@ -156,24 +192,30 @@ class Inbox:
                     redundant = supersedes(header, header_of(item))
             if redundant:
                 self.conflated += item.bundles if isinstance(item, QueuedDelta) else 1
-                self.bytes -= item_size
+                self._grow(-(item.size if isinstance(item, QueuedDelta) else item_size))
             else:
                 kept.append((item, item_size))
         self._queue = kept
         self._append(bundle, size)
 
     def _put_digest(self, digest: pb.Digest, size: int) -> None:
+        """Chunks being assembled count as queued (a digest that never ends is bounded too)."""
         entries = codec.digest_entries(digest)
         partial = self._assembling.get(digest.type)
         if digest.chunk == 0:
+            if partial is not None:  # a new digest replaces an unfinished one
+                self._grow(-partial[0].size)
             partial = (QueuedDigest(digest.type, digest.incarnation, digest.seq, {}), 0)
         elif partial is None or (partial[0].incarnation, partial[0].seq, partial[1]) != (digest.incarnation, digest.seq, digest.chunk):
             log.info("digest of %s: chunk %d arrived out of order; dropped (the agent sends its digest again)", digest.type, digest.chunk)
+            if partial is not None:
+                self._grow(-partial[0].size)
             self._assembling.pop(digest.type, None)
             return
         assembled, _ = partial
         assembled.entries.update(entries)
         assembled.size += size
+        self._grow(size)
         if not digest.last:
             self._assembling[digest.type] = (assembled, digest.chunk + 1)
             return
@@ -181,22 +223,39 @@ class Inbox:
         older = [(item, s) for item, s in self._queue if isinstance(item, QueuedDigest) and item.type == digest.type]
         for entry in older:
             self._queue.remove(entry)
-            self.bytes -= entry[1]
-        self._append(assembled, assembled.size)
+            self._grow(-entry[1])
+        self._queue.append((assembled, assembled.size))  # its bytes are counted already
 
     async def get(self) -> Item:
         """The next item, waiting for one."""
         while not self._queue:
             self._nonempty.clear()
             await self._nonempty.wait()
+        self.done()
         item, size = self._queue.popleft()
-        self.bytes -= size
+        if isinstance(item, QueuedDelta):
+            size = item.size  # with the bundles merged into it since it was queued
+        self.bytes -= size  # still counted by the budget until done(): the engine holds it
+        self.in_hand = size
         if self.bytes < self.max_bytes:
             self._room.set()
         return item
 
+    def done(self) -> None:
+        """The item taken last is applied (or dropped): its bytes leave the hub's budget."""
+        self.budget.give(self.in_hand)
+        self.in_hand = 0
+
+    def discard(self) -> None:
+        """The inbox's session ended: nothing it holds counts against the budget any more."""
+        self.budget.give(self.bytes + self.in_hand)
+        self.bytes = self.in_hand = 0
+        self._queue.clear()
+        self._assembling.clear()
+
     async def room(self) -> None:
-        """Wait until less than ``max_bytes`` is queued."""
+        """Wait until less than ``max_bytes`` is queued here and the hub's budget has room."""
         while self.bytes >= self.max_bytes:
             self._room.clear()
             await self._room.wait()
+        await self.budget.room()

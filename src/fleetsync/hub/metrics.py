@@ -58,6 +58,29 @@ class HubMetrics:
             registry=self.registry,
         )
 
+        self.batch_bundles = Histogram(
+            "fleetsync_batch_bundles",
+            "Bundles committed per store transaction (group commit)",
+            buckets=(1, 2, 5, 10, 25, 50, 100, 250, 500, 1000),
+            registry=self.registry,
+        )
+        self.batch_seconds = Histogram(
+            "fleetsync_batch_seconds",
+            "Time to commit one batch of bundles",
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+            registry=self.registry,
+        )
+        self.store_errors = Counter(
+            "fleetsync_store_errors_total",
+            "Failed writes of bundles, by kind (unavailable: the store could not be written; bundle: one bundle could not be)",
+            ["kind"],
+            registry=self.registry,
+        )
+
+    def committed(self, bundles: int, seconds: float) -> None:
+        self.batch_bundles.observe(bundles)
+        self.batch_seconds.observe(seconds)
+
     def max_lag(self) -> float:
         return max((float(s.value) for m in self.sync_lag.collect() for s in m.samples), default=0.0)
 

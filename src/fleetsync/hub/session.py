@@ -31,7 +31,7 @@ from fleetsync.model.types import UnknownResourceType
 from fleetsync.model.works import FAILED
 from fleetsync.protocol import fleetsync_pb2 as pb
 from fleetsync.protocol.codec import CodecError
-from fleetsync.store.contract import ClusterRecord, TokenRecord, WorkRecord
+from fleetsync.store.contract import ClusterRecord, StoreUnavailable, TokenRecord, WorkRecord
 
 log = logging.getLogger(__name__)
 
@@ -286,7 +286,10 @@ class Session:
             events=core.events,
             metrics=core.metrics,
             max_message_bytes=core.settings.max_message_bytes,
+            writer=core.writer,
+            store_retry=core.settings.store_retry,
             inbox_bytes=core.settings.inbox_bytes,
+            inbox_budget=core.inbox_budget,
             clock=core.clock,
         )
         await store.upsert_cluster(
@@ -332,7 +335,26 @@ class Session:
     def start_engine(self) -> None:
         """Apply what arrives in the background (a test may drive ``engine.step()`` itself instead)."""
         assert self.engine is not None
-        self._worker = asyncio.create_task(self.engine.run(), name=f"engine-{self.cluster}")
+        self._worker = asyncio.create_task(self._run_engine(self.engine), name=f"engine-{self.cluster}")
+
+    async def _run_engine(self, engine: ClusterEngine) -> None:
+        """Run the engine; if the store stays unavailable, end the session so that the agent
+        reconnects (to this replica or another) and resends what was not acknowledged, rather
+        than go on answering heartbeats for a cluster that no longer syncs."""
+        try:
+            await engine.run()
+        except Exception as exc:
+            if isinstance(exc, StoreUnavailable):
+                message = f"the hub cannot write cluster {self.cluster!r} to its store: {exc}; reconnect later"
+                log.error("cluster %s: %s; ending the session", self.cluster, exc)
+            else:
+                message = f"the hub failed applying cluster {self.cluster!r}: {exc!r}; reconnect later"
+                log.exception("cluster %s: the engine failed; ending the session", self.cluster)
+            self.core.metrics.rejected.labels("UNAVAILABLE").inc()
+            with contextlib.suppress(Exception):
+                await self.send(pb.HubMessage(reject=pb.Reject(reason=pb.UNAVAILABLE, message=message, retry_after_ms=1000)))
+            if self.end is not None:
+                await self.end()
 
     async def _reactivate(self, since: float | None = None) -> None:
         """The cluster was inactive and speaks again: it is active, and its state is checked by digest."""
@@ -366,14 +388,18 @@ class Session:
         assert self.hello is not None
         while True:
             await asyncio.sleep(settings.lease_ttl / 3)
-            result = await self.core.store.acquire_lease(
-                self.cluster,
-                holder=self.hello.agent_id,
-                incarnation=self.hello.incarnation,
-                hub_id=settings.hub_id,
-                now=self.core.clock(),
-                ttl=settings.lease_ttl,
-            )
+            try:
+                result = await self.core.store.acquire_lease(
+                    self.cluster,
+                    holder=self.hello.agent_id,
+                    incarnation=self.hello.incarnation,
+                    hub_id=settings.hub_id,
+                    now=self.core.clock(),
+                    ttl=settings.lease_ttl,
+                )
+            except Exception as exc:  # the store is away for now: try again; the lease lasts three periods
+                log.warning("cluster %s: the lease could not be renewed (%s); trying again", self.cluster, exc)
+                continue
             if not result.granted:
                 log.warning("cluster %s: lease lost to %s; ending the session", self.cluster, result.lease.holder)
                 if self.end is not None:
@@ -392,6 +418,8 @@ class Session:
         """A newer session of the same agent took over the cluster on this hub: stop, hand nothing back."""
         self.superseded = True
         await self._stop_tasks()
+        if self.engine is not None:
+            self.engine.inbox.discard()
         self.core.metrics.connected_agents.dec()
         log.info("cluster %s: session from %s superseded by a new connection of the same agent", self.cluster, self.peer)
         if self.end is not None:
@@ -412,6 +440,7 @@ class Session:
         await self._stop_tasks()
         if self.engine is None or self.hello is None or self.superseded:
             return
+        self.engine.inbox.discard()
         self.engine = None
         if self.core.sessions.get(self.cluster) is self:
             del self.core.sessions[self.cluster]

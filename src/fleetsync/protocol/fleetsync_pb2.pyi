@@ -80,6 +80,8 @@ class _RejectReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_RejectRe
     """the lease is held for a disconnected agent; retry after retry_after_ms"""
     PROTOCOL: _RejectReason.ValueType  # 5
     """malformed or out-of-order message"""
+    UNAVAILABLE: _RejectReason.ValueType  # 6
+    """the hub cannot write its store now; reconnect after retry_after_ms"""
 
 class RejectReason(_RejectReason, metaclass=_RejectReasonEnumTypeWrapper): ...
 
@@ -94,6 +96,8 @@ GRACE_PERIOD: RejectReason.ValueType  # 4
 """the lease is held for a disconnected agent; retry after retry_after_ms"""
 PROTOCOL: RejectReason.ValueType  # 5
 """malformed or out-of-order message"""
+UNAVAILABLE: RejectReason.ValueType  # 6
+"""the hub cannot write its store now; reconnect after retry_after_ms"""
 Global___RejectReason: _TypeAlias = RejectReason  # noqa: Y015
 
 @_typing.final

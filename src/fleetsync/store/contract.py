@@ -40,6 +40,38 @@ class ObjectRecord:
 
 
 @dataclass(frozen=True, slots=True)
+class BundleWrite:
+    """One bundle (or FULL chunk) of one stream, as the hub asks a store to apply it.
+
+    - ``upserts``: objects whose hash differs from the stored one get a new rev and a
+      change-log entry (ADDED or MODIFIED); equal ones change nothing;
+    - ``deletes``: keys ("namespace/name") removed, each with a DELETED entry;
+    - ``full_seq``: this is part of FULL ``full_seq``: the upserted rows are marked with it;
+    - ``full_end``: the FULL is complete: every object of (cluster, type) not marked
+      with ``full_seq`` is deleted (with DELETED entries);
+    - ``move_to``: set the stream position to (incarnation, seq) in the same transaction.
+    """
+
+    cluster: str
+    type: str
+    incarnation: str
+    seq: int
+    upserts: Sequence[ObjectRecord] = ()
+    deletes: Sequence[str] = ()
+    full_seq: int | None = None
+    full_end: bool = False
+    move_to: tuple[str, int] | None = None
+    now: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.full_end and self.full_seq is None:
+            raise ValueError("full_end needs the full_seq of the FULL that ends")
+        for o in self.upserts:
+            if o.cluster != self.cluster or o.type != self.type:
+                raise ValueError(f"upsert of {o.cluster}/{o.type}/{o.key} in a bundle of {self.cluster}/{self.type}")
+
+
+@dataclass(frozen=True, slots=True)
 class Change:
     """One entry of the change log. For DELETED, ``obj`` is the last state before deletion."""
 
@@ -85,6 +117,12 @@ class GateRecord:
     updated_by: str
     revision: int
     deleted: bool = False
+
+
+class StoreUnavailable(Exception):
+    """The store could not be written at all (locked past the busy timeout, disk full, the
+    database unreachable or restarting): nothing in what was being written is at fault, and
+    the same write may succeed later."""
 
 
 class GateExists(Exception):
@@ -310,6 +348,12 @@ class Store(Protocol):
     async def streams(self, cluster: str | None) -> list[StreamRecord]:
         """The streams of ``cluster`` (None: of every cluster), by cluster then type."""
 
+    async def apply_batch(self, writes: Sequence[BundleWrite]) -> int:
+        """Apply bundles, of one stream or many, in ONE transaction (group commit) and return the
+        store's revision after it. Each is applied as if alone and in the order given (a stream's
+        bundles keep their order); revisions are assigned in that order, gap-free and, across
+        hub replicas sharing the store, in commit order. If anything fails, nothing is written."""
+
     async def apply_bundle(
         self,
         cluster: str,
@@ -324,16 +368,7 @@ class Store(Protocol):
         move_to: tuple[str, int] | None,
         now: float,
     ) -> int:
-        """Apply one bundle (or FULL chunk) in ONE transaction and return the store's revision after it.
-
-        - ``upserts``: objects whose hash differs from the stored one get a new rev and a
-          change-log entry (ADDED or MODIFIED); equal ones change nothing;
-        - ``deletes``: keys ("namespace/name") removed, each with a DELETED entry;
-        - ``full_seq``: this is part of FULL ``full_seq``: the upserted rows are marked with it;
-        - ``full_end``: the FULL is complete: every object of (cluster, type) not marked
-          with ``full_seq`` is deleted (with DELETED entries);
-        - ``move_to``: set the stream position to (incarnation, seq) in the same transaction.
-        """
+        """One :class:`BundleWrite` as a batch of its own (see :meth:`apply_batch`)."""
 
     async def set_stream_error(self, cluster: str, type: str, error: str, *, now: float) -> None:  # noqa: A002
         """Record (or clear, with "") a type's list error; its objects are kept."""

@@ -6,15 +6,18 @@ to parsing JSON) and the same rows as bytes at ~10.8k/s. Only the small label ma
 JSONB. Rows stay inline (``toast_tuple_target``) and are not compressed again
 (``STORAGE EXTERNAL``): they are lz4 already.
 
-A bundle is one transaction of a handful of statements whatever its size: the rows
+A batch is one transaction of a handful of statements whatever its size: the rows
 travel as arrays (``unnest``), so there is no round trip per object.
 
-**Revisions across replicas.** Every apply takes the row lock of the revision counter
-before it writes, so transactions that change objects commit one after another and
-revisions become visible in order: a watcher reading ``changes_since(rev)`` can never
-miss a revision that commits later with a smaller number. Event ids are ordered the
-same way (an advisory lock). The cost is that applies do not overlap; PostgreSQL's
-own WAL writer serialises most of that work anyway.
+**Revisions across replicas.** A batch of bundles (group commit: many clusters' bundles
+in one transaction) takes its revisions with one ``UPDATE`` of the revision counter
+after its lookups and before it writes; the counter's row lock, held until the commit,
+makes transactions that change objects commit one after another, so revisions are
+gap-free and become visible in order: a watcher reading ``changes_since(rev)`` can
+never miss a revision that commits later with a smaller number. Event ids are ordered
+the same way (an advisory lock). The lock is taken once per batch and not held during
+the lookups, so replicas overlap their reads and planning; PostgreSQL's own WAL writer
+serialises most of the rest anyway.
 
 **Notifications.** After each commit the store sends ``NOTIFY fleetsync`` in the same
 transaction (delivered only if it commits); every replica LISTENs on one connection of
@@ -41,6 +44,7 @@ import orjson
 from fleetsync.aio import cancel_and_wait
 from fleetsync.backoff import Backoff
 from fleetsync.store.contract import (
+    BundleWrite,
     Change,
     ClusterRecord,
     EventRecord,
@@ -50,25 +54,25 @@ from fleetsync.store.contract import (
     LeaseResult,
     ObjectRecord,
     RefreshTarget,
+    StoreUnavailable,
     StreamRecord,
     TokenRecord,
     WorkExists,
     WorkRecord,
     WorkStatusRecord,
 )
+from fleetsync.store.plan import Held, RoundPlan, lookups, plan_round, rounds
 from fleetsync.store.rows import (
     GATE_COLUMNS,
     TOUCH_INTERVAL,
     WORK_COLUMNS,
     WORK_STATUS_COLUMNS,
-    Key,
     event_type,
     gate_from_row,
     lease_from_row,
     nested_counts,
     object_from_row,
     refresh_from_row,
-    split_key,
     to_signed,
     to_unsigned,
     work_from_row,
@@ -251,13 +255,14 @@ MIGRATIONS: tuple[str, ...] = (
 
 _OBJECT_FIELDS = "uid, resource_version, hash, labels, owner, body, compression, incarnation"
 _OBJECT_COLUMNS = f"cluster, type, namespace, name, {_OBJECT_FIELDS}, rev"
-_ROW_ARRAYS = "$3::text[], $4::text[], $5::text[], $6::text[], $7::int8[], $8::text[], $9::text[], $10::bytea[], $11::int2[], $12::text[], $13::int8[]"
+_ROW_ARRAYS = "$1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::int8[], $8::text[], $9::text[], $10::bytea[], $11::int2[], $12::text[], $13::int8[]"
+_ROW_NAMES = "cl, ty, ns, nm, uid, rv, h, l, ow, b, co, inc, r"
 
-# One statement writes every changed object of a bundle, one its change-log entries.
+# One statement writes every changed object of a batch round, one its change-log entries.
 _UPSERT_OBJECTS = f"""
     INSERT INTO objects (cluster, type, namespace, name, {_OBJECT_FIELDS}, full_seq, rev)
-    SELECT $1, $2, ns, nm, uid, rv, h, l::jsonb, ow, b, co, inc, $14, r
-    FROM unnest({_ROW_ARRAYS}) AS t(ns, nm, uid, rv, h, l, ow, b, co, inc, r)
+    SELECT cl, ty, ns, nm, uid, rv, h, l::jsonb, ow, b, co, inc, fs, r
+    FROM unnest({_ROW_ARRAYS}, $14::int8[]) AS x({_ROW_NAMES}, fs)
     ON CONFLICT (cluster, type, namespace, name) DO UPDATE SET
         uid = excluded.uid, resource_version = excluded.resource_version, hash = excluded.hash,
         labels = excluded.labels, owner = excluded.owner, body = excluded.body,
@@ -266,8 +271,8 @@ _UPSERT_OBJECTS = f"""
 """
 _INSERT_CHANGES = f"""
     INSERT INTO changes (rev, event, cluster, type, namespace, name, {_OBJECT_FIELDS})
-    SELECT r, CASE WHEN added THEN 'ADDED' ELSE 'MODIFIED' END, $1, $2, ns, nm, uid, rv, h, l::jsonb, ow, b, co, inc
-    FROM unnest({_ROW_ARRAYS}, $14::bool[]) AS t(ns, nm, uid, rv, h, l, ow, b, co, inc, r, added)
+    SELECT r, CASE WHEN added THEN 'ADDED' ELSE 'MODIFIED' END, cl, ty, ns, nm, uid, rv, h, l::jsonb, ow, b, co, inc
+    FROM unnest({_ROW_ARRAYS}, $14::bool[]) AS x({_ROW_NAMES}, added)
 """
 # Statements by key are planned so that each key is one primary-key lookup, whatever the
 # table statistics say: joined with ``unnest`` instead, the planner -- with statistics from
@@ -276,26 +281,31 @@ _INSERT_CHANGES = f"""
 # 20k objects). Lookups go through a LATERAL subquery with LIMIT (never flattened into a
 # join); updates and deletes by key are pipelined single-row statements (executemany).
 _MARK_FULL = "UPDATE objects SET full_seq = $3 WHERE cluster = $1 AND type = $2 AND namespace = $4 AND name = $5"
-_STORED_HASHES = """
-    SELECT k.ns, k.nm, o.hash, o.full_seq FROM unnest($3::text[], $4::text[]) AS k(ns, nm)
+_HELD = """
+    SELECT k.cl, k.ty, k.ns, k.nm, o.hash, o.full_seq FROM unnest($1::text[], $2::text[], $3::text[], $4::text[]) AS k(cl, ty, ns, nm)
     CROSS JOIN LATERAL (
-        SELECT hash, full_seq FROM objects WHERE cluster = $1 AND type = $2 AND namespace = k.ns AND name = k.nm LIMIT 1
+        SELECT hash, full_seq FROM objects WHERE cluster = k.cl AND type = k.ty AND namespace = k.ns AND name = k.nm LIMIT 1
     ) AS o
 """
+_UNMARKED = "SELECT namespace, name FROM objects WHERE cluster = $1 AND type = $2 AND full_seq IS DISTINCT FROM $3 ORDER BY namespace, name"
 _DELETE_KEY = f"""
     WITH gone AS (DELETE FROM objects WHERE cluster = $1 AND type = $2 AND namespace = $3 AND name = $4 RETURNING *)
     INSERT INTO changes (rev, event, cluster, type, namespace, name, {_OBJECT_FIELDS})
     SELECT $5, 'DELETED', cluster, type, namespace, name, {_OBJECT_FIELDS} FROM gone
 """
-_DELETE_FULL_END = f"""
-    WITH gone AS (DELETE FROM objects WHERE cluster = $1 AND type = $2 AND full_seq IS DISTINCT FROM $3 RETURNING *)
-    INSERT INTO changes (rev, event, cluster, type, namespace, name, {_OBJECT_FIELDS})
-    SELECT $4 + row_number() OVER (ORDER BY namespace, name), 'DELETED', cluster, type, namespace, name, {_OBJECT_FIELDS} FROM gone
-"""
 _MOVE_STREAM = """
     INSERT INTO streams (cluster, type, incarnation, seq, error, updated_at) VALUES ($1, $2, $3, $4, '', $5)
     ON CONFLICT (cluster, type) DO UPDATE SET incarnation = excluded.incarnation, seq = excluded.seq, updated_at = excluded.updated_at
 """
+#: Errors that say the database could not be written at all, whatever was being written.
+_UNAVAILABLE = (
+    OSError,
+    asyncio.TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.exceptions.OperatorInterventionError,
+    asyncpg.exceptions.InsufficientResourcesError,
+)
 _LEASE_COLUMNS = "cluster, holder, incarnation, hub_id, expires_at, connected"
 _REFRESH_COLUMNS = "cluster, mode, url, interval, next_refresh_at"
 
@@ -752,56 +762,46 @@ class PostgresStore:
         move_to: tuple[str, int] | None,
         now: float,
     ) -> int:
-        """See the contract; revisions are assigned exactly as the SQLite engine does."""
-        if full_end and full_seq is None:
-            raise ValueError("full_end needs the full_seq of the FULL that ends")
-        latest: dict[Key, ObjectRecord] = {}
-        for o in upserts:
-            if o.cluster != cluster or o.type != type:
-                raise ValueError(f"upsert of {o.cluster}/{o.type}/{o.key} in a bundle of {cluster}/{type}")
-            latest[(o.namespace, o.name)] = o
-        gone = list(dict.fromkeys(split_key(k) for k in deletes))
+        write = BundleWrite(cluster, type, incarnation, seq, upserts, deletes, full_seq, full_end, move_to, now)
+        return await self.apply_batch([write])
+
+    async def apply_batch(self, writes: Sequence[BundleWrite]) -> int:
+        """See the contract and :mod:`fleetsync.store.plan`; revisions are assigned exactly as the
+        SQLite engine does. Per round: one lookup statement, the plan, then the revisions taken
+        with one ``UPDATE`` of the counter (its row lock, held to the commit, orders the batches
+        of every replica: see the module docstring), then one statement per kind of write.
+        A lost or refused connection, a server shutting down or out of disk is raised as
+        StoreUnavailable."""
+        try:
+            return await self._apply_batch(writes)
+        except _UNAVAILABLE as exc:
+            raise StoreUnavailable(f"PostgreSQL at {_safe_url(self.url)}: {exc!r}") from exc
+
+    async def _apply_batch(self, writes: Sequence[BundleWrite]) -> int:
         async with self._transaction() as conn:
-            # the counter's row lock orders every apply (see the module docstring)
-            rev = first = int(await conn.fetchval("SELECT value FROM meta WHERE key = 'rev' FOR UPDATE"))
-            wanted = list(dict.fromkeys([*latest, *gone]))
-            stored: dict[Key, tuple[int, int | None]] = {}
-            if wanted:
-                rows = await conn.fetch(_STORED_HASHES, cluster, type, [k[0] for k in wanted], [k[1] for k in wanted])
-                stored = {(r[0], r[1]): (to_unsigned(r[2]), r[3]) for r in rows}
-            columns: list[list[Any]] = [[] for _ in range(11)]
-            added: list[bool] = []
-            marks: list[Key] = []
-            for (namespace, name), o in latest.items():
-                previous = stored.get((namespace, name))
-                if previous is not None and previous[0] == o.hash:
-                    if full_seq is not None and previous[1] != full_seq:
-                        marks.append((namespace, name))
-                    continue
-                rev += 1
-                row = (namespace, name, o.uid, o.resource_version, to_signed(o.hash), _text(o.labels), o.owner, o.body, o.compression, o.incarnation, rev)
-                for column, value in zip(columns, row, strict=True):
-                    column.append(value)
-                added.append(previous is None)
-            if added:
-                await conn.execute(_UPSERT_OBJECTS, cluster, type, *columns, full_seq)
-                await conn.execute(_INSERT_CHANGES, cluster, type, *columns, added)
-            if marks:
-                await conn.executemany(_MARK_FULL, [(cluster, type, full_seq, ns, name) for ns, name in marks])
-            existing = [k for k in gone if k in stored or k in latest]
-            if existing:
-                await conn.executemany(_DELETE_KEY, [(cluster, type, ns, name, rev + i) for i, (ns, name) in enumerate(existing, start=1)])
-                rev += len(existing)
-            if full_end:
-                rev += _rowcount(await conn.execute(_DELETE_FULL_END, cluster, type, full_seq, rev))
-            if move_to is not None:
-                await conn.execute(_MOVE_STREAM, cluster, type, move_to[0], move_to[1], now)
-            if rev != first:
-                await conn.execute("UPDATE meta SET value = $1 WHERE key = 'rev'", rev)
-                await conn.execute("SELECT pg_notify($1, $2)", PG_CHANNEL, f"changes\n{rev}")
-                step = max(1, self.change_log_keep // 100)
-                if self.change_log_keep and rev // step != first // step:
-                    await conn.execute("DELETE FROM changes WHERE rev <= $1", rev - self.change_log_keep)
+            rev = first = None
+            for writes_ in rounds(writes):
+                keys = lookups(writes_)
+                held: dict[tuple[str, str, str, str], Held] = {}
+                if keys:
+                    rows = await conn.fetch(_HELD, *(list(column) for column in zip(*keys, strict=True)))
+                    held = {(r[0], r[1], r[2], r[3]): Held(to_unsigned(r[4]), r[5]) for r in rows}
+                unmarked = {
+                    (w.cluster, w.type): [(r[0], r[1]) for r in await conn.fetch(_UNMARKED, w.cluster, w.type, w.full_seq)] for w in writes_ if w.full_end
+                }
+                plan = plan_round(writes_, held, unmarked)
+                base = 0
+                if plan.changes:
+                    rev = int(await conn.fetchval("UPDATE meta SET value = value + $1 WHERE key = 'rev' RETURNING value", plan.changes))
+                    base = rev - plan.changes
+                    first = base if first is None else first
+                await _write_round(conn, plan, base)
+            if rev is None or first is None:
+                return int(await conn.fetchval("SELECT value FROM meta WHERE key = 'rev'"))
+            await conn.execute("SELECT pg_notify($1, $2)", PG_CHANNEL, f"changes\n{rev}")
+            step = max(1, self.change_log_keep // 100)
+            if self.change_log_keep and rev // step != first // step:
+                await conn.execute("DELETE FROM changes WHERE rev <= $1", rev - self.change_log_keep)
         return rev
 
     async def set_stream_error(self, cluster: str, type: str, error: str, *, now: float) -> None:  # noqa: A002
@@ -1011,3 +1011,42 @@ async def _next_gate_revision(conn: asyncpg.Connection) -> int:
 async def _next_work_revision(conn: asyncpg.Connection) -> int:
     """The next work revision (in the caller's transaction, whose commit releases the counter's row lock)."""
     return int(await conn.fetchval("UPDATE meta SET value = value + 1 WHERE key = 'works_rev' RETURNING value"))
+
+
+async def _write_round(conn: asyncpg.Connection, plan: RoundPlan, base: int) -> None:
+    """Write a planned round whose offsets count from revision ``base``."""
+    columns: list[list[Any]] = [[] for _ in range(14)]
+    added: list[bool] = []
+    for w, u in plan.upserts:
+        o = u.record
+        row = (
+            w.cluster,
+            w.type,
+            o.namespace,
+            o.name,
+            o.uid,
+            o.resource_version,
+            to_signed(o.hash),
+            _text(o.labels),
+            o.owner,
+            o.body,
+            o.compression,
+            o.incarnation,
+            base + u.offset,
+            w.full_seq,
+        )
+        for column, value in zip(columns, row, strict=True):
+            column.append(value)
+        added.append(u.added)
+    if added:
+        await conn.execute(_UPSERT_OBJECTS, *columns)
+        await conn.execute(_INSERT_CHANGES, *columns[:13], added)
+    marks = [(w.cluster, w.type, w.full_seq, *key) for w, key in plan.marks]
+    if marks:
+        await conn.executemany(_MARK_FULL, marks)
+    deletes = [(w.cluster, w.type, *d.key, base + d.offset) for w, d in plan.deletes]
+    if deletes:
+        await conn.executemany(_DELETE_KEY, deletes)
+    moves = [(w.cluster, w.type, *w.move_to, w.now) for w in plan.moves if w.move_to is not None]
+    if moves:
+        await conn.executemany(_MOVE_STREAM, moves)

@@ -1,4 +1,4 @@
-"""The SQLite store engine: one file, WAL, one transaction per bundle.
+"""The SQLite store engine: one file, WAL, one transaction per batch of bundles (group commit).
 
 Two connections (each an aiosqlite thread): a writer, used under an asyncio lock so
 that a transaction's statements never interleave with another coroutine's, and a
@@ -15,7 +15,8 @@ bundle must survive whatever happens to the hub next. In WAL mode:
   agent will never resend.
 - ``synchronous=FULL`` (the default here) fsyncs the WAL at every commit, so a
   commit that returned is on disk. It costs one fsync per transaction, which is why
-  bundles are applied as one transaction each and ``touch_cluster`` is buffered.
+  the hub applies bundles of many clusters in one transaction (:meth:`SQLiteStore.apply_batch`,
+  fed by :mod:`fleetsync.hub.writer`) and ``touch_cluster`` is buffered.
 
 Hashes are unsigned 64-bit; SQLite integers are signed: they are stored as the
 two's complement (``hash - 2**64`` for values >= 2**63) and converted back on read.
@@ -31,7 +32,7 @@ import logging
 import math
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,7 @@ import aiosqlite
 import orjson
 
 from fleetsync.store.contract import (
+    BundleWrite,
     Change,
     ClusterRecord,
     EventRecord,
@@ -48,12 +50,14 @@ from fleetsync.store.contract import (
     LeaseResult,
     ObjectRecord,
     RefreshTarget,
+    StoreUnavailable,
     StreamRecord,
     TokenRecord,
     WorkExists,
     WorkRecord,
     WorkStatusRecord,
 )
+from fleetsync.store.plan import Held, RoundPlan, lookups, plan_round, rounds
 from fleetsync.store.rows import (
     GATE_COLUMNS,
     TOUCH_INTERVAL,
@@ -66,7 +70,6 @@ from fleetsync.store.rows import (
     nested_counts,
     object_from_row,
     refresh_from_row,
-    split_key,
     to_signed,
     to_unsigned,
     work_from_row,
@@ -277,12 +280,6 @@ _LOG_DELETE = f"""
     FROM objects WHERE cluster = ? AND type = ? AND namespace = ? AND name = ?
 """
 _DELETE_OBJECT = "DELETE FROM objects WHERE cluster = ? AND type = ? AND namespace = ? AND name = ?"
-_LOG_FULL_END = f"""
-    INSERT INTO changes (rev, event, cluster, type, namespace, name, {_OBJECT_FIELDS})
-    SELECT ? + row_number() OVER (ORDER BY namespace, name), 'DELETED', cluster, type, namespace, name, {_OBJECT_FIELDS}
-    FROM objects WHERE cluster = ? AND type = ? AND full_seq IS NOT ?
-"""
-_DELETE_FULL_END = "DELETE FROM objects WHERE cluster = ? AND type = ? AND full_seq IS NOT ?"
 _MOVE_STREAM = """
     INSERT INTO streams (cluster, type, incarnation, seq, error, updated_at) VALUES (?, ?, ?, ?, '', ?)
     ON CONFLICT (cluster, type) DO UPDATE SET incarnation = excluded.incarnation, seq = excluded.seq, updated_at = excluded.updated_at
@@ -318,7 +315,15 @@ class SQLiteStore:
     ``synchronous``: the SQLite setting; keep FULL for the hub (see the module docstring).
     """
 
-    def __init__(self, path: str | Path, *, change_log_keep: int = 100_000, events_keep: int = 10_000, synchronous: str = "FULL") -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        change_log_keep: int = 100_000,
+        events_keep: int = 10_000,
+        synchronous: str = "FULL",
+        busy_timeout: float = BUSY_TIMEOUT_MS / 1000,
+    ) -> None:
         if synchronous.upper() not in SYNCHRONOUS:
             raise ValueError(f"synchronous must be one of {', '.join(SYNCHRONOUS)}, not {synchronous!r}")
         if change_log_keep < 0:
@@ -327,6 +332,8 @@ class SQLiteStore:
         self.change_log_keep = change_log_keep
         self.events_keep = events_keep
         self.synchronous = synchronous.upper()
+        #: Seconds a statement waits for another process's lock before "database is locked".
+        self.busy_timeout = busy_timeout
         self._db: aiosqlite.Connection | None = None  # the writer
         self._rdb: aiosqlite.Connection | None = None  # the reader
         self._lock = asyncio.Lock()
@@ -343,7 +350,7 @@ class SQLiteStore:
             raise RuntimeError(f"the SQLite store needs SQLite >= {'.'.join(map(str, MIN_SQLITE))}; this Python has {sqlite3.sqlite_version}")
         db = await aiosqlite.connect(self.path, isolation_level=None)  # autocommit: transactions are explicit
         try:
-            await db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            await db.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
             await db.execute(f"PRAGMA page_size = {PAGE_SIZE}")  # takes effect only in a new database
             mode = (await (await db.execute("PRAGMA journal_mode = WAL")).fetchone() or ("?",))[0]
             if str(mode).lower() != "wal":
@@ -357,7 +364,7 @@ class SQLiteStore:
             await db.close()
             raise
         try:
-            await rdb.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            await rdb.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
             await rdb.execute("PRAGMA query_only = ON")
         except BaseException:
             await rdb.close()
@@ -747,53 +754,32 @@ class SQLiteStore:
         move_to: tuple[str, int] | None,
         now: float,
     ) -> int:
-        """See the contract. Order inside the transaction: upserts (in order; a key given twice
-        counts once, with its last state), then deletes (in order), then the FULL's end
-        (by namespace, name): each change takes the next revision."""
-        if full_end and full_seq is None:
-            raise ValueError("full_end needs the full_seq of the FULL that ends")
-        latest: dict[Key, ObjectRecord] = {}
-        for o in upserts:
-            if o.cluster != cluster or o.type != type:
-                raise ValueError(f"upsert of {o.cluster}/{o.type}/{o.key} in a bundle of {cluster}/{type}")
-            latest[(o.namespace, o.name)] = o
-        gone = list(dict.fromkeys(split_key(k) for k in deletes))
+        write = BundleWrite(cluster, type, incarnation, seq, upserts, deletes, full_seq, full_end, move_to, now)
+        return await self.apply_batch([write])
+
+    async def apply_batch(self, writes: Sequence[BundleWrite]) -> int:
+        """See the contract and :mod:`fleetsync.store.plan`: per round of the batch, one lookup
+        statement for its keys (per ``KEY_CHUNK``), one for each FULL that ends, and one
+        ``executemany`` per kind of write; one COMMIT (and one fsync) for the whole batch.
+        SQLite's operational errors (locked past the busy timeout, disk full, I/O errors) are
+        raised as StoreUnavailable."""
+        try:
+            return await self._apply_batch(writes)
+        except sqlite3.OperationalError as exc:
+            raise StoreUnavailable(f"SQLite {self.path}: {exc}") from exc
+
+    async def _apply_batch(self, writes: Sequence[BundleWrite]) -> int:
         async with self._transaction() as db:
             rev = first = await _current_rev(db)
-            stored = await _stored_hashes(db, cluster, type, [*latest, *gone])
-            objects: list[tuple[Any, ...]] = []
-            changes: list[tuple[Any, ...]] = []
-            marks: list[tuple[Any, ...]] = []
-            for (namespace, name), o in latest.items():
-                previous = stored.get((namespace, name))
-                if previous is not None and previous[0] == o.hash:
-                    if full_seq is not None and previous[1] != full_seq:
-                        marks.append((full_seq, cluster, type, namespace, name))
-                    continue
-                rev += 1
-                fields = (o.uid, o.resource_version, to_signed(o.hash), _labels(o.labels), o.owner, o.body, o.compression, o.incarnation)
-                objects.append((cluster, type, namespace, name, *fields, full_seq, rev))
-                changes.append((rev, "ADDED" if previous is None else "MODIFIED", cluster, type, namespace, name, *fields))
-            if objects:
-                await db.executemany(_UPSERT_OBJECT, objects)
-                await db.executemany(_INSERT_CHANGE, changes)
-            if marks:
-                await db.executemany(_MARK_FULL, marks)
-            existing = [k for k in gone if k in stored or k in latest]
-            if existing:
-                await db.executemany(_LOG_DELETE, [(rev + i, cluster, type, ns, name) for i, (ns, name) in enumerate(existing, start=1)])
-                await db.executemany(_DELETE_OBJECT, [(cluster, type, ns, name) for ns, name in existing])
-                rev += len(existing)
-            if full_end:
-                logged = await db.execute(_LOG_FULL_END, (rev, cluster, type, full_seq))
-                if logged.rowcount > 0:
-                    await db.execute(_DELETE_FULL_END, (cluster, type, full_seq))
-                    rev += logged.rowcount
-            if move_to is not None:
-                await db.execute(_MOVE_STREAM, (cluster, type, move_to[0], move_to[1], now))
+            for writes_ in rounds(writes):
+                held = await _held(db, lookups(writes_))
+                unmarked = {(w.cluster, w.type): await _unmarked(db, w) for w in writes_ if w.full_end}
+                plan = plan_round(writes_, held, unmarked)
+                await _write_round(db, plan, rev)
+                rev += plan.changes
             if rev != first:
                 await db.execute("UPDATE meta SET value = ? WHERE key = 'rev'", (rev,))
-                # trim in steps of 1% of the window (a statement per bundle would cost a round trip each)
+                # trim in steps of 1% of the window (a statement per batch would cost a round trip each)
                 step = max(1, self.change_log_keep // 100)
                 if self.change_log_keep and rev // step != first // step:
                     await db.execute("DELETE FROM changes WHERE rev <= ?", (rev - self.change_log_keep,))
@@ -1002,22 +988,53 @@ async def _current_rev(db: aiosqlite.Connection) -> int:
     return int(rows[0][0])
 
 
-async def _stored_hashes(db: aiosqlite.Connection, cluster: str, type_: str, keys: Iterable[Key]) -> dict[Key, tuple[int, int | None]]:
-    """(namespace, name) -> (unsigned hash, full_seq) of the stored ones among ``keys``: one
-    statement per ``KEY_CHUNK`` keys, each key an index lookup."""
-    wanted = list(dict.fromkeys(keys))
-    found: dict[Key, tuple[int, int | None]] = {}
-    for start in range(0, len(wanted), KEY_CHUNK):
-        chunk = wanted[start : start + KEY_CHUNK]
-        params: list[str] = [part for key in chunk for part in key]
+async def _held(db: aiosqlite.Connection, keys: Sequence[tuple[str, str, str, str]]) -> dict[tuple[str, str, str, str], Held]:
+    """What the store holds of ``keys`` (cluster, type, namespace, name): one statement per
+    ``KEY_CHUNK`` keys, each key an index lookup."""
+    found: dict[tuple[str, str, str, str], Held] = {}
+    for start in range(0, len(keys), KEY_CHUNK):
+        chunk = keys[start : start + KEY_CHUNK]
         rows = await db.execute_fetchall(
-            f"SELECT k.column1, k.column2, o.hash, o.full_seq FROM (VALUES {', '.join(['(?, ?)'] * len(chunk))}) AS k"
-            " CROSS JOIN objects AS o ON o.cluster = ? AND o.type = ? AND o.namespace = k.column1 AND o.name = k.column2",
-            [*params, cluster, type_],
+            f"SELECT k.column1, k.column2, k.column3, k.column4, o.hash, o.full_seq FROM (VALUES {', '.join(['(?, ?, ?, ?)'] * len(chunk))}) AS k"
+            " CROSS JOIN objects AS o ON o.cluster = k.column1 AND o.type = k.column2 AND o.namespace = k.column3 AND o.name = k.column4",
+            [part for key in chunk for part in key],
         )
         for r in rows:
-            found[(r[0], r[1])] = (to_unsigned(r[2]), r[3])
+            found[(r[0], r[1], r[2], r[3])] = Held(to_unsigned(r[4]), r[5])
     return found
+
+
+async def _unmarked(db: aiosqlite.Connection, write: BundleWrite) -> list[Key]:
+    """The keys of ``write``'s stream not marked with its FULL, by (namespace, name)."""
+    rows = await db.execute_fetchall(
+        "SELECT namespace, name FROM objects WHERE cluster = ? AND type = ? AND full_seq IS NOT ? ORDER BY namespace, name",
+        (write.cluster, write.type, write.full_seq),
+    )
+    return [(r[0], r[1]) for r in rows]
+
+
+async def _write_round(db: aiosqlite.Connection, plan: RoundPlan, base: int) -> None:
+    """Write a planned round whose offsets count from revision ``base``."""
+    objects: list[tuple[Any, ...]] = []
+    changes: list[tuple[Any, ...]] = []
+    for w, u in plan.upserts:
+        o = u.record
+        fields = (o.uid, o.resource_version, to_signed(o.hash), _labels(o.labels), o.owner, o.body, o.compression, o.incarnation)
+        objects.append((w.cluster, w.type, o.namespace, o.name, *fields, w.full_seq, base + u.offset))
+        changes.append((base + u.offset, "ADDED" if u.added else "MODIFIED", w.cluster, w.type, o.namespace, o.name, *fields))
+    if objects:
+        await db.executemany(_UPSERT_OBJECT, objects)
+        await db.executemany(_INSERT_CHANGE, changes)
+    marks = [(w.full_seq, w.cluster, w.type, *key) for w, key in plan.marks]
+    if marks:
+        await db.executemany(_MARK_FULL, marks)
+    deletes = [(base + d.offset, w.cluster, w.type, *d.key) for w, d in plan.deletes]
+    if deletes:
+        await db.executemany(_LOG_DELETE, deletes)
+        await db.executemany(_DELETE_OBJECT, [row[1:] for row in deletes])
+    moves = plan.moves
+    if moves:
+        await db.executemany(_MOVE_STREAM, [(w.cluster, w.type, *w.move_to, w.now) for w in moves if w.move_to is not None])
 
 
 async def _rollback(db: aiosqlite.Connection) -> None:

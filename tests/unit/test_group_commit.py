@@ -1,0 +1,286 @@
+"""Group commit: many clusters' bundles in one transaction, failures kept to their bundle, memory held to the budget.
+
+Everything runs against a real SQLite store; "the store is unavailable" is a real lock
+held by another connection for longer than the store's busy timeout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import sqlite3
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from fleetsync.hub.auth import hash_token
+from fleetsync.hub.core import HubCore, HubSettings
+from fleetsync.hub.session import Session
+from fleetsync.hub.writer import BatchWriter
+from fleetsync.protocol import fleetsync_pb2 as pb
+from fleetsync.store.contract import BundleWrite, ObjectRecord, StoreUnavailable
+from fleetsync.store.sqlite import SQLiteStore
+from tests.harness import eventually
+
+POD = "v1/Pod"
+TOKEN = "test-token"
+
+
+def record(cluster: str, name: str, hash_: int, *, namespace: str = "default") -> ObjectRecord:
+    return ObjectRecord(
+        cluster=cluster,
+        type=POD,
+        namespace=namespace,
+        name=name,
+        uid=f"uid-{name}",
+        resource_version="1",
+        hash=hash_,
+        labels={"app": name},
+        owner="",
+        body=b'{"kind": "Pod"}',
+        compression=pb.COMPRESSION_NONE,
+        incarnation="inc",
+    )
+
+
+def delta(cluster: str, seq: int, *objects: ObjectRecord, deletes: tuple[str, ...] = ()) -> BundleWrite:
+    return BundleWrite(cluster, POD, "inc", seq, list(objects), list(deletes), move_to=("inc", seq), now=float(seq))
+
+
+@contextmanager
+def locked(path: Path) -> Iterator[None]:
+    """Another connection holds SQLite's write lock (a real lock, as another process would)."""
+    ready, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        db = sqlite3.connect(path, isolation_level=None)
+        db.execute("BEGIN IMMEDIATE")
+        ready.set()
+        release.wait(60)
+        db.execute("ROLLBACK")
+        db.close()
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    ready.wait(10)
+    try:
+        yield
+    finally:
+        release.set()
+        holder.join()
+
+
+async def test_bundles_of_many_clusters_commit_together_and_a_bad_one_fails_alone(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "hub.db")
+    await store.open()
+    writer = BatchWriter(store)
+    try:
+        writes = [delta(f"c{i}", 1, record(f"c{i}", "web", 1000 + i)) for i in range(20)]
+        writes[7] = delta("c7", 1, record("c7", "web", 2**64))  # not a 64-bit hash: the store cannot write it
+        results = await asyncio.gather(*(writer.apply(w) for w in writes), return_exceptions=True)
+
+        assert isinstance(results[7], ValueError) and "64-bit" in str(results[7])
+        assert [r for i, r in enumerate(results) if i != 7] == [None] * 19
+        for i in range(20):
+            stored = await store.get_object(f"c{i}", POD, "default", "web")
+            assert (stored is None) if i == 7 else (stored is not None and stored.hash == 1000 + i)
+        assert await store.current_rev() == 19  # gap-free: the failed bundle took no revision
+        batches = writer.metrics.batch_bundles.collect()[0].samples
+        committed = {s.name: s.value for s in batches}
+        # one attempt with all 20 failed; the halves without c7 (10, then 5, 3, 1 ...) committed
+        assert committed["fleetsync_batch_bundles_sum"] == 19
+        assert committed["fleetsync_batch_bundles_count"] < 19
+    finally:
+        await writer.close()
+        await store.close()
+
+
+async def test_a_locked_store_fails_the_batch_as_unavailable_and_the_same_write_succeeds_later(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "hub.db", busy_timeout=0.1)
+    await store.open()
+    writer = BatchWriter(store)
+    try:
+        with locked(tmp_path / "hub.db"):
+            results = await asyncio.gather(*(writer.apply(delta(f"c{i}", 1, record(f"c{i}", "web", 1))) for i in range(5)), return_exceptions=True)
+            assert all(isinstance(r, StoreUnavailable) and "locked" in str(r) for r in results), results
+        await asyncio.gather(*(writer.apply(delta(f"c{i}", 1, record(f"c{i}", "web", 1))) for i in range(5)))
+        assert await store.current_rev() == 5
+    finally:
+        await writer.close()
+        await store.close()
+
+
+class Agent:
+    """A protocol-level agent driving a real hub Session (what the transports do)."""
+
+    def __init__(self, core: HubCore, cluster: str) -> None:
+        self.cluster = cluster
+        self.received: list[pb.HubMessage] = []
+        self.ended = asyncio.Event()
+
+        async def send(message: object) -> None:
+            assert isinstance(message, pb.HubMessage)
+            self.received.append(message)
+
+        async def end() -> None:
+            self.ended.set()
+
+        self.session = Session(core, send, peer="test", end=end)
+
+    async def hello(self) -> None:
+        hello = pb.Hello(cluster_id=self.cluster, agent_id=f"agent-{self.cluster}", incarnation="inc", token=f"{TOKEN}-{self.cluster}", protocol_version=1)
+        await self.session.handle(pb.AgentMessage(hello=hello))
+        assert self.received[0].WhichOneof("message") == "welcome", self.received
+        await self.send(pb.Bundle(type=POD, incarnation="inc", seq=1, kind=pb.FULL, chunk=0, last=True))  # a stream starts with a FULL
+
+    async def send(self, bundle: pb.Bundle) -> None:
+        await self.session.handle(pb.AgentMessage(bundle=bundle))
+
+    def acked(self, seq: int) -> bool:
+        return any(m.WhichOneof("message") == "ack" and m.ack.seq >= seq and not m.ack.partial for m in self.received)
+
+    def rejects(self) -> list[pb.Reject]:
+        return [m.reject for m in self.received if m.WhichOneof("message") == "reject"]
+
+
+def pod_delta(seq: int, name: str, body: bytes = b'{"kind": "Pod"}') -> pb.Bundle:
+    obj = pb.Object(namespace="default", name=name, uid=f"uid-{name}", resource_version=str(seq), hash=seq, body=body)
+    return pb.Bundle(type=POD, incarnation="inc", seq=seq, base_seq=seq - 1, kind=pb.DELTA, upserts=[obj])
+
+
+async def hub(tmp_path: Path, clusters: int, **settings: object) -> tuple[SQLiteStore, HubCore]:
+    store = SQLiteStore(tmp_path / "hub.db", busy_timeout=0.1)
+    await store.open()
+    for i in range(clusters):
+        await store.add_token(name=f"c{i}", role="agent", token_hash=hash_token(f"{TOKEN}-c{i}"))
+    return store, HubCore(store, HubSettings(resync_on_startup=False, **settings))  # type: ignore[arg-type]
+
+
+async def test_while_the_store_is_locked_a_cluster_retries_and_is_acked_once_it_is_written(tmp_path: Path) -> None:
+    store, core = await hub(tmp_path, 1, store_retry=30.0)
+    try:
+        agent = Agent(core, "c0")
+        await agent.hello()
+        with locked(tmp_path / "hub.db"):
+            await agent.send(pod_delta(2, "web"))
+            await eventually(
+                lambda: _async((core.metrics.registry.get_sample_value("fleetsync_store_errors_total", {"kind": "unavailable"}) or 0) >= 2),
+                timeout=10,
+                what="failed attempts",
+            )
+            assert not agent.acked(2)  # never acked before it is committed
+        await eventually(lambda: _async(agent.acked(2)), timeout=10, what="the ack after the lock is gone")
+        assert await store.get_object("c0", POD, "default", "web") is not None
+        assert not agent.ended.is_set()
+    finally:
+        await core.stop()
+        await store.close()
+
+
+async def test_a_store_unavailable_past_store_retry_ends_the_session_with_a_reason(tmp_path: Path) -> None:
+    store, core = await hub(tmp_path, 1, store_retry=0.5)
+    try:
+        agent = Agent(core, "c0")
+        await agent.hello()
+        await eventually(lambda: _async(agent.acked(1)), timeout=10, what="the FULL applied")
+        with locked(tmp_path / "hub.db"):
+            await agent.send(pod_delta(2, "web"))
+            await asyncio.wait_for(agent.ended.wait(), timeout=10)
+        (reject,) = agent.rejects()
+        assert reject.reason == pb.UNAVAILABLE and "cannot write cluster 'c0'" in reject.message and not reject.type
+        assert not agent.acked(2)
+    finally:
+        await core.stop()
+        await store.close()
+
+
+async def test_backpressure_holds_what_the_hub_keeps_of_received_bundles_under_the_budget(tmp_path: Path) -> None:
+    budget = 1024 * 1024
+    body = b"x" * 60_000  # ~60 KB a bundle: the budget holds about 17
+    store, core = await hub(tmp_path, 4, inbox_budget=budget, store_retry=60.0)
+    try:
+        agents = [Agent(core, f"c{i}") for i in range(4)]
+        for agent in agents:
+            await agent.hello()
+
+        async def pump(agent: Agent) -> None:
+            for seq in range(2, 42):  # 40 bundles x 4 clusters = ~9.6 MB in all
+                await agent.send(pod_delta(seq, f"p{seq}", body))
+
+        with locked(tmp_path / "hub.db"):
+            pumps = [asyncio.create_task(pump(a)) for a in agents]
+            await eventually(lambda: _async(core.inbox_budget.bytes >= budget), timeout=10, what="the budget filled")
+            peak = 0
+            for _ in range(50):  # while the store is locked, the agents wait instead of the hub's memory growing
+                peak = max(peak, core.inbox_budget.bytes)
+                await asyncio.sleep(0.01)
+            assert not any(p.done() for p in pumps)
+            assert peak <= budget + 4 * 70_000  # at most one message over, per cluster
+        await asyncio.wait_for(asyncio.gather(*pumps), timeout=60)
+        await eventually(lambda: _async(all(a.acked(41) for a in agents)), timeout=30, what="every bundle applied")
+        assert core.inbox_budget.bytes == 0
+        counts = [(await store.counts(f"c{i}")).get(POD, 0) for i in range(4)]
+        assert counts == [40] * 4
+    finally:
+        await core.stop()
+        await store.close()
+
+
+async def _async(value: bool) -> bool:
+    return value
+
+
+# ---- one batch leaves the store exactly as its bundles one by one -------------------------
+
+KEYS = ["default/a", "default/b", "default/c", "kube-system/a"]
+
+
+@st.composite
+def write_sequences(draw: st.DrawFn) -> list[BundleWrite]:
+    writes: list[BundleWrite] = []
+    for seq in range(1, draw(st.integers(1, 12)) + 1):
+        cluster = draw(st.sampled_from(["c1", "c2"]))
+        upserts = [
+            record(cluster, k.split("/")[1], draw(st.integers(1, 3)), namespace=k.split("/")[0]) for k in draw(st.lists(st.sampled_from(KEYS), max_size=4))
+        ]
+        deletes = draw(st.lists(st.sampled_from(KEYS), max_size=2))
+        full = draw(st.integers(0, 3))  # 0: a DELTA; else part of FULL mark ``full``, ending it or not
+        writes.append(
+            BundleWrite(
+                cluster, POD, "inc", seq, upserts, deletes, full_seq=full or None, full_end=bool(full) and draw(st.booleans()), move_to=("inc", seq), now=1.0
+            )
+        )
+    return writes
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(writes=write_sequences(), cuts=st.lists(st.integers(1, 11), max_size=4))
+async def test_a_batch_leaves_the_store_as_its_bundles_applied_one_by_one(
+    tmp_path_factory: pytest.TempPathFactory, writes: list[BundleWrite], cuts: list[int]
+) -> None:
+    one_by_one, batched = SQLiteStore(tmp_path_factory.mktemp("a") / "hub.db"), SQLiteStore(tmp_path_factory.mktemp("b") / "hub.db")
+    await one_by_one.open()
+    await batched.open()
+    try:
+        for w in writes:
+            await one_by_one.apply_batch([w])
+        bounds = sorted({0, len(writes), *(c for c in cuts if c < len(writes))})
+        for start, end in itertools.pairwise(bounds):
+            await batched.apply_batch(writes[start:end])
+        assert await batched.current_rev() == await one_by_one.current_rev()
+        assert await _state(batched) == await _state(one_by_one)
+    finally:
+        await one_by_one.close()
+        await batched.close()
+
+
+async def _state(store: SQLiteStore) -> tuple[object, ...]:
+    objects = [(o.cluster, o.key, o.hash, o.rev) for c in ("c1", "c2") for o in await store.list_objects(POD, cluster=c)]
+    changes = [(c.rev, c.type, c.obj.cluster, c.obj.key, c.obj.hash) for c in await store.changes_since(0, limit=10_000)]
+    streams = [(s.cluster, s.type, s.incarnation, s.seq) for s in await store.streams(None)]
+    return objects, changes, streams
