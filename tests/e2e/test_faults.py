@@ -396,3 +396,35 @@ def test_digests_repair_what_the_hub_lost_and_a_silent_cluster_goes_stale_then_r
         agent.process.send_signal(signal.SIGCONT)
         agent.stop()
         hub.proc.stop()
+
+
+# ---- the store fails under a running hub ------------------------------------------------------
+
+
+def test_a_store_locked_past_its_busy_timeout_under_churn_loses_nothing(quiet_sim: Sim, tmp_path: Path) -> None:
+    """Another process holds SQLite's write lock for longer than the hub's busy timeout and its
+    store retry: the batches fail as unavailable and are retried, the sessions end, the agents
+    reconnect and resend, and once the lock is gone every cluster converges."""
+    db_path = tmp_path / "hub.db"
+    db = f"sqlite:///{db_path}"
+    hub = start_hub(tmp_path, db, "--db-busy-timeout", "0.5", "--store-retry", "2", "--heartbeat-interval", "1")
+    clusters = ("c1", "c2")
+    agents = [start_agent(tmp_path, quiet_sim, c, hub.agent_url, create_token(tmp_path, db, c), *FAST) for c in clusters]
+    try:
+        wait_converged(quiet_sim, hub, *clusters, timeout=60, what="initial sync")
+        quiet_sim.set_churn(20)
+        with sqlite3.connect(db_path, timeout=10, isolation_level=None) as raw:
+            raw.execute("BEGIN IMMEDIATE")  # the write lock, as a backup tool or a second writer would hold it
+            # the batches fail, are retried, and the sessions end (the engine gives up after
+            # --store-retry, or the agent, unanswered, reconnects first)
+            wait_until(lambda: metric(f"{hub.url}/metrics", "fleetsync_store_errors_total", kind="unavailable") >= 3, timeout=30, what="writes failing")
+            wait_until(lambda: metric(f"{hub.url}/metrics", "fleetsync_connected_agents") < len(clusters), timeout=30, what="a session ended")
+            raw.execute("ROLLBACK")
+        wait_until(lambda: metric(f"{hub.url}/metrics", "fleetsync_connected_agents") == len(clusters), timeout=60, what="the agents back")
+        quiet_sim.set_churn(0)
+        wait_converged(quiet_sim, hub, *clusters, timeout=60, what="convergence after the lock")
+        assert hub.proc.process.poll() is None
+    finally:
+        for agent in agents:
+            agent.stop()
+        hub.proc.stop()

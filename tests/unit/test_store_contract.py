@@ -685,6 +685,7 @@ async def test_refresh_claims_move_the_next_time_and_take_push_clusters_only_whe
     assert {t.cluster: (t.url, t.interval, t.next_refresh_at) for t in await store.refresh_targets()}["p1"] == ("http://a2/v1/state", 5, 123.0)
     assert await store.remove_refresh("p1") and not await store.remove_refresh("p1")
     assert [t.cluster for t in await store.refresh_targets()] == ["p2", "s1"]
+    assert [t.cluster for t in await store.refresh_targets("s1")] == ["s1"] and await store.refresh_targets("p1") == []
 
 
 async def test_claims_are_limited_and_oldest_first(store: Store) -> None:

@@ -303,7 +303,7 @@ class ApiServer:
                 type_ = self.registry.resolve(request.query["type"]).gvk
             except UnknownResourceType as exc:
                 raise ApiError.bad_request(f"type: {exc}") from None
-        pull = next((t for t in await self.store.refresh_targets() if t.cluster == cluster and t.mode == "pull"), None)
+        pull = next((t for t in await self.store.refresh_targets(cluster) if t.mode == "pull"), None)
         if pull is not None:  # no agent to ask: fetch its state now
             if not await self.core.refresh.refresh(pull, why="on-demand"):
                 raise ApiError(409, "Conflict", f"a refresh of pull cluster {cluster} is running already (on this or another hub replica); try again later")

@@ -109,9 +109,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         default=256 * 1024 * 1024,
         help="the same for all clusters together: bounds the hub's memory for received bundles whatever the fleet's size (agents wait meanwhile)",
     )
+    add_flag(
+        p,
+        "--stream-window",
+        type=positive_int,
+        default=256 * 1024,
+        help="gRPC: bytes each agent may have in flight to the hub beyond what it has read (the stream's HTTP/2 window)",
+    )
     add_flag(p, "--batch-bundles", type=positive_int, default=1000, help="group commit: most bundles (of any clusters) in one store transaction")
     add_flag(p, "--batch-bytes", type=positive_int, default=16 * 1024 * 1024, help="group commit: most bytes of objects in one store transaction")
     add_flag(p, "--batch-linger", type=non_negative_float, default=0.002, help="group commit: seconds the writer waits for more bundles under load")
+    add_flag(p, "--db-busy-timeout", type=positive_float, default=10.0, help="SQLite: seconds a write waits for another process's lock on the database")
     add_flag(
         p,
         "--store-retry",
@@ -149,6 +157,7 @@ def settings_from(args: argparse.Namespace) -> HubSettings:
         refresh_workers=args.refresh_workers,
         inbox_bytes=args.inbox_bytes,
         inbox_budget=args.inbox_budget,
+        stream_window=args.stream_window,
         batch_bundles=args.batch_bundles,
         batch_bytes=args.batch_bytes,
         batch_linger=args.batch_linger,
@@ -185,7 +194,7 @@ async def serve(args: argparse.Namespace) -> None:
         tls = _server_tls(args)
         ssl_context = https_context(tls.cert_file, tls.key_file) if tls else None  # also checks that the key is the certificate's
         admin_token = _admin_token(args.admin_token_file)
-        store = open_store(args.db, change_log_keep=args.change_log_keep)
+        store = open_store(args.db, change_log_keep=args.change_log_keep, busy_timeout=args.db_busy_timeout)
     except ValueError as exc:
         raise SystemExit(f"fleetsync hub: {exc}") from None
     try:

@@ -104,6 +104,8 @@ class HubSettings:
     #: The same for every cluster together: what the hub holds of received bundles is bounded by
     #: this, not by the fleet's size (the agents wait, through the transports' flow control).
     inbox_budget: int = 256 * 1024 * 1024
+    #: gRPC: bytes each agent's stream may have in flight to the hub (its HTTP/2 window).
+    stream_window: int = 256 * 1024
     #: Group commit: at most this many bundles, and this many bytes of objects, in one transaction.
     batch_bundles: int = 1000
     batch_bytes: int = 16 * 1024 * 1024
@@ -303,6 +305,9 @@ class HubCore:
     async def tick(self) -> None:
         now = self.clock()
         timeout = self.settings.inactivity_timeout
+        for waiting in list(self.sessions.values()):
+            if waiting.behind():  # its messages wait for this hub, not the other way round
+                await self.store.touch_cluster(waiting.cluster, now=now)
         for name in await self.store.expire_clusters(cutoff=now - timeout):
             await self.events.record(name, events.INACTIVE, f"no message for {timeout:.0f}s; its last state is kept and flagged stale")
             if (session := self.sessions.get(name)) is not None:

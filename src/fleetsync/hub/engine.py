@@ -179,6 +179,10 @@ class ClusterEngine:
         for answer in answers:
             await self.send(answer)
 
+    def idle(self) -> bool:
+        """Nothing submitted waits to be applied (or is being applied)."""
+        return self._idle.is_set() and not len(self.inbox)
+
     async def drained(self) -> None:
         """Wait until everything submitted so far is applied and answered."""
         await self._idle.wait()

@@ -268,7 +268,7 @@ class Session:
                 f"cluster {hello.cluster_id!r} is held for agent {lease.holder!r} for {remaining:.1f}s more (grace period after its disconnect)",
                 remaining,
             )
-        if any(t.cluster == hello.cluster_id and t.mode == "pull" for t in await store.refresh_targets()):
+        if any(t.mode == "pull" for t in await store.refresh_targets(hello.cluster_id)):
             await self.reject(
                 pb.PERMISSION_DENIED,
                 f"cluster {hello.cluster_id!r} is a pull cluster (the hub fetches its state); `fleetsync pull remove {hello.cluster_id}` before an agent pushes it",
@@ -365,6 +365,12 @@ class Session:
         gone = f" after {now - since:.0f}s" if since else ""
         await self.core.events.record(self.cluster, events.ACTIVE, f"messages again{gone}; resyncing every type by digest")
         await self.engine.request_resync([], "reactivated", all_types=True)
+
+    def behind(self) -> bool:
+        """This hub has not finished with what the agent sent (it is queued, being applied, or
+        the transport waits for room): the agent is alive even if no new message was read."""
+        engine = self.engine
+        return engine is not None and not engine.idle()
 
     async def tick(self, now: float) -> None:
         """Periodic anti-entropy: ask for a digest of each type whose interval has passed."""

@@ -421,7 +421,8 @@ class Store(Protocol):
     async def remove_refresh(self, cluster: str) -> bool:
         """Stop refreshing ``cluster``; False if it was not a target."""
 
-    async def refresh_targets(self) -> list[RefreshTarget]: ...
+    async def refresh_targets(self, cluster: str | None = None) -> list[RefreshTarget]:
+        """Every refresh target by cluster, or ``cluster``'s alone."""
 
     async def claim_due_refreshes(self, *, hub_id: str, now: float, limit: int = 100) -> list[RefreshTarget]:
         """The targets due at ``now`` (pull ones, and push ones whose agent is connected to

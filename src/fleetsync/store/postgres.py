@@ -339,6 +339,7 @@ class PostgresStore:
         self._callbacks: list[Callable[[str, str], None]] = []
         self._seen: dict[str, float] = {}  # cluster -> last_seen not yet written
         self._seen_written: dict[str, float] = {}
+        self._touches_flushed_at = -math.inf  # the ``now`` of the last flush: one a TOUCH_INTERVAL for all clusters
 
     # ---- connection ------------------------------------------------------------------
 
@@ -649,10 +650,14 @@ class PostgresStore:
         )
 
     async def touch_cluster(self, name: str, *, now: float) -> None:
-        """Buffered as in the SQLite engine: at most one write per ``TOUCH_INTERVAL`` per cluster."""
+        """Buffered as in the SQLite engine: at most one write per ``TOUCH_INTERVAL`` for every cluster together."""
         self._seen[name] = max(now, self._seen.get(name, -math.inf))
-        if now - self._seen_written.get(name, -math.inf) >= TOUCH_INTERVAL:
-            await self._flush_touches()
+        if now - self._touches_flushed_at >= TOUCH_INTERVAL:
+            self._touches_flushed_at = now
+            try:
+                await self._flush_touches()
+            except Exception as exc:  # kept buffered for the next flush: a liveness time must not end a session
+                log.warning("cluster last-seen times not written yet: %s", exc)
 
     async def _flush_touches(self) -> None:
         if not self._seen:
@@ -942,8 +947,9 @@ class PostgresStore:
     async def remove_refresh(self, cluster: str) -> bool:
         return _rowcount(await self._execute("DELETE FROM refresh WHERE cluster = $1", cluster)) > 0
 
-    async def refresh_targets(self) -> list[RefreshTarget]:
-        return [refresh_from_row(r) for r in await self._fetch(f"SELECT {_REFRESH_COLUMNS} FROM refresh ORDER BY cluster")]
+    async def refresh_targets(self, cluster: str | None = None) -> list[RefreshTarget]:
+        rows = await self._fetch(f"SELECT {_REFRESH_COLUMNS} FROM refresh WHERE $1::text IS NULL OR cluster = $1 ORDER BY cluster", cluster)
+        return [refresh_from_row(r) for r in rows]
 
     async def claim_due_refreshes(self, *, hub_id: str, now: float, limit: int = 100) -> list[RefreshTarget]:
         # SKIP LOCKED: replicas claiming at once take disjoint sets instead of waiting for each other

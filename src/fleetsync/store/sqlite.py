@@ -33,6 +33,7 @@ import math
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -339,7 +340,11 @@ class SQLiteStore:
         self._lock = asyncio.Lock()
         self._seen: dict[str, float] = {}  # cluster -> last_seen not yet written
         self._seen_written: dict[str, float] = {}  # cluster -> the ``now`` of its last write
+        self._touches_flushed_at = -math.inf  # the ``now`` of the last flush: one a TOUCH_INTERVAL for all clusters
         self._callbacks: list[Callable[[str, str], None]] = []
+        #: The connection batches are written on, in a thread of its own (see apply_batch).
+        self._batch_db: sqlite3.Connection | None = None
+        self._batch_thread = ThreadPoolExecutor(1, thread_name_prefix="sqlite-batch")
 
     # ---- connection ------------------------------------------------------------------
 
@@ -366,6 +371,12 @@ class SQLiteStore:
         try:
             await rdb.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
             await rdb.execute("PRAGMA query_only = ON")
+        except BaseException:
+            await rdb.close()
+            await db.close()
+            raise
+        try:
+            self._batch_db = await asyncio.to_thread(self._connect_batch_writer)
         except BaseException:
             await rdb.close()
             await db.close()
@@ -401,10 +412,12 @@ class SQLiteStore:
         try:
             await self._flush_touches()
         finally:
-            db, rdb = self._db, self._rdb
-            self._db = self._rdb = None
+            db, rdb, batch_db = self._db, self._rdb, self._batch_db
+            self._db = self._rdb = self._batch_db = None
             if rdb is not None:
                 await rdb.close()
+            if batch_db is not None:
+                await asyncio.get_running_loop().run_in_executor(self._batch_thread, batch_db.close)
             await db.close()
 
     def _writer(self) -> aiosqlite.Connection:
@@ -641,13 +654,18 @@ class SQLiteStore:
             )
 
     async def touch_cluster(self, name: str, *, now: float) -> None:
-        """Buffered: written at most every ``TOUCH_INTERVAL`` seconds per cluster, or with the next
-        transaction, or at close; :meth:`clusters` shows buffered times. A crash can lose the
+        """Buffered: written at most every ``TOUCH_INTERVAL`` seconds for all clusters together (a
+        fleet of thousands does not cost a write per cluster per second), with the next
+        transaction, or at close; a write that fails is kept for the next one; :meth:`clusters` shows buffered times. A crash can lose the
         last second of ``last_seen``, never acknowledged data, and a busy cluster does not
         cost an fsync per message."""
         self._seen[name] = max(now, self._seen.get(name, -math.inf))
-        if now - self._seen_written.get(name, -math.inf) >= TOUCH_INTERVAL:
-            await self._flush_touches()
+        if now - self._touches_flushed_at >= TOUCH_INTERVAL:
+            self._touches_flushed_at = now
+            try:
+                await self._flush_touches()
+            except Exception as exc:  # kept buffered for the next flush: a liveness time must not end a session
+                log.warning("cluster last-seen times not written yet: %s", exc)
 
     async def _flush_touches(self) -> None:
         if not self._seen:
@@ -768,24 +786,65 @@ class SQLiteStore:
         except sqlite3.OperationalError as exc:
             raise StoreUnavailable(f"SQLite {self.path}: {exc}") from exc
 
+    def _connect_batch_writer(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        try:
+            for pragma in (f"busy_timeout = {int(self.busy_timeout * 1000)}", f"synchronous = {self.synchronous}", "foreign_keys = ON", "temp_store = MEMORY"):
+                db.execute(f"PRAGMA {pragma}")
+        except BaseException:
+            db.close()
+            raise
+        return db
+
     async def _apply_batch(self, writes: Sequence[BundleWrite]) -> int:
-        async with self._transaction() as db:
-            rev = first = await _current_rev(db)
-            for writes_ in rounds(writes):
-                held = await _held(db, lookups(writes_))
-                unmarked = {(w.cluster, w.type): await _unmarked(db, w) for w in writes_ if w.full_end}
-                plan = plan_round(writes_, held, unmarked)
-                await _write_round(db, plan, rev)
-                rev += plan.changes
-            if rev != first:
-                await db.execute("UPDATE meta SET value = ? WHERE key = 'rev'", (rev,))
-                # trim in steps of 1% of the window (a statement per batch would cost a round trip each)
-                step = max(1, self.change_log_keep // 100)
-                if self.change_log_keep and rev // step != first // step:
-                    await db.execute("DELETE FROM changes WHERE rev <= ?", (rev - self.change_log_keep,))
+        """The whole transaction runs in one call on the batch thread: a busy event loop (a
+        thousand agents' messages) would otherwise stretch every statement's round trip, and
+        the transaction with it. The write lock keeps the other writer connection out."""
+        batch_db = self._batch_db
+        if batch_db is None:
+            raise RuntimeError("the store is not open")
+        async with self._lock:
+            seen, self._seen = self._seen, {}
+            done = asyncio.get_running_loop().run_in_executor(self._batch_thread, self._write_batch, batch_db, writes, seen)
+            try:
+                rev, first = await asyncio.shield(done)
+            except asyncio.CancelledError:
+                with contextlib.suppress(BaseException):
+                    await done  # never leave the lock while the transaction still runs
+                raise
+            except BaseException:
+                self._unflushed(seen)
+                raise
+            self._seen_written.update(seen)
         if rev != first:
             self._dispatch("changes", str(rev))
         return rev
+
+    def _write_batch(self, db: sqlite3.Connection, writes: Sequence[BundleWrite], seen: Mapping[str, float]) -> tuple[int, int]:
+        """One transaction for ``writes`` (and pending ``touch_cluster`` times); on the batch thread."""
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            if seen:
+                db.executemany(_TOUCH, [(t, name) for name, t in seen.items()])
+            rev = first = int(db.execute("SELECT value FROM meta WHERE key = 'rev'").fetchone()[0])
+            for writes_ in rounds(writes):
+                held = _held(db, lookups(writes_))
+                unmarked = {(w.cluster, w.type): _unmarked(db, w) for w in writes_ if w.full_end}
+                plan = plan_round(writes_, held, unmarked)
+                _write_round(db, plan, rev)
+                rev += plan.changes
+            if rev != first:
+                db.execute("UPDATE meta SET value = ? WHERE key = 'rev'", (rev,))
+                # trim in steps of 1% of the window (a statement per batch would cost a round trip each)
+                step = max(1, self.change_log_keep // 100)
+                if self.change_log_keep and rev // step != first // step:
+                    db.execute("DELETE FROM changes WHERE rev <= ?", (rev - self.change_log_keep,))
+            db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
+        return rev, first
 
     async def set_stream_error(self, cluster: str, type: str, error: str, *, now: float) -> None:  # noqa: A002
         """A type without a stream row yet gets one at position ("", 0) to hold its error (no
@@ -902,8 +961,10 @@ class SQLiteStore:
         async with self._autocommit() as db:
             return (await db.execute("DELETE FROM refresh WHERE cluster = ?", (cluster,))).rowcount > 0
 
-    async def refresh_targets(self) -> list[RefreshTarget]:
-        rows = await self._read("SELECT cluster, mode, url, interval, next_refresh_at FROM refresh ORDER BY cluster")
+    async def refresh_targets(self, cluster: str | None = None) -> list[RefreshTarget]:
+        rows = await self._read(
+            "SELECT cluster, mode, url, interval, next_refresh_at FROM refresh WHERE ? IS NULL OR cluster = ? ORDER BY cluster", (cluster, cluster)
+        )
         return [refresh_from_row(r) for r in rows]
 
     async def claim_due_refreshes(self, *, hub_id: str, now: float, limit: int = 100) -> list[RefreshTarget]:
@@ -988,13 +1049,13 @@ async def _current_rev(db: aiosqlite.Connection) -> int:
     return int(rows[0][0])
 
 
-async def _held(db: aiosqlite.Connection, keys: Sequence[tuple[str, str, str, str]]) -> dict[tuple[str, str, str, str], Held]:
+def _held(db: sqlite3.Connection, keys: Sequence[tuple[str, str, str, str]]) -> dict[tuple[str, str, str, str], Held]:
     """What the store holds of ``keys`` (cluster, type, namespace, name): one statement per
     ``KEY_CHUNK`` keys, each key an index lookup."""
     found: dict[tuple[str, str, str, str], Held] = {}
     for start in range(0, len(keys), KEY_CHUNK):
         chunk = keys[start : start + KEY_CHUNK]
-        rows = await db.execute_fetchall(
+        rows = db.execute(
             f"SELECT k.column1, k.column2, k.column3, k.column4, o.hash, o.full_seq FROM (VALUES {', '.join(['(?, ?, ?, ?)'] * len(chunk))}) AS k"
             " CROSS JOIN objects AS o ON o.cluster = k.column1 AND o.type = k.column2 AND o.namespace = k.column3 AND o.name = k.column4",
             [part for key in chunk for part in key],
@@ -1004,16 +1065,16 @@ async def _held(db: aiosqlite.Connection, keys: Sequence[tuple[str, str, str, st
     return found
 
 
-async def _unmarked(db: aiosqlite.Connection, write: BundleWrite) -> list[Key]:
+def _unmarked(db: sqlite3.Connection, write: BundleWrite) -> list[Key]:
     """The keys of ``write``'s stream not marked with its FULL, by (namespace, name)."""
-    rows = await db.execute_fetchall(
+    rows = db.execute(
         "SELECT namespace, name FROM objects WHERE cluster = ? AND type = ? AND full_seq IS NOT ? ORDER BY namespace, name",
         (write.cluster, write.type, write.full_seq),
     )
     return [(r[0], r[1]) for r in rows]
 
 
-async def _write_round(db: aiosqlite.Connection, plan: RoundPlan, base: int) -> None:
+def _write_round(db: sqlite3.Connection, plan: RoundPlan, base: int) -> None:
     """Write a planned round whose offsets count from revision ``base``."""
     objects: list[tuple[Any, ...]] = []
     changes: list[tuple[Any, ...]] = []
@@ -1023,18 +1084,18 @@ async def _write_round(db: aiosqlite.Connection, plan: RoundPlan, base: int) -> 
         objects.append((w.cluster, w.type, o.namespace, o.name, *fields, w.full_seq, base + u.offset))
         changes.append((base + u.offset, "ADDED" if u.added else "MODIFIED", w.cluster, w.type, o.namespace, o.name, *fields))
     if objects:
-        await db.executemany(_UPSERT_OBJECT, objects)
-        await db.executemany(_INSERT_CHANGE, changes)
+        db.executemany(_UPSERT_OBJECT, objects)
+        db.executemany(_INSERT_CHANGE, changes)
     marks = [(w.full_seq, w.cluster, w.type, *key) for w, key in plan.marks]
     if marks:
-        await db.executemany(_MARK_FULL, marks)
+        db.executemany(_MARK_FULL, marks)
     deletes = [(base + d.offset, w.cluster, w.type, *d.key) for w, d in plan.deletes]
     if deletes:
-        await db.executemany(_LOG_DELETE, deletes)
-        await db.executemany(_DELETE_OBJECT, [row[1:] for row in deletes])
+        db.executemany(_LOG_DELETE, deletes)
+        db.executemany(_DELETE_OBJECT, [row[1:] for row in deletes])
     moves = plan.moves
     if moves:
-        await db.executemany(_MOVE_STREAM, [(w.cluster, w.type, *w.move_to, w.now) for w in moves if w.move_to is not None])
+        db.executemany(_MOVE_STREAM, [(w.cluster, w.type, *w.move_to, w.now) for w in moves if w.move_to is not None])
 
 
 async def _rollback(db: aiosqlite.Connection) -> None:

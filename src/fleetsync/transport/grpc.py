@@ -103,7 +103,19 @@ class GrpcHubServer:
         # anything over the limit with a message that says so.
         # No SO_REUSEPORT (gRPC's default): a second hub on a taken port must fail to start, not
         # silently share the port and split the agents between two hubs.
-        self.server = grpc.aio.server(options=[*_options(core.settings.max_message_bytes * 2), ("grpc.so_reuseport", 0)])
+        #
+        # Each stream's receive window is fixed at --stream-window (no BDP probing, which grows
+        # windows to megabytes): when the hub pushes back (its inbox budget is full), what a
+        # thousand agents have in flight to it is bounded by a thousand windows.
+        window = core.settings.stream_window
+        self.server = grpc.aio.server(
+            options=[
+                *_options(core.settings.max_message_bytes * 2),
+                ("grpc.so_reuseport", 0),
+                ("grpc.http2.bdp_probe", 0),
+                ("grpc.http2.lookahead_bytes", window),
+            ]
+        )
         handler = grpc.stream_stream_rpc_method_handler(
             _Servicer(core).connect, request_deserializer=_decode, response_serializer=pb.HubMessage.SerializeToString
         )
