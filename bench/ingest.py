@@ -25,20 +25,33 @@ Measured:
    - the bench watches those clusters' Pods at the sim (``?watch=1`` from the current
      resourceVersion, with bookmarks) and notes, for each ADDED / MODIFIED event, the
      (key, resourceVersion) and the monotonic time the event line arrived;
-   - a separate poller process (so parsing megabytes of JSON does not delay the watch
-     timestamps) GETs ``/clusters/NAME/api/v1/pods`` from the hub for the same clusters
-     every ``--poll-interval`` s (one round = one request per cluster, in turn), and notes
-     the first time each (key, resourceVersion) is in a response (the time the response
-     was fully read; the hub keeps the sim's resourceVersion in ``metadata``);
-   - latency = hub-visible time - sim-seen time. It is an **upper bound**: it includes
-     up to one polling interval (plus the time of one round) of waiting for the next
-     poll. Reported as p50/p99/max over the versions actually seen at the hub; versions
-     that a newer version (or a deletion) replaced before any poll showed them are
-     counted separately ("superseded"), as are versions never seen at all.
+   - ``--latency-probe watch`` (the default): a separate process (so that nothing else
+     the bench does delays its timestamps) watches the same clusters' Pods at the hub,
+     as a client of the hub would (``GET /clusters/NAME/api/v1/pods?watch=1`` from the
+     revision of a list, with bookmarks; resumed from the last revision seen if the
+     watch breaks), and notes the time each (key, cluster resourceVersion) arrived in an
+     ADDED / MODIFIED event (the hub keeps the sim's resourceVersion in an annotation).
+     Latency = hub watch event time - sim watch event time: a change in the sim, seen by
+     a watch there, to the same change seen by a watch of the hub;
+   - ``--latency-probe poll`` (the former probe): a separate process (so parsing
+     megabytes of JSON does not delay the timestamps) GETs ``/clusters/NAME/api/v1/pods``
+     from the hub for the same clusters every ``--poll-interval`` s (one round = one
+     request per cluster, in turn), and notes the first time each (key, resourceVersion)
+     is in a response (the time the response was fully read). This latency is an
+     **upper bound**: it includes up to one polling interval (plus the time of one round)
+     of waiting for the next poll. The polling has a cost the figures include: every
+     poll makes the hub read and decompress every Pod of a cluster (about 3 MB of JSON
+     per 1,000 pods); the summary shows the requests/s, the bytes and the mean time per
+     request.
 
-   The polling has a cost the figures include: every poll makes the hub read and
-   decompress every Pod of a cluster (about 3 MB of JSON per 1,000 pods); the summary
-   shows the requests/s, the bytes and the mean time per request.
+   Both report p50/p99/max over the versions actually seen at the hub; versions that a
+   newer version (or a deletion) replaced before the hub showed them (the agent and the
+   hub conflate) are counted separately ("superseded"), as are versions never seen at all.
+   Both clocks are ``time.monotonic()``, which is system-wide. The sim writes each event
+   to its watchers (the agent's and the bench's) from one task per watch, in turn, on its
+   single event loop, so now and then a change reaches the hub watch before the bench's
+   own watch of the sim: such samples count as 0 and are reported ("seen at the hub
+   before the sim watch delivered them").
 3. **resources**: the hub's peak RSS (psutil every second, and the kernel's VmHWM) and
    mean CPU per phase (CPU-time delta / wall time, as a fraction of one core), the
    agents' total RSS (sum over the agents, peak and at the end) and CPU, the sim's and
@@ -46,7 +59,7 @@ Measured:
 4. **convergence after churn**: churn is set to 0 and ``fleetsync check`` is run until it
    exits 0; reported is the time from stopping the churn to the end of the first passing
    check (and when that check started, since one check takes seconds), plus when the
-   last Pod version seen at the sim in the polled clusters became visible at the hub.
+   last Pod version seen at the sim in the probed clusters became visible at the hub.
 
 Finally the hub's and agents' logs are searched for WARNING / ERROR / Traceback, gaps,
 resyncs, expired watches and reconnections, and the hub's resync and rejection counters
@@ -56,6 +69,7 @@ Run (from the repository root)::
 
     .venv/bin/python bench/ingest.py --clusters 2 --pods 200 --duration 10        # quick check
     .venv/bin/python bench/ingest.py --clusters 10 --pods 1000 --churn 5 --duration 60
+    .venv/bin/python bench/ingest.py --clusters 10 --pods 1000 --churn 5 --duration 60 --latency-probe poll
 
 ``--json FILE`` also writes the figures as JSON; ``--keep-logs DIR`` copies the logs
 there. Exit status: 0 when every phase completed (read the "checks" section), 1 when a
@@ -261,6 +275,7 @@ def poll_hub(hub: str, clusters: list[str], interval: float, out: str, ready: An
     Path(out).write_bytes(
         orjson.dumps(
             {
+                "mode": "poll",
                 "first": [[c, k, rv, t] for (c, k, rv), t in first.items()],
                 "rounds": rounds,
                 "requests": requests,
@@ -270,6 +285,79 @@ def poll_hub(hub: str, clusters: list[str], interval: float, out: str, ready: An
             }
         )
     )
+
+
+# ---- the hub watcher (a separate process) ----------------------------------------------
+
+
+def watch_hub(hub: str, clusters: list[str], out: str, ready: Any, stop: Any) -> None:
+    """Watch the hub's Pods of ``clusters`` until ``stop`` is set; write when each (key, cluster resourceVersion) arrived to ``out``."""
+    Path(out).write_bytes(orjson.dumps(asyncio.run(_watch_hub(hub, clusters, ready, stop))))
+
+
+async def _watch_hub(hub: str, clusters: list[str], ready: Any, stop: Any) -> dict[str, Any]:
+    first: dict[tuple[str, str, int], float] = {}
+    counts: Counter[str] = Counter()
+    errors: list[str] = []
+    opened: set[str] = set()
+    reconnects = 0
+
+    async def follow(session: aiohttp.ClientSession, cluster: str) -> None:
+        nonlocal reconnects
+        url = f"{hub}/clusters/{cluster}/api/v1/pods"
+        rv = ""  # the hub revision to resume from
+        while True:
+            try:
+                if not rv:
+                    async with session.get(url, params={"limit": "1"}, headers=HUB_AUTH, timeout=aiohttp.ClientTimeout(total=60)) as resp:
+                        rv = orjson.loads(await resp.read())["metadata"]["resourceVersion"]
+                params = {"watch": "1", "resourceVersion": rv, "allowWatchBookmarks": "true"}
+                timeout = aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=60)
+                async with session.get(url, params=params, headers=HUB_AUTH, timeout=timeout) as resp:
+                    if resp.status != 200:
+                        raise RuntimeError(f"watch answered HTTP {resp.status}: {(await resp.read())[:200]!r}")
+                    opened.add(cluster)
+                    if len(opened) == len(clusters):
+                        ready.set()
+                    async for line in resp.content:
+                        seen = time.monotonic()  # before any parsing
+                        if not line.strip():
+                            continue
+                        event = orjson.loads(line)
+                        kind = event["type"]
+                        counts[kind] += 1
+                        meta = event["object"].get("metadata", {})
+                        if kind == "ERROR":
+                            errors.append(f"{cluster}: ERROR event {event['object'].get('message', '')}")
+                            rv = ""  # 410: start again from a list (what changed in between is lost to the sample)
+                            break
+                        rv = meta.get("resourceVersion", rv)
+                        if kind in ("ADDED", "MODIFIED"):
+                            version = int(meta.get("annotations", {}).get(CLUSTER_VERSION_ANNOTATION, -1))
+                            first.setdefault((cluster, f"{meta.get('namespace', '')}/{meta['name']}", version), seen)
+                errors.append(f"{cluster}: watch ended by the hub")
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                errors.append(f"{cluster}: {exc!r}")
+                await asyncio.sleep(0.5)
+            reconnects += 1
+
+    async with aiohttp.ClientSession(read_bufsize=1 << 22) as session:
+        tasks = [asyncio.create_task(follow(session, c), name=f"hub-watch-{c}") for c in clusters]
+        started = time.monotonic()
+        await asyncio.to_thread(stop.wait)  # a multiprocessing.Event
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    return {
+        "mode": "watch",
+        "first": [[c, k, rv, t] for (c, k, rv), t in first.items()],
+        "events": dict(counts),
+        "seconds": time.monotonic() - started,
+        "reconnects": reconnects,
+        "errors": errors[:20],
+    }
 
 
 # ---- the bench's own watches of the sim ----------------------------------------------
@@ -356,9 +444,9 @@ def _counts_match(sim_clusters: list[dict[str, Any]], hub: dict[str, Any], types
     return done
 
 
-def latency_figures(log: WatchLog, poll: dict[str, Any], churn_stopped: float) -> dict[str, Any]:
-    """Match the sim's events with the hub's first sightings."""
-    first: dict[tuple[str, str, int], float] = {(c, k, rv): t for c, k, rv, t in poll["first"]}
+def latency_figures(log: WatchLog, probe: dict[str, Any], churn_stopped: float) -> dict[str, Any]:
+    """Match the sim's events with the hub's first sightings (``probe``: what the hub watcher or poller wrote)."""
+    first: dict[tuple[str, str, int], float] = {(c, k, rv): t for c, k, rv, t in probe["first"]}
     later: dict[tuple[str, str], list[int]] = defaultdict(list)  # (cluster, key) -> every rv the sim emitted (incl. deletes)
     for cluster, key, rv, _t, _kind in log.events:
         later[(cluster, key)].append(rv)
@@ -372,7 +460,7 @@ def latency_figures(log: WatchLog, poll: dict[str, Any], churn_stopped: float) -
         t_hub = first.get((cluster, key, rv))
         if t_hub is not None:
             if t_hub < t_sim:
-                early += 1  # the poller saw it before the bench's watch delivered it
+                early += 1  # the hub showed it before the bench's watch of the sim delivered it
             latencies.append(max(0.0, t_hub - t_sim))
             if t_sim <= churn_stopped:
                 last_visible = t_hub if last_visible is None else max(last_visible, t_hub)
@@ -382,10 +470,8 @@ def latency_figures(log: WatchLog, poll: dict[str, Any], churn_stopped: float) -
             never += 1
             if len(never_examples) < 10:
                 never_examples.append(f"{cluster} {key} rv {rv} ({kind})")
-    rounds = poll["rounds"]
-    starts = [s for s, _ in rounds]
-    gaps = [b - a for a, b in itertools.pairwise(starts)]
-    return {
+    figures: dict[str, Any] = {
+        "probe": probe["mode"],
         "samples": len(latencies),
         "p50": percentile(latencies, 0.5),
         "p90": percentile(latencies, 0.9),
@@ -399,16 +485,29 @@ def latency_figures(log: WatchLog, poll: dict[str, Any], churn_stopped: float) -
         "events": dict(log.counts),
         "drops": log.drops[:20],
         "last_visible_after_churn_stop": None if last_visible is None else last_visible - churn_stopped,
+    }
+    if probe["mode"] == "watch":
+        figures |= {
+            "hub_events": probe["events"],
+            "hub_watch_seconds": probe["seconds"],
+            "hub_watch_reconnects": probe["reconnects"],
+            "hub_watch_errors": probe["errors"],
+        }
+        return figures
+    rounds = probe["rounds"]
+    starts = [s for s, _ in rounds]
+    gaps = [b - a for a, b in itertools.pairwise(starts)]
+    return figures | {
         "poll_rounds": len(rounds),
         "poll_round_mean": statistics.mean(d for _, d in rounds) if rounds else float("nan"),
         "poll_round_max": max((d for _, d in rounds), default=float("nan")),
         "poll_interval_mean": statistics.mean(gaps) if gaps else float("nan"),
-        "poll_requests": len(poll["requests"]),
-        "poll_request_mean": statistics.mean(poll["requests"]) if poll["requests"] else float("nan"),
-        "poll_bytes": poll["bytes"],
+        "poll_requests": len(probe["requests"]),
+        "poll_request_mean": statistics.mean(probe["requests"]) if probe["requests"] else float("nan"),
+        "poll_bytes": probe["bytes"],
         "poll_seconds": (starts[-1] - starts[0]) if len(starts) > 1 else float("nan"),
-        "poll_fallbacks": poll["fallbacks"],
-        "poll_errors": poll["errors"],
+        "poll_fallbacks": probe["fallbacks"],
+        "poll_errors": probe["errors"],
     }
 
 
@@ -593,12 +692,17 @@ async def bench(args: argparse.Namespace, procs: Processes, tmp: Path, fig: dict
         log = WatchLog()
         ctx = multiprocessing.get_context("spawn")
         ready, stop = ctx.Event(), ctx.Event()
-        poll_out = tmp / "poll.json"
-        poller = None
+        probe_out = tmp / "probe.json"
+        poller = None  # the process that watches (or polls) the hub
         watch_tasks: list[asyncio.Task[None]] = []
         try:
             if probe:
-                poller = ctx.Process(target=poll_hub, args=(hub_url, probe, args.poll_interval, str(poll_out), ready, stop), name="hub-poller", daemon=True)
+                if args.latency_probe == "watch":
+                    poller = ctx.Process(target=watch_hub, args=(hub_url, probe, str(probe_out), ready, stop), name="hub-watcher", daemon=True)
+                else:
+                    poller = ctx.Process(
+                        target=poll_hub, args=(hub_url, probe, args.poll_interval, str(probe_out), ready, stop), name="hub-poller", daemon=True
+                    )
                 poller.start()
                 assert poller.pid is not None
                 sampler.add("bench", psutil.Process(poller.pid))
@@ -608,7 +712,7 @@ async def bench(args: argparse.Namespace, procs: Processes, tmp: Path, fig: dict
                 t0 = time.monotonic()
                 while not ready.is_set():
                     if not poller.is_alive() or time.monotonic() - t0 > 60:
-                        raise BenchError("the hub poller did not complete a first round")
+                        raise BenchError(f"the hub {'watches did not open' if args.latency_probe == 'watch' else 'poller did not complete a first round'}")
                     await asyncio.sleep(0.05)
             sim0 = await get_json(session, f"{sim_url}/clusters")
             churn0 = await get_json(session, f"{sim_url}/churn")
@@ -677,8 +781,8 @@ async def bench(args: argparse.Namespace, procs: Processes, tmp: Path, fig: dict
                 "check_seconds": statistics.mean(t for _, t in checks),
             }
             if probe:
-                # one more full round so the poller has seen the converged state
-                await asyncio.sleep(2 * args.poll_interval + 1.0)
+                # a moment (the poller: one more full round) so that the probe has seen the converged state
+                await asyncio.sleep(1.0 if args.latency_probe == "watch" else 2 * args.poll_interval + 1.0)
         finally:
             for task in watch_tasks:
                 task.cancel()
@@ -689,11 +793,11 @@ async def bench(args: argparse.Namespace, procs: Processes, tmp: Path, fig: dict
                 if poller.is_alive():
                     poller.kill()
                     poller.join(5)
-        if probe and poll_out.exists():
-            fig["latency"] = latency_figures(log, orjson.loads(poll_out.read_bytes()), t_churn_stop)
+        if probe and probe_out.exists():
+            fig["latency"] = latency_figures(log, orjson.loads(probe_out.read_bytes()), t_churn_stop)
             fig["latency"]["clusters"] = probe
         elif probe:
-            fig["latency"] = {"error": f"the poller wrote no results (exit status {poller.exitcode if poller else None})"}
+            fig["latency"] = {"error": f"the hub {args.latency_probe} probe wrote no results (exit status {poller.exitcode if poller else None})"}
         m2 = await metrics(session, hub_url)
         fig["counters"] = {
             "resync_requests": m2.get("fleetsync_resync_requests_total", 0),
@@ -785,23 +889,29 @@ def report(fig: dict[str, Any]) -> str:
         row("peak RSS hub / agents (total)", f"{mib(c['hub_rss_peak'])} / {mib(c['agents_rss_peak'])}")
     lat = fig.get("latency")
     if lat and "error" not in lat:
-        section(f"   change-to-hub latency, Pods of {', '.join(lat['clusters'])} (upper bound: includes the poll interval)")
-        row(
-            "poll interval (set / measured mean)",
-            f"{cfg['poll_interval'] * 1000:.0f} ms / {ms(lat['poll_interval_mean'])}  (round of {len(lat['clusters'])} GETs: mean {ms(lat['poll_round_mean'])}, max {ms(lat['poll_round_max'])})",
-        )
+        if lat["probe"] == "watch":
+            section(f"   change-to-hub latency, Pods of {', '.join(lat['clusters'])} (sim watch event -> hub watch event)")
+        else:
+            section(f"   change-to-hub latency, Pods of {', '.join(lat['clusters'])} (polled: an upper bound, includes the poll interval)")
+            row(
+                "poll interval (set / measured mean)",
+                f"{cfg['poll_interval'] * 1000:.0f} ms / {ms(lat['poll_interval_mean'])}  (round of {len(lat['clusters'])} GETs: mean {ms(lat['poll_round_mean'])}, max {ms(lat['poll_round_max'])})",
+            )
         row("p50 / p90 / p99 / max", f"{ms(lat['p50'])} / {ms(lat['p90'])} / {ms(lat['p99'])} / {ms(lat['max'])}  (mean {ms(lat['mean'])})")
         row("samples (versions seen at the hub)", f"{lat['samples']:,}")
         row("versions superseded before the hub showed them", f"{lat['superseded']:,}")
         row("versions never seen at the hub (not superseded)", f"{lat['never_seen']:,}")
-        row("seen by the poller before the bench's watch (counted as 0)", f"{lat['hub_before_watch']:,}")
+        row("seen at the hub before the sim watch delivered them (counted as 0)", f"{lat['hub_before_watch']:,}")
         row("sim watch events (probed clusters)", ", ".join(f"{k} {v:,}" for k, v in sorted(lat["events"].items())) or "none")
-        secs = lat["poll_seconds"]
-        if secs == secs and secs > 0:
-            row(
-                "polling load on the hub",
-                f"{lat['poll_requests'] / secs:.1f} req/s, {lat['poll_bytes'] / secs / 1e6:.1f} MB/s, {ms(lat['poll_request_mean'])} per request",
-            )
+        if lat["probe"] == "watch":
+            row("hub watch events (probed clusters)", ", ".join(f"{k} {v:,}" for k, v in sorted(lat["hub_events"].items())) or "none")
+        else:
+            secs = lat["poll_seconds"]
+            if secs == secs and secs > 0:
+                row(
+                    "polling load on the hub",
+                    f"{lat['poll_requests'] / secs:.1f} req/s, {lat['poll_bytes'] / secs / 1e6:.1f} MB/s, {ms(lat['poll_request_mean'])} per request",
+                )
     elif lat:
         row("latency", lat["error"])
     if "converge" in fig:
@@ -838,8 +948,10 @@ def report(fig: dict[str, Any]) -> str:
         row("agents connected at the end", f"{k['connected_agents']:.0f} of {cfg['clusters']}")
         errs = {n: c["errors"] for n, c in fig.get("hub_clusters", {}).items() if c["errors"]}
         row("clusters with type errors at the hub", ", ".join(f"{n}: {e}" for n, e in errs.items()) or "none")
-    if lat and "error" not in lat:
-        row("bench watch drops / poller fallbacks / poller errors", f"{len(lat['drops'])} / {lat['poll_fallbacks']} / {len(lat['poll_errors'])}")
+    if lat and "error" not in lat and lat["probe"] == "watch":
+        row("sim watch drops / hub watch breaks", f"{len(lat['drops'])} / {lat['hub_watch_reconnects']}")
+    elif lat and "error" not in lat:
+        row("sim watch drops / poller fallbacks / poller errors", f"{len(lat['drops'])} / {lat['poll_fallbacks']} / {len(lat['poll_errors'])}")
     if fig.get("logs"):
         row("log lines until shutdown", " / ".join(LOG_PATTERNS))
     for group, found in fig.get("logs", {}).items():
@@ -856,8 +968,9 @@ def report(fig: dict[str, Any]) -> str:
     lines += [name if not value else f"{name.ljust(width)}{value}" for name, value in rows]
     extra = [
         ("latency: versions never seen (first 10)", (lat or {}).get("never_examples")),
-        ("latency: bench watch drops", (lat or {}).get("drops")),
+        ("latency: sim watch drops", (lat or {}).get("drops")),
         ("latency: poller errors", (lat or {}).get("poll_errors")),
+        ("latency: hub watch breaks and errors", (lat or {}).get("hub_watch_errors")),
         ("divergent rows of the last check", fig.get("converge", {}).get("divergent")),
     ]
     extra += [(f"notable {group} log lines (first 12)", found["examples"]) for group, found in fig.get("logs", {}).items()]
@@ -884,7 +997,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--db", choices=["sqlite", "postgres"], default="sqlite", help="the hub's store: SQLite, or a PostgreSQL server the bench starts")
     p.add_argument("--types", default="", help="the agents' --types (comma-separated); empty = the agent's default")
     p.add_argument("--latency-clusters", type=int, default=3, help="clusters whose Pods are probed for change-to-hub latency (0 = none)")
-    p.add_argument("--poll-interval", type=float, default=0.1, help="seconds between rounds of GETs of the hub's Pod lists (latency probe)")
+    p.add_argument(
+        "--latency-probe",
+        choices=("watch", "poll"),
+        default="watch",
+        help="how the latency probe sees changes at the hub: a watch of the hub's Pods (the time the event arrives), or polling its Pod lists",
+    )
+    p.add_argument("--poll-interval", type=float, default=0.1, help="--latency-probe poll: seconds between rounds of GETs of the hub's Pod lists")
     p.add_argument("--startup-timeout", type=float, default=600.0, help="seconds to wait for the sim's /healthz")
     p.add_argument("--sync-timeout", type=float, default=600.0, help="seconds allowed for the initial sync")
     p.add_argument("--converge-timeout", type=float, default=300.0, help="seconds allowed after the churn for fleetsync check to pass")

@@ -5,8 +5,10 @@
 
 On every connection: Hello -> Welcome (or Reject) -> an :class:`~fleetsync.agent.uplink.Uplink`
 decides, per type, what to send; this module only moves its messages over the
-connection, wakes it when the cluster changes (after a short batching window), when
-the hub says something, or when one of its timers is due. A broken connection is
+connection, wakes it when the cluster changes, when the hub says something, or when
+one of its timers is due, and decides when the cluster's changes go: at once when
+nothing sent is unacknowledged, batched (for at most ``flush_interval``) while the hub
+is busy with what is in flight (:mod:`fleetsync.agent.batching`). A broken connection is
 retried with backoff and jitter, across the hub URLs in turn, and never given up; a
 rejection is retried no sooner than the hub's ``retry_after``.
 """
@@ -23,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from fleetsync import __version__
+from fleetsync.agent.batching import ChangeBatcher
 from fleetsync.agent.gatesync import GateSync
 from fleetsync.agent.istio import IstioDetector, mesh_clusters
 from fleetsync.agent.kube import Pages, TypeWatcher, api_client
@@ -56,7 +59,8 @@ class AgentConfig:
     metadata: dict[str, str] = field(default_factory=dict)
     namespaces: set[str] = field(default_factory=set)
     exclude_namespaces: set[str] = field(default_factory=set)
-    #: Changes are sent after this batching window (seconds).
+    #: The longest a change waits to be batched with others (seconds): changes go at once while
+    #: nothing sent is unacknowledged, else with the acks of what is in flight or after this long.
     flush_interval: float = 0.05
     #: No message to the hub is larger (the hub's Welcome may lower it).
     max_message_bytes: int = 512 * 1024
@@ -343,10 +347,17 @@ class Agent:
         self.connected.set()
         inbox: asyncio.Queue[pb.HubMessage | Exception] = asyncio.Queue()
         reader = asyncio.create_task(self._read(connection, inbox), name="hub-reader")
+        batcher = ChangeBatcher(self.config.flush_interval)
         try:
             while True:
-                for out in uplink.poll(time.monotonic()):
+                self._changed.clear()  # what changes from here on wakes the wait below
+                now = time.monotonic()
+                send_at = batcher.send_at(now, waiting=uplink.changes_waiting(), busy=uplink.in_flight > 0)
+                flush = send_at is not None and send_at <= now
+                for out in uplink.poll(now, changes=flush):
                     await self._send(connection, out)
+                if flush:
+                    batcher.sent(now)
                 for change in self.gates.outgoing() if self.gates else []:
                     await self._send(connection, Outgoing("local_change", pb.AgentMessage(local_change=change)))
                 if self.gates and (revision := self.gates.revision_news()):
@@ -354,7 +365,14 @@ class Agent:
                 for status in self.works.outgoing() if self.works else []:
                     await self._send(connection, Outgoing("status", pb.AgentMessage(status=status)))
                 self.metrics.resyncs_outstanding.set(uplink.resyncs_outstanding)
-                item = await self._wait(inbox, timeout=uplink.next_deadline(time.monotonic()) - time.monotonic())
+                now = time.monotonic()
+                deadline = uplink.next_deadline(now)
+                send_at = batcher.send_at(now, waiting=uplink.changes_waiting(), busy=uplink.in_flight > 0)
+                if send_at is not None:
+                    deadline = min(deadline, send_at)
+                # While changes wait for their batch, more changes need not wake the loop: only
+                # an ack (the inbox) or the batch's time can send them.
+                item = await self._wait(inbox, timeout=deadline - now, changes=send_at is None)
                 while item is not None:
                     if isinstance(item, Exception):
                         raise item
@@ -442,21 +460,22 @@ class Agent:
         except TransportError as exc:
             inbox.put_nowait(exc)
 
-    async def _wait(self, inbox: asyncio.Queue[pb.HubMessage | Exception], *, timeout: float) -> pb.HubMessage | Exception | None:
-        """The next hub message; or None after a cluster change (and the batching window) or the timeout."""
+    async def _wait(self, inbox: asyncio.Queue[pb.HubMessage | Exception], *, timeout: float, changes: bool) -> pb.HubMessage | Exception | None:
+        """The next hub message; or None after a cluster change (if ``changes``) or the timeout."""
         if not inbox.empty():
             return inbox.get_nowait()
+        if changes and self._changed.is_set():
+            return None
         get = asyncio.ensure_future(inbox.get())
-        changed = asyncio.ensure_future(self._changed.wait())
+        waits: set[asyncio.Future[Any]] = {get}
+        if changes:
+            waits.add(asyncio.ensure_future(self._changed.wait()))
         try:
-            await asyncio.wait({get, changed}, timeout=max(0.0, timeout), return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait(waits, timeout=max(0.0, timeout), return_when=asyncio.FIRST_COMPLETED)
         finally:
-            changed.cancel()
-            if not get.done():
-                get.cancel()
+            for waiting in waits:
+                if not waiting.done():
+                    waiting.cancel()
         if get.done() and not get.cancelled():
             return get.result()
-        if self._changed.is_set():
-            await asyncio.sleep(self.config.flush_interval)  # the batching window
-            self._changed.clear()
         return None

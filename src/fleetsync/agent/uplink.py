@@ -21,6 +21,10 @@ FULL. Then:
   type at a time, so a resync storm never starves the deltas of the other types. A
   digest unanswered for ``ack_timeout`` is sent again.
 - **Heartbeat** when nothing else was sent for the hub's heartbeat interval.
+- **Batching** is the runner's (``agent/batching.py``): :meth:`Uplink.poll` holds the
+  pending changes back when told to, and says whether any wait
+  (:meth:`Uplink.changes_waiting`) and whether anything is in flight
+  (:attr:`Uplink.in_flight`).
 """
 
 from __future__ import annotations
@@ -192,8 +196,12 @@ class Uplink:
 
     # ---- to the hub ----------------------------------------------------------------------
 
-    def poll(self, now: float) -> list[Outgoing]:
-        """Everything to send now, in order. Raises HubSilent if the hub has gone quiet."""
+    def poll(self, now: float, *, changes: bool = True) -> list[Outgoing]:
+        """Everything to send now, in order. Raises HubSilent if the hub has gone quiet.
+
+        ``changes=False`` holds the pending changes back (the runner is batching them);
+        everything else (FULL chunks, resumes, digests, repairs, resends, errors,
+        heartbeats) still goes."""
         if now - self._last_heard > self.silence_timeout:
             raise HubSilent(f"no word from the hub for {now - self._last_heard:.0f}s (it answers every heartbeat)")
         out, self._out = self._out, []
@@ -210,8 +218,9 @@ class Uplink:
             while full is not None and not full.all_sent and sync.stream.in_flight() < window:
                 out.append(_bundle("full", sync.next_full_chunk()))
         out += self._next_digest(now)
-        for sync in live:
-            out += [_bundle("delta", b) for b in sync.deltas(window - sync.stream.in_flight())]
+        if changes:
+            for sync in live:
+                out += [_bundle("delta", b) for b in sync.deltas(window - sync.stream.in_flight())]
         out += self._retransmit(now, live)
         if out:
             self._last_sent = now
@@ -219,6 +228,19 @@ class Uplink:
             out.append(Outgoing("heartbeat", pb.AgentMessage(heartbeat=pb.Heartbeat(sent_at_ms=int(time.time() * 1000)))))
             self._last_sent = now
         return out
+
+    @property
+    def in_flight(self) -> int:
+        """Messages sent on this connection and not acknowledged yet, over every type."""
+        return sum(s.stream.in_flight() for s in self.syncs.values() if s.type in self._planned and not s.refused)
+
+    def changes_waiting(self) -> bool:
+        """Whether :meth:`poll` would send pending changes now (some type has changes, its stream
+        takes deltas, and its window has room). Once they are sent, this is False again."""
+        window = self.settings.window
+        return any(
+            s.pending and s.type in self._planned and not s.refused and s.stream.can_send_delta and s.stream.in_flight() < window for s in self.syncs.values()
+        )
 
     @property
     def resyncs_outstanding(self) -> int:

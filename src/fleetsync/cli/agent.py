@@ -68,6 +68,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     add_flag(p, "--max-message-bytes", type=positive_int, default=512 * 1024, help="largest message sent to the hub (the hub may ask for less)")
     add_flag(p, "--window", type=positive_int, default=32, help="unacknowledged messages allowed per type (flow control)")
     add_flag(p, "--ack-timeout", type=positive_float, default=15.0, help="seconds without an ack before unacknowledged messages are sent again")
+    add_flag(
+        p,
+        "--flush-interval",
+        type=non_negative_float,
+        default=0.05,
+        help="the longest a change waits to be batched with others, in seconds: changes go at once while nothing sent is unacknowledged, "
+        "else with the acks of what is in flight or after this long; 0: never wait",
+    )
     add_flag(p, "--metrics", default="", help="serve Prometheus metrics on HOST:PORT (or :PORT); default: off")
     add_flag(
         p,
@@ -168,6 +176,7 @@ def config_from(args: argparse.Namespace) -> AgentConfig:
         namespaces=set(_csv(args.namespaces)),
         exclude_namespaces=set(_csv(args.exclude_namespaces)),
         max_message_bytes=args.max_message_bytes,
+        flush_interval=args.flush_interval,
         uplink=UplinkSettings(window=args.window, ack_timeout=args.ack_timeout),
         metrics_address=metrics,
         faults=faults,
