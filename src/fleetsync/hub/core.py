@@ -103,7 +103,7 @@ class HubSettings:
     inbox_bytes: int = 64 * 1024 * 1024
     #: The same for every cluster together: what the hub holds of received bundles is bounded by
     #: this, not by the fleet's size (the agents wait, through the transports' flow control).
-    inbox_budget: int = 256 * 1024 * 1024
+    inbox_budget: int = 64 * 1024 * 1024
     #: gRPC: bytes each agent's stream may have in flight to the hub (its HTTP/2 window).
     stream_window: int = 256 * 1024
     #: Group commit: at most this many bundles, and this many bytes of objects, in one transaction.

@@ -128,6 +128,9 @@ class ClusterEngine:
         self._conflated = 0
         self._idle = asyncio.Event()
         self._idle.set()
+        # this cluster's samples, looked up once (a label lookup per bundle costs as much as the rest of its metrics)
+        self._queued_bytes = metrics.queued_bytes.labels(cluster)
+        self._sync_lag = metrics.sync_lag.labels(cluster)
 
     def stream(self, type_: str) -> HubStream:
         return self.streams.setdefault(type_, HubStream())
@@ -145,7 +148,7 @@ class ClusterEngine:
         if self.inbox.conflated != self._conflated:
             self.metrics.conflated.inc(self.inbox.conflated - self._conflated)
             self._conflated = self.inbox.conflated
-        self.metrics.queued_bytes.labels(self.cluster).set(self.inbox.bytes)
+        self._queued_bytes.set(self.inbox.bytes)
 
     async def request_resync(self, types: Iterable[str], reason: str, *, all_types: bool = False) -> None:
         """Ask the agent for a digest resync of ``types`` (``all_types``: of every type it syncs)."""
@@ -237,7 +240,7 @@ class ClusterEngine:
             self.applied_objects += objects
             self.metrics.applied(type_, objects, time.perf_counter() - started)
             if item.collected_at_ms:
-                self.metrics.sync_lag.labels(self.cluster).set(max(0.0, self.clock() - item.collected_at_ms / 1000))
+                self._sync_lag.set(max(0.0, self.clock() - item.collected_at_ms / 1000))
         ack = stream.committed(header, decision)
         if decision.verdict in (Verdict.APPLY_DELTA, Verdict.FULL_LAST):
             self._gaps.pop(type_, None)

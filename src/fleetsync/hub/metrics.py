@@ -77,6 +77,8 @@ class HubMetrics:
             registry=self.registry,
         )
 
+        self._by_type: dict[str, tuple[Counter, Counter]] = {}
+
     def committed(self, bundles: int, seconds: float) -> None:
         self.batch_bundles.observe(bundles)
         self.batch_seconds.observe(seconds)
@@ -85,6 +87,9 @@ class HubMetrics:
         return max((float(s.value) for m in self.sync_lag.collect() for s in m.samples), default=0.0)
 
     def applied(self, type_: str, objects: int, seconds: float) -> None:
-        self.bundles_applied.labels(type_).inc()
-        self.objects_applied.labels(type_).inc(objects)
+        children = self._by_type.get(type_)
+        if children is None:
+            children = self._by_type[type_] = (self.bundles_applied.labels(type_), self.objects_applied.labels(type_))
+        children[0].inc()
+        children[1].inc(objects)
         self.apply_seconds.observe(seconds)

@@ -86,8 +86,6 @@ BUSY_TIMEOUT_MS = 10_000
 #: take a page of their own (two do not fit); 8 KB pages hold three or four, which made
 #: the database a third smaller and bundles 20-30% faster to apply (bench/store_apply.py).
 PAGE_SIZE = 8192
-#: Keys per lookup statement (two parameters each; SQLite allows 32,766).
-KEY_CHUNK = 1000
 
 #: Schema migrations, applied in order at :meth:`SQLiteStore.open`; version N is
 #: ``MIGRATIONS[N - 1]``. Never edit a released entry: append a new one.
@@ -264,27 +262,27 @@ MIGRATIONS: tuple[str, ...] = (
 _OBJECT_FIELDS = "uid, resource_version, hash, labels, owner, body, compression, incarnation"
 _OBJECT_COLUMNS = f"cluster, type, namespace, name, {_OBJECT_FIELDS}, rev"
 
-_UPSERT_OBJECT = f"""
-    INSERT INTO objects (cluster, type, namespace, name, {_OBJECT_FIELDS}, full_seq, rev)
-    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+#: Rows per multi-row statement (objects and change-log rows have 14 columns; SQLite allows
+#: 32,766 parameters a statement).
+ROWS_PER_STATEMENT = 500
+_ROW14 = "(" + ", ".join(["?"] * 14) + ")"
+_UPSERT_HEAD = f"INSERT INTO objects (cluster, type, namespace, name, {_OBJECT_FIELDS}, full_seq, rev)"
+_UPSERT_TAIL = """
     ON CONFLICT (cluster, type, namespace, name) DO UPDATE SET
         uid = excluded.uid, resource_version = excluded.resource_version, hash = excluded.hash,
         labels = excluded.labels, owner = excluded.owner, body = excluded.body,
         compression = excluded.compression, incarnation = excluded.incarnation,
         full_seq = coalesce(excluded.full_seq, objects.full_seq), rev = excluded.rev
 """
-_INSERT_CHANGE = f"INSERT INTO changes (rev, event, cluster, type, namespace, name, {_OBJECT_FIELDS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-_MARK_FULL = "UPDATE objects SET full_seq = ? WHERE cluster = ? AND type = ? AND namespace = ? AND name = ?"
-_LOG_DELETE = f"""
+_CHANGES_HEAD = f"INSERT INTO changes (rev, event, cluster, type, namespace, name, {_OBJECT_FIELDS})"
+#: Rows ``v`` of (anything, cluster, type, namespace, name) matched with ``objects`` by key.
+_MATCH_V = "objects.cluster = v.column2 AND objects.type = v.column3 AND objects.namespace = v.column4 AND objects.name = v.column5"
+_LOG_DELETES_HEAD = f"""
     INSERT INTO changes (rev, event, cluster, type, namespace, name, {_OBJECT_FIELDS})
-    SELECT ?, 'DELETED', cluster, type, namespace, name, {_OBJECT_FIELDS}
-    FROM objects WHERE cluster = ? AND type = ? AND namespace = ? AND name = ?
+    SELECT v.column1, 'DELETED', o.cluster, o.type, o.namespace, o.name, {", ".join("o." + f.strip() for f in _OBJECT_FIELDS.split(","))} FROM (
 """
-_DELETE_OBJECT = "DELETE FROM objects WHERE cluster = ? AND type = ? AND namespace = ? AND name = ?"
-_MOVE_STREAM = """
-    INSERT INTO streams (cluster, type, incarnation, seq, error, updated_at) VALUES (?, ?, ?, ?, '', ?)
-    ON CONFLICT (cluster, type) DO UPDATE SET incarnation = excluded.incarnation, seq = excluded.seq, updated_at = excluded.updated_at
-"""
+_MOVES_HEAD = "INSERT INTO streams (cluster, type, incarnation, seq, error, updated_at)"
+_MOVES_TAIL = "ON CONFLICT (cluster, type) DO UPDATE SET incarnation = excluded.incarnation, seq = excluded.seq, updated_at = excluded.updated_at"
 _TOUCH = "UPDATE clusters SET last_seen = max(last_seen, ?) WHERE name = ?"
 
 
@@ -777,8 +775,8 @@ class SQLiteStore:
 
     async def apply_batch(self, writes: Sequence[BundleWrite]) -> int:
         """See the contract and :mod:`fleetsync.store.plan`: per round of the batch, one lookup
-        statement for its keys (per ``KEY_CHUNK``), one for each FULL that ends, and one
-        ``executemany`` per kind of write; one COMMIT (and one fsync) for the whole batch.
+        statement for its keys, one for each FULL that ends, and one multi-row statement per kind
+        of write (per ``ROWS_PER_STATEMENT`` rows); one COMMIT (and one fsync) for the whole batch.
         SQLite's operational errors (locked past the busy timeout, disk full, I/O errors) are
         raised as StoreUnavailable."""
         try:
@@ -825,7 +823,8 @@ class SQLiteStore:
         db.execute("BEGIN IMMEDIATE")
         try:
             if seen:
-                db.executemany(_TOUCH, [(t, name) for name, t in seen.items()])
+                touches = [(t, name) for name, t in seen.items()]
+                _many(db, "UPDATE clusters SET last_seen = max(last_seen, v.column1) FROM (", "(?, ?)", ") AS v WHERE clusters.name = v.column2", touches)
             rev = first = int(db.execute("SELECT value FROM meta WHERE key = 'rev'").fetchone()[0])
             for writes_ in rounds(writes):
                 held = _held(db, lookups(writes_))
@@ -1049,33 +1048,48 @@ async def _current_rev(db: aiosqlite.Connection) -> int:
     return int(rows[0][0])
 
 
+def _many(db: sqlite3.Connection, head: str, row: str, tail: str, rows: Sequence[Sequence[Any]]) -> None:
+    """``head VALUES row, row, ... tail`` for ``rows``, ``ROWS_PER_STATEMENT`` at a time.
+
+    Why not ``executemany``: it steps once per row, and every step hands the GIL back and
+    forth. On the batch thread each hand-over waits for the busy event loop (up to Python's
+    switch interval), which made a 250-row batch take 200 ms; one statement for many rows is
+    one step."""
+    for start in range(0, len(rows), ROWS_PER_STATEMENT):
+        chunk = rows[start : start + ROWS_PER_STATEMENT]
+        db.execute(f"{head} VALUES {', '.join([row] * len(chunk))} {tail}", [value for r in chunk for value in r])
+
+
 def _held(db: sqlite3.Connection, keys: Sequence[tuple[str, str, str, str]]) -> dict[tuple[str, str, str, str], Held]:
     """What the store holds of ``keys`` (cluster, type, namespace, name): one statement per
-    ``KEY_CHUNK`` keys, each key an index lookup."""
+    ``ROWS_PER_STATEMENT`` keys, each key an index lookup, the answer one JSON row (one step)."""
     found: dict[tuple[str, str, str, str], Held] = {}
-    for start in range(0, len(keys), KEY_CHUNK):
-        chunk = keys[start : start + KEY_CHUNK]
-        rows = db.execute(
-            f"SELECT k.column1, k.column2, k.column3, k.column4, o.hash, o.full_seq FROM (VALUES {', '.join(['(?, ?, ?, ?)'] * len(chunk))}) AS k"
+    for start in range(0, len(keys), ROWS_PER_STATEMENT):
+        chunk = keys[start : start + ROWS_PER_STATEMENT]
+        (answer,) = db.execute(
+            "SELECT json_group_array(json_array(k.column1, k.column2, k.column3, k.column4, o.hash, o.full_seq))"
+            f" FROM (VALUES {', '.join(['(?, ?, ?, ?)'] * len(chunk))}) AS k"
             " CROSS JOIN objects AS o ON o.cluster = k.column1 AND o.type = k.column2 AND o.namespace = k.column3 AND o.name = k.column4",
             [part for key in chunk for part in key],
-        )
-        for r in rows:
+        ).fetchone()
+        for r in orjson.loads(answer):
             found[(r[0], r[1], r[2], r[3])] = Held(to_unsigned(r[4]), r[5])
     return found
 
 
 def _unmarked(db: sqlite3.Connection, write: BundleWrite) -> list[Key]:
     """The keys of ``write``'s stream not marked with its FULL, by (namespace, name)."""
-    rows = db.execute(
-        "SELECT namespace, name FROM objects WHERE cluster = ? AND type = ? AND full_seq IS NOT ? ORDER BY namespace, name",
+    (answer,) = db.execute(
+        "SELECT json_group_array(json_array(namespace, name)) FROM"
+        " (SELECT namespace, name FROM objects WHERE cluster = ? AND type = ? AND full_seq IS NOT ? ORDER BY namespace, name)",
         (write.cluster, write.type, write.full_seq),
-    )
-    return [(r[0], r[1]) for r in rows]
+    ).fetchone()
+    return [(r[0], r[1]) for r in orjson.loads(answer)]
 
 
 def _write_round(db: sqlite3.Connection, plan: RoundPlan, base: int) -> None:
-    """Write a planned round whose offsets count from revision ``base``."""
+    """Write a planned round whose offsets count from revision ``base``: a statement per kind
+    of write (per ``ROWS_PER_STATEMENT`` rows), whatever the number of bundles."""
     objects: list[tuple[Any, ...]] = []
     changes: list[tuple[Any, ...]] = []
     for w, u in plan.upserts:
@@ -1084,18 +1098,18 @@ def _write_round(db: sqlite3.Connection, plan: RoundPlan, base: int) -> None:
         objects.append((w.cluster, w.type, o.namespace, o.name, *fields, w.full_seq, base + u.offset))
         changes.append((base + u.offset, "ADDED" if u.added else "MODIFIED", w.cluster, w.type, o.namespace, o.name, *fields))
     if objects:
-        db.executemany(_UPSERT_OBJECT, objects)
-        db.executemany(_INSERT_CHANGE, changes)
+        _many(db, _UPSERT_HEAD, _ROW14, _UPSERT_TAIL, objects)
+        _many(db, _CHANGES_HEAD, _ROW14, "", changes)
     marks = [(w.full_seq, w.cluster, w.type, *key) for w, key in plan.marks]
     if marks:
-        db.executemany(_MARK_FULL, marks)
+        _many(db, "UPDATE objects SET full_seq = v.column1 FROM (", "(?, ?, ?, ?, ?)", f") AS v WHERE {_MATCH_V}", marks)
     deletes = [(base + d.offset, w.cluster, w.type, *d.key) for w, d in plan.deletes]
     if deletes:
-        db.executemany(_LOG_DELETE, deletes)
-        db.executemany(_DELETE_OBJECT, [row[1:] for row in deletes])
-    moves = plan.moves
+        _many(db, _LOG_DELETES_HEAD, "(?, ?, ?, ?, ?)", f") AS v CROSS JOIN objects AS o ON {_MATCH_V.replace('objects.', 'o.')}", deletes)
+        _many(db, "DELETE FROM objects WHERE (cluster, type, namespace, name) IN (", "(?, ?, ?, ?)", ")", [row[1:] for row in deletes])
+    moves = [(w.cluster, w.type, *w.move_to, w.now) for w in plan.moves if w.move_to is not None]
     if moves:
-        db.executemany(_MOVE_STREAM, [(w.cluster, w.type, *w.move_to, w.now) for w in moves if w.move_to is not None])
+        _many(db, _MOVES_HEAD, "(?, ?, ?, ?, '', ?)", _MOVES_TAIL, moves)
 
 
 async def _rollback(db: aiosqlite.Connection) -> None:
