@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import getpass
 import os
 import platform
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -134,6 +136,36 @@ class Processes:
         for prefix in ("agent-", "hub", "sim"):
             self.stop(self.of(prefix), grace)
         self.stop([c for c in self.children if not c.stopped], grace)
+
+
+async def start_broker(transport: str, procs: Processes, tmp: Path) -> str:
+    """A broker of the bench's own for ``transport`` (mqtt or nats) on a free loopback port,
+    as tests/harness.py starts one; returns its URL once it listens."""
+    port = free_port()
+    if transport == "mqtt":
+        data = tmp / "mosquitto"
+        data.mkdir()
+        config = data / "mosquitto.conf"
+        # queue limits well above the default 1,000 (past them Mosquitto drops QoS 1 messages silently)
+        config.write_text(
+            f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location {data}/\n"
+            f"max_queued_messages 100000\nmax_inflight_messages 100\nuser {getpass.getuser()}\n"
+        )
+        procs.spawn("broker", "-c", str(config), executable=shutil.which("mosquitto") or "/usr/sbin/mosquitto")
+    else:
+        nats_server = Path(sys.executable).parent / "nats-server"
+        procs.spawn("broker", "-a", "127.0.0.1", "-p", str(port), "-js", "-sd", str(tmp / "jetstream"), executable=str(nats_server))
+    deadline = time.monotonic() + 30
+    while True:
+        procs.check_alive("broker")
+        try:
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.close()
+            return f"{transport}://127.0.0.1:{port}"
+        except OSError:
+            if time.monotonic() > deadline:
+                raise BenchError(f"the {transport} broker did not listen on port {port} within 30 s") from None
+            await asyncio.sleep(0.1)
 
 
 def rss(ps: psutil.Process) -> int:

@@ -81,7 +81,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import getpass
 import http.client
 import itertools
 import multiprocessing
@@ -122,6 +121,7 @@ from benchlib import (
     put_churn,
     rss,
     run_check,
+    start_broker,
     tail,
     vm_hwm,
 )
@@ -515,31 +515,7 @@ async def start_transport(transport: str, procs: Processes, tmp: Path, grpc_port
     """Start the broker for ``transport`` (none for grpc): the agents' hub URL and the hub's extra flags."""
     if transport == "grpc":
         return f"grpc://127.0.0.1:{grpc_port}", []
-    port = free_port()
-    if transport == "mqtt":
-        data = tmp / "mosquitto"
-        data.mkdir()
-        config = data / "mosquitto.conf"
-        config.write_text(
-            f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location {data}/\n"
-            f"max_queued_messages 100000\nmax_inflight_messages 100\nuser {getpass.getuser()}\n"
-        )
-        procs.spawn("broker", "-c", str(config), executable=shutil.which("mosquitto") or "/usr/sbin/mosquitto")
-    else:
-        nats_server = Path(sys.executable).parent / "nats-server"
-        procs.spawn("broker", "-a", "127.0.0.1", "-p", str(port), "-js", "-sd", str(tmp / "jetstream"), executable=str(nats_server))
-    deadline = time.monotonic() + 30
-    while True:
-        procs.check_alive("broker")
-        try:
-            _, writer = await asyncio.open_connection("127.0.0.1", port)
-            writer.close()
-            break
-        except OSError:
-            if time.monotonic() > deadline:
-                raise BenchError(f"the {transport} broker did not listen on port {port} within 30 s") from None
-            await asyncio.sleep(0.1)
-    url = f"{transport}://127.0.0.1:{port}"
+    url = await start_broker(transport, procs, tmp)
     return url, ["--broker", url]
 
 

@@ -121,7 +121,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import getpass
 import logging
 import multiprocessing
 import os
@@ -168,6 +167,7 @@ from benchlib import (
     parse_metrics,
     percentile,
     rss,
+    start_broker,
     tail,
     vm_hwm,
 )
@@ -983,35 +983,6 @@ async def watch_fleet(session: aiohttp.ClientSession, hub: str, rv: str, watch: 
         watch.reconnects += 1
 
 
-async def start_broker(transport: str, procs: Processes, tmp: Path) -> tuple[str, int]:
-    """A broker of the bench's own (as tests/harness.py start_broker): its URL and port."""
-    port = free_port()
-    if transport == "mqtt":
-        data = tmp / "mosquitto"
-        data.mkdir()
-        config = data / "mosquitto.conf"
-        # queue limits well above the default 1,000 (past them Mosquitto drops QoS 1 messages silently)
-        config.write_text(
-            f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location {data}/\n"
-            f"max_queued_messages 100000\nmax_inflight_messages 100\nuser {getpass.getuser()}\n"
-        )
-        procs.spawn("broker", "-c", str(config), executable=shutil.which("mosquitto") or "/usr/sbin/mosquitto")
-    else:
-        nats_server = Path(sys.executable).parent / "nats-server"
-        procs.spawn("broker", "-a", "127.0.0.1", "-p", str(port), "-js", "-sd", str(tmp / "jetstream"), executable=str(nats_server))
-    deadline = time.monotonic() + 30
-    while True:
-        procs.check_alive("broker")
-        try:
-            _, writer = await asyncio.open_connection("127.0.0.1", port)
-            writer.close()
-            return f"{transport}://127.0.0.1:{port}", port
-        except OSError:
-            if time.monotonic() > deadline:
-                raise BenchError(f"the {transport} broker did not listen on port {port} within 30 s") from None
-            await asyncio.sleep(0.1)
-
-
 def established(ps: psutil.Process, port: int) -> int:
     """TCP connections of ``ps`` established on its local ``port`` (the agents' own connections)."""
     try:
@@ -1110,7 +1081,8 @@ async def bench(args: argparse.Namespace, procs: Processes, tmp: Path, fig: dict
     agent_urls = [f"grpc://127.0.0.1:{grpc_port}" for grpc_port, _ in ports]
     via: list[str] = []
     if args.transport != "grpc":
-        broker_url, broker_port = await start_broker(args.transport, procs, tmp)
+        broker_url = await start_broker(args.transport, procs, tmp)
+        broker_port = int(broker_url.rsplit(":", 1)[1])
         agent_urls, via = [broker_url], ["--broker", broker_url]
     hubs: list[Child] = []
     for r, (grpc_port, http_port) in enumerate(ports, 1):

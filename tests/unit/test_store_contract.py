@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from fleetsync.store.contract import (
+    BundleWrite,
     ClusterRecord,
     EventRecord,
     GateExists,
@@ -905,6 +906,37 @@ async def test_replicas_apply_migrations_once_and_share_revisions(replicas: list
     assert sorted(revs) == [50, 100, 150]
     changes = await replicas[0].changes_since(0, limit=0)
     assert [c.rev for c in changes] == list(range(1, 151))
+
+
+async def test_replicas_group_committing_at_once_make_gap_free_revisions_a_reader_never_sees_out_of_order(replicas: list[PostgresStore]) -> None:
+    # Each replica commits batches of bundles of many clusters (group commit) while a reader
+    # follows the change log: a revision may never appear below one the reader has already
+    # passed (it would be skipped by every watch), and no revision may be missing.
+    done = False
+    followed: list[int] = []
+
+    async def follow() -> None:
+        while True:
+            stop = done  # read before the changes: a last round after the writers finished
+            changes = await replicas[0].changes_since(followed[-1] if followed else 0, limit=0)
+            followed.extend(c.rev for c in changes)
+            if stop:
+                return
+            await asyncio.sleep(0)
+
+    async def write(r: int, replica: PostgresStore) -> None:
+        for round_ in range(1, 6):
+            batch = [
+                BundleWrite(f"r{r}-c{i}", POD, "i", round_, [obj(f"o{round_}", round_, cluster=f"r{r}-c{i}")], [], move_to=("i", round_), now=1.0)
+                for i in range(10)
+            ]
+            await replica.apply_batch(batch)
+
+    reader = asyncio.create_task(follow())
+    await asyncio.gather(*(write(r, replica) for r, replica in enumerate(replicas)))
+    done = True
+    await reader
+    assert followed == list(range(1, 3 * 5 * 10 + 1))
 
 
 async def test_replicas_hear_each_others_commits_in_revision_order(replicas: list[PostgresStore]) -> None:

@@ -74,6 +74,7 @@ class BatchWriter:
         self._waiting: deque[_Pending] = deque()
         self._task: asyncio.Task[None] | None = None
         self._last_batch = 0
+        self._committing: list[_Pending] = []
 
     async def apply(self, write: BundleWrite, *, size: int = 0) -> None:
         """Apply ``write`` with whatever else is waiting; returns once it is committed.
@@ -93,10 +94,11 @@ class BatchWriter:
         if self._task is not None:
             await cancel_and_wait([self._task])
             self._task = None
-        while self._waiting:
-            pending = self._waiting.popleft()
-            if not pending.done.done():
-                pending.done.set_exception(StoreUnavailable("the hub is stopping"))
+        stopping = StoreUnavailable("the hub is stopping")
+        for pending in [*self._committing, *self._waiting]:
+            _finish(pending, stopping)
+        self._committing = []
+        self._waiting.clear()
 
     async def _run(self) -> None:
         """Commit batches while bundles wait; the task ends when none do (an idle hub has none)."""
@@ -106,7 +108,9 @@ class BatchWriter:
             batch = self._take()
             if batch:
                 self._last_batch = len(batch)
+                self._committing = batch
                 await self._commit(batch)
+                self._committing = []
         self._last_batch = 0
 
     def _take(self) -> list[_Pending]:
