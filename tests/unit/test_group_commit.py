@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 
 from fleetsync.hub.auth import hash_token
 from fleetsync.hub.core import HubCore, HubSettings
+from fleetsync.hub.inbox import Inbox, InboxBudget
 from fleetsync.hub.session import Session
 from fleetsync.hub.writer import BatchWriter
 from fleetsync.protocol import fleetsync_pb2 as pb
@@ -214,7 +215,11 @@ async def test_backpressure_holds_what_the_hub_keeps_of_received_bundles_under_t
 
         with locked(tmp_path / "hub.db"):
             pumps = [asyncio.create_task(pump(a)) for a in agents]
-            await eventually(lambda: _async(core.inbox_budget.bytes >= budget), timeout=10, what="the budget filled")
+            await eventually(
+                lambda: _async(core.inbox_budget.held >= budget // 2 and all(a.session.engine and a.session.engine.inbox.waiting for a in agents)),
+                timeout=10,
+                what="the budget filled, every agent waiting",
+            )
             peak = 0
             for _ in range(50):  # while the store is locked, the agents wait instead of the hub's memory growing
                 peak = max(peak, core.inbox_budget.bytes)
@@ -284,3 +289,39 @@ async def _state(store: SQLiteStore) -> tuple[object, ...]:
     changes = [(c.rev, c.type, c.obj.cluster, c.obj.key, c.obj.hash) for c in await store.changes_since(0, limit=10_000)]
     streams = [(s.cluster, s.type, s.incarnation, s.seq) for s in await store.streams(None)]
     return objects, changes, streams
+
+
+async def test_sessions_waiting_for_the_budget_are_let_in_one_message_at_a_time() -> None:
+    # 200 sessions each read a 100 KB message whenever the budget lets them, and an engine
+    # drains slowly: had the budget let every waiting session in as soon as there was room,
+    # each would put one message over it (20 MB on a 1 MB budget).
+    budget = InboxBudget(1_000_000, reservation=100_000, reservation_seconds=0.1)
+    inboxes = [Inbox(budget=budget) for _ in range(200)]
+    peak = 0
+
+    async def session(inbox: Inbox) -> None:
+        nonlocal peak
+        for seq in range(1, 4):
+            await inbox.room()
+            inbox.put(pod_bundle(seq, 100_000))
+            peak = max(peak, budget.bytes)
+
+    async def engine() -> None:
+        while True:
+            for inbox in inboxes:
+                if len(inbox):
+                    await inbox.get()
+                    inbox.done()
+            await asyncio.sleep(0.001)
+
+    drain = asyncio.create_task(engine())
+    try:
+        await asyncio.wait_for(asyncio.gather(*(session(i) for i in inboxes)), timeout=60)
+    finally:
+        drain.cancel()
+    assert peak <= 1_000_000 + 10 * 100_000, peak  # within the budget, plus the sessions let in while it was under half full
+
+
+def pod_bundle(seq: int, size: int) -> pb.Bundle:
+    obj = pb.Object(namespace="default", name=f"p{seq}", body=b"x" * size)
+    return pb.Bundle(type=POD, incarnation="inc", seq=seq, base_seq=seq - 1, kind=pb.DELTA, upserts=[obj])

@@ -157,7 +157,7 @@ class HubCore:
             store, metrics=self.metrics, max_bundles=self.settings.batch_bundles, max_bytes=self.settings.batch_bytes, linger=self.settings.batch_linger
         )
         #: What every session's inbox may hold together.
-        self.inbox_budget = InboxBudget(self.settings.inbox_budget)
+        self.inbox_budget = InboxBudget(self.settings.inbox_budget, reservation=self.settings.max_message_bytes)
         self._connected_since_start: set[str] = set()
         self._timers: asyncio.Task[None] | None = None
         self._background: set[asyncio.Future[None]] = set()

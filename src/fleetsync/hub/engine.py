@@ -184,7 +184,7 @@ class ClusterEngine:
 
     def idle(self) -> bool:
         """Nothing submitted waits to be applied (or is being applied)."""
-        return self._idle.is_set() and not len(self.inbox)
+        return self._idle.is_set() and not len(self.inbox) and not self.inbox.waiting
 
     async def drained(self) -> None:
         """Wait until everything submitted so far is applied and answered."""

@@ -23,8 +23,11 @@ windows, the broker's in-flight limits) pushes back on the agents before memory 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from fleetsync.protocol import codec
@@ -91,15 +94,45 @@ Item = QueuedDelta | QueuedDigest | pb.Bundle  # pb.Bundle: a FULL chunk or an e
 
 
 class InboxBudget:
-    """The bytes every cluster's inbox of one hub holds together, against one limit."""
+    """The bytes every cluster's inbox of one hub holds together, against one limit, and who may
+    read next.
 
-    def __init__(self, max_bytes: int) -> None:
+    A session waits in :meth:`room` before its transport reads the agent's next message. Were
+    that only a check of the bytes held, the moment the budget had room again every waiting
+    session would pass at once and read one message each: a thousand agents in their initial
+    sync would put a thousand FULL chunks (half a gigabyte) over the budget. So once the
+    budget is half full, a session passes only with a *reservation* of one message's bytes
+    (``reservation``, the largest message an agent may send), counted as held until its next
+    message is queued or ``reservation_seconds`` pass (it had nothing to send); the waiting
+    sessions are let in one by one, as the reservations fit. What the inboxes hold together
+    stays within the budget, plus at most one message per session that was let in before the
+    budget was half full.
+    """
+
+    #: Below this share of the budget sessions read on without reservations.
+    PRESSURE = 0.5
+
+    def __init__(
+        self, max_bytes: int, *, reservation: int = 512 * 1024, reservation_seconds: float = 0.05, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         if max_bytes < 1:
             raise ValueError(f"the inbox budget must be at least one byte, not {max_bytes}")
         self.max_bytes = max_bytes
+        self.reservation = reservation
+        self.reservation_seconds = reservation_seconds
+        self.clock = clock
         self.bytes = 0
+        self._reserved: dict[int, float] = {}  # id of the holder -> until when its reservation counts
         self._room = asyncio.Event()
         self._room.set()
+
+    @property
+    def held(self) -> int:
+        """Bytes queued plus reservations in force."""
+        now = self.clock()
+        for holder in [h for h, until in self._reserved.items() if until <= now]:
+            del self._reserved[holder]
+        return self.bytes + len(self._reserved) * self.reservation
 
     def take(self, size: int) -> None:
         self.bytes += size
@@ -108,12 +141,28 @@ class InboxBudget:
 
     def give(self, size: int) -> None:
         self.bytes -= size
-        if self.bytes < self.max_bytes:
+        if self.held < self.max_bytes:
             self._room.set()
 
-    async def room(self) -> None:
-        while self.bytes >= self.max_bytes:
-            await self._room.wait()
+    def release(self, holder: object) -> None:
+        """``holder``'s reservation, if any, is used (its message is queued) or no longer needed."""
+        if self._reserved.pop(id(holder), None) is not None and self.held < self.max_bytes:
+            self._room.set()
+
+    async def room(self, holder: object) -> None:
+        """Wait until ``holder`` may read its next message (see the class docstring)."""
+        self.release(holder)
+        while True:
+            held = self.held
+            if held < self.max_bytes * self.PRESSURE:
+                return
+            if held + self.reservation <= self.max_bytes or held == 0:
+                self._reserved[id(holder)] = self.clock() + self.reservation_seconds
+                return
+            self._room.clear()
+            with contextlib.suppress(TimeoutError):  # a reservation that lapses frees room without an event
+                async with asyncio.timeout(self.reservation_seconds):
+                    await self._room.wait()
 
 
 class Inbox:
@@ -123,6 +172,8 @@ class Inbox:
         self.bytes = 0
         #: Bytes of the item the engine took last and has not reported :meth:`done` with.
         self.in_hand = 0
+        #: The transport waits in :meth:`room` before it reads the agent's next message.
+        self.waiting = False
         self._queue: deque[tuple[Item, int]] = deque()
         self._assembling: dict[str, tuple[QueuedDigest, int]] = {}  # type -> (digest so far, next chunk)
         self._nonempty = asyncio.Event()  # one consumer (the engine) waits on it
@@ -248,6 +299,7 @@ class Inbox:
 
     def discard(self) -> None:
         """The inbox's session ended: nothing it holds counts against the budget any more."""
+        self.budget.release(self)
         self.budget.give(self.bytes + self.in_hand)
         self.bytes = self.in_hand = 0
         self._queue.clear()
@@ -255,7 +307,11 @@ class Inbox:
 
     async def room(self) -> None:
         """Wait until less than ``max_bytes`` is queued here and the hub's budget has room."""
-        while self.bytes >= self.max_bytes:
-            self._room.clear()
-            await self._room.wait()
-        await self.budget.room()
+        self.waiting = True
+        try:
+            while self.bytes >= self.max_bytes:
+                self._room.clear()
+                await self._room.wait()
+            await self.budget.room(self)
+        finally:
+            self.waiting = False

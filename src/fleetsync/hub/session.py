@@ -331,6 +331,7 @@ class Session:
             await self._reactivate(since=before.last_seen)
         elif first and core.settings.resync_on_startup and self.engine.streams:
             await self.engine.request_resync([], "hub startup", all_types=True)
+        await self.engine.inbox.room()  # the agent's first bundle is read when the inbox budget lets it
 
     def start_engine(self) -> None:
         """Apply what arrives in the background (a test may drive ``engine.step()`` itself instead)."""

@@ -342,7 +342,7 @@ class SQLiteStore:
         self._callbacks: list[Callable[[str, str], None]] = []
         #: The connection batches are written on, in a thread of its own (see apply_batch).
         self._batch_db: sqlite3.Connection | None = None
-        self._batch_thread = ThreadPoolExecutor(1, thread_name_prefix="sqlite-batch")
+        self._batch_thread: ThreadPoolExecutor | None = None
 
     # ---- connection ------------------------------------------------------------------
 
@@ -373,9 +373,11 @@ class SQLiteStore:
             await rdb.close()
             await db.close()
             raise
+        self._batch_thread = ThreadPoolExecutor(1, thread_name_prefix="sqlite-batch")
         try:
-            self._batch_db = await asyncio.to_thread(self._connect_batch_writer)
+            self._batch_db = await asyncio.get_running_loop().run_in_executor(self._batch_thread, self._connect_batch_writer)
         except BaseException:
+            self._batch_thread.shutdown(wait=False)
             await rdb.close()
             await db.close()
             raise
@@ -414,8 +416,11 @@ class SQLiteStore:
             self._db = self._rdb = self._batch_db = None
             if rdb is not None:
                 await rdb.close()
-            if batch_db is not None:
+            if batch_db is not None and self._batch_thread is not None:
                 await asyncio.get_running_loop().run_in_executor(self._batch_thread, batch_db.close)
+            if self._batch_thread is not None:
+                self._batch_thread.shutdown(wait=False)
+                self._batch_thread = None
             await db.close()
 
     def _writer(self) -> aiosqlite.Connection:
@@ -798,12 +803,12 @@ class SQLiteStore:
         """The whole transaction runs in one call on the batch thread: a busy event loop (a
         thousand agents' messages) would otherwise stretch every statement's round trip, and
         the transaction with it. The write lock keeps the other writer connection out."""
-        batch_db = self._batch_db
-        if batch_db is None:
+        batch_db, thread = self._batch_db, self._batch_thread
+        if batch_db is None or thread is None:
             raise RuntimeError("the store is not open")
         async with self._lock:
             seen, self._seen = self._seen, {}
-            done = asyncio.get_running_loop().run_in_executor(self._batch_thread, self._write_batch, batch_db, writes, seen)
+            done = asyncio.get_running_loop().run_in_executor(thread, self._write_batch, batch_db, writes, seen)
             try:
                 rev, first = await asyncio.shield(done)
             except asyncio.CancelledError:
