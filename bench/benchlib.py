@@ -446,6 +446,21 @@ def machine() -> dict[str, Any]:
 Bench = Callable[[Any, "Processes", Path, dict[str, Any]], Awaitable[None]]
 
 
+def _raise_interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def bench_start(name: str, args: Any) -> dict[str, Any] | None:
+    """What a bench's ``main`` does first: check the fleetsync executable (None, said why, if it
+    is missing), make a SIGTERM stop the bench's processes as Ctrl-C does, and start its figures
+    with the configuration and the machine."""
+    if not args.fleetsync.exists():
+        print(f"{name}: {args.fleetsync} not found (use --fleetsync)", file=sys.stderr)
+        return None
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+    return {"config": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}, "machine": machine()}
+
+
 def run_bench(name: str, args: Any, bench: Bench, *, show_logs: int | None = None) -> int:
     """Run ``bench(args, procs, tmp, fig)`` in a temporary directory; on failure say why with the end of
     (the first ``show_logs``, default every) process's log; stop every process; write ``--json``.

@@ -108,12 +108,12 @@ from benchlib import (
     BenchError,
     Child,
     Processes,
+    bench_start,
     core,
     cpu_seconds,
     divergent_rows,
     free_port,
     get_json,
-    machine,
     mib,
     ms,
     parse_metrics,
@@ -995,17 +995,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def _raise_interrupt(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    if not args.fleetsync.exists():
-        print(f"ingest: {args.fleetsync} not found (use --fleetsync)", file=sys.stderr)
+    started = bench_start("ingest", args)
+    if started is None:
         return 1
-    signal.signal(signal.SIGTERM, _raise_interrupt)  # so that a SIGTERM to the bench still stops its processes
-    fig: dict[str, Any] = {"config": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}, "machine": machine()}
+    fig: dict[str, Any] = started
     status = 0
     with tempfile.TemporaryDirectory(prefix="fleetsync-ingest-") as tmp_name:
         tmp = Path(tmp_name)

@@ -157,11 +157,11 @@ from benchlib import (
     BenchError,
     Child,
     Processes,
+    bench_start,
     core,
     cpu_seconds,
     free_port,
     get_json,
-    machine,
     mib,
     ms,
     parse_metrics,
@@ -1558,20 +1558,15 @@ def hubs_on(replicas: int, db: str) -> str:
     return f"{replicas} hub replicas on {db}" if replicas > 1 else f"1 hub on {db}"
 
 
-def _raise_interrupt(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    if not args.fleetsync.exists():
-        print(f"swarm: {args.fleetsync} not found (use --fleetsync)", file=sys.stderr)
+    started = bench_start("swarm", args)
+    if started is None:
         return 1
-    signal.signal(signal.SIGTERM, _raise_interrupt)  # so that a SIGTERM to the bench still stops its processes
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)  # a socket per agent: the hub (a child) inherits this
     with contextlib.suppress(ValueError, OSError):
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    fig: dict[str, Any] = {"config": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}, "machine": machine()}
+    fig: dict[str, Any] = started
     m = fig["machine"]
     print(f"machine: {m['nproc']} cores ({m['cpu_model']}), {m['memory'] / 2**30:.0f} GiB, Python {m['python']}, fleetsync {m['fleetsync']}", flush=True)
     status = 0
