@@ -39,6 +39,7 @@ async def test_a_close_interrupted_by_cancellation_still_releases_the_lease(tmp_
     await store.open()
     await store.add_token(name="c1", role="agent", token_hash=hash_token(TOKEN))
     core = HubCore(store, HubSettings(lease_ttl=0.3, grace_period=0.5))
+    await core.start()  # its timer renews the leases of the sessions it holds
     try:
         session = await connected_session(core)
         closing = asyncio.create_task(session.close())

@@ -631,6 +631,22 @@ async def test_leases_are_listed(store: Store) -> None:
     assert (lease.cluster, lease.holder, lease.connected, lease.expires_at) == ("c1", "a", False, 20.0)
 
 
+async def test_a_replica_renews_its_agents_leases_together_and_learns_which_it_lost(store: Store) -> None:
+    await store.acquire_lease("kept", holder="a", incarnation="i", hub_id="h", now=0.0, ttl=30)
+    await store.acquire_lease("in-grace", holder="b", incarnation="i", hub_id="h", now=0.0, ttl=30)
+    await store.release_lease("in-grace", holder="b", incarnation="i", now=1.0, grace=15)
+    await store.acquire_lease("taken", holder="other", incarnation="j", hub_id="h2", now=0.0, ttl=30)
+    lost = await store.renew_leases([("kept", "a", "i"), ("in-grace", "b", "i"), ("taken", "c", "k"), ("new", "d", "i")], hub_id="h", now=10.0, ttl=30)
+    assert lost == ["taken"]
+    leases = {lease.cluster: lease for lease in await store.leases()}
+    assert (leases["kept"].expires_at, leases["kept"].connected) == (40.0, True)
+    assert (leases["in-grace"].holder, leases["in-grace"].connected, leases["in-grace"].expires_at) == ("b", True, 40.0)
+    assert (leases["taken"].holder, leases["taken"].expires_at) == ("other", 30.0)
+    assert leases["new"].holder == "d"
+    assert await store.renew_leases([("taken", "c", "k")], hub_id="h", now=31.0, ttl=30) == [], "an expired lease goes to whoever renews it"
+    assert await store.renew_leases([], hub_id="h", now=31.0, ttl=30) == []
+
+
 async def test_events_keep_their_order_and_filter(store: Store) -> None:
     await store.add_events(
         [EventRecord(time=float(i), cluster=f"c{i % 2}", reason="Connected" if i % 3 else "GapDetected", message=f"m{i}") for i in range(10)]

@@ -7,6 +7,8 @@ The timers (one loop, :meth:`HubCore.run_timers`):
   atomic store update, so with several replicas exactly one reports it. A message
   from an inactive cluster reactivates it and triggers a digest resync (the session
   does that);
+- **leases**: the leases of every agent connected to this replica are renewed together,
+  every third of ``lease_ttl`` (:meth:`HubCore.renew_leases`);
 - **periodic anti-entropy**: every connected cluster is asked for a digest of each
   type every ``digest_interval`` of that type (Global Hub's per-type resync
   intervals), spread with jitter so a fleet does not digest all at once.
@@ -160,6 +162,7 @@ class HubCore:
         self.inbox_budget = InboxBudget(self.settings.inbox_budget, reservation=self.settings.max_message_bytes)
         self._connected_since_start: set[str] = set()
         self._timers: asyncio.Task[None] | None = None
+        self._leases: asyncio.Task[None] | None = None
         self._background: set[asyncio.Future[None]] = set()
         #: The newest event id announced by the store (this or another replica's), for event watches.
         self.newest_event = 0
@@ -282,16 +285,42 @@ class HubCore:
         await self.refresh.start()
         if self._timers is None:
             self._timers = asyncio.create_task(self.run_timers(), name="hub-timers")
+        if self._leases is None:
+            self._leases = asyncio.create_task(self.renew_leases(), name="hub-leases")
 
     async def stop(self) -> None:
         if self._timers is not None:
             await cancel_and_wait([self._timers])
             self._timers = None
+        if self._leases is not None:
+            await cancel_and_wait([self._leases])
+            self._leases = None
         if self._background:  # sessions still closing: let them hand their leases back
             await asyncio.gather(*self._background, return_exceptions=True)
         await self.refresh.stop()
         await self.writer.close()
         await self.feed.stop()
+
+    async def renew_leases(self) -> None:
+        """Every third of ``lease_ttl``, renew the leases of every agent connected to this replica in
+        one store transaction (a transaction per agent cost a thousand agents 100 commits a second);
+        a session whose lease another agent holds now ends. A store that cannot be written is tried
+        again next time: a lease lasts three periods."""
+        settings = self.settings
+        while True:
+            await asyncio.sleep(settings.lease_ttl / 3)
+            sessions = {s.cluster: s for s in list(self.sessions.values()) if s.hello is not None and s.engine is not None and not s.superseded}
+            held = [(cluster, s.hello.agent_id, s.hello.incarnation) for cluster, s in sessions.items() if s.hello is not None]
+            try:
+                lost = await self.store.renew_leases(held, hub_id=settings.hub_id, now=self.clock(), ttl=settings.lease_ttl)
+            except Exception as exc:
+                log.warning("the leases of %d clusters could not be renewed (%s); trying again", len(held), exc)
+                continue
+            for cluster in lost:
+                session = sessions[cluster]
+                log.warning("cluster %s: lease lost to another agent; ending the session", cluster)
+                if session.end is not None:
+                    self.keep_until_done(asyncio.ensure_future(session.end()))
 
     async def run_timers(self) -> None:
         period = min(1.0, self.settings.inactivity_timeout / 4)

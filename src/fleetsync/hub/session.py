@@ -78,7 +78,6 @@ class Session:
         self.active = True
         self.superseded = False
         self._worker: asyncio.Task[None] | None = None
-        self._renewal: asyncio.Task[None] | None = None
         self._refused: set[str] = set()
         self._next_digest: dict[str, float] = {}
         #: The newest local change (its changed_at_ms) of this agent the store has: snapshots say so.
@@ -325,7 +324,6 @@ class Session:
         await self.send_gates()  # the agent reconciles its local config with the hub's gates at once
         await self.send_works()  # and applies (or removes) the works that concern its cluster
         self.start_engine()
-        self._renewal = asyncio.create_task(self._renew_lease(), name=f"lease-{hello.cluster_id}")
         first = core.first_connection_since_start(hello.cluster_id)
         if before is not None and before.status == "inactive":
             await self._reactivate(since=before.last_seen)
@@ -390,36 +388,12 @@ class Session:
         if due:
             await self.engine.request_resync(due, PERIODIC)
 
-    async def _renew_lease(self) -> None:
-        settings = self.core.settings
-        assert self.hello is not None
-        while True:
-            await asyncio.sleep(settings.lease_ttl / 3)
-            try:
-                result = await self.core.store.acquire_lease(
-                    self.cluster,
-                    holder=self.hello.agent_id,
-                    incarnation=self.hello.incarnation,
-                    hub_id=settings.hub_id,
-                    now=self.core.clock(),
-                    ttl=settings.lease_ttl,
-                )
-            except Exception as exc:  # the store is away for now: try again; the lease lasts three periods
-                log.warning("cluster %s: the lease could not be renewed (%s); trying again", self.cluster, exc)
-                continue
-            if not result.granted:
-                log.warning("cluster %s: lease lost to %s; ending the session", self.cluster, result.lease.holder)
-                if self.end is not None:
-                    await self.end()
-                return
-
     async def _stop_tasks(self) -> None:
-        for task in (self._worker, self._renewal):
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
-        self._worker = self._renewal = None
+        if self._worker is not None:
+            self._worker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._worker
+        self._worker = None
 
     async def supersede(self) -> None:
         """A newer session of the same agent took over the cluster on this hub: stop, hand nothing back."""
@@ -437,7 +411,7 @@ class Session:
 
         The cleanup runs to the end even if the caller is cancelled meanwhile: gRPC cancels
         the handler of a peer that vanished, possibly while it is already closing, and a
-        half-closed session would go on renewing a dead agent's lease.
+        half-closed session would stay in the hub's sessions, whose leases it renews.
         """
         closing = asyncio.ensure_future(self._close())
         self.core.keep_until_done(closing)

@@ -339,6 +339,11 @@ class Store(Protocol):
         """Take or renew the cluster's lease. Granted if there is none, it expired, or ``holder``
         already holds it (connected or in grace: the same agent_id may reclaim)."""
 
+    async def renew_leases(self, leases: Sequence[tuple[str, str, str]], *, hub_id: str, now: float, ttl: float) -> list[str]:
+        """:meth:`acquire_lease` for many ``(cluster, holder, incarnation)`` at once, in one
+        transaction (a replica renews all its agents' leases together); returns the clusters
+        whose lease another holder has now, by name."""
+
     async def release_lease(self, cluster: str, *, holder: str, incarnation: str, now: float, grace: float) -> None:
         """The holder (this incarnation of it) disconnected: keep the lease for ``grace`` seconds for
         the same agent_id only. A late close of an older incarnation's session changes nothing."""

@@ -736,6 +736,30 @@ class PostgresStore:
             current = await conn.fetchrow(f"SELECT {_LEASE_COLUMNS} FROM leases WHERE cluster = $1", cluster)
             return LeaseResult(granted=False, lease=lease_from_row(current))
 
+    async def renew_leases(self, leases: Sequence[tuple[str, str, str]], *, hub_id: str, now: float, ttl: float) -> list[str]:
+        if not leases:
+            return []
+        clusters, holders, incarnations = (list(column) for column in zip(*leases, strict=True))
+        async with self._transaction() as conn:
+            rows = await conn.fetch(
+                """
+                INSERT INTO leases (cluster, holder, incarnation, hub_id, expires_at, connected)
+                SELECT c, h, i, $4, $5, true FROM unnest($1::text[], $2::text[], $3::text[]) AS t(c, h, i)
+                ON CONFLICT (cluster) DO UPDATE SET holder = excluded.holder, incarnation = excluded.incarnation,
+                    hub_id = excluded.hub_id, expires_at = excluded.expires_at, connected = true
+                WHERE leases.expires_at <= $6 OR leases.holder = excluded.holder
+                RETURNING cluster
+                """,
+                clusters,
+                holders,
+                incarnations,
+                hub_id,
+                now + ttl,
+                now,
+            )
+        renewed = {r[0] for r in rows}
+        return sorted(c for c in clusters if c not in renewed)
+
     async def release_lease(self, cluster: str, *, holder: str, incarnation: str, now: float, grace: float) -> None:
         await self._execute(
             "UPDATE leases SET connected = false, expires_at = $1 WHERE cluster = $2 AND holder = $3 AND incarnation = $4",

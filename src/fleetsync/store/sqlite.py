@@ -746,6 +746,27 @@ class SQLiteStore:
             )
             return LeaseResult(granted=True, lease=lease)
 
+    async def renew_leases(self, leases: Sequence[tuple[str, str, str]], *, hub_id: str, now: float, ttl: float) -> list[str]:
+        if not leases:
+            return []
+        lost: list[str] = []
+        async with self._transaction() as db:
+            for start in range(0, len(leases), ROWS_PER_STATEMENT):
+                chunk = leases[start : start + ROWS_PER_STATEMENT]
+                await db.execute(
+                    f"INSERT INTO leases (cluster, holder, incarnation, hub_id, expires_at, connected) VALUES {', '.join(['(?, ?, ?, ?, ?, 1)'] * len(chunk))}"
+                    " ON CONFLICT (cluster) DO UPDATE SET holder = excluded.holder, incarnation = excluded.incarnation,"
+                    " hub_id = excluded.hub_id, expires_at = excluded.expires_at, connected = 1"
+                    " WHERE leases.expires_at <= ? OR leases.holder = excluded.holder",
+                    [*(v for cluster, holder, incarnation in chunk for v in (cluster, holder, incarnation, hub_id, now + ttl)), now],
+                )
+                holders = {cluster: holder for cluster, holder, _ in chunk}
+                rows = await db.execute_fetchall(
+                    f"SELECT cluster, holder FROM leases WHERE cluster IN ({', '.join(['?'] * len(chunk))})", [cluster for cluster, _, _ in chunk]
+                )
+                lost += [r[0] for r in rows if r[1] != holders[r[0]]]
+        return sorted(lost)
+
     async def release_lease(self, cluster: str, *, holder: str, incarnation: str, now: float, grace: float) -> None:
         async with self._autocommit() as db:
             await db.execute(
