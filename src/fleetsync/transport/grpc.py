@@ -114,6 +114,11 @@ class GrpcHubServer:
                 ("grpc.so_reuseport", 0),
                 ("grpc.http2.bdp_probe", 0),
                 ("grpc.http2.lookahead_bytes", window),
+                # Agents ping every 20 s (keepalive). An agent the hub holds back (its inbox budget
+                # is full) gets no data for a while, and gRPC's default server policy counts such
+                # pings as abuse and closes the connection (GOAWAY "too_many_pings"): allow them.
+                ("grpc.http2.min_recv_ping_interval_without_data_ms", 10_000),
+                ("grpc.http2.max_ping_strikes", 0),
             ]
         )
         handler = grpc.stream_stream_rpc_method_handler(
