@@ -23,7 +23,6 @@ windows, the broker's in-flight limits) pushes back on the agents before memory 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections import deque
@@ -123,8 +122,9 @@ class InboxBudget:
         self.clock = clock
         self.bytes = 0
         self._reserved: dict[int, float] = {}  # id of the holder -> until when its reservation counts
-        self._room = asyncio.Event()
-        self._room.set()
+        #: Sessions waiting to read, first come first served (a future each, set when let in).
+        self._waiters: deque[tuple[int, asyncio.Future[None]]] = deque()
+        self._timer: asyncio.TimerHandle | None = None
 
     @property
     def held(self) -> int:
@@ -136,33 +136,61 @@ class InboxBudget:
 
     def take(self, size: int) -> None:
         self.bytes += size
-        if self.bytes >= self.max_bytes:
-            self._room.clear()
 
     def give(self, size: int) -> None:
         self.bytes -= size
-        if self.held < self.max_bytes:
-            self._room.set()
+        self._admit()
 
     def release(self, holder: object) -> None:
         """``holder``'s reservation, if any, is used (its message is queued) or no longer needed."""
-        if self._reserved.pop(id(holder), None) is not None and self.held < self.max_bytes:
-            self._room.set()
+        if self._reserved.pop(id(holder), None) is not None:
+            self._admit()
+
+    def _let_in(self, holder: int, *, queued: bool = False) -> bool:
+        """Whether ``holder`` may read now, taking a reservation when the budget is under pressure
+        or it was queued (sessions let in from the queue together have not read yet: without a
+        reservation each, they would all fit in the same room)."""
+        held = self.held
+        if not queued and held < self.max_bytes * self.PRESSURE:
+            return True
+        if held + self.reservation <= self.max_bytes or held == 0:
+            self._reserved[holder] = self.clock() + self.reservation_seconds
+            return True
+        return False
+
+    def _admit(self) -> None:
+        """Let waiting sessions in, in order, while they fit; O(1) when the first does not."""
+        while self._waiters:
+            holder, waiter = self._waiters[0]
+            if waiter.done():  # its session ended meanwhile
+                self._waiters.popleft()
+                continue
+            if not self._let_in(holder, queued=True):
+                break
+            self._waiters.popleft()
+            waiter.set_result(None)
+        if self._waiters and self._reserved and self._timer is None:  # a lapsing reservation frees room
+            when = min(self._reserved.values()) - self.clock()
+            self._timer = asyncio.get_running_loop().call_later(max(0.0, when), self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._admit()
 
     async def room(self, holder: object) -> None:
         """Wait until ``holder`` may read its next message (see the class docstring)."""
         self.release(holder)
-        while True:
-            held = self.held
-            if held < self.max_bytes * self.PRESSURE:
-                return
-            if held + self.reservation <= self.max_bytes or held == 0:
-                self._reserved[id(holder)] = self.clock() + self.reservation_seconds
-                return
-            self._room.clear()
-            with contextlib.suppress(TimeoutError):  # a reservation that lapses frees room without an event
-                async with asyncio.timeout(self.reservation_seconds):
-                    await self._room.wait()
+        if not self._waiters and self._let_in(id(holder)):
+            return
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.append((id(holder), waiter))
+        self._admit()
+        try:
+            await waiter
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():
+                self.release(holder)  # let in just as it stopped waiting: the room goes to the next
+            raise
 
 
 class Inbox:
