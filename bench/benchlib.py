@@ -8,20 +8,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import getpass
 import os
 import platform
-import re
-import shutil
 import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import time
 from collections import defaultdict
-from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -31,6 +26,11 @@ import orjson
 import psutil
 
 from fleetsync.hub.auth import new_token
+from fleetsync.testing import processes, services
+from fleetsync.testing.processes import Proc, log_tail, log_tails
+from fleetsync.testing.services import API_TOKEN as API_TOKEN
+from fleetsync.testing.services import broker_argv, metric_samples, mosquitto_config
+from fleetsync.testing.services import free_port as free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_FLEETSYNC = ROOT / ".venv" / "bin" / "fleetsync"
@@ -44,117 +44,46 @@ class BenchError(Exception):
 # ---- processes -----------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+#: A process a bench started (its name, log, psutil handle ``ps``, how it stopped).
+Child = Proc
 
 
-def _die_with_parent() -> None:
-    """In the child, before exec: get SIGTERM when the bench dies (Linux), so nothing is left behind."""
-    with contextlib.suppress(Exception):
-        import ctypes
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-
-
-@dataclass
-class Child:
-    """A long-running process the bench started, with its log file."""
-
-    name: str
-    proc: subprocess.Popen[bytes]
-    log: Path
-    ps: psutil.Process
-    stopped: dict[str, Any] = field(default_factory=dict)
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-
-class Processes:
-    """Every process the bench starts, so that all of them are stopped whatever happens."""
+class Processes(processes.Processes):
+    """Every process the bench starts, so that all of them are stopped whatever happens: each
+    detached (Ctrl-C reaches only the bench, which stops them in order) and measured (``ps``)."""
 
     def __init__(self, fleetsync: Path, tmp: Path) -> None:
+        super().__init__(detach=True, measured=True)
         self.fleetsync = fleetsync
         self.tmp = tmp
-        self.children: list[Child] = []
 
     def spawn(self, name: str, *args: str, executable: str | None = None) -> Child:
-        """Start ``fleetsync ARGS`` (or ``executable ARGS``, e.g. a broker) as ``name``."""
-        log = self.tmp / f"{name}.log"
-        with log.open("wb") as out:
-            proc = subprocess.Popen(
-                [executable or str(self.fleetsync), *args],
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,  # Ctrl-C in the terminal reaches only the bench, which stops them in order
-                preexec_fn=_die_with_parent if sys.platform == "linux" else None,
-            )
-        child = Child(name, proc, log, psutil.Process(proc.pid))
-        self.children.append(child)
-        return child
+        """Start ``fleetsync ARGS`` (or ``executable ARGS``, e.g. a broker) as ``name``, its output in ``tmp/NAME.log``."""
+        return self.start([executable or str(self.fleetsync), *args], self.tmp / f"{name}.log", name=name)
 
     def spawn_hub(self, db: str, grpc_port: int, http_port: int, *extra: str, name: str = "hub") -> Child:
         """``fleetsync hub`` on ``db`` and loopback ports, with the bench's admin token (:func:`admin_token_file`)."""
         listen = ("--grpc", f"127.0.0.1:{grpc_port}", "--http", f"127.0.0.1:{http_port}")
         return self.spawn(name, "hub", "--db", db, *listen, "--admin-token-file", str(admin_token_file(self.tmp)), *extra)
 
-    def of(self, prefix: str) -> list[Child]:
-        return [c for c in self.children if c.name.startswith(prefix)]
-
     def check_alive(self, *prefixes: str) -> None:
-        for child in self.children:
-            if child.name.startswith(prefixes) and not child.alive():
-                raise BenchError(f"{child.name} exited with status {child.proc.returncode}")
-
-    def stop(self, children: list[Child], grace: float) -> None:
-        """SIGTERM all of ``children`` at once, wait up to ``grace`` s, SIGKILL the rest."""
-        started = time.monotonic()
-        for child in children:
-            if child.alive():
-                with contextlib.suppress(ProcessLookupError):
-                    child.proc.send_signal(signal.SIGTERM)
-            else:
-                child.stopped = {"status": child.proc.returncode, "seconds": 0.0, "killed": False, "already_exited": True}
-        for child in children:
-            if child.stopped:
-                continue
-            killed = False
-            try:
-                child.proc.wait(max(0.1, grace - (time.monotonic() - started)))
-            except subprocess.TimeoutExpired:
-                killed = True
-                with contextlib.suppress(ProcessLookupError):
-                    child.proc.kill()
-                child.proc.wait()
-            child.stopped = {"status": child.proc.returncode, "seconds": time.monotonic() - started, "killed": killed, "already_exited": False}
-
-    def stop_all(self, grace: float) -> None:
-        """Agents first (so the hub sees clean disconnects), then the hub, then the sim."""
-        for prefix in ("agent-", "hub", "sim"):
-            self.stop(self.of(prefix), grace)
-        self.stop([c for c in self.children if not c.stopped], grace)
+        """BenchError if one of the processes whose names start with ``prefixes`` exited."""
+        for child in self.exited(*prefixes):
+            raise BenchError(f"{child.name} exited with status {child.process.returncode}")
 
 
 async def start_broker(transport: str, procs: Processes, tmp: Path) -> str:
     """A broker of the bench's own for ``transport`` (mqtt or nats) on a free loopback port,
     as tests/harness.py starts one; returns its URL once it listens."""
     port = free_port()
+    config = None
     if transport == "mqtt":
         data = tmp / "mosquitto"
         data.mkdir()
         config = data / "mosquitto.conf"
-        # queue limits well above the default 1,000 (past them Mosquitto drops QoS 1 messages silently)
-        config.write_text(
-            f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location {data}/\n"
-            f"max_queued_messages 100000\nmax_inflight_messages 100\nuser {getpass.getuser()}\n"
-        )
-        procs.spawn("broker", "-c", str(config), executable=shutil.which("mosquitto") or "/usr/sbin/mosquitto")
-    else:
-        nats_server = Path(sys.executable).parent / "nats-server"
-        procs.spawn("broker", "-a", "127.0.0.1", "-p", str(port), "-js", "-sd", str(tmp / "jetstream"), executable=str(nats_server))
+        config.write_text(mosquitto_config(port, data))
+    executable, *args = broker_argv(transport, port, tmp, config=config)
+    procs.spawn("broker", *args, executable=executable)
     deadline = time.monotonic() + 30
     while True:
         procs.check_alive("broker")
@@ -168,55 +97,79 @@ async def start_broker(transport: str, procs: Processes, tmp: Path) -> str:
             await asyncio.sleep(0.1)
 
 
+#: The end of a log file (e.g. a worker's, which is no process of the table).
+tail = log_tail
+
+
+#: What the command line of a fleetsync process's own helper process holds: the hub's SQLite
+#: batch writer (``python -m fleetsync.store.sqlitebatch``), part of what the hub costs.
+HELPER_PROCESS = "fleetsync.store.sqlitebatch"
+
+
+def family(ps: psutil.Process) -> list[psutil.Process]:
+    """``ps`` and its helper processes (:data:`HELPER_PROCESS`): a hub's CPU and memory are
+    its own and its batch writer's. Other children (a bench's hubs and workers) are not."""
+    members = [ps]
+    with contextlib.suppress(psutil.Error):
+        for child in ps.children():
+            with contextlib.suppress(psutil.Error):
+                if HELPER_PROCESS in " ".join(child.cmdline()):
+                    members.append(child)
+    return members
+
+
 def rss(ps: psutil.Process) -> int:
-    try:
-        return int(ps.memory_info().rss)
-    except psutil.Error:
-        return 0
+    """The RSS of ``ps`` and its children (see :func:`family`)."""
+    total = 0
+    for member in family(ps):
+        with contextlib.suppress(psutil.Error):
+            total += int(member.memory_info().rss)
+    return total
 
 
 def cpu_seconds(ps: psutil.Process) -> float:
-    try:
-        t = ps.cpu_times()
-        return float(t.user + t.system)
-    except psutil.Error:
-        return 0.0
+    """The CPU seconds of ``ps`` and its running children (see :func:`family`)."""
+    total = 0.0
+    for member in family(ps):
+        with contextlib.suppress(psutil.Error):
+            t = member.cpu_times()
+            total += t.user + t.system
+    return total
 
 
 def vm_hwm(pid: int) -> int | None:
-    """Peak RSS since the process started (Linux: VmHWM in /proc/PID/status)."""
+    """Peak RSS since the process started (Linux: VmHWM in /proc/PID/status), its children's
+    peaks added (an upper bound of their peak together)."""
     try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return None
-
-
-def tail(path: Path, n: int = 30) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-n:]) or "(empty)"
-    except OSError as exc:
-        return f"(cannot read {path}: {exc})"
+        members = [m.pid for m in family(psutil.Process(pid))]
+    except psutil.Error:
+        members = [pid]
+    total = 0
+    for member in members:
+        try:
+            for line in Path(f"/proc/{member}/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    total += int(line.split()[1]) * 1024
+                    break
+            else:
+                return None
+        except (OSError, ValueError, IndexError):
+            if member == pid:
+                return None
+    return total
 
 
 # ---- HTTP ----------------------------------------------------------------------------------
 
 
 #: The admin API token the benches provision in the hubs they start (``--admin-token-file``,
-#: see :func:`admin_token_file`) and send to them (:data:`HUB_AUTH`); in the environment as
-#: FLEETSYNC_TOKEN, so ``fleetsync check`` and child processes use the same one.
-API_TOKEN = os.environ.setdefault("FLEETSYNC_TOKEN", new_token())
+#: see :func:`admin_token_file`) and send to them: the tests' (fleetsync.testing.services).
 HUB_AUTH = {"Authorization": f"Bearer {API_TOKEN}"}
 
 
 def admin_token_file(tmp: Path) -> Path:
     """A file holding :data:`API_TOKEN`, for a hub's ``--admin-token-file``."""
-    path = tmp / "admin.token"
-    path.write_text(API_TOKEN)
-    path.chmod(0o600)
-    return path
+    return services.admin_token_file(tmp / "admin.token")
 
 
 async def get_json(
@@ -256,8 +209,16 @@ def check_alive(procs: Processes) -> None:
     try:
         procs.check_alive("hub", "sim", "agent-")
     except BenchError as exc:
-        dead = [c for c in procs.children if not c.alive()]
-        raise BenchError(f"{exc}\n" + "\n".join(f"--- {c.name} (last lines) ---\n{tail(c.log, 15)}" for c in dead[:3])) from None
+        raise BenchError(f"{exc}\n{log_tails(procs.exited('')[:3], lines=15)}") from None
+
+
+async def answers(session: aiohttp.ClientSession, url: str) -> bool:
+    """Whether ``url`` answers 200 (a service coming up: a refused connection is "not yet")."""
+    try:
+        async with session.get(url) as response:
+            return response.status == 200
+    except aiohttp.ClientError:
+        return False
 
 
 async def wait_for(predicate: Callable[[], Awaitable[bool]], *, timeout: float, what: str, procs: Processes, interval: float = 0.05) -> None:
@@ -306,15 +267,8 @@ async def start_agent_fleet(procs: Processes, session: aiohttp.ClientSession, ag
         await store.close()
     procs.spawn_hub(db, grpc_port, http_port)
 
-    async def up(url: str) -> bool:
-        try:
-            async with session.get(url) as response:
-                return response.status == 200
-        except aiohttp.ClientError:
-            return False
-
-    await wait_for(lambda: up(f"{sim}/clusters"), timeout=60, what="the sim", procs=procs)
-    await wait_for(lambda: up(f"{hub}/readyz"), timeout=60, what="the hub", procs=procs)
+    await wait_for(lambda: answers(session, f"{sim}/clusters"), timeout=60, what="the sim", procs=procs)
+    await wait_for(lambda: answers(session, f"{hub}/readyz"), timeout=60, what="the hub", procs=procs)
     started = time.monotonic()
     for cluster in clusters:
         (tmp / f"{cluster}.token").write_text(tokens[cluster])
@@ -347,28 +301,21 @@ async def start_agent_fleet(procs: Processes, session: aiohttp.ClientSession, ag
 
 # ---- metrics and checks -----------------------------------------------------------------
 
-_METRIC = re.compile(r"^(\w+)(?:\{([^}]*)\})? (\S+)$")
-_LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
-
 
 def parse_metrics(text: str) -> dict[str, float]:
     """Prometheus text -> metric name -> value summed over labels."""
     totals: dict[str, float] = defaultdict(float)
-    for line in text.splitlines():
-        m = _METRIC.match(line)
-        if m:
-            totals[m.group(1)] += float(m.group(3))
+    for name, _, value in metric_samples(text):
+        totals[name] += value
     return dict(totals)
 
 
 def parse_metrics_by(text: str, name: str, label: str) -> dict[str, float]:
     """Prometheus text -> the samples of ``name`` by the value of one ``label`` (summed over the others)."""
     totals: dict[str, float] = defaultdict(float)
-    for line in text.splitlines():
-        m = _METRIC.match(line)
-        if m and m.group(1) == name:
-            labels = dict(_LABEL.findall(m.group(2) or ""))
-            totals[labels.get(label, "")] += float(m.group(3))
+    for sample, labels, value in metric_samples(text):
+        if sample == name:
+            totals[labels.get(label, "")] += value
     return dict(totals)
 
 
@@ -443,7 +390,7 @@ def machine() -> dict[str, Any]:
     }
 
 
-Bench = Callable[[Any, "Processes", Path, dict[str, Any]], Awaitable[None]]
+Bench = Callable[[Any, "Processes", Path, dict[str, Any]], Coroutine[Any, Any, None]]
 
 
 def _raise_interrupt(signum: int, frame: Any) -> None:
@@ -476,8 +423,7 @@ def run_bench(name: str, args: Any, bench: Bench, *, show_logs: int | None = Non
         except (BenchError, aiohttp.ClientError) as exc:
             status = 1
             print(f"\nFAILED: {exc}", file=sys.stderr)
-            for child in procs.children[:show_logs]:
-                print(f"\n--- {child.name} (last lines) ---\n{tail(child.log)}", file=sys.stderr)
+            print(f"\n{log_tails(procs.children[:show_logs], lines=30)}", file=sys.stderr)
         except KeyboardInterrupt:
             status = 130
         finally:

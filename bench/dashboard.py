@@ -300,7 +300,7 @@ async def bench(args: argparse.Namespace, procs: Processes, tmp: Path, fig: dict
         metrics = await timed_get(session, f"{hub}/metrics", max(5, args.calls // 5))
         metrics.pop("body")
         fig["api_metrics"] = metrics
-        connected = await timed_get(session, f"{hub}/api/v1/events?reason=Connected&limit=10000", 5)
+        connected = await timed_get(session, f"{hub}/apis/fleetsync.io/v1/fleetsyncevents?reason=Connected&limit=10000", 5)
         connected.pop("body")
         fig["api_connected_events"] = connected
 
@@ -344,7 +344,9 @@ async def bench(args: argparse.Namespace, procs: Processes, tmp: Path, fig: dict
     )
     print(f"  GET /api/v1/clusters                       p50 {ms(api['p50'])} / p99 {ms(api['p99'])} ({args.calls} calls), {api['bytes'] / 1024:,.0f} KiB")
     print(f"  GET /metrics (also read by the fleet view) p50 {ms(met['p50'])} / p99 {ms(met['p99'])}, {met['bytes'] / 1024:,.0f} KiB")
-    print(f"  GET /api/v1/events?reason=Connected        p50 {ms(fig['api_connected_events']['p50'])}, {fig['api_connected_events']['bytes'] / 1024:,.0f} KiB")
+    print(
+        f"  GET /apis/fleetsync.io/v1/fleetsyncevents?reason=Connected        p50 {ms(fig['api_connected_events']['p50'])}, {fig['api_connected_events']['bytes'] / 1024:,.0f} KiB"
+    )
     print(f"  navigation + sign-in -> first page shown   {stat('first_page')}  (submit -> rows {stat('submit_to_rows')})")
     print(f"  next page                                  {stat('next_page')}")
     print(f"  {f'typing a filter ({len(target)} keys) -> 1 row':<43}{stat('filter_typed')}")

@@ -519,6 +519,69 @@ async def start_transport(transport: str, procs: Processes, tmp: Path, grpc_port
     return url, ["--broker", url]
 
 
+async def create_tokens(fleetsync: Path, db: str, clusters: list[str], tmp: Path) -> dict[str, Path]:
+    """An agent token of each of ``clusters`` (``fleetsync token create``), each in a file of ``tmp``."""
+    token_files = {}
+    for name in clusters:
+        proc = await asyncio.create_subprocess_exec(
+            str(fleetsync), "token", "create", name, "--db", db, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+        )
+        out, err = await asyncio.wait_for(proc.communicate(), 120)
+        if proc.returncode != 0 or not out.strip():
+            raise BenchError(f"fleetsync token create {name} failed ({proc.returncode}): {err.decode(errors='replace').strip()[-500:]}")
+        token_files[name] = tmp / f"{name}.token"
+        token_files[name].write_text(out.decode().strip())
+    return token_files
+
+
+class NotConverged(BenchError):
+    """``fleetsync check`` still reported divergence at the deadline."""
+
+    def __init__(self, what: str, checks: int, divergent: list[str]) -> None:
+        super().__init__(f"{what}: {divergent[:10]}")
+        self.checks = checks
+        self.divergent = divergent
+
+
+@dataclass
+class CheckRuns:
+    """The ``fleetsync check`` runs until one passed: each one's (exit status, seconds)."""
+
+    runs: list[tuple[int, float]]
+    #: When (monotonic) the passing check started.
+    passing_started: float
+
+    def mean_seconds(self) -> float:
+        return statistics.mean(seconds for _, seconds in self.runs)
+
+
+@dataclass
+class Checker:
+    """``fleetsync check`` of the sim against the hub, run again until it passes (both the initial
+    sync and the convergence after the churn end so)."""
+
+    fleetsync: Path
+    sim_url: str
+    hub_url: str
+    procs: Processes
+    check_timeout: float
+
+    async def until_converged(self, *, deadline: float, interval: float, what: str) -> CheckRuns:
+        """Check every ``interval`` s until a check passes; :class:`NotConverged` (``what``, with the divergent
+        rows) past ``deadline`` (monotonic), BenchError as soon as a process died."""
+        runs: list[tuple[int, float]] = []
+        while True:
+            self.procs.check_alive("sim", "hub", "agent-")
+            started = time.monotonic()
+            status, seconds, output = await run_check(self.fleetsync, self.sim_url, self.hub_url, self.check_timeout)
+            runs.append((status, seconds))
+            if status == 0:
+                return CheckRuns(runs, started)
+            if time.monotonic() > deadline:
+                raise NotConverged(what, len(runs), divergent_rows(output))
+            await asyncio.sleep(interval)
+
+
 async def bench(args: argparse.Namespace, procs: Processes, tmp: Path, fig: dict[str, Any]) -> None:
     """Run the phases, filling ``fig`` as they complete (so a failed run still reports its early figures)."""
     fleetsync = args.fleetsync
@@ -586,16 +649,7 @@ async def bench(args: argparse.Namespace, procs: Processes, tmp: Path, fig: dict
             if time.monotonic() - t0 > 60:
                 raise BenchError("the hub was not ready within 60 s")
             await asyncio.sleep(0.1)
-        token_files = {}
-        for name in names:
-            proc = await asyncio.create_subprocess_exec(
-                str(fleetsync), "token", "create", name, "--db", db, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
-            )
-            out, err = await asyncio.wait_for(proc.communicate(), 120)
-            if proc.returncode != 0 or not out.strip():
-                raise BenchError(f"fleetsync token create {name} failed ({proc.returncode}): {err.decode(errors='replace').strip()[-500:]}")
-            token_files[name] = tmp / f"{name}.token"
-            token_files[name].write_text(out.decode().strip())
+        token_files = await create_tokens(fleetsync, db, names, tmp)
         fig["hub_rss_before_agents"] = rss(hub.ps)
 
         # -- 1. initial sync (churn 0) ------------------------------------------------------
@@ -648,20 +702,15 @@ async def bench(args: argparse.Namespace, procs: Processes, tmp: Path, fig: dict
         print(
             f"hub holds every object after {sync_s:.1f} s ({applied:,.0f} objects applied, {applied / sync_s:,.0f}/s); running fleetsync check ...", flush=True
         )
-        checks = []
-        while True:
-            rc, took, out = await run_check(fleetsync, sim_url, hub_url, args.check_timeout)
-            checks.append(took)
-            if rc == 0:
-                break
-            if time.monotonic() - t_start > args.sync_timeout:
-                raise BenchError(f"initial sync: fleetsync check still reports divergence after {args.sync_timeout:.0f} s: {divergent_rows(out)[:10]}")
-            await asyncio.sleep(0.5)
+        checker = Checker(fleetsync, sim_url, hub_url, procs, args.check_timeout)
+        checks = await checker.until_converged(
+            deadline=t_start + args.sync_timeout, interval=0.5, what=f"initial sync: fleetsync check still reports divergence after {args.sync_timeout:.0f} s"
+        )
         fig["sync"]["check_converged_s"] = time.monotonic() - t_start
-        fig["sync"]["checks"] = len(checks)
-        fig["sync"]["check_seconds"] = statistics.mean(checks)
+        fig["sync"]["checks"] = len(checks.runs)
+        fig["sync"]["check_seconds"] = checks.mean_seconds()
         sampler.phase = "idle"
-        print(f"fleetsync check converged {fig['sync']['check_converged_s']:.1f} s after the agents started ({len(checks)} check(s))", flush=True)
+        print(f"fleetsync check converged {fig['sync']['check_converged_s']:.1f} s after the agents started ({len(checks.runs)} check(s))", flush=True)
 
         # -- 2. sustained churn, with the latency probes ---------------------------------------
         probe = names[: max(0, args.latency_clusters)]
@@ -734,27 +783,22 @@ async def bench(args: argparse.Namespace, procs: Processes, tmp: Path, fig: dict
 
             # -- 4. convergence after the churn ---------------------------------------------
             print(f"churn stopped; {applied:,.0f} objects applied ({applied / wall:,.0f}/s); running fleetsync check until it converges ...", flush=True)
-            checks = []
-            while True:
-                procs.check_alive("sim", "hub", "agent-")
-                started = time.monotonic()
-                rc, took, out = await run_check(fleetsync, sim_url, hub_url, args.check_timeout)
-                checks.append((rc, took))
-                if rc == 0:
-                    break
-                if time.monotonic() - t_churn_stop > args.converge_timeout:
-                    fig["converge"] = {"seconds": None, "checks": len(checks), "divergent": divergent_rows(out)[:20]}
-                    raise BenchError(
-                        f"fleetsync check still reports divergence {args.converge_timeout:.0f} s after the churn stopped: {divergent_rows(out)[:10]}"
-                    )
-                await asyncio.sleep(0.2)
+            try:
+                checks = await checker.until_converged(
+                    deadline=t_churn_stop + args.converge_timeout,
+                    interval=0.2,
+                    what=f"fleetsync check still reports divergence {args.converge_timeout:.0f} s after the churn stopped",
+                )
+            except NotConverged as exc:
+                fig["converge"] = {"seconds": None, "checks": exc.checks, "divergent": exc.divergent[:20]}
+                raise
             t_conv = time.monotonic()
             fig["converge"] = {
                 "seconds": t_conv - t_churn_stop,
-                "passing_check_started": started - t_churn_stop,
-                "checks": len(checks),
-                "failed_checks": sum(1 for rc, _ in checks if rc != 0),
-                "check_seconds": statistics.mean(t for _, t in checks),
+                "passing_check_started": checks.passing_started - t_churn_stop,
+                "checks": len(checks.runs),
+                "failed_checks": sum(1 for status, _ in checks.runs if status != 0),
+                "check_seconds": checks.mean_seconds(),
             }
             if probe:
                 # a moment (the poller: one more full round) so that the probe has seen the converged state
@@ -785,8 +829,8 @@ async def bench(args: argparse.Namespace, procs: Processes, tmp: Path, fig: dict
             c["name"]: {"status": c["status"], "errors": c["errors"]}
             for c in (await get_json(session, f"{hub_url}/api/v1/clusters", headers=HUB_AUTH))["items"]
         }
-        fig["end"] = {"hub_rss": rss(hub.ps), "hub_vmhwm": vm_hwm(hub.proc.pid), "agents_rss": sum(rss(a.ps) for a in procs.of("agent-"))}
-        fig["end"]["agents_vmhwm_max"] = max((vm_hwm(a.proc.pid) or 0 for a in procs.of("agent-")), default=0)
+        fig["end"] = {"hub_rss": rss(hub.ps), "hub_vmhwm": vm_hwm(hub.pid), "agents_rss": sum(rss(a.ps) for a in procs.of("agent-"))}
+        fig["end"]["agents_vmhwm_max"] = max((vm_hwm(a.pid) or 0 for a in procs.of("agent-")), default=0)
 
 
 # ---- report --------------------------------------------------------------------------

@@ -316,7 +316,7 @@ async def wait_for(predicate: Callable[[], Awaitable[bool]], *, timeout: float, 
     while time.monotonic() - started < timeout:
         for child in procs.children:  # those not stopped on purpose
             if not child.stopped and not child.alive():
-                raise BenchError(f"{child.name} exited with status {child.proc.returncode}")
+                raise BenchError(f"{child.name} exited with status {child.process.returncode}")
         with contextlib.suppress(aiohttp.ClientError):
             if await predicate():
                 return time.monotonic() - started
@@ -467,7 +467,7 @@ async def scale(args: argparse.Namespace, procs: Processes, tmp: Path, session: 
             "largest_message": largest,
             "hub_store_bytes": pair.store_bytes(),
             "agent_rss": rss(procs.of(f"agent-{pair.name}")[0].ps),
-            "agent_peak_rss": vm_hwm(procs.of(f"agent-{pair.name}")[0].proc.pid),
+            "agent_peak_rss": vm_hwm(procs.of(f"agent-{pair.name}")[0].pid),
             "hub_rss": rss(procs.of(f"hub-{pair.name}")[0].ps),
             "errors": errors,
         }

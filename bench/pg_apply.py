@@ -131,14 +131,15 @@ def concurrent(kind: str, url: str, replicas: int, n: int, bundle: int, seed: in
         r.wait(300)
     started = time.perf_counter()
     go.set()
-    results = [out.get(timeout=600) for _ in procs]
+    # Each replica puts (its cluster, its seconds or what it raised): see _replica.
+    results: list[tuple[str, float | BaseException]] = [out.get(timeout=600) for _ in procs]
     wall = time.perf_counter() - started
     failed = [f"{cluster}: {result!r}" for cluster, result in results if isinstance(result, BaseException)]
     if failed:
         raise RuntimeError("replica processes failed: " + "; ".join(failed))
     for p in procs:
         p.join()
-    slowest = max(seconds for _, seconds in results)
+    slowest = max(seconds for _, seconds in results if not isinstance(seconds, BaseException))
     return replicas * n / max(wall, slowest)
 
 

@@ -83,6 +83,7 @@ import argparse
 import array
 import asyncio
 import contextlib
+import functools
 import itertools
 import multiprocessing
 import os
@@ -109,7 +110,6 @@ from benchlib import (
     BenchError,
     Child,
     Processes,
-    _die_with_parent,
     admin_token_file,
     bench_start,
     cpu_seconds,
@@ -124,6 +124,7 @@ from benchlib import (
 from fleetsync.store import open_store
 from fleetsync.store.contract import ClusterRecord, ObjectRecord, Store
 from fleetsync.testing.postgres import PostgresServer
+from fleetsync.testing.services import die_with_parent
 from store_apply import INCARNATION, apply_all, pod, pod_record
 
 #: The fleet's apps (label ``app``) and the namespace each runs in; every cluster runs an equal share of each.
@@ -259,7 +260,7 @@ async def start_hub(args: argparse.Namespace, procs: Processes, session: aiohttp
             log = tail(hub.log)
             if "unrecognized arguments" in log and "--admin-token-file" in log:
                 raise BenchError("this hub has no --admin-token-file (API access control is not in it yet): run the bench with --no-auth")
-            raise BenchError(f"the hub exited with status {hub.proc.returncode} before it was ready (its log is below)")
+            raise BenchError(f"the hub exited with status {hub.process.returncode} before it was ready (its log is below)")
         with contextlib.suppress(aiohttp.ClientError, TimeoutError):
             async with session.get(f"{url}/readyz", timeout=aiohttp.ClientTimeout(total=2)) as resp:
                 if resp.status == 200:
@@ -489,7 +490,7 @@ async def _watch(session: aiohttp.ClientSession, url: str, rv: int, log: WatchLo
 
 def watcher_process(base: str, headers: dict[str, str], paths: list[str], rv: int, ready: Any, stop: Any, last: Any, counts: Any, out: str) -> None:
     """The watchers, in a process of their own: open every watch, say ready, read until told to stop, write what each got to ``out``."""
-    _die_with_parent()
+    die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the bench's to handle: it stops us
 
     async def main() -> list[WatchLog]:
@@ -804,7 +805,7 @@ async def bench(args: argparse.Namespace, procs: Processes, tmp: Path, fig: dict
         if token_file is not None and not fig["auth"]["enforced"]:
             print(f"WARNING: the hub answers without the token (HTTP {fig['auth']['status_without_token']}): access control is not enforced", flush=True)
         fig["hub_rss_start"] = rss(hub.ps)
-        print(f"hub ready at {base} (pid {hub.proc.pid}; {'token sent' if headers else 'no token: --no-auth'})", flush=True)
+        print(f"hub ready at {base} (pid {hub.pid}; {'token sent' if headers else 'no token: --no-auth'})", flush=True)
 
         print(f"(a) list latency: {args.warmup} warm-up and {args.requests} measured requests of each kind, one at a time", flush=True)
         fig["list"] = await list_phase(args, fleet, base, headers, hub, pg)
@@ -818,7 +819,7 @@ async def bench(args: argparse.Namespace, procs: Processes, tmp: Path, fig: dict
 
 def cpu_meter(hub: Child, pg: PostgresServer | None, **more: psutil.Process) -> CpuMeter:
     sources: dict[str, Callable[[], float]] = {"hub": lambda: cpu_seconds(hub.ps), "bench": lambda: cpu_seconds(psutil.Process())}
-    sources |= {name: (lambda ps=ps: cpu_seconds(ps)) for name, ps in more.items()}
+    sources |= {name: functools.partial(cpu_seconds, ps) for name, ps in more.items()}
     if pg is not None:
         sources["postgres"] = lambda: postgres_cpu(pg)
     return CpuMeter(**sources)

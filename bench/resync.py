@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import sys
 import time
 from pathlib import Path
@@ -50,6 +49,7 @@ from benchlib import (
     HUB_AUTH,
     BenchError,
     Processes,
+    answers,
     divergent_rows,
     free_port,
     get_json,
@@ -123,15 +123,8 @@ async def bench(args: argparse.Namespace, procs: Processes, tmp: Path, fig: dict
     (tmp / "c1.token").write_text(token)
     procs.spawn_hub(db, hub_grpc, hub_http, "--max-message-bytes", str(args.max_message_bytes))
     async with aiohttp.ClientSession() as session:
-
-        async def up(url: str) -> bool:
-            with contextlib.suppress(aiohttp.ClientError):
-                async with session.get(url) as response:
-                    return response.status == 200
-            return False
-
-        fig["sim_build_s"] = await wait_for(lambda: up(f"{sim}/readyz"), timeout=900, what="the sim", procs=procs, interval=0.5)
-        await wait_for(lambda: up(f"{hub}/readyz"), timeout=60, what="the hub", procs=procs)
+        fig["sim_build_s"] = await wait_for(lambda: answers(session, f"{sim}/readyz"), timeout=900, what="the sim", procs=procs, interval=0.5)
+        await wait_for(lambda: answers(session, f"{hub}/readyz"), timeout=60, what="the hub", procs=procs)
         (cluster,) = (await get_json(session, f"{sim}/clusters"))["clusters"]
         total = int(sum(cluster["objects"].values()))
         fig["objects"] = total
@@ -163,7 +156,7 @@ async def bench(args: argparse.Namespace, procs: Processes, tmp: Path, fig: dict
                 return held == total and await agent.caught_up()
 
             # 1. FULL
-            await wait_for(lambda: up(f"http://127.0.0.1:{agent_metrics}/metrics"), timeout=60, what="the agent's metrics", procs=procs)
+            await wait_for(lambda: answers(session, f"http://127.0.0.1:{agent_metrics}/metrics"), timeout=60, what="the agent's metrics", procs=procs)
             fig["full_s"] = await wait_for(hub_holds_all, timeout=3600, what="the FULL", procs=procs, interval=0.5)
             sent, received = await agent.bytes_by_kind()
             fig["full"] = {"bytes": sent.get("full", 0.0), "wire_up": proxy.bytes["up"], "largest_message": await agent.largest_message(), "sent": sent}

@@ -172,7 +172,7 @@ from benchlib import (
     vm_hwm,
 )
 from fleetsync import __version__
-from fleetsync.agent.typesync import FIELD_BYTES, TypeSync
+from fleetsync.agent.typesync import Cached, TypeSync
 from fleetsync.agent.uplink import HubRejected, Outgoing, Uplink, UplinkSettings
 from fleetsync.aio import cancel_and_wait
 from fleetsync.backoff import Backoff
@@ -352,7 +352,7 @@ class SwarmAgent:
         json_bytes = 0
         for i in range(objects):
             obj, size = self.worker.factory.make(self.number, i, str(i + 1))
-            listing.objects[codec.key_of(obj.namespace, obj.name)] = (obj, obj.ByteSize() + FIELD_BYTES)
+            listing.objects[codec.key_of(obj.namespace, obj.name)] = Cached(obj.hash, obj.SerializeToString())
             json_bytes += size
         self.sync.finish_list(listing)
         self.rv = objects
@@ -365,9 +365,9 @@ class SwarmAgent:
         key = codec.key_of(obj.namespace, obj.name)
         if key in self.sync.pending:
             self.stats["superseded"] += 1  # the earlier change of this Pod was not sent yet: this one replaces it
-        self.sync.cache[key] = obj
-        self.sync.sizes[key] = obj.ByteSize() + FIELD_BYTES
-        self.sync._changed(key, obj)  # what on_event does once it has the wire object
+        cached = Cached(obj.hash, obj.SerializeToString())
+        self.sync.cache[key] = cached
+        self.sync._changed(key, cached)  # what on_event does once it has the wire object
         self.stats["changes_made"] += 1
         self.wake()
 
@@ -402,7 +402,7 @@ class SwarmAgent:
         # As GrpcAgentConnection.open, but with a subchannel pool of the channel's own: gRPC shares
         # one TCP connection among a process's channels to the same target otherwise, and every
         # real agent has a connection of its own.
-        options = [*grpc_transport._options(2 * MAX_MESSAGE_BYTES), ("grpc.use_local_subchannel_pool", 1)]
+        options = [*grpc_transport.grpc_options(2 * MAX_MESSAGE_BYTES), ("grpc.use_local_subchannel_pool", 1)]
         channel = grpc.aio.insecure_channel(f"{address.host}:{address.port}", options=options)
         try:
             async with asyncio.timeout(10):
@@ -585,7 +585,7 @@ class Worker:
             json_bytes += agent.populate(self.config.objects)
             self.agents.append(agent)
             await asyncio.sleep(0)
-        lz4_bytes = sum(len(o.body) for a in self.agents[:5] for o in a.sync.cache.values())
+        lz4_bytes = sum(len(pb.Object.FromString(o.wire).body) for a in self.agents[:5] for o in a.sync.cache.values())
         self.send(
             "prepared",
             {
@@ -1321,7 +1321,7 @@ async def bench(args: argparse.Namespace, procs: Processes, tmp: Path, fig: dict
 
         # -- the end -------------------------------------------------------------------------
         fig["loadavg_end"] = os.getloadavg()
-        hwm = [vm_hwm(h.proc.pid) for h in hubs]
+        hwm = [vm_hwm(h.pid) for h in hubs]
         fig["hub_vmhwm"] = None if None in hwm else sum(x or 0 for x in hwm)
         fig["hub_vmhwm_replica_max"] = None if None in hwm else max(x or 0 for x in hwm)
         fig["hub_rss_peak"] = sampler.rss_peak()

@@ -3,8 +3,9 @@
 The bench starts, on free loopback ports in a temporary directory: ``fleetsync sim
 --clusters N --pods 1 --churn 0``, a hub on SQLite (agent tokens written to its store
 directly, an admin token with ``--admin-token-file``), and one ``fleetsync agent`` per
-cluster syncing only Services (to keep them light) with ``--label env=bench``. When every
-cluster shows connected in ``GET /api/v1/clusters`` it makes ``--rounds`` writes of one
+cluster syncing only Services (to keep them light), each labelled ``env=bench`` by an admin
+(``PATCH /api/v1/clusters/NAME/labels``: placement never trusts an agent's own ``--label``).
+When every cluster shows connected in ``GET /api/v1/clusters`` it makes ``--rounds`` writes of one
 work through the API, one at a time: ``PUT /api/v1/works/bench-web`` with a ConfigMap, a
 Deployment of 2 replicas and a Service in namespace default, placed with
 ``clusterSelector: env=bench``; each round changes a value of the ConfigMap and of the
@@ -132,8 +133,10 @@ async def owned_objects(session: aiohttp.ClientSession, sim: str, cluster: str) 
 async def bench(args: argparse.Namespace, procs: Processes, tmp: Path, fig: dict[str, Any]) -> None:
     json_headers = HUB_AUTH | {"Content-Type": "application/json"}
     async with aiohttp.ClientSession() as session:
-        fleet = await start_agent_fleet(procs, session, args.agents, "--label", "env=bench")
+        fleet = await start_agent_fleet(procs, session, args.agents)
         sim, hub, db, clusters = fleet.sim, fleet.hub, fleet.db, fleet.clusters
+        for cluster in clusters:
+            await get_json(session, f"{hub}/api/v1/clusters/{cluster}/labels", method="PATCH", headers=json_headers, body={"labels": {"env": "bench"}})
         work_url = f"{hub}{WORKS}/{WORK}"
         fig["agents_connected_seconds"] = fleet.connected_after
         print(f"{args.agents} agents connected after {fleet.connected_after:.1f} s; {args.rounds} rounds of PUT {WORKS}/{WORK} ...", flush=True)

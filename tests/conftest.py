@@ -7,10 +7,24 @@ from pathlib import Path
 import pytest
 
 from fleetsync.testing.postgres import PostgresServer
-from tests.harness import GRPC, Sim, Transport, run_sim, start_broker
+from tests.harness import GRPC, SPAWNED, Sim, Transport, log_tails, run_sim, start_broker
 
 TRANSPORTS = ("grpc", "mqtt", "nats")
 _DATABASES = itertools.count(1)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    SPAWNED.clear()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """A failing test's report ends with the logs of the hubs, agents and sims it started."""
+    outcome = yield
+    report = outcome.get_result()
+    if call.when == "call" and report.failed and SPAWNED:
+        report.sections.append(("fleetsync processes (last lines of each log)", log_tails(SPAWNED)))
 
 
 @pytest.fixture(scope="module")

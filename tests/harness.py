@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import atexit
-import getpass
 import json
 import os
 import shutil
@@ -15,7 +14,6 @@ import signal
 import socket
 import ssl
 import subprocess
-import sys
 import tempfile
 import time
 import urllib.error
@@ -29,21 +27,26 @@ from typing import Any, TypeVar
 
 import trustme
 
-from fleetsync.hub.auth import new_token
 from fleetsync.model.types import COLLECTED_TYPES
+from fleetsync.testing.processes import Proc, Processes
+from fleetsync.testing.processes import log_tails as log_tails
 from fleetsync.testing.prometheus import start_prometheus_process
+from fleetsync.testing.services import API_TOKEN as API_TOKEN
+from fleetsync.testing.services import BIN, admin_token_file, broker_argv, metric_sum, mosquitto_config, start_logged
+from fleetsync.testing.services import free_port as free_port
+from fleetsync.testing.services import mosquitto_binary as mosquitto_binary
+from fleetsync.testing.services import stop_process as stop_process
 
 T = TypeVar("T")
 #: The types agents collect rather than list from their cluster (the simulator has no truth of them).
 COLLECTED = {t.gvk for t in COLLECTED_TYPES}
-BIN = Path(sys.executable).parent
 
-#: The admin API token of every hub the harness starts (``--admin-token-file``). It is in the
-#: environment as FLEETSYNC_TOKEN, so client commands (check, get, events, ...) send it, and
-#: :func:`http` sends it to the hubs' URLs; kubectl and client libraries are given it explicitly.
-API_TOKEN = os.environ.setdefault("FLEETSYNC_TOKEN", new_token())
-#: The URLs of the hubs started (http:// and https://), to which :func:`http` sends the token.
-_HUB_URLS: set[str] = set()
+# API_TOKEN (shared with the benchmarks: fleetsync.testing.services) is the admin token of every
+# hub the harness starts; :func:`http` sends it to the hubs' URLs; kubectl and client libraries
+# are given it explicitly.
+#: The hubs started, by URL (http:// or https://): :func:`http` sends the token to those still
+#: running. A port a stopped hub freed may be taken by a sim later, which must not get the token.
+_HUBS: dict[str, Proc] = {}
 
 
 class TestPKI:
@@ -77,12 +80,6 @@ PKI = TestPKI()
 os.environ["FLEETSYNC_CERTIFICATE_AUTHORITY"] = str(PKI.ca_file)  # this process's CA (xdist workers inherit the controller's environment)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def wait_until(predicate: Callable[[], T], *, timeout: float, interval: float = 0.05, what: str = "condition") -> T:
     """Poll ``predicate`` until it returns something truthy; fail after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
@@ -110,7 +107,8 @@ async def eventually(predicate: Callable[[], Awaitable[T]], *, timeout: float, i
 
 def authorized(url: str) -> dict[str, str]:
     """The Authorization header for ``url`` if it is a hub's the harness started (else none)."""
-    return {"Authorization": f"Bearer {API_TOKEN}"} if any(url.startswith(hub + "/") for hub in _HUB_URLS) else {}
+    running = any(url.startswith(hub + "/") and proc.process.poll() is None for hub, proc in _HUBS.items())
+    return {"Authorization": f"Bearer {API_TOKEN}"} if running else {}
 
 
 def http(
@@ -219,13 +217,20 @@ def run_sim(tmp: Path, *args: str, startup_timeout: float = 60) -> Iterator[Sim]
     raise RuntimeError(f"fleetsync sim could not listen on any free port picked ({PORT_ATTEMPTS} tries): see {tmp}/sim-*.log")
 
 
+def restart_sim(tmp: Path, sim: Sim, *args: str, startup_timeout: float = 60) -> Sim:
+    """A new ``fleetsync sim`` with ``args`` on the port (and kubeconfig directory) ``sim`` had, e.g.
+    after it was stopped: agents given its kubeconfigs reach the new one (its tokens derive from
+    the seed). Stop it with ``stop_process(restarted.process)``."""
+    restarted = _start_sim_on(tmp, args, sim.port, startup_timeout)
+    if restarted is None:
+        raise RuntimeError(f"fleetsync sim could not listen on its port {sim.port} again: see {tmp}/sim-{sim.port}.log")
+    return restarted
+
+
 def _start_sim_on(tmp: Path, args: tuple[str, ...], port: int, startup_timeout: float) -> Sim | None:
     """A sim answering on ``port``, or None if the port was taken."""
     log = tmp / f"sim-{port}.log"
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [str(BIN / "fleetsync"), "sim", "--port", str(port), "--kubeconfig-dir", str(tmp / f"sim-{port}"), *args], stdout=out, stderr=subprocess.STDOUT
-        )
+    process = start_logged([str(BIN / "fleetsync"), "sim", "--port", str(port), "--kubeconfig-dir", str(tmp / f"sim-{port}"), *args], log)
     sim = Sim(process, port, tmp / f"sim-{port}")
     try:
         wait_until(
@@ -248,37 +253,18 @@ def fleetsync(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[st
     return subprocess.run([str(BIN / "fleetsync"), *args], capture_output=True, text=True, timeout=timeout)
 
 
-@dataclass
-class Proc:
-    """A long-running fleetsync process with its log file."""
-
-    process: subprocess.Popen[bytes]
-    log: Path
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace")
-
-    def stop(self, sig: int = signal.SIGTERM) -> None:
-        stop_process(self.process, sig)
+#: Every process started by ``spawn`` during the current test: a failing test's report shows
+#: the end of their logs (see ``conftest.pytest_runtest_makereport``), since a CI run leaves
+#: nothing else behind to read. (The tests stop their own processes: not detached, so a
+#: Ctrl-C of pytest reaches them too.)
+_STARTED = Processes()
+SPAWNED: list[Proc] = _STARTED.children
 
 
 def spawn(tmp: Path, name: str, *args: str, env: dict[str, str] | None = None) -> Proc:
-    """Start ``fleetsync ARGS`` (with ``env`` added to the environment), its output in ``tmp/NAME.log``."""
-    log = tmp / f"{name}.log"
-    with log.open("ab") as out:
-        process = subprocess.Popen([str(BIN / "fleetsync"), *args], stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
-    return Proc(process, log)
-
-
-def stop_process(process: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> None:
-    """Send ``sig`` (if it still runs) and wait; SIGKILL after 10 s."""
-    if process.poll() is None:
-        process.send_signal(sig)
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+    """Start ``fleetsync ARGS`` (with ``env`` added to the environment), its output in ``tmp/NAME.log``
+    (after a previous run's: a restarted hub or agent keeps one log)."""
+    return _STARTED.start([str(BIN / "fleetsync"), *args], tmp / f"{name}.log", append=True, env=env)
 
 
 # ---- brokers -------------------------------------------------------------------------------------
@@ -301,13 +287,10 @@ class Broker:
         return f"{self.kind}://127.0.0.1:{self.port}"
 
     def argv(self) -> list[str]:
-        if self.kind == "mqtt":
-            return [mosquitto_binary(), "-c", str(self.config)]
-        return [str(BIN / "nats-server"), "-a", "127.0.0.1", "-p", str(self.port), "-js", "-sd", str(self.data / "jetstream"), *self.nats_args]
+        return broker_argv(self.kind, self.port, self.data, config=self.config, nats_args=self.nats_args)
 
     def start(self) -> None:
-        with (self.data / "broker.log").open("ab") as log:
-            self.process = subprocess.Popen(self.argv(), stdout=log, stderr=subprocess.STDOUT)
+        self.process = start_logged(self.argv(), self.data / "broker.log", append=True)
 
         def up() -> bool:
             assert self.process is not None
@@ -323,13 +306,6 @@ class Broker:
             stop_process(self.process, sig)
 
 
-def mosquitto_binary() -> str:
-    found = shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None)
-    if not found:
-        raise RuntimeError("mosquitto is not installed (the README's test command installs it: apt-get install mosquitto)")
-    return found
-
-
 def start_broker(tmp: Path, kind: str, *, mosquitto_extra: str = "", nats_args: tuple[str, ...] = ()) -> Broker:
     """Start a broker of ``kind`` (mqtt or nats) on a free loopback port; stop it with ``broker.stop()``."""
     port = free_port()
@@ -338,20 +314,7 @@ def start_broker(tmp: Path, kind: str, *, mosquitto_extra: str = "", nats_args: 
     broker = Broker(kind, port, data, nats_args=nats_args)
     if kind == "mqtt":
         broker.config = data / "mosquitto.conf"
-        # The queue limits are raised well above the default 1,000: past them Mosquitto drops
-        # QoS 1 messages silently (the protocol would heal that, but a test should not need it).
-        lines = [
-            f"listener {port} 127.0.0.1",
-            "persistence true",
-            f"persistence_location {data}/",
-            "max_queued_messages 100000",
-            "max_inflight_messages 100",
-            f"user {getpass.getuser()}",
-            "log_dest stdout",
-        ]
-        if not mosquitto_extra:
-            lines.append("allow_anonymous true")
-        broker.config.write_text("\n".join(lines) + "\n" + mosquitto_extra)
+        broker.config.write_text(mosquitto_config(port, data, anonymous=not mosquitto_extra, extra=mosquitto_extra))
     broker.start()
     return broker
 
@@ -423,8 +386,7 @@ def start_hub(
 ) -> Hub:
     """A hub on free ports with the harness's admin token; with ``tls``, its API is HTTPS and
     its gRPC port TLS, with a certificate of the test CA (agents of :func:`start_agent` trust it)."""
-    token_file = tmp / "api.token"
-    token_file.write_text(API_TOKEN)
+    token_file = admin_token_file(tmp / "api.token")
     chosen = grpc_port is None and http_port is None  # else a restart on the ports it had: no second try
     for _ in range(PORT_ATTEMPTS if chosen else 1):
         hub = _start_hub_on(tmp, db, extra, grpc_port or free_port(), http_port or free_port(), transport, env, tls, token_file)
@@ -463,12 +425,21 @@ def _start_hub_on(
         if "cannot listen on" in proc.output():
             return None
         raise RuntimeError(f"fleetsync hub exited with {proc.process.returncode}: {proc.output()[-2000:]}")
-    _HUB_URLS.add(hub.url)
+    _HUBS[hub.url] = proc
     return hub
 
 
-def create_token(tmp: Path, db: str, name: str, role: str = "agent") -> Path:
-    result = fleetsync("token", "create", name, "--role", role, "--db", db)
+def label_cluster(hub_url: str, cluster: str, **labels: str | None) -> dict[str, str]:
+    """Set (None: remove) labels of ``cluster`` as an admin does (placement and clusterSelector match
+    these, never what an agent reports); its labels now."""
+    status, body = http("PATCH", f"{hub_url}/api/v1/clusters/{cluster}/labels", {"labels": labels})
+    assert status == 200, body
+    return dict(body["labels"])
+
+
+def create_token(tmp: Path, db: str, name: str, role: str = "agent", *, grants: Sequence[str] = ()) -> Path:
+    """A new token of ``name`` (with ``grants``, e.g. ``gates``, for an agent token), in a file."""
+    result = fleetsync("token", "create", name, "--role", role, "--db", db, *(("--grant", ",".join(grants)) if grants else ()))
     assert result.returncode == 0, result.stderr
     path = tmp / f"{name}-{role}.token"
     path.write_text(result.stdout.strip())
@@ -498,12 +469,16 @@ def start_agent(tmp: Path, sim: Sim, cluster: str, hub_url: str, token_file: Pat
 
 class AgentFleet:
     """A hub and agents of the sim's ``clusters``, started on demand; :meth:`stop` stops them all.
-    Subclasses say what every agent runs with (:meth:`agent_args`) and add their own checks."""
+    Subclasses say what every agent runs with (:meth:`agent_args`), what its token grants
+    (:attr:`grants`), and add their own checks."""
+
+    #: What every agent's token grants beyond its own cluster's state (e.g. ``("gates",)``).
+    grants: tuple[str, ...] = ()
 
     def __init__(self, sim: Sim, hub: Hub, tmp: Path, clusters: Sequence[str]) -> None:
         self.sim, self.hub, self.tmp = sim, hub, tmp
         self.clusters = tuple(clusters)
-        self.tokens = {c: create_token(tmp, hub.db, c) for c in self.clusters}
+        self.tokens = {c: create_token(tmp, hub.db, c, grants=self.grants) for c in self.clusters}
         self.agents: dict[str, Proc] = {}
 
     def agent_args(self, cluster: str) -> tuple[str, ...]:
@@ -552,9 +527,9 @@ def wait_converged(sim: Sim, hub: Hub, *clusters: str, types: str = "", timeout:
 
 
 def hub_events(hub: Hub, **query: str) -> list[dict[str, Any]]:
-    """The hub's events (oldest first), filtered like ``GET /api/v1/events``."""
+    """The hub's events (oldest first), filtered like ``GET /apis/fleetsync.io/v1/fleetsyncevents``."""
     params = "&".join(f"{k}={v}" for k, v in {"limit": "10000", **query}.items())
-    status, body = http("GET", f"{hub.url}/api/v1/events?{params}")
+    status, body = http("GET", f"{hub.url}/apis/fleetsync.io/v1/fleetsyncevents?{params}")
     assert status == 200, body
     return list(body["items"])
 
@@ -570,16 +545,7 @@ def metric(url: str, name: str, **labels: str) -> float:
     """The sum of a Prometheus metric's samples at ``url`` (``/metrics``) whose labels include ``labels``."""
     status, text = http("GET", url)
     assert status == 200, text
-    total = 0.0
-    for line in str(text).splitlines():
-        if not line.startswith(name) or line.startswith("#"):
-            continue
-        head, _, value = line.rpartition(" ")
-        sample, _, raw_labels = head.partition("{")
-        if sample != name or not all(f'{k}="{v}"' in raw_labels for k, v in labels.items()):
-            continue
-        total += float(value)
-    return total
+    return metric_sum(str(text), name, **labels)
 
 
 # ---- Prometheus ----------------------------------------------------------------------------------

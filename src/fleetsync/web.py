@@ -33,18 +33,34 @@ async def status_errors(request: web.Request, handler: Callable[[web.Request], A
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        if exc.status == 404:  # no route matched: say which path, as Kubernetes does
-            error = ApiError.path_not_found(request.path)
-        elif exc.status == 405:
-            error = ApiError.method_not_allowed(request.method, request.path)
-        else:
-            error = ApiError(exc.status, exc.reason.replace(" ", ""), exc.text or exc.reason)
-        return json_response(error.to_status(), exc.status, {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None)
+        error = http_error(request, exc)
+        return json_response(error.to_status(), exc.status, error.headers)
     except (asyncio.CancelledError, ConnectionResetError):
         raise
     except Exception:
         log.exception("internal error serving %s %s", request.method, request.path)
         return json_response(ApiError(500, "InternalError", f"internal error serving {request.method} {request.path}; see the server's log").to_status(), 500)
+
+
+def http_error(request: web.Request, exc: web.HTTPException) -> ApiError:
+    """aiohttp's own refusal of a request (no route, a method the route has not, a body over
+    ``client_max_size``) as an error that says what to do; only its ``Allow`` header is kept
+    (its others describe aiohttp's plain-text body, which is not sent)."""
+    headers = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
+    if exc.status == 404:  # no route matched: say which path, as Kubernetes does
+        return ApiError.path_not_found(request.path)
+    if exc.status == 405:
+        allowed = exc.headers.get("Allow", "")
+        error = ApiError.method_not_allowed(request.method, request.path + (f"; allowed: {allowed.replace(',', ', ')}" if allowed else ""))
+        error.headers = headers or {}
+        return error
+    if exc.status == 413:
+        return ApiError(
+            413,
+            "RequestEntityTooLarge",
+            f"the body of {request.method} {request.path} is larger than {request.client_max_size} bytes, the most this server takes",
+        )
+    return ApiError(exc.status, exc.reason.replace(" ", ""), exc.text or exc.reason, headers=headers)
 
 
 def https_context(cert_file: str | Path, key_file: str | Path) -> ssl.SSLContext:

@@ -66,7 +66,7 @@ def test_api_tokens_by_role_and_clear_401_and_403(tmp_path: Path, quiet_sim: Sim
         )
 
         # an agent token writes its own cluster through the protocol and reads nothing at all
-        for path in ("/clusters/c1/api/v1/pods", "/api/v1/pods", "/api/v1/clusters", "/api/v1/events"):
+        for path in ("/clusters/c1/api/v1/pods", "/api/v1/pods", "/api/v1/clusters", "/apis/fleetsync.io/v1/fleetsyncevents"):
             status, body = http("GET", f"{hub.url}{path}", headers=bearer(agent_token))
             assert status == 403 and "is an agent token" in body["message"] and "not use the API" in body["message"], (path, body)
 
@@ -83,7 +83,7 @@ def test_api_tokens_by_role_and_clear_401_and_403(tmp_path: Path, quiet_sim: Sim
         # the CLI: --token (FLEETSYNC_TOKEN) and its errors
         assert "c1" in fleetsync("clusters", "--hub", hub.url, "--token", reader.read_text().strip()).stdout
         refused = fleetsync("resync", "c1", "--hub", hub.url, "--token", reader.read_text().strip())
-        assert refused.returncode == 2 and "403" in refused.stderr and "needs role admin" in refused.stderr, refused.stderr
+        assert refused.returncode == 1 and "403" in refused.stderr and "needs role admin" in refused.stderr, refused.stderr
 
         # tokens are listed by name and role (never their secrets), and deleting one revokes it within seconds
         listing = fleetsync("token", "list", "--db", db).stdout
@@ -92,6 +92,22 @@ def test_api_tokens_by_role_and_clear_401_and_403(tmp_path: Path, quiet_sim: Sim
         wait_until(lambda: http("GET", pods, headers=bearer(reader))[0] == 401, timeout=15, what="the deleted token refused")
         missing = fleetsync("token", "delete", "dashboards", "--db", db)
         assert missing.returncode != 0 and "no token named 'dashboards'" in missing.stderr, missing.stderr
+
+        # a cluster's agent tokens get (and lose) a grant in place: no new secret to hand out after an upgrade
+        def grants_of_c1() -> str:
+            return next(line for line in fleetsync("token", "list", "--db", db).stdout.splitlines() if line.startswith("c1 ")).split()[
+                -2
+            ]  # NAME ROLE MAY-WRITE GRANTS MAY-READ
+
+        assert grants_of_c1() == "-", "least authority: no grant unless given"
+        granted = fleetsync("token", "grant", "c1", "gates", "--db", db)
+        assert granted.returncode == 0 and "may now do: gates" in granted.stdout, granted.stderr
+        assert grants_of_c1() == "gates"
+        assert fleetsync("token", "grant", "c1", "--db", db).returncode == 0 and grants_of_c1() == "-", "taken back"
+        unknown = fleetsync("token", "grant", "c1", "everything", "--db", db)
+        assert unknown.returncode != 0 and "unknown grant 'everything'" in unknown.stderr, unknown.stderr
+        nobody = fleetsync("token", "grant", "no-such-cluster", "gates", "--db", db)
+        assert nobody.returncode != 0 and "has no agent token" in nobody.stderr, nobody.stderr
     finally:
         agent.stop()
         hub.proc.stop()

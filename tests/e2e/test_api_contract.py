@@ -41,7 +41,7 @@ from schemathesis.specs.openapi.checks import (
 
 from fleetsync.api.watch import CLUSTER_LABEL
 from fleetsync.model.types import HUB_TYPES, ISTIO_MESH, SERVICE_EDGE, ResourceType, TypeRegistry
-from tests.harness import API_TOKEN, Hub, Proc, Sim, create_token, http, start_agent, start_hub, start_prometheus, wait_converged, wait_until
+from tests.harness import API_TOKEN, Hub, Proc, Sim, create_token, http, label_cluster, start_agent, start_hub, start_prometheus, wait_converged, wait_until
 
 #: Random examples per operation (the document has ~130 operations; each gets valid and invalid input).
 EXAMPLES = int(os.environ.get("FLEETSYNC_CONTRACT_EXAMPLES", "12"))
@@ -84,6 +84,7 @@ def fleet(sim: Sim, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]
     agents: list[Proc] = []
     try:
         for cluster, region in (("c1", "eu"), ("c2", "us")):
+            label_cluster(hub.url, cluster, region=region)
             token = create_token(tmp, db, cluster)
             agents.append(start_agent(tmp, sim, cluster, hub.agent_url, token, "--types", "all", "--label", f"region={region}", *provider))
         wait_converged(sim, hub, "c1", "c2", timeout=90, what="c1 and c2 synced")
@@ -160,7 +161,7 @@ def test_the_openapi_document_is_valid_and_lists_every_type(fleet: Fleet) -> Non
         assert "get" in paths[rtype.collection_path()], rtype
         assert "get" in paths[collection], rtype
         assert f"{collection}/{{name}}" not in paths, f"{rtype}: no get by name across clusters"
-    for path in ("/healthz", "/readyz", "/metrics", "/openapi.json", "/api/v1/clusters", "/api/v1/events"):
+    for path in ("/healthz", "/readyz", "/metrics", "/openapi.json", "/api/v1/clusters", "/apis/fleetsync.io/v1/fleetsyncevents"):
         assert "get" in paths[path], path
     assert "post" in paths["/api/v1/clusters/{cluster}/resync"]
     assert {"get", "post"} <= paths["/1.0/feature-gates"].keys() and {"get", "put", "delete"} <= paths["/1.0/feature-gates/{key}"].keys()
@@ -325,12 +326,12 @@ def errors_are_statuses_with_a_message(ctx: CheckContext, response: Response, ca
 
 
 def _check_stream(case: Case, body: bytes) -> None:
-    """A watch's body: JSON objects, one per line (Kubernetes WatchEvents, or events of /api/v1/events)."""
+    """A watch's body: JSON objects, one per line (Kubernetes WatchEvents, or events of /apis/fleetsync.io/v1/fleetsyncevents)."""
     for line in body.splitlines():
         if not line.strip():
             continue
         event = json.loads(line)
-        if case.path == "/api/v1/events":
+        if case.path == "/apis/fleetsync.io/v1/fleetsyncevents":
             assert {"id", "reason", "cluster", "message"} <= event.keys(), event
         else:
             assert event.get("type") in ("ADDED", "MODIFIED", "DELETED", "BOOKMARK", "ERROR") and isinstance(event.get("object"), dict), event

@@ -3,7 +3,8 @@
 A hub with no agents yet, the page signed in with a token, then agents starting: the clusters
 appear live (from the events stream, no reload); a Service created in a cluster shows up in the
 cluster view, its YAML one click away; a stopped agent turns its cluster stale; a gate is toggled
-with an admin token and refused with a read one; a work is applied and its status per cluster shown.
+with an admin token and refused with a read one; a work is applied and its status per cluster shown;
+a token scoped to one cluster and namespace sees only those.
 Screenshots go to ``$FLEETSYNC_ARTIFACTS`` (default: ``dashboard-artifacts`` in pytest's base temp dir).
 """
 
@@ -18,7 +19,7 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
-from tests.harness import API_TOKEN, AgentFleet, Sim, create_token, free_port, http, spawn, start_hub, wait_until
+from tests.harness import API_TOKEN, AgentFleet, Sim, create_token, fleetsync, free_port, http, spawn, start_hub, wait_until
 
 CHROMIUM = os.environ.get("FLEETSYNC_CHROMIUM", "/usr/bin/chromium")
 CLUSTERS = ("c1", "c2", "c3")
@@ -171,6 +172,32 @@ def test_the_cluster_view_lists_objects_follows_a_new_service_and_shows_its_yaml
         expect(page.locator('#cluster-events tr[data-reason="Connected"]').first).to_be_visible()
     finally:
         fleet.sim.kubectl("c1", "delete", "service", "dash-live", "--ignore-not-found")
+
+
+def test_a_scoped_token_sees_only_its_cluster_and_namespace(fleet: Fleet, page: Page, artifacts: Path) -> None:
+    fleet.start_all()
+    created = fleetsync("token", "create", "team-a", "--role", "read", "--db", fleet.hub.db, "--clusters", "c1", "--namespaces", "ns-0")
+    assert created.returncode == 0, created.stderr
+    sign_in(page, fleet.hub.url, created.stdout.strip())
+    expect(page.locator('#clusters tr[data-cluster="c1"]')).to_have_attribute("data-status", "active", timeout=WAIT)
+    expect(page.locator("#clusters tbody tr")).to_have_count(1)
+    expect(page.locator("#fleet-summary")).to_contain_text("1 clusters · 1 active")
+    page.screenshot(path=str(artifacts / "10-scoped-fleet.png"), full_page=True)
+
+    page.goto(f"{fleet.hub.url}/#/cluster/c1/v1%2FPod")
+    in_scope = [p for p in fleet.sim.truth("c1", "v1/Pod") if p["metadata"]["namespace"] == "ns-0"]
+    assert 0 < len(in_scope) < len(fleet.sim.truth("c1", "v1/Pod"))
+    expect(page.locator("#objects tr[data-name]")).to_have_count(min(100, len(in_scope)), timeout=WAIT)
+    expect(page.locator('#objects tr[data-name]:not([data-namespace="ns-0"])')).to_have_count(0)
+    expect(page.locator("#cluster-select option")).to_have_count(1)
+    page.screenshot(path=str(artifacts / "11-scoped-cluster.png"), full_page=True)
+
+    page.click("#nav a[data-view=events]")
+    expect(page.locator('#events tr[data-cluster="c1"]').first).to_be_visible(timeout=WAIT)
+    expect(page.locator("#events tr[data-cluster]:not([data-cluster=c1])")).to_have_count(0)
+    assert {e["cluster"] for e in http("GET", f"{fleet.hub.url}/apis/fleetsync.io/v1/fleetsyncevents?limit=1000")[1]["items"]} == set(
+        CLUSTERS
+    )  # what the admin sees
 
 
 def test_gates_are_toggled_with_an_admin_token_and_refused_with_a_read_token(fleet: Fleet, page: Page, artifacts: Path) -> None:

@@ -33,6 +33,7 @@ def hub_gates(hub: Hub) -> list[dict[str, Any]]:
 
 
 class Fleet(AgentFleet):
+    grants = ("gates",)  # their local gate changes reach the fleet
     """Agents of the sim's clusters, each with a ConfigMap of its own cluster as its local config target."""
 
     def __init__(self, sim: Sim, hub: Hub, tmp: Path) -> None:
@@ -182,8 +183,9 @@ def test_fleetsync_agent_config_reads_and_changes_the_configmap(fleet: Fleet) ->
     malformed = fleetsync("agent", "config", "get", "--local-config", "configmap:no-name-here")
     assert malformed.returncode != 0 and "configmap:NAMESPACE/NAME" in malformed.stderr
 
-    # an agent started on it: what the ConfigMap held (never agreed) goes up, as a file's would
-    fleet.start("c1")
+    # an agent started on it as the fleet's bootstrap: what the ConfigMap held (never agreed) goes up, as a
+    # file's would (a cluster new to the fleet that is not the bootstrap joins: it would take the fleet's gates)
+    fleet.start("c1", "--bootstrap")
     fleet.start("c2")
     wait_until(lambda: (gate(hub, "feature.cli") or {}).get("updated-by") == "agent c1", timeout=20, what="the ConfigMap's gate on the hub")
     wait_until(lambda: fleet.everywhere("feature.cli", "true", ("c2",)), timeout=20, what="the gate on c2")

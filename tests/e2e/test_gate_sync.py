@@ -35,6 +35,8 @@ def set_locally(path: Path, *assignments: str) -> None:
 
 
 class Fleet(AgentFleet):
+    grants = ("gates",)  # their local gate changes reach the fleet
+
     def __init__(self, sim: Sim, hub: Hub, tmp: Path) -> None:
         super().__init__(sim, hub, tmp, CLUSTERS)
         self.files = {c: tmp / f"{c}-local.json" for c in CLUSTERS}

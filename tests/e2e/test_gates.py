@@ -89,7 +89,7 @@ def test_fleetsync_gates_lists_gets_sets_and_unsets(tmp_path: Path) -> None:
         assert '"enabled": true' in fleetsync("gates", "get", "feature.storage.ceph", "-o", "json", "--hub", hub.url).stdout
         assert fleetsync("gates", "unset", "feature.storage.ceph", "--hub", hub.url).stdout.strip() == "feature.storage.ceph unset (revision 3)"
         missing = fleetsync("gates", "get", "feature.storage.ceph", "--hub", hub.url)
-        assert missing.returncode == 2 and "404" in missing.stderr and "is not set" in missing.stderr, missing.stderr
+        assert missing.returncode == 1 and "404" in missing.stderr and "is not set" in missing.stderr, missing.stderr
         bad = fleetsync("gates", "set", "feature.x=maybe", "--hub", hub.url)
         assert bad.returncode == 2 and "expected KEY=true or KEY=false" in bad.stderr, bad.stderr
         outside = fleetsync("gates", "set", "storage=true", "--hub", hub.url)

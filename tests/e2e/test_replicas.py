@@ -19,6 +19,7 @@ from tests.harness import (
     free_port,
     http,
     hub_events,
+    label_cluster,
     run_sim,
     start_agent,
     start_broker,
@@ -175,6 +176,19 @@ def test_a_work_written_through_one_replica_reaches_an_agent_on_another_and_its_
             assert not any(o["metadata"]["name"] == "via-a" for o in sim.truth("c1", "v1/ConfigMap"))
             assert http("DELETE", f"{a.url}/api/v1/works/via-a")[0] == 200
             wait_until(lambda: not any(o["metadata"]["name"] == "via-a" for o in sim.truth("c2", "v1/ConfigMap")), timeout=20, what="c2 to remove it")
+
+            # a cluster labelled by an admin through A: B's session of it is told at once (no reconnect) and places by it
+            gold = {
+                "metadata": {"name": "by-label"},
+                "spec": {"placement": {"clusterSelector": "tier=gold"}, "manifests": [{**manifest, "metadata": {"name": "by-label", "namespace": "default"}}]},
+            }
+            assert http("PUT", f"{a.url}/api/v1/works/by-label", gold)[0] == 201
+            has = lambda: any(o["metadata"]["name"] == "by-label" for o in sim.truth("c1", "v1/ConfigMap"))  # noqa: E731
+            label_cluster(a.url, "c1", tier="gold")
+            wait_until(has, timeout=20, what="c1, labelled through A, to apply the work it now selects through B")
+            label_cluster(a.url, "c1", tier=None)
+            wait_until(lambda: not has(), timeout=20, what="c1, unlabelled, to remove it")
+            assert len(hub_events(a, cluster="c1", reason="Connected")) == 1, "relabelling needs no reconnect"
         finally:
             for agent in agents:
                 agent.stop()

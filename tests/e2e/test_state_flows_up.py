@@ -138,13 +138,13 @@ def test_demo_runs_everything_and_shuts_down_cleanly(tmp_path: Path, transport: 
         result = wait_until(lambda: (r := run(check)).returncode == 0 and r, timeout=60, interval=0.5, what="demo converged (its printed check command)")
         assert "converged" in result.stdout
         listings = [line for line in lines if "kubectl " in line and not line.startswith("(") and " -w" not in line]
-        assert len(listings) == 2, lines
+        assert len(listings) == 3, lines  # the fleet, one cluster of it, and one cluster's own context
         for command in listings:
             listed = run(f"{command} -o name")
             assert listed.returncode == 0 and listed.stdout.count("pod/") >= 40, (command, listed.stderr)
         # without the token: refused, with a message that says what to do
         refused = run(f"FLEETSYNC_TOKEN= {check}")
-        assert refused.returncode == 2 and "needs an API token" in refused.stderr, refused.stderr
+        assert refused.returncode == 1 and "needs an API token" in refused.stderr, refused.stderr
         # a read token cannot act; the printed resync carries the admin token
         admin = next(line.removeprefix("  as admin:").strip() for line in demo.output().splitlines() if line.startswith("  as admin:"))
         assert run(admin).returncode == 0, run(admin).stderr
@@ -166,5 +166,7 @@ def test_demo_runs_everything_and_shuts_down_cleanly(tmp_path: Path, transport: 
             wait_until(lambda: run(graph).stdout.count("\n") > 3, timeout=90, interval=2, what="the demo's service graph")
         wait_until(lambda: "clusters 2/2 active" in demo.output() and " ms   hub rev" in demo.output(), timeout=10, what="the live summary with the sync lag")
     finally:
-        demo.stop(signal.SIGINT)
+        # the demo stops its components in turn (agents, broker sessions, API, gRPC, hub, sim, its
+        # Prometheus): on a loaded CI machine that took more than the default 10 s once
+        demo.stop(signal.SIGINT, grace=30)
     assert demo.process.returncode == 0 and "shutting down" in demo.output()

@@ -18,6 +18,7 @@ from tests.harness import (
     hub_kubectl,
     hub_stream,
     kubectl_binary,
+    label_cluster,
     start_agent,
     start_hub,
     wait_converged,
@@ -89,7 +90,7 @@ def test_events_stream_to_api_watchers_and_to_fleetsync_events_w(tmp_path: Path,
         assert cli.poll() is None, text()
         # the API stream itself: from an id, filtered by reason
         first = hub_events(hub, cluster="c2")[0]["id"]
-        with hub_stream(f"{hub.url}/api/v1/events?watch=1&since={first - 1}&reason=Connected&timeoutSeconds=2", timeout=10) as response:
+        with hub_stream(f"{hub.url}/apis/fleetsync.io/v1/fleetsyncevents?watch=1&since={first - 1}&reason=Connected&timeoutSeconds=2", timeout=10) as response:
             streamed = [json.loads(line) for line in response.read().splitlines() if line.strip()]
         assert [e["reason"] for e in streamed] == ["Connected"] and streamed[0]["cluster"] == "c2"
     finally:
@@ -104,10 +105,9 @@ def test_the_fleet_as_one_api_server_lists_and_watches_across_clusters(tmp_path:
     sim = quiet_sim
     db = f"sqlite:///{tmp_path / 'hub.db'}"
     hub = start_hub(tmp_path, db, tls=True)  # kubectl sends its token over HTTPS only
-    agents = [
-        start_agent(tmp_path, sim, c, hub.agent_url, create_token(tmp_path, db, c), *FAST, "--label", f"region={region}")
-        for c, region in (("c1", "eu"), ("c2", "us"))
-    ]
+    for cluster, region in (("c1", "eu"), ("c2", "us")):
+        label_cluster(hub.url, cluster, region=region)  # by an admin: what clusterSelector matches
+    agents = [start_agent(tmp_path, sim, c, hub.agent_url, create_token(tmp_path, db, c), *FAST) for c in ("c1", "c2")]
     try:
         wait_converged(sim, hub, "c1", "c2", timeout=60, what="c1 and c2 synced")
         c1_pods, c2_pods = len(sim.truth("c1", "v1/Pod")), len(sim.truth("c2", "v1/Pod"))
@@ -124,7 +124,7 @@ def test_the_fleet_as_one_api_server_lists_and_watches_across_clusters(tmp_path:
         only_c2 = subprocess.run([*kubectl, "get", "pods", "-A", "-l", "fleetsync.io/cluster=c2", "-o", "json"], capture_output=True, text=True, timeout=60)
         items = json.loads(only_c2.stdout)["items"]
         assert len(items) == c2_pods and {i["metadata"]["labels"]["fleetsync.io/cluster"] for i in items} == {"c2"}
-        # a cluster selector on the clusters' own labels, and pages that run across clusters
+        # a cluster selector on the clusters' labels, and pages that run across clusters
         status, body = http("GET", f"{hub.url}/api/v1/pods?clusterSelector=region%3Deu")
         assert status == 200 and len(body["items"]) == c1_pods
         assert {i["metadata"]["labels"]["fleetsync.io/cluster"] for i in body["items"]} == {"c1"}

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from fleetsync.model.works import MAX_MANIFEST_BYTES, MAX_MANIFESTS
-from tests.harness import AgentFleet, Sim, create_token, fleetsync, http, hub_events, start_hub, wait_until
+from tests.harness import AgentFleet, Sim, create_token, fleetsync, http, hub_events, label_cluster, start_hub, wait_until
 
 WORKS = "/api/v1/works"
 FAST = ("--types", "v1/Service")
@@ -112,10 +112,10 @@ def test_the_works_api_validates_works_and_answers_like_a_kubernetes_api(tmp_pat
 
 
 class Fleet(AgentFleet):
-    """A hub with an agent per simulated cluster, labelled per :data:`LABELS`."""
+    """A hub with an agent per simulated cluster, labelled per :data:`LABELS` by an admin."""
 
     def agent_args(self, cluster: str) -> tuple[str, ...]:
-        return (*FAST, "--label", LABELS[cluster])
+        return (*FAST, "--works-allow-kinds", "default,example.com/*")  # (a kind the clusters do not serve, below)
 
     def works(self, *args: str) -> Any:
         return fleetsync("works", *args, "--hub", self.hub.url)
@@ -140,6 +140,9 @@ class Fleet(AgentFleet):
 def fleet(quiet_sim: Sim, tmp_path: Path) -> Iterator[Fleet]:
     fleet = Fleet(quiet_sim, start_hub(tmp_path, f"sqlite:///{tmp_path / 'hub.db'}"), tmp_path, tuple(LABELS))
     try:
+        for cluster, pair in LABELS.items():
+            key, _, value = pair.partition("=")
+            label_cluster(fleet.hub.url, cluster, **{key: value})
         fleet.start_all()
         wait_until(lambda: {e["cluster"] for e in hub_events(fleet.hub, reason="Connected")} == set(LABELS), timeout=20, what="every agent to connect")
         yield fleet

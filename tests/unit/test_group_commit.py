@@ -202,7 +202,7 @@ async def test_a_store_unavailable_past_store_retry_ends_the_session_with_a_reas
 
 async def test_backpressure_holds_what_the_hub_keeps_of_received_bundles_under_the_budget(tmp_path: Path) -> None:
     budget = 1024 * 1024
-    body = b"x" * 60_000  # ~60 KB a bundle: the budget holds about 17
+    body = b'{"x": "' + b"x" * 60_000 + b'"}'  # ~60 KB a bundle: the budget holds about 17
     store, core = await hub(tmp_path, 4, inbox_budget=budget, store_retry=60.0)
     try:
         agents = [Agent(core, f"c{i}") for i in range(4)]
@@ -323,5 +323,5 @@ async def test_sessions_waiting_for_the_budget_are_let_in_one_message_at_a_time(
 
 
 def pod_bundle(seq: int, size: int) -> pb.Bundle:
-    obj = pb.Object(namespace="default", name=f"p{seq}", body=b"x" * size)
+    obj = pb.Object(namespace="default", name=f"p{seq}", body=b'{"x": "' + b"x" * size + b'"}')  # a JSON object, as the hub applies only those
     return pb.Bundle(type=POD, incarnation="inc", seq=seq, base_seq=seq - 1, kind=pb.DELTA, upserts=[obj])

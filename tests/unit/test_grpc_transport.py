@@ -10,7 +10,8 @@ from fleetsync.hub.core import HubCore
 from fleetsync.protocol import fleetsync_pb2 as pb
 from fleetsync.store.sqlite import SQLiteStore
 from fleetsync.transport.base import HubAddress, TransportError
-from fleetsync.transport.grpc import GrpcAgentConnection, GrpcHubServer
+from fleetsync.transport.grpc import GrpcAgentConnection
+from fleetsync.transport.grpc_hub import GrpcHubServer
 
 
 async def test_using_a_connection_the_hub_has_ended_raises_transport_error(tmp_path: Path) -> None:

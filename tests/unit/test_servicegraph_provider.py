@@ -506,7 +506,8 @@ async def test_the_run_loop_reports_errors_keeps_the_last_state_and_clears_the_e
         await asyncio.gather(task, return_exceptions=True)
     assert task.cancelled()
     assert source._session is None  # closed on the way out
-    spec = codec.body_json(got.sync.cache["shop/frontend.shop--cart"].body, pb.COMPRESSION_LZ4)
+    edge = pb.Object.FromString(got.sync.cache["shop/frontend.shop--cart"].wire)  # the agent keeps each object serialized
+    spec = codec.body_json(edge.body, pb.COMPRESSION_LZ4)
     assert b'"collectedAt"' in spec
 
 

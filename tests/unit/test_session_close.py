@@ -60,3 +60,46 @@ async def test_a_close_interrupted_by_cancellation_still_releases_the_lease(tmp_
     finally:
         await core.stop()
         await store.close()
+
+
+async def test_nothing_but_the_welcome_goes_to_an_agent_first_even_while_gates_and_works_fan_out(tmp_path: Path) -> None:
+    # The session joins the hub's sessions a few awaits before its Welcome goes out; a gate or
+    # work written meanwhile (by an admin, another cluster, another replica) fans out to every
+    # session. An agent answered by a spec update before its Welcome drops the connection and
+    # moves to another hub, so the fan-out must wait for the Welcome.
+    store = SQLiteStore(tmp_path / "hub.db")
+    await store.open()
+    await store.add_token(name="c1", role="agent", token_hash=hash_token(TOKEN))
+    core = HubCore(store, HubSettings())
+    await core.start()
+    sent: list[pb.HubMessage] = []
+
+    async def send(message: object) -> None:
+        assert isinstance(message, pb.HubMessage)
+        sent.append(message)
+
+    async def fan_out_until_welcomed() -> int:
+        pushes = 0
+        while not sent:
+            core.downstream.push_gates()
+            core.downstream.push_works()
+            pushes += 1
+            await asyncio.sleep(0)
+        return pushes
+
+    try:
+        session = Session(core, send, peer="test")
+        hello = pb.Hello(cluster_id="c1", agent_id="agent-a", incarnation="inc-1", token=TOKEN, protocol_version=1, capabilities=["works"])
+        pushes = asyncio.create_task(fan_out_until_welcomed())
+        await session.handle(pb.AgentMessage(hello=hello))
+        assert await pushes > 10, "the fan-out ran while the Hello was handled"
+        assert sent[0].WhichOneof("message") == "welcome", [m.WhichOneof("message") for m in sent[:3]]
+
+        async def snapshot_sent() -> bool:
+            return any(m.WhichOneof("message") == "spec_update" for m in sent)
+
+        await eventually(snapshot_sent, timeout=5, what="the snapshots after the Welcome")
+        await session.close()
+    finally:
+        await core.stop()
+        await store.close()

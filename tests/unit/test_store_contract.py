@@ -14,6 +14,7 @@ import sys
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any, cast
 
 import pytest
 
@@ -21,9 +22,12 @@ from fleetsync.store.contract import (
     BundleWrite,
     ClusterRecord,
     EventRecord,
+    GateConflict,
     GateExists,
     GateRecord,
+    LeaseLost,
     ObjectRecord,
+    ReadScope,
     Store,
     TokenRecord,
     WorkExists,
@@ -52,13 +56,20 @@ def make_engine(name: str, request: pytest.FixtureRequest) -> Engine:
     if name == "sqlite":
         path = request.getfixturevalue("tmp_path") / "hub.db"
         return Engine(name, lambda: SQLiteStore(path), f"__import__('fleetsync.store.sqlite', fromlist=['x']).SQLiteStore({str(path)!r})")
+    if name == "sqlite-process":  # the hub's way: batches written by a process of their own
+        path = request.getfixturevalue("tmp_path") / "hub.db"
+        return Engine(
+            name,
+            lambda: SQLiteStore(path, batch_writer="process"),
+            f"__import__('fleetsync.store.sqlite', fromlist=['x']).SQLiteStore({str(path)!r}, batch_writer='process')",
+        )
     if name == "postgres":
         url = request.getfixturevalue("pg_url")
         return Engine(name, lambda: PostgresStore(url), f"__import__('fleetsync.store.postgres', fromlist=['x']).PostgresStore({url!r})")
     raise AssertionError(f"unknown engine {name}")
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
+@pytest.fixture(params=["sqlite", "sqlite-process", "postgres"])
 def engine(request: pytest.FixtureRequest) -> Engine:
     return make_engine(request.param, request)
 
@@ -468,6 +479,57 @@ async def test_tokens_are_listed_and_deleted_by_name_and_role(store: Store) -> N
     assert await store.tokens() == [TokenRecord("ops", "admin")]
 
 
+async def test_a_read_tokens_scope_is_kept_as_given(store: Store) -> None:
+    scope = ReadScope(clusters=("c1", "c2"), cluster_selector="env=prod,tier!=db", namespaces=("team-a",), types=("v1/Pod", "apps/v1/Deployment"))
+    await store.add_token(name="dash", role="read", token_hash="h1", scope=scope)
+    await store.add_token(name="ops", role="read", token_hash="h2")
+    await store.add_token(name="narrow", role="read", token_hash="h3", scope=ReadScope(namespaces=("x",)))
+    assert await store.find_token("h1") == TokenRecord("dash", "read", scope=scope)
+    assert await store.find_token("h2") == TokenRecord("ops", "read")  # unscoped: None, not an empty scope
+    assert [t.scope for t in await store.tokens()] == [scope, ReadScope(namespaces=("x",)), None]
+
+
+async def test_lists_are_narrowed_to_clusters_and_namespaces_in_the_store(store: Store) -> None:
+    for cluster in ("c1", "c2", "c3"):
+        await apply(store, [obj(f"p{i}", namespace=ns, cluster=cluster) for i in range(3) for ns in ("a", "b", "c")], cluster=cluster)
+
+    def names(records: list[ObjectRecord]) -> list[str]:
+        return [f"{r.cluster}/{r.namespace}/{r.name}" for r in records]
+
+    both = await store.list_objects(POD, clusters={"c3", "c1"}, namespaces=["c", "a"])
+    assert names(both) == [f"{c}/{ns}/p{i}" for c in ("c1", "c3") for ns in ("a", "c") for i in range(3)]
+    # paged with the cursor, the pages add up to the whole, in order
+    pages: list[ObjectRecord] = []
+    after = None
+    while page := await store.list_objects(POD, clusters={"c3", "c1"}, namespaces=["c", "a"], after=after, limit=4):
+        pages += page
+        after = (page[-1].cluster, page[-1].namespace, page[-1].name)
+    assert names(pages) == names(both)
+    assert names(await store.list_objects(POD, clusters=["c2"], namespace="b")) == ["c2/b/p0", "c2/b/p1", "c2/b/p2"]
+    assert names(await store.list_objects(POD, cluster="c1", clusters=["c2"])) == []  # both conditions hold
+    assert await store.list_objects(POD, clusters=[]) == [] and await store.list_objects(POD, namespaces=()) == []
+    assert len(await store.list_objects(POD, clusters=None, namespaces=None)) == 27
+    # namespaces alone: across every cluster holding the type, paged the same way
+    only_b = [f"{c}/b/p{i}" for c in ("c1", "c2", "c3") for i in range(3)]
+    assert names(await store.list_objects(POD, namespaces={"b"})) == only_b
+    paged: list[str] = []
+    after = None
+    while page := await store.list_objects(POD, namespaces={"b"}, after=after, limit=2):
+        paged += names(page)
+        after = (page[-1].cluster, page[-1].namespace, page[-1].name)
+    assert paged == only_b
+    assert await store.list_objects(CM, namespaces={"b"}) == []  # no cluster holds the type
+
+
+async def test_events_are_narrowed_to_clusters(store: Store) -> None:
+    await store.add_events([EventRecord(time=float(i), cluster=f"c{i % 3}", reason="Connected", message=f"m{i}") for i in range(9)])
+    assert [e.message for e in await store.events(clusters={"c2", "c0"})] == ["m0", "m2", "m3", "m5", "m6", "m8"]
+    assert [e.message for e in await store.events(clusters=["c1"], limit=2)] == ["m4", "m7"]
+    first = (await store.events(limit=9))[0].id
+    assert [e.message for e in await store.events(clusters=["c1"], after=first)] == ["m1", "m4", "m7"]
+    assert await store.events(clusters=[]) == []
+
+
 # ---- feature gates ----------------------------------------------------------------------
 
 
@@ -494,6 +556,58 @@ async def test_gates_are_set_listed_and_deleted_with_a_revision_per_write(store:
     # a deleted gate can be created again
     again = await store.set_gate("feature.storage.ceph", True, by="admin", now=16.0, create=True)
     assert again.revision == 5 and not again.deleted
+
+
+async def test_every_fleet_gate_write_is_in_the_history_with_old_and_new(store: Store) -> None:
+    a = await store.set_gate("feature.x", True, by="admin", now=10.0, create=True)
+    with pytest.raises(GateExists):
+        await store.set_gate("feature.x", False, by="other", now=11.0, create=True)
+    await store.set_gate("feature.x", False, by="agent c1", now=12.0)
+    with pytest.raises(GateConflict):  # a stale resend: nothing written, nothing recorded
+        await store.set_gate("feature.x", True, by="agent c2", now=13.0, based_on=a.revision)
+    await store.delete_gate("feature.x", by="admin", now=14.0)
+    assert await store.delete_gate("feature.x", by="admin", now=15.0) is None
+    await store.set_gate("feature.y", True, by="admin", now=16.0)
+    history = await store.gate_history(key="feature.x")
+    assert [(c.cluster, c.old, c.new, c.by, c.at, c.revision) for c in history] == [
+        ("", False, None, "admin", 14.0, 3),
+        ("", True, False, "agent c1", 12.0, 2),
+        ("", None, True, "admin", 10.0, 1),
+    ], "newest first, only what was written"
+    assert [c.key for c in await store.gate_history()] == ["feature.y", "feature.x", "feature.x", "feature.x"]
+    assert len(await store.gate_history(limit=2)) == 2
+    assert history[0].id > history[1].id > history[2].id
+
+
+async def test_a_clusters_own_gate_values_are_kept_with_their_changes_in_the_history(store: Store) -> None:
+    first = await store.report_cluster_gate("c1", "feature.x", True, old=None, by="agent c1", now=1.0)
+    assert first is not None and (first.cluster, first.old, first.new, first.by, first.at, first.revision) == ("c1", None, True, "agent c1", 1.0, 0)
+    assert await store.report_cluster_gate("c1", "feature.x", True, old=True, by="agent c1", now=2.0) is None, "a resend is no change"
+    assert [(v.enabled, v.updated_at) for v in await store.cluster_gate_values(cluster="c1")] == [(True, 2.0)], "but its value is kept"
+    await store.report_cluster_gate("c2", "feature.x", False, old=True, by="agent c2", now=3.0)
+    await store.report_cluster_gate("c1", "feature.y", False, old=None, by="agent c1", now=4.0)
+    unset = await store.report_cluster_gate("c1", "feature.x", None, old=True, by="agent c1", now=5.0)
+    assert unset is not None and (unset.old, unset.new) == (True, None)
+    values = await store.cluster_gate_values()
+    assert [(v.cluster, v.key, v.enabled, v.updated_at) for v in values] == [
+        ("c1", "feature.x", None, 5.0),
+        ("c2", "feature.x", False, 3.0),
+        ("c1", "feature.y", False, 4.0),
+    ]
+    assert [v.cluster for v in await store.cluster_gate_values(key="feature.y")] == ["c1"]
+    assert [v.key for v in await store.cluster_gate_values(key="feature.x", cluster="c2")] == ["feature.x"]
+    assert [(c.cluster, c.new) for c in await store.gate_history(cluster="c1", key="feature.x")] == [("c1", None), ("c1", True)]
+    await store.set_gate("feature.x", True, by="admin", now=6.0)
+    assert [c.by for c in await store.gate_history(cluster="")] == ["admin"], "cluster='' is the fleet's writes only"
+    assert await store.gates() == [GateRecord("feature.x", True, 6.0, "admin", 1)], "a cluster's own values are not the fleet's"
+
+
+async def test_the_gate_history_keeps_its_newest_entries(store: Store) -> None:
+    cast(Any, store).gate_history_keep = 3  # the engines' setting (--gate-history-keep)
+    for i in range(6):
+        await store.set_gate("feature.x", i % 2 == 0, by=f"admin-{i}", now=float(i))
+    await store.report_cluster_gate("c1", "feature.x", True, old=None, by="agent c1", now=7.0)
+    assert [c.by for c in await store.gate_history(limit=100)] == ["agent c1", "admin-5", "admin-4"]
 
 
 # ---- works and their status --------------------------------------------------------------
@@ -613,6 +727,110 @@ async def test_agent_tokens_may_be_scoped_to_types(store: Store) -> None:
     assert await store.find_token("h1") == TokenRecord("c1", "agent", ("v1/Pod", "v1/Service"))
 
 
+async def test_agent_tokens_carry_grants_that_are_found_and_listed(store: Store) -> None:
+    await store.add_token(name="c1", role="agent", token_hash="h1", grants=["gates"])
+    await store.add_token(name="c2", role="agent", token_hash="h2")
+    assert await store.find_token("h1") == TokenRecord("c1", "agent", grants=("gates",))
+    assert await store.find_token("h2") == TokenRecord("c2", "agent"), "no grant unless given: least authority"
+    assert [t.grants for t in await store.tokens()] == [("gates",), ()]
+
+
+async def test_a_clusters_agent_tokens_are_granted_and_ungranted_in_place(store: Store) -> None:
+    await store.add_token(name="c1", role="agent", token_hash="h1")
+    await store.add_token(name="c1", role="agent", token_hash="h1b")
+    await store.add_token(name="c1", role="read", token_hash="r1")  # an API client that happens to be named c1
+    assert await store.set_token_grants("c1", ["gates"]) == 2, "both agent tokens of c1"
+    assert (await store.find_token("h1"), await store.find_token("h1b")) == (TokenRecord("c1", "agent", grants=("gates",)),) * 2
+    assert await store.find_token("r1") == TokenRecord("c1", "read"), "grants are for agent tokens only"
+    assert await store.set_token_grants("c1", []) == 2
+    assert await store.find_token("h1") == TokenRecord("c1", "agent"), "revoked"
+    assert await store.set_token_grants("nobody", ["gates"]) == 0
+
+
+async def test_a_gate_write_based_on_an_older_revision_loses_to_someone_elses_later_write(store: Store) -> None:
+    mine = await store.set_gate("feature.x", True, by="agent c1", now=1.0)
+    admin = await store.set_gate("feature.x", False, by="admin", now=2.0)
+    with pytest.raises(GateConflict) as refused:
+        await store.set_gate("feature.x", True, by="agent c1", now=3.0, based_on=mine.revision - 1)
+    assert refused.value.current == admin
+    with pytest.raises(GateConflict):
+        await store.delete_gate("feature.x", by="agent c1", now=3.0, based_on=mine.revision)
+    assert await store.gate("feature.x") == admin, "nothing was written"
+    assert max(g.revision for g in await store.gates(since=0)) == admin.revision, "no revision was taken"
+    later = await store.set_gate("feature.x", True, by="agent c1", now=4.0, based_on=admin.revision)
+    assert later.revision > admin.revision and later.enabled
+    again = await store.set_gate("feature.x", False, by="agent c1", now=5.0, based_on=admin.revision)
+    assert not again.enabled, "its own later write is no conflict (two local changes before one snapshot)"
+    gone = await store.delete_gate("feature.x", by="admin", now=6.0)
+    assert gone is not None
+    with pytest.raises(GateConflict):  # a tombstone is a write too
+        await store.set_gate("feature.x", True, by="agent c1", now=7.0, based_on=again.revision)
+    assert (await store.set_gate("feature.new", True, by="agent c1", now=8.0, based_on=0)).enabled, "a gate never set has nothing to lose"
+
+
+async def test_admin_labels_are_set_and_removed_per_cluster_in_one_write(store: Store) -> None:
+    assert await store.cluster_labels() == {}
+    assert await store.label_cluster("c1", add={"env": "prod", "region": "eu"}, remove=[], now=1.0) == {"env": "prod", "region": "eu"}
+    assert await store.label_cluster("c2", add={"env": "dev"}, remove=[], now=1.0) == {"env": "dev"}
+    assert await store.label_cluster("c1", add={"tier": "1"}, remove=["region", "absent"], now=2.0) == {"env": "prod", "tier": "1"}
+    assert await store.cluster_labels() == {"c1": {"env": "prod", "tier": "1"}, "c2": {"env": "dev"}}
+    assert await store.cluster_labels("c2") == {"c2": {"env": "dev"}}
+    assert await store.label_cluster("c2", add={}, remove=["env"], now=3.0) == {}
+    assert await store.cluster_labels() == {"c1": {"env": "prod", "tier": "1"}}
+    assert await store.cluster_labels("c2") == {}
+    await store.upsert_cluster(ClusterRecord(name="c1", metadata={"env": "dev"}))
+    assert await store.cluster_labels("c1") == {"c1": {"env": "prod", "tier": "1"}}, "an agent's Hello does not touch them"
+    assert (await store.cluster("c1")) == ClusterRecord(name="c1", metadata={"env": "dev"})
+
+
+async def test_deleting_a_cluster_removes_it_everywhere_through_the_change_log(store: Store) -> None:
+    a, b = obj("a", 1), obj("b", 2)
+    await apply(store, [a, b])
+    await apply(store, [obj("x", 3, cluster="c2")], cluster="c2")
+    await apply(store, [obj("cm", 4, type_=CM)], type_=CM)
+    await store.upsert_cluster(ClusterRecord(name="c1", status="active"))
+    await store.upsert_cluster(ClusterRecord(name="c2", status="active"))
+    await store.label_cluster("c1", add={"env": "prod"}, remove=[], now=1.0)
+    await store.add_token(name="c1", role="agent", token_hash="h-agent")
+    await store.add_token(name="c1", role="read", token_hash="h-read")  # an API token of the same name is not the cluster's
+    granted = await store.acquire_lease("c1", holder="a", incarnation="i", hub_id="h", now=0.0, ttl=30)
+    await store.set_gates_applied("c1", 3, now=1.0)
+    await store.set_work_status(WorkStatusRecord("web", "c1", 1, b"[]", 2.0))
+    await store.set_refresh("c1", mode="push", interval=10, next_refresh_at=100.0)
+    before = await store.current_rev()
+
+    gone = await store.delete_cluster("c1")
+    assert (gone.objects, gone.tokens, gone.rev, gone.found) == (3, 1, before + 3, True)
+    assert await store.current_rev() == before + 3
+    changes = await store.changes_since(before)
+    assert [(c.type, c.obj.cluster, c.obj.type, c.obj.key) for c in changes] == [  # in key order
+        ("DELETED", "c1", CM, "default/cm"),
+        ("DELETED", "c1", POD, "default/a"),
+        ("DELETED", "c1", POD, "default/b"),
+    ]
+    assert all(c.type == "DELETED" and c.obj.rev == c.rev for c in changes)
+    assert same_object(next(c.obj for c in changes if c.obj.key == "default/a"), a), "a DELETED entry carries the last state"
+    assert await store.list_objects(POD, cluster="c1") == [] and await store.list_objects(CM) == []
+    assert [o.name for o in await store.list_objects(POD)] == ["x"], "other clusters keep theirs"
+    assert await store.cluster("c1") is None and [c.name for c in await store.clusters()] == ["c2"]
+    assert await store.cluster_labels("c1") == {}
+    assert await store.find_token("h-agent") is None and await store.find_token("h-read") is not None
+    assert [lease.cluster for lease in await store.leases()] == []
+    assert await store.streams("c1") == []
+    assert "c1" not in await store.gates_applied()
+    assert await store.work_statuses(cluster="c1") == []
+    assert await store.refresh_targets("c1") == []
+    with pytest.raises(LeaseLost):  # a session of it still open is fenced out
+        await store.apply_batch([BundleWrite("c1", POD, "inc-1", 9, [obj("late", 9)], [], move_to=("inc-1", 9), now=3.0, epoch=granted.lease.epoch)])
+    again = await store.delete_cluster("c1")
+    assert (again.objects, again.tokens, again.found) == (0, 0, False)
+
+
+async def test_concurrent_labellers_of_one_cluster_lose_no_label(store: Store) -> None:
+    await asyncio.gather(*(store.label_cluster("c1", add={f"k{i}": "v"}, remove=[], now=1.0) for i in range(20)))
+    assert await store.cluster_labels("c1") == {"c1": {f"k{i}": "v" for i in range(20)}}
+
+
 async def test_inactive_clusters_expire_once_and_are_named(store: Store) -> None:
     for name, seen in (("old", 10.0), ("fresh", 50.0), ("gone", 5.0)):
         await store.upsert_cluster(ClusterRecord(name=name, status="active", last_seen=seen))
@@ -632,19 +850,73 @@ async def test_leases_are_listed(store: Store) -> None:
 
 
 async def test_a_replica_renews_its_agents_leases_together_and_learns_which_it_lost(store: Store) -> None:
-    await store.acquire_lease("kept", holder="a", incarnation="i", hub_id="h", now=0.0, ttl=30)
-    await store.acquire_lease("in-grace", holder="b", incarnation="i", hub_id="h", now=0.0, ttl=30)
+    kept = (await store.acquire_lease("kept", holder="a", incarnation="i", hub_id="h", now=0.0, ttl=30)).lease
+    in_grace = (await store.acquire_lease("in-grace", holder="b", incarnation="i", hub_id="h", now=0.0, ttl=30)).lease
     await store.release_lease("in-grace", holder="b", incarnation="i", now=1.0, grace=15)
-    await store.acquire_lease("taken", holder="other", incarnation="j", hub_id="h2", now=0.0, ttl=30)
-    lost = await store.renew_leases([("kept", "a", "i"), ("in-grace", "b", "i"), ("taken", "c", "k"), ("new", "d", "i")], hub_id="h", now=10.0, ttl=30)
-    assert lost == ["taken"]
+    old = (await store.acquire_lease("taken", holder="c", incarnation="k", hub_id="h", now=0.0, ttl=30)).lease
+    await store.release_lease("taken", holder="c", incarnation="k", now=1.0, grace=0)
+    await store.acquire_lease("taken", holder="other", incarnation="j", hub_id="h2", now=2.0, ttl=30)
+    lost = await store.renew_leases([("kept", kept.epoch), ("in-grace", in_grace.epoch), ("taken", old.epoch), ("never", 1)], hub_id="h", now=10.0, ttl=30)
+    assert lost == ["never", "taken"], "a lease another session was granted since (or none) is not renewed"
     leases = {lease.cluster: lease for lease in await store.leases()}
-    assert (leases["kept"].expires_at, leases["kept"].connected) == (40.0, True)
+    assert (leases["kept"].expires_at, leases["kept"].connected, leases["kept"].epoch) == (40.0, True, kept.epoch)
     assert (leases["in-grace"].holder, leases["in-grace"].connected, leases["in-grace"].expires_at) == ("b", True, 40.0)
-    assert (leases["taken"].holder, leases["taken"].expires_at) == ("other", 30.0)
-    assert leases["new"].holder == "d"
-    assert await store.renew_leases([("taken", "c", "k")], hub_id="h", now=31.0, ttl=30) == [], "an expired lease goes to whoever renews it"
+    assert (leases["taken"].holder, leases["taken"].expires_at) == ("other", 32.0)
+    assert "never" not in leases
+    assert await store.renew_leases([("taken", old.epoch)], hub_id="h", now=40.0, ttl=30) == ["taken"], "expired or not, the old epoch is fenced"
     assert await store.renew_leases([], hub_id="h", now=31.0, ttl=30) == []
+
+
+async def test_every_grant_takes_the_next_epoch_and_renewals_keep_it(store: Store) -> None:
+    first = await store.acquire_lease("c1", holder="a", incarnation="i1", hub_id="h1", now=0.0, ttl=30)
+    again = await store.acquire_lease("c1", holder="a", incarnation="i1", hub_id="h2", now=1.0, ttl=30)  # the same process reconnecting
+    assert first.lease.epoch >= 1 and again.lease.epoch == first.lease.epoch + 1
+    assert await store.renew_leases([("c1", again.lease.epoch)], hub_id="h2", now=5.0, ttl=30) == []
+    (lease,) = await store.leases()
+    assert (lease.epoch, lease.expires_at) == (again.lease.epoch, 35.0)
+    await store.release_lease("c1", holder="a", incarnation="i1", now=6.0, grace=0)
+    other = await store.acquire_lease("c1", holder="b", incarnation="j", hub_id="h1", now=7.0, ttl=30)
+    assert other.granted and other.lease.epoch == again.lease.epoch + 1
+    refused = await store.acquire_lease("c1", holder="a", incarnation="i2", hub_id="h1", now=8.0, ttl=30)
+    assert not refused.granted and refused.lease.epoch == other.lease.epoch, "a refusal takes no epoch"
+
+
+async def test_a_live_agent_keeps_its_cluster_from_another_process_with_its_agent_id(store: Store) -> None:
+    await store.upsert_cluster(ClusterRecord(name="c1", agent_id="a", incarnation="i1", status="active", last_seen=100.0))
+    live = await store.acquire_lease("c1", holder="a", incarnation="i1", hub_id="h", now=100.0, ttl=30)
+    await store.touch_cluster("c1", now=110.0)  # the holder speaks (buffered: it counts all the same)
+    twin = await store.acquire_lease("c1", holder="a", incarnation="i2", hub_id="h", now=111.0, ttl=30, silent_before=111.0 - 15)
+    assert not twin.granted and twin.lease.incarnation == "i1" and twin.lease.epoch == live.lease.epoch
+    # the holder has been silent for longer than the takeover time: it is gone (a partition, a crash)
+    taken = await store.acquire_lease("c1", holder="a", incarnation="i2", hub_id="h", now=126.0, ttl=30, silent_before=126.0 - 15)
+    assert taken.granted and taken.lease.incarnation == "i2" and taken.lease.epoch == live.lease.epoch + 1
+    # a disconnected holder is gone at once (a restart), silent or not
+    await store.touch_cluster("c1", now=127.0)
+    await store.release_lease("c1", holder="a", incarnation="i2", now=127.0, grace=15)
+    restarted = await store.acquire_lease("c1", holder="a", incarnation="i3", hub_id="h", now=127.5, ttl=30, silent_before=127.5 - 15)
+    assert restarted.granted and restarted.lease.incarnation == "i3"
+
+
+async def test_a_write_of_a_session_that_lost_its_lease_is_fenced_and_nothing_of_its_batch_is_written(store: Store) -> None:
+    old = (await store.acquire_lease("c1", holder="a", incarnation="i", hub_id="h1", now=0.0, ttl=30)).lease
+    other = (await store.acquire_lease("c2", holder="b", incarnation="i", hub_id="h1", now=0.0, ttl=30)).lease
+    await store.apply_batch([BundleWrite("c1", POD, "i", 1, [obj("a")], move_to=("i", 1), epoch=old.epoch)])
+    new = (await store.acquire_lease("c1", holder="a", incarnation="i", hub_id="h2", now=1.0, ttl=30)).lease  # the agent moved to h2
+    await store.apply_batch([BundleWrite("c1", POD, "i", 2, [obj("b")], move_to=("i", 2), epoch=new.epoch)])
+    rev = await store.current_rev()
+    stale = BundleWrite("c1", POD, "i", 1, [obj("a", 7)], ["default/b"], move_to=("i", 1), epoch=old.epoch)  # the paused replica wakes up
+    fine = BundleWrite("c2", POD, "i", 1, [obj("x", cluster="c2")], move_to=("i", 1), epoch=other.epoch)
+    with pytest.raises(LeaseLost) as caught:
+        await store.apply_batch([fine, stale])
+    assert caught.value.fenced == (1,) and "'c1'" in str(caught.value) and "another session holds the cluster" in str(caught.value)
+    assert await store.current_rev() == rev, "nothing of the batch is written"
+    assert [(s.cluster, s.incarnation, s.seq) for s in await store.streams(None)] == [("c1", "i", 2)], "no stream position moves backwards"
+    assert {o.name for o in await store.list_objects(POD)} == {"a", "b"}
+    assert await store.apply_batch([fine]) == rev + 1, "the rest of the batch applies without the fenced bundle"
+    unfenced = BundleWrite("c3", POD, "i", 1, [obj("p", cluster="c3")], move_to=("i", 1))  # a pull refresh holds no lease
+    assert await store.apply_batch([unfenced]) == rev + 2
+    with pytest.raises(LeaseLost):
+        await store.apply_batch([BundleWrite("c4", POD, "i", 1, [obj("q", cluster="c4")], epoch=1)])  # no lease at all
 
 
 async def test_events_keep_their_order_and_filter(store: Store) -> None:
@@ -1086,3 +1358,23 @@ async def test_sqlite_events_keep_their_window_by_itself(tmp_path: Path) -> None
         assert 100 <= len(kept) <= 101 and kept[-1].message == "249"
     finally:
         await small.close()
+
+
+async def test_reported_types_are_replaced_per_cluster_and_survive_reopen(engine: Engine, store: Store) -> None:
+    assert await store.reported_types() == {}
+    widget = '{"group":"example.com","version":"v1","kind":"Widget","plural":"widgets"}'
+    gadget = '{"group":"example.com","version":"v1","kind":"Gadget","plural":"gadgets"}'
+    await store.set_reported_types("c1", {"example.com/v1/Widget": widget, "example.com/v1/Gadget": gadget}, now=1.0)
+    await store.set_reported_types("c2", {"example.com/v1/Widget": widget}, now=1.0)
+    await store.set_reported_types("c1", {"example.com/v1/Gadget": gadget}, now=2.0)  # the CRD of widgets was deleted in c1
+    expected = {"c1": {"example.com/v1/Gadget": gadget}, "c2": {"example.com/v1/Widget": widget}}
+    assert await store.reported_types() == expected
+    await store.close()
+    again = engine.make()
+    await again.open()
+    try:
+        assert await again.reported_types() == expected, "the API serves them while the agents are away"
+        await again.set_reported_types("c2", {}, now=3.0)
+        assert await again.reported_types() == {"c1": {"example.com/v1/Gadget": gadget}}
+    finally:
+        await again.close()

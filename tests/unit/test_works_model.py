@@ -118,3 +118,17 @@ def test_an_agents_status_is_checked_before_the_hub_writes_it() -> None:
     assert "unknown condition 'Done'" in status_records("c1", status(("web", 3, "Done")), now=5.0)[1]
     assert "not a valid work name" in status_records("c1", status(("Web!", 3, "Applied")), now=5.0)[1]
     assert "several generations" in status_records("c1", status(("web", 3, "Applied"), ("web", 4, "Applied")), now=5.0)[1]
+
+
+def test_adopt_is_a_boolean_of_the_spec_stored_only_when_true_and_sent_to_the_agents() -> None:
+    plain = parse_work({"metadata": {"name": "w"}, "spec": {"manifests": [cm("x")], "placement": {"clusters": ["c1"]}}})[1]
+    same = parse_work({"metadata": {"name": "w"}, "spec": {"manifests": [cm("x")], "placement": {"clusters": ["c1"]}, "adopt": False}})[1]
+    assert plain.to_json() == same.to_json() and b"adopt" not in plain.to_json(), "specs stored before adopt existed keep their bytes"
+    adopting = parse_work({"metadata": {"name": "w"}, "spec": {"manifests": [cm("x")], "placement": {"clusters": ["c1"]}, "adopt": True}})[1]
+    assert adopting.adopt and WorkSpec.from_json(adopting.to_json()) == adopting
+    assert cluster_works("c1", {}, [record("w", 2, adopting)], [], SpecCache())["works"][0]["adopt"] is True
+    assert "adopt" not in cluster_works("c1", {}, [record("w", 1, plain)], [], SpecCache())["works"][0]
+    annotated = {**cm("y"), "metadata": {"name": "y", "annotations": {"fleetsync.io/adopted": "w"}}}
+    with pytest.raises(WorkError) as caught:
+        parse_work({"metadata": {"name": "w"}, "spec": {"manifests": [annotated], "adopt": "yes"}})
+    assert {f for f, _ in caught.value.causes} == {"spec.adopt", "spec.manifests[0].metadata.annotations"}, caught.value.causes

@@ -15,15 +15,23 @@ resourceVersion. See https://kubernetes.io/docs/reference/using-api/api-concepts
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from pathlib import Path
 from typing import Any
 
+import aiohttp
 import orjson
+import yaml
 from kubernetes_asyncio import client, config
 from kubernetes_asyncio.client.exceptions import ApiException
 
 from fleetsync.backoff import Backoff
+from fleetsync.errors import FleetsyncError
+from fleetsync.heap import release_free_memory
+from fleetsync.model.clusters import KUBERNETES_VERSION, NODE_COUNT
 from fleetsync.model.types import ResourceType
 from fleetsync.model.watchevents import Expired, WatchError, decode_event, event_version
 
@@ -40,13 +48,63 @@ OnEvent = Callable[[ResourceType, str, dict[str, Any]], Awaitable[None]]
 OnError = Callable[[ResourceType, str], Awaitable[None]]
 
 
-async def api_client(kubeconfig: str | None) -> client.ApiClient:
-    """An ApiClient from a kubeconfig file, or the in-cluster service account when None."""
+class KubeconfigError(FleetsyncError, ValueError):
+    """No way to reach the cluster's API: one line saying what was tried (the agent exits with 2). A ValueError, as
+    a kubeconfig that does not load always was (the local config target retries on it)."""
+
+
+#: Where a pod's service account token is mounted (the in-cluster config reads it).
+IN_CLUSTER_TOKEN = Path("/var/run/secrets/kubernetes.io/serviceaccount/token")
+
+
+def find_kubeconfig(
+    flag: str | None, *, environ: Mapping[str, str] = os.environ, home: Path | None = None, in_cluster_token: Path = IN_CLUSTER_TOKEN
+) -> str | None:
+    """The kubeconfig to use, as kubectl chooses it: ``--kubeconfig``, else ``$KUBECONFIG`` (files
+    separated by ``:``, merged), else ``~/.kube/config`` if it exists; None: the in-cluster config
+    (a pod's service account), if this runs in a pod. KubeconfigError naming what was tried if none is there."""
+    if flag:
+        if not Path(flag).expanduser().is_file():
+            raise KubeconfigError(f"--kubeconfig {flag}: no such file")
+        return flag
+    if listed := environ.get("KUBECONFIG", ""):
+        if not any(Path(p).expanduser().is_file() for p in listed.split(os.pathsep) if p):
+            raise KubeconfigError(f"$KUBECONFIG={listed}: no such file")
+        return listed
+    default = (home or _home()) / ".kube" / "config"
+    if default.is_file():
+        return str(default)
+    if environ.get("KUBERNETES_SERVICE_HOST") and environ.get("KUBERNETES_SERVICE_PORT") and in_cluster_token.is_file():
+        return None
+    raise KubeconfigError(
+        f"no Kubernetes API to talk to: no --kubeconfig, $KUBECONFIG not set, no {default}, and not in a pod "
+        f"(KUBERNETES_SERVICE_HOST unset or no {in_cluster_token}); give --kubeconfig FILE"
+    )
+
+
+def _home() -> Path:
+    """The user's home; a relative "~" when there is none (a container user with no passwd entry and
+    no $HOME): its ~/.kube/config then does not exist."""
+    try:
+        return Path.home()
+    except (RuntimeError, KeyError):  # (Python >= 3.12 raises; 3.11 hands back "~")
+        return Path("~")
+
+
+async def api_client(flag: str | None) -> client.ApiClient:
+    """An ApiClient of the kubeconfig :func:`find_kubeconfig` chooses for ``--kubeconfig``'s
+    ``flag``, or of the pod's service account; KubeconfigError if there is none or it does not
+    load (saying why, in one line)."""
+    kubeconfig = find_kubeconfig(flag)
     configuration = client.Configuration()
-    if kubeconfig:
-        await config.load_kube_config(config_file=kubeconfig, client_configuration=configuration)
-    else:
-        config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
+    try:
+        if kubeconfig:
+            await config.load_kube_config(config_file=kubeconfig, client_configuration=configuration)
+        else:
+            config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
+    except (config.ConfigException, yaml.YAMLError, OSError, ValueError, TypeError, AttributeError) as exc:  # (a file that is not a kubeconfig)
+        where = f"kubeconfig {kubeconfig}" if kubeconfig else "the in-cluster config"
+        raise KubeconfigError(f"{where}: {' '.join(str(exc).split())[:300]}") from None
     return client.ApiClient(configuration)
 
 
@@ -86,6 +144,29 @@ async def get_json(api: client.ApiClient, path: str, query: list[tuple[str, Any]
         response.release()
 
 
+async def cluster_facts(api: client.ApiClient, *, timeout: float = 10.0) -> dict[str, str]:
+    """The cluster's Kubernetes version (``/version``'s gitVersion) and node count, for the Hello:
+    each left out if the cluster does not tell (an RBAC that does not allow listing nodes, a
+    slow API server), never a reason not to sync. The node count is one page of names
+    (``limit=500``, plus the server's ``remainingItemCount`` when it gives one)."""
+    facts: dict[str, str] = {}
+    try:
+        version = await get_json(api, "/version", timeout=timeout)
+        if isinstance(version, dict) and isinstance(version.get("gitVersion"), str):
+            facts[KUBERNETES_VERSION] = version["gitVersion"][:100]
+    except Exception as exc:  # any failure only leaves the fact out
+        log.info("the cluster's version is not known: %s", exc)
+    try:
+        nodes = await get_json(api, "/api/v1/nodes", [("limit", 500)], timeout=timeout)
+        items = nodes.get("items") if isinstance(nodes, dict) else None
+        if isinstance(items, list):
+            remaining = (nodes.get("metadata") or {}).get("remainingItemCount") or 0
+            facts[NODE_COUNT] = str(len(items) + (remaining if isinstance(remaining, int) else 0))
+    except Exception as exc:  # any failure only leaves the fact out
+        log.info("the cluster's node count is not known: %s", exc)
+    return facts
+
+
 async def no_pages() -> Pages:
     """The pages of an empty list (a type that is absent)."""
     yield []
@@ -102,16 +183,21 @@ class TypeWatcher:
         on_list: OnPages,
         on_event: OnEvent,
         on_error: OnError,
-        page_size: int = 500,
+        page_size: int = 100,
         watch_seconds: int = 300,
         label_selector: str = "",
         absent_recheck: float = 60.0,
+        retry_max: float = 30.0,
+        list_slots: asyncio.Semaphore | None = None,
     ) -> None:
         self.api = api
         self.rtype = rtype
         self.on_list = on_list
         self.on_event = on_event
         self.on_error = on_error
+        #: Objects per LIST page. 100, not client-go's 500: the heap keeps about what one parsed page
+        #: took (a 500-Pod page cost the agent 29 MiB of RSS for good, a 100-Pod page 7 MiB), and the
+        #: LIST is no slower (docs/agent-memory.md).
         self.page_size = page_size
         self.watch_seconds = watch_seconds
         #: Only objects with these labels (e.g. what a work owns); "": every object of the type.
@@ -119,7 +205,12 @@ class TypeWatcher:
         #: A custom type whose CRD is not installed is absent (not failed); it is looked for again this often.
         self.absent = False
         self.absent_recheck = absent_recheck
-        self.backoff = Backoff(initial=0.5, maximum=30)
+        #: Failed lists and watches are retried with backoff up to ``retry_max`` seconds (the agent's --kube-retry-max).
+        self.backoff = Backoff(initial=0.5, maximum=retry_max)
+        #: Shared by the agent's watchers: how many LISTs run at once. A parsed page of 500 Pods is
+        #: ~10 MiB of Python objects; thirteen types listing together held one each, and the heap
+        #: kept that peak (fragmented by the cache built meanwhile) long after (docs/agent-memory.md).
+        self.list_slots = list_slots
 
     async def _get(self, query: list[tuple[str, Any]], timeout: float | None) -> Any:
         if self.label_selector:
@@ -156,7 +247,9 @@ class TypeWatcher:
                 if not token:
                     return
 
-        await self.on_list(self.rtype, pages())
+        async with self.list_slots or contextlib.nullcontext():
+            await self.on_list(self.rtype, pages())
+        release_free_memory()  # the pages' JSON is garbage now: do not keep the high-water mark (heap.py)
         if not listed:
             raise RuntimeError(f"{self.rtype}: the list was not read to its end")
         if self.absent:
@@ -201,7 +294,7 @@ class TypeWatcher:
                     await self._absent()
                     continue
                 await self._failed(f"{exc.status} {exc.reason}".strip())
-            except (OSError, TimeoutError, ValueError) as exc:
+            except (aiohttp.ClientError, OSError, TimeoutError, ValueError) as exc:  # (a server gone mid-watch: ServerDisconnectedError, ClientPayloadError)
                 await self._failed(f"{type(exc).__name__}: {exc}")
 
     async def _absent(self) -> None:

@@ -9,7 +9,9 @@ else uses the target and are kept as they are. Beside the config, each target ke
 - **file** (:class:`FileTarget`): a JSON object (gates as JSON booleans; the strings
   "true"/"false" are read too), replaced atomically (a temporary file renamed over it), so
   a reader never sees half a file; the agreed state in ``FILE.synced``. Changes are found
-  by reading the file every ``interval`` seconds.
+  by looking at the file (its inode, size and times) every ``interval`` seconds. Its
+  directory is not created: a missing one (a volume not mounted yet, a typo) is said once,
+  and nothing is written until it appears.
 - **ConfigMap** (:class:`ConfigMapTarget`): its ``data`` (strings: gates are "true" or
   "false"); the agreed state in its annotation ``fleetsync.io/synced-gates`` (a JSON
   object), written in the same request as the data it goes with. Changes are found by a
@@ -41,6 +43,7 @@ from kubernetes_asyncio.config.config_exception import ConfigException
 
 from fleetsync.agent.kube import api_client, status_message
 from fleetsync.backoff import Backoff
+from fleetsync.errors import FleetsyncError
 from fleetsync.model.gates import GATE_KEY
 from fleetsync.model.watchevents import Expired, WatchError, decode_event, event_version
 
@@ -58,7 +61,7 @@ _NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9
 _MERGE_PATCH = "application/merge-patch+json"
 
 
-class LocalConfigError(ValueError):
+class LocalConfigError(FleetsyncError, ValueError):
     """The local config target cannot be read or written, or does not hold what it should."""
 
 
@@ -126,7 +129,6 @@ class LocalConfig:
 
 def _replace(path: Path, text: str) -> None:
     """Write ``path`` atomically: a temporary file beside it, renamed over it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
         with os.fdopen(fd, "w") as out:
@@ -193,6 +195,8 @@ class FileTarget:
             return {}
 
     async def write(self, changes: Mapping[str, bool | str | None], *, agreed: Mapping[str, bool] | None = None) -> None:
+        if (changes or agreed is not None) and not self.file.path.parent.is_dir():
+            raise LocalConfigError(f"local config {self.file.path}: its directory {self.file.path.parent} does not exist; nothing is written until it does")
         try:
             if changes:
                 self.file.update(changes)
@@ -204,12 +208,32 @@ class FileTarget:
             raise LocalConfigError(f"local config {self.file.path}: {exc.strerror or exc}") from None
 
     async def watch(self, changed: Callable[[], None]) -> None:
+        """``changed`` at the start and whenever the file or its directory looks different: not
+        on every look, so a target that cannot be written (a missing directory) is retried at
+        the gates task's backoff, not at this pace, and at once when its directory appears."""
+        seen: tuple[tuple[int, int, int, int] | None, bool] | None = None
         while True:
-            changed()
+            directory = self.file.path.parent.is_dir()
+            now = (_signature(self.file.path), directory)
+            if now != seen:
+                if directory and seen is not None and not seen[1]:
+                    log.info("local config %s: its directory exists now", self)
+                seen = now
+                changed()
             await asyncio.sleep(self.interval)
 
     async def close(self) -> None:
         pass
+
+
+def _signature(path: Path) -> tuple[int, int, int, int] | None:
+    """What tells one version of a file from another (None: there is none): an atomic replace
+    changes the inode, an edit in place the size or times."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
 @dataclass(frozen=True)
@@ -242,10 +266,11 @@ def parse_target(text: str) -> Path | ConfigMapRef:
     return ConfigMapRef(namespace, name)
 
 
-def open_target(spec: Path | ConfigMapRef, *, kubeconfig: str | None = None, interval: float = 0.2) -> LocalConfigTarget:
-    """The target ``spec`` names (a ConfigMap is reached through ``kubeconfig``, None: in-cluster)."""
+def open_target(spec: Path | ConfigMapRef, *, kubeconfig: str | None = None, interval: float = 0.2, retry_max: float = 30.0) -> LocalConfigTarget:
+    """The target ``spec`` names (a ConfigMap is reached through ``kubeconfig``, None: in-cluster;
+    its watch is retried with backoff up to ``retry_max`` seconds)."""
     if isinstance(spec, ConfigMapRef):
-        return ConfigMapTarget(spec, kubeconfig=kubeconfig)
+        return ConfigMapTarget(spec, kubeconfig=kubeconfig, retry_max=retry_max)
     return FileTarget(spec, interval=interval)
 
 
@@ -260,8 +285,11 @@ class KubeError(LocalConfigError):
 class ConfigMapTarget:
     """A ConfigMap in the agent's cluster, its agreed state in the annotation :data:`SYNCED_ANNOTATION`."""
 
-    def __init__(self, ref: ConfigMapRef, *, kubeconfig: str | None = None, api: client.ApiClient | None = None, watch_seconds: int = 300) -> None:
+    def __init__(
+        self, ref: ConfigMapRef, *, kubeconfig: str | None = None, api: client.ApiClient | None = None, watch_seconds: int = 300, retry_max: float = 30.0
+    ) -> None:
         self.ref = ref
+        self.retry_max = retry_max
         self.kubeconfig = kubeconfig
         self._api = api
         self._own_api = api is None
@@ -384,7 +412,7 @@ class ConfigMapTarget:
         raise LocalConfigError(f"local config {self}: it keeps being created and deleted under the agent; not written")
 
     async def watch(self, changed: Callable[[], None]) -> None:
-        backoff = Backoff(initial=0.5, maximum=30)
+        backoff = Backoff(initial=0.5, maximum=self.retry_max)
         while True:
             try:
                 listed = await self._json("GET", self.ref.path, query=[("fieldSelector", f"metadata.name={self.ref.name}")], timeout=60)
@@ -399,6 +427,8 @@ class ConfigMapTarget:
                 if exc.status == 410:
                     continue
                 log.warning("%s; watching it again", exc)
+            except LocalConfigError as exc:  # no access to the cluster (yet): a kubeconfig being written, say
+                log.warning("%s; trying again", exc)
             except (aiohttp.ClientError, OSError, TimeoutError, ValueError) as exc:
                 log.warning("local config %s: watch: %s: %s; watching it again", self, type(exc).__name__, exc)
             await backoff.sleep()

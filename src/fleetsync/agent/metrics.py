@@ -11,9 +11,10 @@ import logging
 from collections.abc import Callable, Mapping
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from fleetsync.agent.typesync import TypeSync
+from fleetsync.processmetrics import register_process_metrics
 from fleetsync.protocol import fleetsync_pb2 as pb
 from fleetsync.web import serve
 
@@ -26,6 +27,7 @@ STATE_CONTENT_TYPE = "application/x-protobuf; messageType=fleetsync.v1.State"
 class AgentMetrics:
     def __init__(self, cluster: str) -> None:
         self.registry = CollectorRegistry()
+        register_process_metrics(self.registry)
         self._largest = 0
         labels = {"cluster": cluster}
         self.messages_sent = Counter(
@@ -67,6 +69,23 @@ class AgentMetrics:
             "fleetsync_agent_work_deletes_total", "Objects of works deleted from the cluster (work removed, retargeted or shrunk)", registry=self.registry
         )
         self.works = Gauge("fleetsync_agent_works", "Works the hub has this cluster hold", registry=self.registry)
+        # seed 004 asks for the gate sync's latency and error rates
+        self.gate_sync_seconds = Histogram(
+            "fleetsync_agent_gate_sync_seconds",
+            "Gate change propagation: direction up, from a local config change to the hub's snapshot confirming it; "
+            "down, from the hub taking a gate write to its value written to the local config (hub clock to agent clock)",
+            ["direction"],
+            buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
+            registry=self.registry,
+        )
+        self.gate_sync_errors = Counter(
+            "fleetsync_agent_gate_sync_errors_total",
+            "Gate sync failures by reason: scan (the hook could not read the local config, or store its agreed state), write (the hub's gates "
+            "could not be written to the local config), invalid_snapshot (a hub snapshot not in the hub's format), refused (the hub refused this "
+            "cluster's gate change)",
+            ["reason"],
+            registry=self.registry,
+        )
         self.info = Gauge("fleetsync_agent_info", "The cluster this agent syncs", ["cluster"], registry=self.registry)
         self.info.labels(**labels).set(1)
 
@@ -92,9 +111,12 @@ class AgentMetrics:
 
 
 class MetricsServer:
-    """``GET /metrics`` (and ``/healthz``) for one agent; with ``state``, also ``GET /v1/state``
+    """``GET /metrics``, ``/healthz`` and ``/readyz`` for one agent; with ``state``, also ``GET /v1/state``
     (pull mode): the serialized :class:`~fleetsync.protocol.fleetsync_pb2.State` it returns, to
-    requests bearing ``state_token`` when there is one."""
+    requests bearing ``state_token`` when there is one.
+
+    ``/readyz`` answers 200 when every check of ``readiness`` passes, else 503; both with a JSON
+    body: ``{"ready": ..., "checks": {NAME: {"ok": ..., "reason": ...}}}``."""
 
     def __init__(
         self,
@@ -105,8 +127,11 @@ class MetricsServer:
         port: int,
         state: Callable[[], pb.State] | None = None,
         state_token: str = "",
+        readiness: Callable[[], Mapping[str, str]] | None = None,
     ) -> None:
         self.metrics = metrics
+        #: Per check, what keeps the agent from being ready ("": nothing); None: always ready.
+        self.readiness = readiness
         self._authorization = f"Bearer {state_token}".encode() if state_token else b""
         self.syncs = syncs
         self.host = host
@@ -120,6 +145,7 @@ class MetricsServer:
         app = web.Application()
         app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/healthz", self._healthz)
+        app.router.add_get("/readyz", self._readyz)
         if self.state is not None:
             app.router.add_get("/v1/state", self._state)
         self._runner, self.port = await serve(app, self.host, self.port)
@@ -161,3 +187,9 @@ class MetricsServer:
 
     async def _healthz(self, request: web.Request) -> web.Response:
         return web.Response(text="ok")
+
+    async def _readyz(self, request: web.Request) -> web.Response:
+        problems = self.readiness() if self.readiness else {}
+        ready = not any(problems.values())
+        body = {"ready": ready, "checks": {name: {"ok": not problem, "reason": problem} for name, problem in problems.items()}}
+        return web.json_response(body, status=200 if ready else 503)

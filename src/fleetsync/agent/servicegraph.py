@@ -36,6 +36,7 @@ import orjson
 from yarl import URL
 
 from fleetsync.backoff import Backoff
+from fleetsync.errors import FleetsyncError
 from fleetsync.model.servicegraph import edge_object
 from fleetsync.model.types import SERVICE_EDGE, ResourceType
 
@@ -60,7 +61,7 @@ UNKNOWN = "unknown"
 Pair = tuple[tuple[str, str], tuple[str, str]]
 
 
-class PrometheusError(Exception):
+class PrometheusError(FleetsyncError):
     """A query that failed, or an answer that is not what a Prometheus-compatible API answers;
     ``retryable``: worth another attempt (the network, a timeout, a 5xx, a 429)."""
 

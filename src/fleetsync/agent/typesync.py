@@ -1,7 +1,10 @@
 """One type's state on the agent: the cache, the changes not yet sent, and the stream's bookkeeping.
 
 The cache holds each object as made once for the wire (stripped, hashed,
-compressed) so FULLs, digest repairs and resends never re-serialize anything.
+compressed) so FULLs, digest repairs and resends never re-serialize anything; and
+it holds it serialized (:class:`Cached`: the hash digests need, and the bytes a
+bundle takes), not as a protobuf message, which costs ~1.5 KiB more per object
+(docs/agent-memory.md).
 
 Every message this module builds stays under ``max_message_bytes``: FULLs and
 deltas are split into bundles, digests into chunks. A FULL is cut into chunks
@@ -16,7 +19,7 @@ from __future__ import annotations
 import itertools
 import time
 from collections.abc import Iterable, Iterator
-from typing import Any
+from typing import Any, NamedTuple
 
 from fleetsync.model.types import ResourceType
 from fleetsync.protocol import codec
@@ -33,10 +36,28 @@ def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
-def _wire(item: dict[str, Any]) -> tuple[str, pb.Object, int]:
-    """(key, wire object, size in a message) of a cluster object."""
+class Cached(NamedTuple):
+    """One object as the agent keeps it: its digest hash, and its ``pb.Object`` serialized."""
+
+    hash: int
+    wire: bytes
+
+    @property
+    def size(self) -> int:
+        """What it takes of a message (its bytes and their framing)."""
+        return len(self.wire) + FIELD_BYTES
+
+
+def _wire(item: dict[str, Any]) -> tuple[str, Cached]:
+    """(key, cached form) of a cluster object."""
     obj = codec.make_object(item)
-    return codec.key_of(obj.namespace, obj.name), obj, obj.ByteSize() + FIELD_BYTES
+    return codec.key_of(obj.namespace, obj.name), Cached(obj.hash, obj.SerializeToString())
+
+
+def _add_upserts(objects: Iterable[Cached], upserts: Any) -> None:
+    """Append cached objects to a bundle's ``upserts`` (each parsed once, into the bundle's own memory)."""
+    for cached in objects:
+        upserts.add().MergeFromString(cached.wire)
 
 
 class TypeSync:
@@ -59,12 +80,11 @@ class TypeSync:
         self.budget = max_message_bytes - ENVELOPE_BYTES
         self.include = namespaces or set()
         self.exclude = exclude or set()
-        self.cache: dict[str, pb.Object] = {}
-        self.sizes: dict[str, int] = {}  # key -> serialized size of the cached object
-        self.pending: dict[str, pb.Object | None] = {}
+        self.cache: dict[str, Cached] = {}
+        self.pending: dict[str, Cached | None] = {}
         self.pending_since_ms = 0
         self.oversized: dict[str, int] = {}  # key -> size of objects left out (too large for any message)
-        self._left_out: dict[str, pb.Object] = {}  # those objects, in case the hub's limit goes up again
+        self._left_out: dict[str, Cached] = {}  # those objects, in case the hub's limit goes up again
         self.listed = False
         self.list_error = ""
         self.error_reported: str | None = None  # None: not reported on this connection yet
@@ -78,15 +98,19 @@ class TypeSync:
         (a hub whose limit went up) are synced again."""
         limit = min(self.max_message_bytes, hub_max_message_bytes or self.max_message_bytes)
         self.budget = max(limit, 4 * ENVELOPE_BYTES) - ENVELOPE_BYTES
-        for key in [k for k, size in self.sizes.items() if size > self.budget]:
-            self.oversized[key] = self.sizes.pop(key)
+        for key in [k for k, cached in self.cache.items() if cached.size > self.budget]:
+            self.oversized[key] = self.cache[key].size
             self._left_out[key] = self.cache.pop(key)
             self._changed(key, None)
         for key in [k for k, size in self.oversized.items() if size <= self.budget and k in self._left_out]:
             obj = self._left_out.pop(key)
-            self.sizes[key] = self.oversized.pop(key)
+            del self.oversized[key]
             self.cache[key] = obj
             self._changed(key, obj)
+
+    def objects(self) -> list[pb.Object]:
+        """Every cached object as a message (pull mode's snapshot; the push path never needs them all at once)."""
+        return [pb.Object.FromString(cached.wire) for cached in self.cache.values()]
 
     def wanted(self, namespace: str) -> bool:
         if self.include and namespace not in self.include:
@@ -119,24 +143,22 @@ class TypeSync:
 
     def finish_list(self, listing: Listing) -> None:
         """The LIST is complete: it replaces the cache; what changed or went is pending."""
-        fresh: dict[str, pb.Object] = {}
-        sizes: dict[str, int] = {}
+        fresh: dict[str, Cached] = {}
         self.oversized.clear()
         self._left_out.clear()
-        for key, (obj, size) in listing.objects.items():
-            if size > self.budget:  # the budget is checked here: the hub's limit may have changed while listing
-                self.oversized[key] = size
+        for key, obj in listing.objects.items():
+            if obj.size > self.budget:  # the budget is checked here: the hub's limit may have changed while listing
+                self.oversized[key] = obj.size
                 self._left_out[key] = obj
             else:
                 fresh[key] = obj
-                sizes[key] = size
         for key, obj in fresh.items():
             old = self.cache.get(key)
             if old is None or old.hash != obj.hash:
                 self._changed(key, obj)
         for key in self.cache.keys() - fresh.keys():
             self._changed(key, None)
-        self.cache, self.sizes = fresh, sizes
+        self.cache = fresh
         self.listed = True
         self.list_error = ""
 
@@ -149,15 +171,13 @@ class TypeSync:
             self.oversized.pop(key, None)
             self._left_out.pop(key, None)
             if self.cache.pop(key, None) is not None:
-                del self.sizes[key]
                 self._changed(key, None)
             return
-        key, obj, size = _wire(item)
-        if size > self.budget:
-            self.oversized[key] = size
+        key, obj = _wire(item)
+        if obj.size > self.budget:
+            self.oversized[key] = obj.size
             self._left_out[key] = obj
             if self.cache.pop(key, None) is not None:  # it grew too large: the hub must not keep an old state
-                del self.sizes[key]
                 self._changed(key, None)
             return
         self.oversized.pop(key, None)
@@ -165,25 +185,21 @@ class TypeSync:
         old = self.cache.get(key)
         if old is None or old.hash != obj.hash:
             self.cache[key] = obj
-            self.sizes[key] = size
             self._changed(key, obj)
 
-    def _changed(self, key: str, obj: pb.Object | None) -> None:
+    def _changed(self, key: str, obj: Cached | None) -> None:
         if not self.pending:
             self.pending_since_ms = _now_ms()
         self.pending[key] = obj
 
     # ---- to the hub ----------------------------------------------------------------------
 
-    def _size(self, key: str, obj: pb.Object | None) -> int:
-        return self.sizes.get(key, 0) if obj is not None else len(key) + FIELD_BYTES
-
-    def _groups(self, changes: Iterable[tuple[str, pb.Object | None]]) -> Iterator[dict[str, pb.Object | None]]:
+    def _groups(self, changes: Iterable[tuple[str, Cached | None]]) -> Iterator[dict[str, Cached | None]]:
         """Consecutive groups of changes that each fit one message."""
-        group: dict[str, pb.Object | None] = {}
+        group: dict[str, Cached | None] = {}
         size = 0
         for key, obj in changes:
-            cost = self._size(key, obj)
+            cost = obj.size if obj is not None else len(key) + FIELD_BYTES
             if group and size + cost > self.budget:
                 yield group
                 group, size = {}, 0
@@ -203,14 +219,14 @@ class TypeSync:
         """The next chunk of the FULL in progress (the last one has ``last`` set)."""
         full = self.stream.full
         assert full is not None and not full.all_sent, "no FULL chunk to send"
-        objects: list[pb.Object] = []
+        objects: list[Cached] = []
         size = 0
         keys = self._full_keys
         while self._full_next < len(keys):
             key = keys[self._full_next]
             obj = self.cache.get(key)  # gone since the FULL started: leave it out (its delete is pending)
             if obj is not None:
-                cost = self.sizes[key]
+                cost = obj.size
                 if objects and size + cost > self.budget:
                     break
                 objects.append(obj)
@@ -225,10 +241,10 @@ class TypeSync:
             kind=pb.FULL,
             chunk=full.next_chunk,
             last=last,
-            upserts=objects,
             compression=pb.COMPRESSION_LZ4,
             collected_at_ms=_now_ms(),
         )
+        _add_upserts(objects, chunk.upserts)
         self.stream.full_chunk_sent(full.next_chunk, chunk, last=last)
         if last:
             self._full_keys = []
@@ -292,7 +308,7 @@ class TypeSync:
             self.pending_since_ms = 0
         return self._bundles(groups, collected_at_ms=collected)
 
-    def _bundles(self, groups: list[dict[str, pb.Object | None]], *, collected_at_ms: int) -> list[pb.Bundle]:
+    def _bundles(self, groups: list[dict[str, Cached | None]], *, collected_at_ms: int) -> list[pb.Bundle]:
         """One DELTA per group, numbered in the stream and held for resends and resumes."""
         bundles = []
         for group in groups:
@@ -303,11 +319,11 @@ class TypeSync:
                 seq=seq,
                 base_seq=base,
                 kind=pb.DELTA,
-                upserts=[o for o in group.values() if o is not None],
                 deletes=sorted(k for k, o in group.items() if o is None),
                 compression=pb.COMPRESSION_LZ4,
                 collected_at_ms=collected_at_ms,
             )
+            _add_upserts((o for o in group.values() if o is not None), bundle.upserts)
             self.stream.sent(seq, base, bundle)
             bundles.append(bundle)
         return bundles
@@ -328,12 +344,12 @@ class Listing:
 
     def __init__(self, sync: TypeSync) -> None:
         self.sync = sync
-        #: key -> (wire object, size in a message), of the wanted namespaces.
-        self.objects: dict[str, tuple[pb.Object, int]] = {}
+        #: key -> cached form, of the wanted namespaces.
+        self.objects: dict[str, Cached] = {}
 
     def add(self, items: Iterable[dict[str, Any]]) -> None:
         for item in items:
             meta = item.get("metadata") or {}
             if self.sync.wanted(meta.get("namespace", "")):
-                key, obj, size = _wire(item)
-                self.objects[key] = (obj, size)
+                key, obj = _wire(item)
+                self.objects[key] = obj

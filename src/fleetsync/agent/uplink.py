@@ -8,9 +8,10 @@ Per type, once its first LIST is done, the protocol rules plan the stream on thi
 connection: resume (resend the held deltas after the hub's position), digest, or
 FULL. Then:
 
-- **Flow control.** At most ``window`` messages per type are unacknowledged; FULL
-  chunks are acked one by one, so a 200,000-object FULL streams at the pace the hub
-  commits and never piles up in a broker's queue. Changes that do not fit wait in
+- **Flow control.** At most ``window`` messages per type are unacknowledged, and of
+  them at most ``full_chunks_in_flight`` FULL chunks; FULL chunks are acked one by one,
+  so a 200,000-object FULL streams at the pace the hub commits and never piles up in a
+  broker's queue or the agent's memory. Changes that do not fit wait in
   the type's pending map, where later changes to a key replace earlier ones.
 - **Retransmission.** What stays unacked for ``ack_timeout`` without progress is sent
   again (doubling the timeout up to 8x while nothing moves). Duplicates are harmless:
@@ -37,6 +38,7 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 from fleetsync.agent.typesync import TypeSync
+from fleetsync.errors import FleetsyncError
 from fleetsync.protocol import fleetsync_pb2 as pb
 from fleetsync.protocol.rules import Plan, Position
 from fleetsync.transport.base import TransportError
@@ -47,7 +49,7 @@ log = logging.getLogger(__name__)
 MAX_BACKOFF_FACTOR = 8
 
 
-class HubRejected(Exception):
+class HubRejected(FleetsyncError):
     """The hub refused or ended the session (``Reject`` without a type)."""
 
     def __init__(self, reject: pb.Reject) -> None:
@@ -59,7 +61,7 @@ class HubRejected(Exception):
         return pb.RejectReason.Name(self.reject.reason)  # type: ignore[arg-type]
 
 
-class ProtocolViolation(Exception):
+class ProtocolViolation(FleetsyncError):
     """The hub sent something the protocol does not allow at this point."""
 
 
@@ -72,6 +74,11 @@ class HubSilent(TransportError):
 class UplinkSettings:
     #: Unacknowledged messages allowed per type.
     window: int = 32
+    #: Of those, FULL chunks (each up to the max message size, 512 KiB): a chunk in flight is held
+    #: for resends and queued in the transport, so 32 of them were ~16 MiB twice over, most of an
+    #: agent's peak during its initial sync (docs/agent-memory.md). Acked one by one, 4 keep a hub
+    #: busy: ~1,000 Pods per round trip.
+    full_chunks_in_flight: int = 4
     #: Seconds without an ack (or a digest's answer) before resending.
     ack_timeout: float = 15.0
     #: Seconds between heartbeats when the hub's Welcome does not say.
@@ -213,9 +220,10 @@ class Uplink:
             if sync.type not in self._planned:
                 out += self._plan(sync)
         window = self.settings.window
+        full_window = min(window, self.settings.full_chunks_in_flight)
         for sync in live:
             full = sync.stream.full
-            while full is not None and not full.all_sent and sync.stream.in_flight() < window:
+            while full is not None and not full.all_sent and sync.stream.in_flight() < window and len(full.unacked) < full_window:
                 out.append(_bundle("full", sync.next_full_chunk()))
         out += self._next_digest(now)
         if changes:

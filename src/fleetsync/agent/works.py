@@ -4,14 +4,20 @@ The hub sends this cluster's works snapshot (see :mod:`fleetsync.hub.works`) on 
 whenever it changes. :class:`WorkApplier` reconciles the cluster with the latest one, in one
 task, one pass at a time:
 
+- **allow-list**: a manifest whose kind or namespace the agent's
+  :class:`~fleetsync.model.workpolicy.WorksPolicy` does not allow is neither applied nor
+  deleted (Failed, naming the rule); the rest of the work goes on;
 - **apply**: each manifest of a new or changed work is server-side applied (field manager
   ``fleetsync``, conflicts forced: the work is the authority for the fields it sets) with the
   label ``fleetsync.io/work=NAME``, in the order given (a Namespace before what goes in it);
-  an object that another work owns is not taken over (Failed, saying which work owns it);
+  an object that another work owns is not taken over (Failed, saying which work owns it),
+  nor is one that exists without the label (Failed) unless the work says ``adopt: true``:
+  it is then *adopted* (annotated ``fleetsync.io/adopted``);
 - **drift**: the objects of every kind a work uses are watched (by that label); an owned
   object deleted, or changed so that it no longer holds its manifest, is applied again;
 - **removal**: objects a work no longer lists, and every object of a work that is gone or no
-  longer targets the cluster, are deleted. What to look for comes from the hub's inventory
+  longer targets the cluster, are deleted if they carry the work's label, and handed back
+  (label and annotation removed) if the work adopted them. What to look for comes from the hub's inventory
   (what this agent reported applying), from what this process applied, and from the label
   on the watched kinds, so nothing needs to be kept on the agent's disk;
 - **status**: per manifest ``Applied``, ``Available`` (it exists and, for workloads, is
@@ -21,7 +27,9 @@ task, one pass at a time:
 
 The library's dynamic client does discovery (which resource serves a kind, whether it is
 namespaced; its cache lives in a temporary directory of this process) and the applies;
-the drift watches reuse :class:`~fleetsync.agent.kube.TypeWatcher`.
+the drift watches reuse :class:`~fleetsync.agent.kube.TypeWatcher`. If the cluster's API
+does not answer when the agent starts, discovery is retried with backoff (works wait; the
+task never dies of it).
 """
 
 from __future__ import annotations
@@ -32,7 +40,7 @@ import logging
 import shutil
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,11 +52,27 @@ from kubernetes_asyncio.client.exceptions import ApiException
 from kubernetes_asyncio.dynamic import DynamicClient
 from kubernetes_asyncio.dynamic.exceptions import ResourceNotFoundError
 
-from fleetsync.agent.kube import Pages, TypeWatcher, status_message
+from fleetsync.agent.kube import Pages, TypeWatcher, get_json, status_message
 from fleetsync.agent.metrics import AgentMetrics
 from fleetsync.aio import cancel_and_wait
+from fleetsync.backoff import Backoff
+from fleetsync.errors import FleetsyncError
 from fleetsync.model.types import ResourceType
-from fleetsync.model.works import APPLIED, AVAILABLE, FAILED, FIELD_MANAGER, WORK_LABEL, drifted, is_available, manifest_id, split_manifest_id
+from fleetsync.model.workpolicy import WorksPolicy
+from fleetsync.model.works import (
+    ADOPTED_ANNOTATION,
+    APPLIED,
+    AVAILABLE,
+    FAILED,
+    FIELD_MANAGER,
+    WORK_LABEL,
+    drifted,
+    is_available,
+    manifest_id,
+    manifest_problems,
+    name_problem,
+    split_manifest_id,
+)
 from fleetsync.protocol import fleetsync_pb2 as pb
 
 log = logging.getLogger(__name__)
@@ -68,6 +92,8 @@ class DesiredWork:
     manifests: list[dict[str, Any]]
     #: What this agent last reported for it (ids), per the hub: where leftovers may be.
     inventory: list[str] = field(default_factory=list)
+    #: The work's ``adopt``: take over objects that exist without the work label.
+    adopt: bool = False
 
 
 @dataclass
@@ -85,11 +111,22 @@ class HeldWork:
 class KindWatch:
     """The objects of one kind that carry the work label, kept current by a watch."""
 
-    def __init__(self, rtype: ResourceType, on_change: Callable[[ObjectKey, dict[str, Any] | None], None]) -> None:
+    def __init__(
+        self,
+        rtype: ResourceType,
+        on_change: Callable[[ObjectKey, dict[str, Any] | None], None],
+        applied: Callable[[], Iterable[ObjectKey]] = lambda: (),
+    ) -> None:
         self.rtype = rtype
         self.objects: dict[ObjectKey, dict[str, Any]] = {}
         self.listed = asyncio.Event()
+        #: The last failure to list or watch (``STATUS REASON``), "" once listed; ``settled``: listed, or failed once.
+        self.error = ""
+        self.settled = asyncio.Event()
         self._on_change = on_change
+        #: What the agent applied (of every kind): one of this kind a list does not hold is gone,
+        #: even if the watch never saw it (applied and deleted while the watch was down).
+        self._applied = applied
         self.task: asyncio.Task[None] | None = None
 
     def key(self, obj: dict[str, Any]) -> ObjectKey:
@@ -102,7 +139,10 @@ class KindWatch:
             listed.update((self.key(o), o) for o in items)
         before, self.objects = self.objects, listed
         self.listed.set()
-        for key in before.keys() - self.objects.keys():
+        self.error = ""
+        self.settled.set()
+        mine = {k for k in self._applied() if k[:2] == (self.rtype.api_version, self.rtype.kind)}
+        for key in (before.keys() | mine) - self.objects.keys():
             self._on_change(key, None)
         for key, obj in self.objects.items():
             self._on_change(key, obj)
@@ -117,16 +157,36 @@ class KindWatch:
             self._on_change(key, obj)
 
     async def on_error(self, rtype: ResourceType, error: str) -> None:
-        log.warning("works: watching %s: %s", rtype, error)
+        if error != self.error:  # (retried with backoff: said once, not on every try)
+            log.warning("works: watching %s: %s", rtype, error)
+        self.error = error
+        self.settled.set()
+
+    def forbidden(self) -> bool:
+        """Whether the cluster refused the list: the agent's RBAC does not let it list this kind."""
+        return not self.listed.is_set() and self.error.startswith("403 ")
 
 
 class WorkApplier:
-    def __init__(self, api: client.ApiClient, *, metrics: AgentMetrics, on_report: Callable[[], None], retry_max: float = 60.0) -> None:
+    def __init__(
+        self,
+        api: client.ApiClient,
+        *,
+        metrics: AgentMetrics,
+        on_report: Callable[[], None],
+        policy: WorksPolicy | None = None,
+        retry_max: float = 60.0,
+        kube_retry_max: float = 30.0,
+    ) -> None:
         self.api = api
         self.metrics = metrics
         self.on_report = on_report
+        #: What works may touch on this cluster (the agent's --works-allow-* flags).
+        self.policy = policy or WorksPolicy()
+        #: The longest wait between retries of failed manifests, and of the first discovery of an unreachable API.
         self.retry_max = retry_max
-        self._cache_dir = Path(tempfile.mkdtemp(prefix="fleetsync-discovery-"))
+        self.kube_retry_max = kube_retry_max
+        self._cache_dir: Path | None = None
         self._dynamic: DynamicClient | None = None
         self._chunks: list[dict[str, Any]] = []
         #: The latest complete snapshot (None until the first one arrives: nothing is removed before).
@@ -148,18 +208,32 @@ class WorkApplier:
     # ---- from the session ------------------------------------------------------------------
 
     def snapshot(self, update: pb.SpecUpdate) -> None:
-        """A works SpecUpdate (one chunk of a snapshot): once the last is in, reconcile."""
-        doc = orjson.loads(update.works_json)
+        """A works SpecUpdate (one chunk of a snapshot): once the last is in, reconcile. A snapshot
+        that does not hold valid works (whatever sent it) is ignored with a warning: the works
+        held stay as they are."""
         if update.chunk == 0:
             self._chunks = []
+        elif update.chunk != len(self._chunks):  # the chunks before it were void (or never came): so is the snapshot
+            self._chunks = []
+            return
+        try:
+            doc = orjson.loads(update.works_json)
+            if not isinstance(doc, dict):
+                raise TypeError(f"a works snapshot is an object, not {type(doc).__name__}")
+        except (ValueError, TypeError) as exc:
+            log.warning("works: a works snapshot from the hub does not parse (%s); ignored", exc)
+            self._chunks = []
+            return
         self._chunks.append(doc)
         if not update.last:
             return
-        works = [w for chunk in self._chunks for w in chunk.get("works", [])]
-        removes = [r for chunk in self._chunks for r in chunk.get("remove", [])]
-        self._chunks = []
-        self._desired = {w["name"]: DesiredWork(w["name"], int(w["generation"]), list(w["manifests"]), list(w.get("inventory") or [])) for w in works}
-        self._remove = {r["name"]: list(r.get("inventory") or []) for r in removes}
+        chunks, self._chunks = self._chunks, []
+        try:
+            desired, remove = _parse_snapshot(chunks)
+        except (KeyError, TypeError, ValueError) as exc:
+            log.warning("works: a works snapshot from the hub is not valid (%s); ignored", str(exc)[:500])
+            return
+        self._desired, self._remove = desired, remove
         self.metrics.works.set(len(self._desired))
         self._wake.set()
 
@@ -180,9 +254,13 @@ class WorkApplier:
     # ---- the loop ---------------------------------------------------------------------------
 
     async def run(self) -> None:
-        """Reconcile whenever there is a new snapshot, drift, or a retry is due; never returns."""
-        self._dynamic = await DynamicClient(self.api, cache_file=str(self._cache_dir / "discovery.json"))
+        """Reconcile whenever there is a new snapshot, drift, or a retry is due; never returns
+        (it may be started again after a failure: it starts from discovery)."""
+        self._cache_dir = Path(tempfile.mkdtemp(prefix="fleetsync-discovery-"))
         try:
+            self._dynamic = await self._discover(self._cache_dir / "discovery.json")
+            self._retry_now = True  # what failed while the API was away goes again at once
+            self._wake.set()
             while True:
                 timeout = None if self._retry_at is None else max(0.0, self._retry_at - time.monotonic())
                 try:
@@ -198,7 +276,29 @@ class WorkApplier:
                         self._schedule_retry()
         finally:
             await cancel_and_wait([k.task for k in self._kinds.values() if k.task is not None])
+            self._kinds.clear()
+            self._dynamic = None
             shutil.rmtree(self._cache_dir, ignore_errors=True)
+
+    async def _discover(self, cache_file: Path) -> DynamicClient:
+        """The dynamic client, once the cluster's API answers discovery: an API server that is
+        down when the agent starts (or a network not up yet) is waited for, with backoff up to
+        ``kube_retry_max``, and said so in the log; works are applied once it answers."""
+        backoff = Backoff(initial=0.5, maximum=self.kube_retry_max)
+        failures = 0
+        while True:
+            try:
+                found: DynamicClient = await DynamicClient(self.api, cache_file=str(cache_file))
+            except (ApiException, aiohttp.ClientError, OSError, TimeoutError) as exc:
+                failures += 1
+                delay = backoff.next_delay()
+                reason = _api_message(exc) if isinstance(exc, ApiException) else f"{type(exc).__name__}: {exc}"
+                log.warning("works: the cluster's API does not answer discovery (%s); works wait; retry %d in %.1fs", reason, failures, delay)
+                await asyncio.sleep(delay)
+                continue
+            if failures:
+                log.info("works: the cluster's API answers now (after %d failed attempts): applying works", failures)
+            return found
 
     async def reconcile(self) -> None:
         """One pass: apply what is new, changed, drifted or failed; remove what is no longer wanted; report."""
@@ -216,7 +316,8 @@ class WorkApplier:
                 before = dict(held.conditions)
                 for manifest in work.manifests:
                     if (ident := manifest_id(manifest)) in again:
-                        retry |= not await self._apply(work.name, held, manifest, cause="retry" if before[ident][0] == FAILED else "drift")
+                        cause = "retry" if before[ident][0] == FAILED else "drift"
+                        retry |= not await self._apply(work.name, held, manifest, cause=cause, adopt=work.adopt)
                 if held.conditions != before:
                     self._queue_status(work.name)
             self._refresh_availability(work.name)
@@ -240,7 +341,7 @@ class WorkApplier:
         self._held[work.name] = held
         failed = False
         for manifest in work.manifests:
-            failed |= not await self._apply(work.name, held, manifest, cause="work")
+            failed |= not await self._apply(work.name, held, manifest, cause="work", adopt=work.adopt)
         leftovers = set(work.inventory) | (set(before.bodies) if before else set())
         for ident in sorted(leftovers - set(held.bodies), reverse=True):
             failed |= not await self._delete(work.name, ident, before.keys.get(ident) if before else None)
@@ -248,23 +349,31 @@ class WorkApplier:
         self._queue_status(work.name)
         return failed
 
-    async def _apply(self, work: str, held: HeldWork, manifest: dict[str, Any], *, cause: str) -> bool:
-        """Server-side apply one manifest for ``work``; True if it applied."""
+    async def _apply(self, work: str, held: HeldWork, manifest: dict[str, Any], *, cause: str, adopt: bool) -> bool:
+        """Server-side apply one manifest for ``work``, if the allow-list lets it and the object
+        is the work's to hold (new, already the work's, or adopted on the work's say); True if it applied."""
         ident = manifest_id(manifest)
         body = copy.deepcopy(manifest)
         meta = body.setdefault("metadata", {})
         meta.setdefault("labels", {})[WORK_LABEL] = work
         held.bodies[ident] = body
         try:
-            watch = await self._watch_kind(body["apiVersion"], body["kind"])
-            if watch.rtype.namespaced and not meta.get("namespace"):
+            if problem := self.policy.kind_problem(body["apiVersion"], body["kind"]):
+                raise _Refused(problem)  # before the cluster is asked anything about it
+            resource = await self._resource(body["apiVersion"], body["kind"])
+            if not resource.namespaced:
+                meta.pop("namespace", None)
+            elif not meta.get("namespace"):
                 meta["namespace"] = "default"
+            if problem := self.policy.object_problem(
+                body["apiVersion"], body["kind"], meta.get("namespace") or "", meta["name"], namespaced=bool(resource.namespaced)
+            ):
+                raise _Refused(problem)
+            watch = await self._watch_kind(body["apiVersion"], body["kind"])
             key = held.keys[ident] = watch.key(body)  # known before the apply: a failed one still owns its object
-            owner = ((watch.objects.get(key) or {}).get("metadata") or {}).get("labels", {}).get(WORK_LABEL)
-            if owner not in (None, work):
-                raise _Refused(f"{ident} belongs to work {owner!r}; a work does not take over another's objects")
+            if await self._adopting(work, watch, key, adopt=adopt):
+                meta.setdefault("annotations", {})[ADOPTED_ANNOTATION] = work
             assert self._dynamic is not None
-            resource = await self._dynamic.resources.get(api_version=body["apiVersion"], kind=body["kind"])
             applied = _checked(
                 await self._dynamic.server_side_apply(resource, body=body, namespace=meta.get("namespace"), field_manager=FIELD_MANAGER, force_conflicts=True)
             )
@@ -280,6 +389,38 @@ class WorkApplier:
         held.conditions[ident] = _live_condition(applied)
         self.metrics.work_applies.labels("applied", cause).inc()
         return True
+
+    async def _adopting(self, work: str, watch: KindWatch, key: ObjectKey, *, adopt: bool) -> bool:
+        """Whether the object of ``key`` is (or becomes) one ``work`` adopted; _Refused if it is
+        not the work's to apply: another work's, or one fleetsync did not create (without ``adopt``).
+
+        The watch holds the labelled objects; one it does not hold is looked up, since it may
+        exist without the label (created by someone else: never taken over unasked).
+        """
+        live = watch.objects.get(key)
+        if live is None:
+            try:
+                live = await get_json(self.api, f"{watch.rtype.collection_path(key[2] or None)}/{key[3]}")
+            except ApiException as exc:
+                if exc.status != 404:
+                    raise
+                return False  # a new object: created by this apply, so the work's own
+        meta = (live or {}).get("metadata") or {}
+        owner = (meta.get("labels") or {}).get(WORK_LABEL)
+        where = f"{key[2]}/{key[3]}" if key[2] else key[3]
+        if owner is None:
+            if not adopt:
+                raise _Refused(f"{key[1]} {where} exists and was not created by fleetsync; set adopt: true in the work's spec to take it over")
+            log.info("works: %s adopts %s %s (adopt: true): it will be handed back, not deleted, when the work lets it go", work, key[1], where)
+            return True
+        if owner != work:
+            raise _Refused(f"{key[1]} {where} belongs to work {owner!r}; a work does not take over another's objects")
+        return ADOPTED_ANNOTATION in (meta.get("annotations") or {})
+
+    async def _resource(self, api_version: str, kind: str) -> Any:
+        """The cluster's resource serving a kind (discovery; ResourceNotFoundError if none does)."""
+        assert self._dynamic is not None
+        return await self._dynamic.resources.get(api_version=api_version, kind=kind)
 
     def _failed(self, work: str, held: HeldWork, ident: str, message: str, cause: str) -> bool:
         if held.conditions.get(ident) != (FAILED, message):
@@ -297,14 +438,27 @@ class WorkApplier:
             resource = await self._dynamic.resources.get(api_version=api_version, kind=kind)
             group, _, version = api_version.rpartition("/")
             rtype = ResourceType(group=group, version=version, kind=kind, plural=str(resource.name), namespaced=bool(resource.namespaced))
-            found = self._kinds[(api_version, kind)] = KindWatch(rtype, self._on_live_change)
-            watcher = TypeWatcher(self.api, rtype, on_list=found.on_list, on_event=found.on_event, on_error=found.on_error, label_selector=WORK_LABEL)
+            found = self._kinds[(api_version, kind)] = KindWatch(rtype, self._on_live_change, lambda: list(self._owners))
+            watcher = TypeWatcher(
+                self.api,
+                rtype,
+                on_list=found.on_list,
+                on_event=found.on_event,
+                on_error=found.on_error,
+                label_selector=WORK_LABEL,
+                retry_max=self.kube_retry_max,
+            )
             found.task = asyncio.create_task(watcher.run(), name=f"works-watch-{rtype.gvk}")
-        if not found.listed.is_set():
+        deadline = time.monotonic() + 10
+        while not found.listed.is_set():
+            if found.forbidden():  # (not waited for again: the watch keeps trying, and the manifest is retried with backoff)
+                raise _Refused(f"{_without_path(found.error)} (the agent's RBAC role does not let it watch this kind; see docs/security.md)")
+            found.settled.clear()
             try:
-                await asyncio.wait_for(found.listed.wait(), 10)
+                await asyncio.wait_for(found.settled.wait(), deadline - time.monotonic())
             except TimeoutError:
-                raise _Refused(f"cannot list {kind} objects of the cluster to check who owns them") from None
+                why = f": {found.error}" if found.error else ""
+                raise _Refused(f"cannot list {kind} objects of the cluster to check who owns them{why}") from None
         return found
 
     def _on_live_change(self, key: ObjectKey, obj: dict[str, Any] | None) -> None:
@@ -371,9 +525,16 @@ class WorkApplier:
         return True
 
     async def _delete(self, work: str, ident: str, key: ObjectKey | None) -> bool:
-        """Delete the object of ``ident`` if ``work`` owns it; True if it is gone (or not ours)."""
+        """Delete the object of ``ident`` if ``work`` owns it; True if it is gone (or not ours).
+        An object the allow-list does not let works touch is left as it is: the agent never
+        deletes (nor even looks for) what it would not apply."""
         api_version, kind, namespace, name = split_manifest_id(ident)
+        if self.policy.kind_problem(api_version, kind):
+            return True
         try:
+            resource = await self._resource(api_version, kind)
+            if self.policy.object_problem(api_version, kind, namespace or "default", name, namespaced=bool(resource.namespaced)):
+                return True
             watch = await self._watch_kind(api_version, kind)
         except ResourceNotFoundError:
             return True  # the kind is not served (any more): there is nothing of it to delete
@@ -388,26 +549,39 @@ class WorkApplier:
         return await self._delete_key(work, watch, key)
 
     async def _delete_key(self, work: str, watch: KindWatch, key: ObjectKey) -> bool:
+        """Let ``work``'s object go: deleted if the work created it, handed back if it adopted it
+        (its label and annotation removed, the object kept); not touched if it is not the work's."""
         live = watch.objects.get(key)
-        if live is None or ((live.get("metadata") or {}).get("labels") or {}).get(WORK_LABEL) != work:
+        meta = (live or {}).get("metadata") or {}
+        if live is None or (meta.get("labels") or {}).get(WORK_LABEL) != work:
             self._owners.pop(key, None)
             return True
+        adopted = ADOPTED_ANNOTATION in (meta.get("annotations") or {})
+        if self.policy.object_problem(key[0], key[1], key[2], key[3], namespaced=watch.rtype.namespaced):
+            return True  # (the sweep's find) outside the allow-list: not the agent's to touch
         assert self._dynamic is not None
         try:
             resource = await self._dynamic.resources.get(api_version=key[0], kind=key[1])
-            _checked(await self._dynamic.delete(resource, name=key[3], namespace=key[2] or None))
+            if adopted:
+                release = {"metadata": {"labels": {WORK_LABEL: None}, "annotations": {ADOPTED_ANNOTATION: None}}}
+                _checked(await self._dynamic.patch(resource, body=release, name=key[3], namespace=key[2] or None, content_type="application/merge-patch+json"))
+            else:
+                _checked(await self._dynamic.delete(resource, name=key[3], namespace=key[2] or None))
         except ApiException as exc:
             if exc.status != 404:
-                log.warning("works: deleting %s/%s of %s: %s", key[1], key[3], work, _api_message(exc))
+                log.warning("works: %s %s/%s of %s: %s", "handing back" if adopted else "deleting", key[1], key[3], work, _api_message(exc))
                 return False
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-            log.warning("works: deleting %s/%s of %s: %s", key[1], key[3], work, exc)
+            log.warning("works: %s %s/%s of %s: %s", "handing back" if adopted else "deleting", key[1], key[3], work, exc)
             return False
         self._owners.pop(key, None)
         watch.objects.pop(key, None)
         self._object_gone()
-        self.metrics.work_deletes.inc()
-        log.info("works: deleted %s %s/%s of %s", key[1], key[2], key[3], work)
+        if adopted:
+            log.info("works: handed back %s %s/%s, which %s adopted (label and annotation removed; the object is kept)", key[1], key[2], key[3], work)
+        else:
+            self.metrics.work_deletes.inc()
+            log.info("works: deleted %s %s/%s of %s", key[1], key[2], key[3], work)
         return True
 
     async def _sweep(self) -> bool:
@@ -444,8 +618,36 @@ class WorkApplier:
         self._retry_delay = min(self._retry_delay * 2, self.retry_max)
 
 
-class _Refused(Exception):
-    """A manifest this agent will not apply (its object belongs to another work, or the kind cannot be listed)."""
+class _Refused(FleetsyncError):
+    """A manifest this agent will not apply: outside its allow-list, an object that is another
+    work's or that fleetsync did not create (without ``adopt``), or a kind it cannot list."""
+
+
+def _parse_snapshot(chunks: list[dict[str, Any]]) -> tuple[dict[str, DesiredWork], dict[str, list[str]]]:
+    """The works and removals of a complete snapshot; KeyError, TypeError or ValueError if it is not valid."""
+    desired: dict[str, DesiredWork] = {}
+    for w in (w for chunk in chunks for w in chunk.get("works") or []):
+        if problem := name_problem(w["name"]):
+            raise ValueError(problem)
+        if causes := manifest_problems(w["manifests"]):
+            raise ValueError(f"work {w['name']}: " + "; ".join(f"{f}: {m}" for f, m in causes))
+        inventory = _inventory(w.get("inventory"))
+        desired[w["name"]] = DesiredWork(w["name"], int(w["generation"]), list(w["manifests"]), inventory, w.get("adopt") is True)
+    remove: dict[str, list[str]] = {}
+    for r in (r for chunk in chunks for r in chunk.get("remove") or []):
+        if problem := name_problem(r["name"]):
+            raise ValueError(problem)
+        remove[r["name"]] = _inventory(r.get("inventory"))
+    return desired, remove
+
+
+def _inventory(value: Any) -> list[str]:
+    """Manifest ids (``apiVersion/Kind/namespace/name``); ValueError for one that is not."""
+    ids = [str(i) for i in value or []]
+    for ident in ids:
+        if len(ident.split("/")) not in (4, 5) or not all(split_manifest_id(ident)[k] for k in (0, 1, 3)):
+            raise ValueError(f"{ident[:200]!r} is not a manifest id")
+    return ids
 
 
 def _checked(answer: Any) -> dict[str, Any]:
@@ -466,6 +668,13 @@ def _live_condition(obj: dict[str, Any]) -> Condition:
 def _content(body: dict[str, Any]) -> dict[str, Any]:
     """What of an applied body a live object must hold (list items may lack apiVersion and kind)."""
     return {k: v for k, v in body.items() if k not in ("apiVersion", "kind")}
+
+
+def _without_path(error: str) -> str:
+    """``403 deployments.apps is forbidden: ...`` of a watch's ``403 /apis/apps/v1/deployments: deployments.apps is forbidden: ...``."""
+    status, _, rest = error.partition(" ")
+    path, sep, message = rest.partition(": ")
+    return f"{status} {message}" if sep and path.startswith("/") else error
 
 
 def _api_message(exc: ApiException) -> str:

@@ -6,7 +6,10 @@ carry a token like any other client's) carries
 ``Authorization: Bearer TOKEN`` (``kubectl --token``, ``fleetsync --token`` or
 ``FLEETSYNC_TOKEN``). A token's role decides what it may do:
 
-- ``read``: every read (GET, including lists and watches);
+- ``read``: every read (GET, including lists and watches); a read token created with a
+  scope (``--clusters``, ``--cluster-selector``, ``--namespaces``, ``--types``) reads only
+  what is in it, and only through the routes in :data:`SCOPE_AWARE_ROUTES`, which narrow
+  their answers to it (``api/scope.py``); every other route is 403 for it;
 - ``admin``: everything (also resyncs, and later gates and works);
 - ``agent``: nothing here. An agent token writes its own cluster through the agent
   protocol only; it reads nothing, so a leaked agent token exposes no other cluster.
@@ -37,6 +40,33 @@ DASHBOARD_ASSETS = "/ui/"
 READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 #: The request key under which handlers find the caller's TokenRecord.
 CALLER = "fleetsync.caller"
+
+#: The routes (aiohttp's canonical patterns) that apply a scoped read token's scope
+#: (``api/scope.py``); a scoped token is refused every other one, so that a route added later
+#: is closed to it until it applies the scope too.
+SCOPE_AWARE_ROUTES = frozenset(
+    {
+        "/api/v1/clusters",
+        "/api/v1/clusters/{cluster}/labels",
+        "/api/v1/servicegraph",
+        # fleetsync's own events (api/events.py) and the fleetsync.io group's discovery
+        "/apis/fleetsync.io/v1/fleetsyncevents",
+        "/clusters/{cluster}/apis/fleetsync.io/v1/fleetsyncevents",
+        "/apis/fleetsync.io",
+        "/apis/fleetsync.io/v1",
+        "/clusters/{cluster}/apis/fleetsync.io",
+        "/clusters/{cluster}/apis/fleetsync.io/v1",
+        # the Cluster resource (api/clusters.py; deleting one needs an admin token anyway)
+        "/apis/fleetsync.io/v1/clusters",
+        "/apis/fleetsync.io/v1/clusters/{name}",
+        "/clusters/{cluster}/{tail}",
+        "/version",
+        "/api",
+        "/apis",
+        "/api/{tail}",
+        "/apis/{tail}",
+    }
+)
 
 _HOW_TO = "send `Authorization: Bearer TOKEN` (kubectl --token, fleetsync --token or FLEETSYNC_TOKEN); an admin creates one with `fleetsync token create NAME --role read`"
 
@@ -96,6 +126,11 @@ def middleware(authenticator: Authenticator) -> Middleware:
         if not public(request.method, request.path):
             caller = await authenticator.caller(request.headers.get("Authorization"))
             authorize(caller, request.method, request.path)
+            resource = request.match_info.route.resource
+            if caller.role == "read" and caller.scope is not None and resource is not None and resource.canonical not in SCOPE_AWARE_ROUTES:
+                raise ApiError.forbidden(
+                    f'token "{caller.name}" is scoped (to part of the fleet): {request.path} is not filtered by a scope, so it needs a read token without one'
+                )
             request[CALLER] = caller
         return await handler(request)
 

@@ -4,9 +4,10 @@ It is built from the :class:`~fleetsync.model.types.TypeRegistry` the hub serves
 Kubernetes-style paths it lists are exactly the types the hub knows:
 
 - the fleetsync endpoints: ``/healthz``, ``/livez``, ``/readyz``, ``/metrics``, ``/api/v1/clusters``,
-  ``POST /api/v1/clusters/{cluster}/resync``, ``/api/v1/events`` and ``/api/v1/servicegraph`` (the
+  ``POST /api/v1/clusters/{cluster}/resync``, ``/apis/fleetsync.io/v1/fleetsyncevents``, ``/apis/fleetsync.io/v1/clusters`` and ``/api/v1/servicegraph`` (the
   mesh's service graph, merged across clusters);
 - ``/api/v1/settings`` and ``/api/v1/settings/{key}``: the hub's runtime settings, to list, set and unset;
+- ``/api/v1/clusters/{cluster}/labels``: the labels an admin sets on a cluster (placement and ``clusterSelector``);
 - ``/api/v1/works`` and ``/api/v1/works/{name}``: works (manifests for the clusters a placement
   picks) to list, create, read, replace and delete, each with its status per cluster; bodies
   are JSON or YAML (``Content-Type: application/yaml``);
@@ -23,7 +24,7 @@ agents' own), and exact where the hub builds the answer itself (the ``Status`` o
 error, the fleetsync resources and works). A work's request body is described as exactly as
 a JSON schema can say what :func:`~fleetsync.model.works.parse_work` takes (what it cannot say,
 such as the size limits or a manifest given twice, the schemas' descriptions do). A watch (``watch=true``) answers ``application/json`` too,
-but as a stream of JSON objects, one per line (``WatchEvent``s; the events of ``/api/v1/events``),
+but as a stream of JSON objects, one per line (``WatchEvent``s; the events of ``/apis/fleetsync.io/v1/fleetsyncevents``),
 which a single JSON schema cannot describe; the operations' descriptions say so.
 
 Everything but ``/healthz``, ``/livez``, ``/readyz`` and this document takes a bearer token
@@ -39,6 +40,7 @@ from fleetsync.api.servicegraph import PATH as SERVICE_GRAPH_PATH
 from fleetsync.api.settings import PREFIX as SETTINGS_PREFIX
 from fleetsync.api.settings import SETTINGS
 from fleetsync.hub.events import REASONS
+from fleetsync.model.clusterlabels import MAX_LABELS
 from fleetsync.model.gates import GATE_KEY, MAX_KEY_LENGTH
 from fleetsync.model.names import CLUSTER_NAME_PATTERN
 from fleetsync.model.servicegraph import QUANTILES
@@ -179,7 +181,16 @@ def _cluster() -> Schema:
             "hub": _STRING,
             "connectedAt": {"type": "number"},
             "lastHeartbeat": {"type": "number"},
-            "metadata": {"type": "object", "additionalProperties": {"type": "string"}},
+            "labels": {
+                "type": "object",
+                "additionalProperties": {"type": "string"},
+                "description": "Set by an admin (`fleetsync clusters label`): what works' placement and `clusterSelector` match.",
+            },
+            "metadata": {
+                "type": "object",
+                "additionalProperties": {"type": "string"},
+                "description": "As the cluster's agent reported it (its `--label`s): shown, never trusted for placement.",
+            },
             "objects": counts,
             "types": {"type": "array", "items": {"type": "string"}},
             "errors": {"type": "object", "additionalProperties": {"type": "string"}},
@@ -237,8 +248,11 @@ def _cluster() -> Schema:
 def _event() -> Schema:
     return {
         "type": "object",
-        "required": ["id", "time", "cluster", "reason", "message"],
+        "required": ["apiVersion", "kind", "metadata", "id", "time", "cluster", "reason", "message"],
         "properties": {
+            "apiVersion": {"type": "string", "enum": ["fleetsync.io/v1"]},
+            "kind": {"type": "string", "enum": ["FleetsyncEvent"]},
+            "metadata": {"type": "object", "properties": {"name": _STRING, "creationTimestamp": _STRING}},
             "id": {"type": "integer"},
             "time": {"type": "number"},
             "cluster": {"type": "string"},
@@ -246,6 +260,36 @@ def _event() -> Schema:
             "type": _STRING,
             "message": _STRING,
             "hub": _STRING,
+        },
+    }
+
+
+def _cluster_object() -> Schema:
+    """A ``fleetsync.io/v1`` Cluster (``model/clusters.py``)."""
+    condition = {
+        "type": "object",
+        "required": ["type", "status", "reason"],
+        "properties": {"type": _STRING, "status": {"type": "string", "enum": ["True", "False", "Unknown"]}, "reason": _STRING, "message": _STRING},
+    }
+    return {
+        "type": "object",
+        "required": ["apiVersion", "kind", "metadata", "status"],
+        "properties": {
+            "apiVersion": {"type": "string", "enum": ["fleetsync.io/v1"]},
+            "kind": {"type": "string", "enum": ["Cluster"]},
+            "metadata": {"type": "object", "required": ["name"], "properties": {"name": _STRING, "labels": {"type": "object"}}},
+            "status": {
+                "type": "object",
+                "required": ["phase", "connected", "conditions"],
+                "properties": {
+                    "phase": {"type": "string", "enum": ["never", "active", "inactive"]},
+                    "connected": {"type": "boolean"},
+                    "kubernetesVersion": {"type": "string", "nullable": True},
+                    "nodeCount": {"type": "integer", "nullable": True},
+                    "syncLagSeconds": {"type": "number", "nullable": True},
+                    "conditions": {"type": "array", "items": condition},
+                },
+            },
         },
     }
 
@@ -277,8 +321,10 @@ def _schemas() -> dict[str, Schema]:
         "WatchEvent": _watch_event(),
         "Cluster": _cluster(),
         "ClusterList": _fleetsync_list("ClusterList", _ref("schemas", "Cluster")),
-        "Event": _event(),
-        "EventList": _fleetsync_list("EventList", _ref("schemas", "Event")),
+        "FleetsyncEvent": _event(),
+        "FleetsyncEventList": _fleetsync_list("FleetsyncEventList", _ref("schemas", "FleetsyncEvent")),
+        "ClusterObject": _cluster_object(),
+        "ClusterObjectList": _fleetsync_list("ClusterList", _ref("schemas", "ClusterObject")),
         "ResyncRequest": _resync_request(),
         "Version": _loose("major", "minor", "gitVersion"),
         "APIVersions": _loose("kind", "versions"),
@@ -309,12 +355,18 @@ def _parameters() -> dict[str, Schema]:
         "limit": _query("limit", _COUNT, "At most this many items (0: all); `metadata.continue` then names the next page."),
         "continue": _query("continue", _STRING, "The `metadata.continue` of the previous page."),
         "resourceVersion": _query(
-            "resourceVersion", _STRING, "For a watch: the hub revision to follow from (`0` or empty: the current state first, as ADDED events)."
+            "resourceVersion",
+            {"type": "string", "pattern": "^[0-9]{0,19}$"},
+            "For a watch: the hub revision to follow from (`0` or empty: the current state first, as ADDED events); anything but a revision is a 400.",
         ),
         "watch": _query("watch", _BOOLEAN, "Stream changes (one WatchEvent per line) instead of listing."),
         "allowWatchBookmarks": _query("allowWatchBookmarks", _BOOLEAN, "A watch also gets BOOKMARK events while idle."),
         "timeoutSeconds": _query("timeoutSeconds", _COUNT, "A watch ends after this many seconds (0: the default, 1800)."),
-        "clusterSelector": _query("clusterSelector", _STRING, "Only clusters whose labels (their agents' `--label`s) match, e.g. `region=eu`."),
+        "clusterSelector": _query(
+            "clusterSelector",
+            _STRING,
+            "Only clusters whose labels (set by an admin: `fleetsync clusters label`; never an agent's own `--label`s) match, e.g. `region=eu`.",
+        ),
     }
 
 
@@ -415,12 +467,15 @@ def _fleetsync_paths() -> dict[str, Schema]:
                 ],
             )
         },
-        "/api/v1/events": {
+        "/apis/fleetsync.io/v1/fleetsyncevents": {
             "get": _operation(
-                "listEvents",
-                "Cluster events, oldest first; with `watch=true`, a stream of new ones (one Event per line) from every replica.",
+                "listFleetsyncEvents",
+                "fleetsync's events, oldest first; with `watch=true`, a stream of new ones (one FleetsyncEvent per line) from every replica.",
                 "fleetsync",
-                {"200": _json("Events (or, with `watch=true`, a stream of Event objects, one per line).", _ref("schemas", "EventList")), **_errors(400)},
+                {
+                    "200": _json("Events (or, with `watch=true`, a stream of FleetsyncEvent objects, one per line).", _ref("schemas", "FleetsyncEventList")),
+                    **_errors(400),
+                },
                 [
                     _query("cluster", _STRING, "Only this cluster's events (empty: any)."),
                     _query("reason", {"type": "string", "enum": list(REASONS)}, "Only events of this reason."),
@@ -429,6 +484,49 @@ def _fleetsync_paths() -> dict[str, Schema]:
                     *_params("watch", "timeoutSeconds"),
                 ],
             )
+        },
+        "/clusters/{cluster}/apis/fleetsync.io/v1/fleetsyncevents": {
+            "get": _operation(
+                "listClusterFleetsyncEvents",
+                "One cluster's fleetsync events, oldest first; with `watch=true`, a stream of new ones (one FleetsyncEvent per line) from every replica.",
+                "fleetsync",
+                {
+                    "200": _json("Events (or, with `watch=true`, a stream of FleetsyncEvent objects, one per line).", _ref("schemas", "FleetsyncEventList")),
+                    **_errors(400, 404),
+                },
+                [
+                    *_params("cluster"),
+                    _query("reason", {"type": "string", "enum": list(REASONS)}, "Only events of this reason."),
+                    _query("since", _COUNT, "Only events after this id."),
+                    _query("limit", {"type": "integer", "minimum": 1, "maximum": 10_000, "default": 100}, "At most this many events."),
+                    *_params("watch", "timeoutSeconds"),
+                ],
+            )
+        },
+        "/apis/fleetsync.io/v1/clusters": {
+            "get": _operation(
+                "listClusterObjects",
+                "Every cluster as a Cluster object (a Table for kubectl): status, agent, heartbeat, sync lag, version, nodes, labels, conditions.",
+                "fleetsync",
+                {"200": _json("Clusters.", _ref("schemas", "ClusterObjectList")), **_errors()},
+            )
+        },
+        "/apis/fleetsync.io/v1/clusters/{name}": {
+            "get": _operation(
+                "readClusterObject",
+                "One cluster as a Cluster object.",
+                "fleetsync",
+                {"200": _json("The cluster.", _ref("schemas", "ClusterObject")), **_errors(400, 404)},
+                [_path("name", {"type": "string", "pattern": CLUSTER_NAME_PATTERN}, "A cluster's name.")],
+            ),
+            "delete": _operation(
+                "deleteCluster",
+                "Delete the cluster (admin): revoke its agent tokens, remove its objects through the change log, its lease, streams, labels, "
+                "work statuses and refresh target; its agent is disconnected. Records a ClusterDeleted event.",
+                "fleetsync",
+                {"200": _json("Deleted.", _ref("schemas", "Status")), **_errors(400, 404)},
+                [_path("name", {"type": "string", "pattern": CLUSTER_NAME_PATTERN}, "A cluster's name.")],
+            ),
         },
     }
 
@@ -536,6 +634,11 @@ def _gate_paths() -> dict[str, Schema]:
 
     key = _path("key", {"type": "string", "pattern": GATE_KEY.pattern, "maxLength": MAX_KEY_LENGTH}, "The gate's key, e.g. `feature.storage.ceph`.")
     gate, tag = _ref("schemas", "Gate"), "feature gates"
+    changes = {"type": "array", "items": _ref("schemas", "GateChange")}
+    history = [
+        _query("cluster", _STRING, "Only this cluster's own changes (empty: only the fleet's gate writes)."),
+        _query("limit", {"type": "integer", "minimum": 1, "maximum": 1000}, "The newest this many entries (default 100)."),
+    ]
 
     def body(schema_name: str) -> Schema:
         return {"required": True, "content": {JSON: {"schema": _ref("schemas", schema_name)}}}
@@ -559,11 +662,29 @@ def _gate_paths() -> dict[str, Schema]:
             },
             "delete": _operation("deleteFeatureGate", "Unset a gate (agents unset it too).", tag, {"200": ok("The gate as it was.", gate), **errors(404, 422)}),
         },
+        "/1.0/feature-gates/{key}/clusters": {
+            "parameters": [key],
+            "get": _operation(
+                "readFeatureGateClusters",
+                "What each cluster's local config holds of the gate (seed 004's what's set where).",
+                tag,
+                {"200": ok("The fleet's value and each cluster's.", _ref("schemas", "GateWhere")), **errors(422)},
+            ),
+        },
+        "/1.0/feature-gates/{key}/history": {
+            "parameters": [key, *history],
+            "get": _operation("readFeatureGateHistory", "The gate's history, newest first.", tag, {"200": ok("The entries.", changes), **errors(400, 422)}),
+        },
+        "/1.0/feature-gate-history": {
+            "parameters": history,
+            "get": _operation("listFeatureGateHistory", "Every gate's history, newest first.", tag, {"200": ok("The entries.", changes), **errors(400)}),
+        },
     }
 
 
 def _gate_schemas() -> dict[str, Schema]:
     key = {"type": "string", "pattern": GATE_KEY.pattern, "maxLength": MAX_KEY_LENGTH}
+    value = {"type": "string", "enum": ["true", "false", "unset"]}
     return {
         "Gate": {
             "type": "object",
@@ -587,6 +708,50 @@ def _gate_schemas() -> dict[str, Schema]:
             "required": ["enabled"],
             "additionalProperties": False,
             "properties": {"gate-key": key, "enabled": {"type": "boolean"}},
+        },
+        "GateChange": {
+            "type": "object",
+            "required": ["id", "gate-key", "cluster", "old", "new", "by", "at", "revision"],
+            "properties": {
+                "id": {"type": "integer"},
+                "gate-key": key,
+                "cluster": {"type": "string", "description": "Empty: a write of the fleet's gate; else that cluster's own value changed."},
+                "old": value,
+                "new": value,
+                "by": _STRING,
+                "at": {"type": "number"},
+                "revision": {"type": "integer"},
+            },
+        },
+        "GateWhere": {
+            "type": "object",
+            "required": ["gate-key", "fleet", "revision", "deployment-type", "clusters"],
+            "properties": {
+                "gate-key": key,
+                "fleet": value,
+                "revision": {"type": "integer"},
+                "deployment-type": {"type": "string", "enum": ["local", "maas"]},
+                "clusters": {
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "required": ["cluster", "value", "source", "in-sync", "applied-revision", "reported"],
+                        "properties": {
+                            "cluster": _STRING,
+                            "value": {"type": "string", "enum": ["true", "false", "unset", "unknown"]},
+                            "source": {"type": "string", "enum": ["fleet", "pending", "local", "unreported"]},
+                            "in-sync": {"type": "boolean"},
+                            "applied-revision": {"type": "integer", "nullable": True},
+                            "reported": {
+                                "type": "object",
+                                "nullable": True,
+                                "required": ["value", "at"],
+                                "properties": {"value": value, "at": {"type": "number"}},
+                            },
+                        },
+                    },
+                },
+            },
         },
         "GateError": {
             "type": "object",
@@ -660,6 +825,12 @@ def _work_spec(*, request: bool) -> Schema:
                 "maxItems": MAX_MANIFESTS,
                 "items": _ref("schemas", "Manifest"),
                 "description": f"At most {MAX_WORK_BYTES} bytes as JSON in all.",
+            },
+            "adopt": {
+                "type": "boolean",
+                **({"nullable": True} if request else {}),
+                "description": "Take over objects that exist in a cluster without fleetsync's label (they are handed back, not deleted, "
+                "when the work lets them go); false or absent: such a manifest is Failed and the object left alone.",
             },
         },
     }
@@ -983,6 +1154,56 @@ def _settings_paths() -> dict[str, Schema]:
     }
 
 
+# ---- cluster labels -------------------------------------------------------------------------------
+
+
+def _cluster_label_schemas() -> dict[str, Schema]:
+    labels: Schema = {"type": "object", "additionalProperties": {"type": "string"}}
+    return {
+        "ClusterLabels": {
+            "type": "object",
+            "required": ["cluster", "labels"],
+            "properties": {
+                "cluster": _STRING,
+                "labels": {**labels, "description": "Set by an admin: what placement and `clusterSelector` match."},
+                "reported": {**labels, "description": "The metadata the cluster's agent reported (GET only): shown, never trusted."},
+            },
+        },
+        "ClusterLabelsPatch": {
+            "type": "object",
+            "description": f"A JSON merge patch of the labels: a string sets a label, null removes it (at most {MAX_LABELS} labels a cluster).",
+            "required": ["labels"],
+            "additionalProperties": False,
+            "properties": {"labels": {"type": "object", "additionalProperties": {"type": "string", "nullable": True}}},
+        },
+    }
+
+
+def _cluster_label_paths() -> dict[str, Schema]:
+    """Reading takes role read, changing role admin (both: the 403 of the shared responses)."""
+    answer = _json("The cluster's labels.", _ref("schemas", "ClusterLabels"))
+    return {
+        "/api/v1/clusters/{cluster}/labels": {
+            "parameters": _params("cluster"),
+            "get": _operation(
+                "readClusterLabels",
+                "The labels an admin set on the cluster, and the metadata its agent reported.",
+                "fleetsync",
+                {"200": answer, **_errors(400, 404)},
+            ),
+            "patch": {
+                **_operation(
+                    "patchClusterLabels",
+                    "Set and remove labels of a cluster (it need not have connected yet); its agent gets the works they select at once.",
+                    "fleetsync",
+                    {"200": answer, **_errors(400, 413, 422)},
+                ),
+                "requestBody": {"required": True, "content": {JSON: {"schema": _ref("schemas", "ClusterLabelsPatch")}}},
+            },
+        }
+    }
+
+
 # ---- the document ----------------------------------------------------------------------------
 
 
@@ -993,6 +1214,7 @@ def document(registry: TypeRegistry) -> dict[str, Any]:
     paths.update(_work_paths())
     paths.update(_service_graph_paths())
     paths.update(_settings_paths())
+    paths.update(_cluster_label_paths())
     paths.update(_discovery_paths(registry, "", "fleet reads", "fleet"))
     paths.update(_discovery_paths(registry, "/clusters/{cluster}", "cluster reads", "cluster"))
     for rtype in registry:
@@ -1018,7 +1240,7 @@ def document(registry: TypeRegistry) -> dict[str, Any]:
         "paths": paths,
         "components": {
             "securitySchemes": {"bearerAuth": {"type": "http", "scheme": "bearer", "description": "`Authorization: Bearer TOKEN`."}},
-            "schemas": _schemas() | _gate_schemas() | _work_schemas() | _service_graph_schemas() | _settings_schemas(),
+            "schemas": _schemas() | _gate_schemas() | _work_schemas() | _service_graph_schemas() | _settings_schemas() | _cluster_label_schemas(),
             "parameters": _parameters(),
             "responses": {str(code): _json(text, _ref("schemas", "Status"), _CHALLENGE if code == 401 else None) for code, text in _ERROR_DESCRIPTIONS.items()},
         },

@@ -11,15 +11,21 @@ one leaving it as DELETED, and changes to objects outside it not at all. A fleet
 watch with a cluster selector follows the clusters' labels: a cluster that joins the
 fleet later is in it if its labels match, and one whose labels change so that it enters
 or leaves the selection ends the watch with 410 (list again), since what the client holds
-of that cluster no longer matches what the watch would send.
+of that cluster no longer matches what the watch would send. A scoped read token's watch
+follows its clusters the same way (a cluster labelled into or out of its scope ends the
+watch with 410, and the relist shows it or is refused), and checks each change's namespace
+against a precompiled set. An object whose stored body is not a JSON object is left out of
+lists and watches (with a warning in the hub's log, once per state of it): one bad row must
+not end every reader's stream.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Mapping
 from typing import Any
 
 import orjson
@@ -27,11 +33,16 @@ from aiohttp import web
 
 from fleetsync.hub.clusterlabels import ClusterLabels
 from fleetsync.hub.feed import ChangeFeed, Gone
-from fleetsync.model.objects import CLUSTER_LABEL, CLUSTER_VERSION_ANNOTATION, selectable_fields
+from fleetsync.model.objects import CLUSTER_LABEL, CLUSTER_VERSION_ANNOTATION
+from fleetsync.model.scope import Scope
+from fleetsync.model.selection import ObjectSelection
 from fleetsync.model.selectors import FieldSelector, LabelSelector
+from fleetsync.model.status import status_body
 from fleetsync.model.types import ResourceType
-from fleetsync.protocol.codec import body_json
+from fleetsync.protocol.bodies import UnreadableBody, stored_object
 from fleetsync.store.contract import Change, ObjectRecord, Store
+
+log = logging.getLogger(__name__)
 
 #: Seconds between BOOKMARK events of an idle watch that asked for them.
 BOOKMARK_INTERVAL = 5.0
@@ -39,18 +50,6 @@ BOOKMARK_INTERVAL = 5.0
 WRITE_CHUNK = 256 * 1024
 #: A watch ends after this long unless ``timeoutSeconds`` says otherwise (clients reconnect).
 DEFAULT_TIMEOUT = 1800.0
-
-
-def cluster_labels(record: ObjectRecord) -> dict[str, str]:
-    """The object's labels as a fleet-wide read shows them (with its cluster's)."""
-    return {**record.labels, CLUSTER_LABEL: record.cluster}
-
-
-def store_filter(labels: LabelSelector, *, fleet: bool) -> tuple[dict[str, str], str | None]:
-    """What of a label selector the store can filter by: its equalities on stored labels, and
-    for a fleet-wide read the one cluster that ``fleetsync.io/cluster=C`` leaves (or None)."""
-    equal = labels.equalities()
-    return equal, equal.pop(CLUSTER_LABEL, None) if fleet else None
 
 
 def with_cluster_label(obj: dict[str, Any], cluster: str) -> dict[str, Any]:
@@ -61,8 +60,9 @@ def with_cluster_label(obj: dict[str, Any], cluster: str) -> dict[str, Any]:
 
 def with_revision(record: ObjectRecord, rev: int | None = None, *, fleet: bool = False) -> dict[str, Any]:
     """The stored object with the hub revision as its ``metadata.resourceVersion``, the cluster's
-    in an annotation (and, for a fleet-wide read, its cluster's label)."""
-    obj: dict[str, Any] = orjson.loads(body_json(record.body, record.compression))
+    in an annotation (and, for a fleet-wide read, its cluster's label); :class:`UnreadableBody`
+    if its stored body is not a JSON object."""
+    obj = stored_object(record.body, record.compression)
     meta = obj.setdefault("metadata", {})
     meta["resourceVersion"] = str(rev if rev is not None else record.rev)
     if record.resource_version:
@@ -78,22 +78,45 @@ class RenderedObjects:
     it changes again: a hundred watchers of one change, or a poller listing a cluster ten
     times a second, decompress, parse, annotate and serialise it once. Keyed by (revision,
     fleet-wide or not); the least recently used are dropped beyond ``budget`` bytes.
+
+    A state whose stored body is not a JSON object renders as None, which every read skips;
+    the warning is logged when it is first met and remembered (the last ``UNREADABLE_KEPT``
+    of them), so a poller does not write one to the log on every read.
     """
+
+    UNREADABLE_KEPT = 10_000
 
     def __init__(self, budget: int = 64 * 1024 * 1024) -> None:
         self.budget = budget
         self.size = 0
         self._cache: OrderedDict[tuple[int, bool], bytes] = OrderedDict()
+        self._unreadable: OrderedDict[int, None] = OrderedDict()  # revisions of states that are not JSON objects
 
-    def get(self, record: ObjectRecord, rev: int | None = None, *, fleet: bool) -> bytes:
+    def get(self, record: ObjectRecord, rev: int | None = None, *, fleet: bool) -> bytes | None:
         """The JSON of ``record`` (its state at ``rev``, default its last change) as reads show it;
-        raises :class:`CodecError` if the stored body cannot be read."""
+        None (and a warning, once) if its stored body is not a JSON object."""
         key = (rev if rev is not None else record.rev, fleet)
         found = self._cache.get(key)
         if found is not None:
             self._cache.move_to_end(key)
             return found
-        found = self._cache[key] = orjson.dumps(with_revision(record, key[0], fleet=fleet))
+        if key[0] in self._unreadable:
+            return None
+        try:
+            found = self._cache[key] = orjson.dumps(with_revision(record, key[0], fleet=fleet))
+        except UnreadableBody as exc:
+            self._unreadable[key[0]] = None
+            if len(self._unreadable) > self.UNREADABLE_KEPT:
+                self._unreadable.popitem(last=False)
+            log.warning(
+                "cluster %s: the stored body of %s %s (revision %d) is %s; reads leave it out until its agent sends it again",
+                record.cluster,
+                record.type,
+                record.key,
+                key[0],
+                exc,
+            )
+            return None
         self.size += len(found)
         while self.size > self.budget and self._cache:
             self.size -= len(self._cache.popitem(last=False)[1])
@@ -101,7 +124,8 @@ class RenderedObjects:
 
 
 class ClusterSelection:
-    """The clusters a fleet-wide watch with ``clusterSelector`` covers, as their labels change.
+    """The clusters a fleet-wide watch with ``clusterSelector`` (and/or a scoped token's
+    clusters) covers, as their labels change.
 
     What each cluster's labels said is learnt at the watch's start (and, for a cluster not
     known then, when the watch first meets it). :meth:`check` compares with the labels now:
@@ -110,26 +134,37 @@ class ClusterSelection:
     (the client holds none, or all, of its objects), so the watch must start over.
     """
 
-    def __init__(self, selector: LabelSelector, labels: ClusterLabels) -> None:
+    def __init__(self, selector: LabelSelector | None, labels: ClusterLabels, *, scope: Scope | None = None, only: str | None = None) -> None:
         self.selector = selector
+        self.scope = scope
+        self.only = only  # a watch of one cluster's path: other clusters' labels do not concern it
         self.labels = labels
         self.selected: dict[str, bool] = {}
         self._version = -1
 
+    def _matches(self, name: str, labels: Mapping[str, str]) -> bool:
+        return (self.selector is None or self.selector.matches(labels)) and (self.scope is None or self.scope.admits_cluster(name, labels))
+
     def admits(self, cluster: str) -> bool:
         return self.selected.get(cluster, False)
+
+    async def now_selected(self) -> frozenset[str]:
+        """The clusters selected, having taken in every cluster known now: a condition for the
+        store's query (a cluster joining after this writes its objects as changes the watch follows)."""
+        await self.meet((await self.labels.current()).keys())
+        return frozenset(name for name, selected in self.selected.items() if selected)
 
     async def learn(self) -> None:
         """Take in every cluster's labels now."""
         current = await self.labels.current()
         self._version = self.labels.version
-        self.selected = {name: self.selector.matches(labels) for name, labels in current.items()}
+        self.selected = {name: self._matches(name, labels) for name, labels in current.items()}
 
     async def meet(self, names: Iterable[str]) -> None:
         """Take in the labels of clusters in ``names`` met for the first time."""
         if new := {name for name in names if name not in self.selected}:
             current = await self.labels.current(*new)
-            self.selected.update({name: self.selector.matches(current[name]) for name in new if name in current})
+            self.selected.update({name: self._matches(name, current[name]) for name in new if name in current})
 
     async def check(self, names: Iterable[str] = ()) -> str | None:
         """Take in clusters met for the first time (``names``) and label changes; return why the
@@ -140,9 +175,11 @@ class ClusterSelection:
             return None
         self._version = self.labels.version
         for name, labels in current.items():
-            now = self.selector.matches(labels)
+            if self.only is not None and name != self.only:
+                continue
+            now = self._matches(name, labels)
             if self.selected.setdefault(name, now) != now:
-                return f"cluster {name} {'entered' if now else 'left'} the clusterSelector's selection (its labels changed); list again"
+                return f"cluster {name} {'entered' if now else 'left'} the watch's selection of clusters (its labels changed); list again"
         return None
 
 
@@ -162,6 +199,7 @@ class WatchRequest:
         cluster: str | None,
         namespace: str | None,
         clusters: ClusterSelection | None = None,
+        namespaces: frozenset[str] | None = None,
         labels: LabelSelector,
         fields: FieldSelector,
         bookmarks: bool,
@@ -174,24 +212,23 @@ class WatchRequest:
         self.fleet = cluster is None  # across clusters: objects carry their cluster's label
         self.clusters = clusters  # fleet-wide: only the clusters a cluster selector admits; None: all
         self.namespace = namespace
-        self.labels = labels
-        self.fields = fields
+        self.namespaces = namespaces  # a scoped token's namespaces (checked per change); None: every one
+        #: What the watch selects, exactly as a list with the same selectors does.
+        self.selection = ObjectSelection(rtype, labels, fields, fleet=self.fleet)
         self.bookmarks = bookmarks
         self.rendered = rendered or RenderedObjects()
         #: A watch with a selector tracks which objects are in its selection (their keys), to send
         #: an object leaving it as DELETED, entering it as ADDED, and nothing for those outside.
-        self.selective = not (labels.empty and fields.empty)
+        self.selective = not self.selection.empty
         self.selected: set[tuple[str, str, str]] = set()
         #: Changes up to this revision may predate what ``selected`` was learnt from.
         self.exact_after = 0
 
     def _labelled(self, record: ObjectRecord) -> bool:
-        """The label selector, on the stored labels (no body decoded for it)."""
-        return self.labels.matches(cluster_labels(record) if self.fleet else record.labels)
+        return self.selection.admits_labels(record)
 
     def _fielded(self, encoded: bytes) -> bool:
-        """The field selector, on the rendered object (parsed only if there is one)."""
-        return self.fields.empty or self.fields.matches(selectable_fields(self.rtype, orjson.loads(encoded)))
+        return self.selection.admits_rendering(encoded)
 
     def _ours(self, record: ObjectRecord) -> bool:
         return (
@@ -199,6 +236,7 @@ class WatchRequest:
             and (self.cluster is None or record.cluster == self.cluster)
             and (self.clusters is None or self.clusters.admits(record.cluster))
             and (self.namespace is None or record.namespace == self.namespace)
+            and (self.namespaces is None or record.namespace in self.namespaces)
         )
 
     async def serve(self, request: web.Request, *, resource_version: str, timeout: float) -> web.StreamResponse:
@@ -220,20 +258,20 @@ class WatchRequest:
         if self.clusters is not None:
             await self.clusters.learn()
         if resource_version not in ("", "0"):
-            if not resource_version.isdigit():
+            if not (resource_version.isascii() and resource_version.isdigit()):  # the API checks it first; ``"²".isdigit()`` holds
                 message = f"invalid resourceVersion {resource_version!r}: must be a hub revision (an integer)"
                 await response.write(_event("ERROR", orjson.dumps(_status(400, "BadRequest", message))))
                 return None
             if self.selective:
-                self.selected = {_key(record) async for record in self._selection()}
+                self.selected = {_key(record) async for record, _ in self._selection(render=False)}
                 self.exact_after = await self.store.current_rev()
             return int(resource_version)
         since = await self.store.current_rev()
         listed: set[tuple[str, str, str]] = set()
         out = bytearray()
-        async for record in self._selection():  # changes meanwhile arrive again from the feed, which is harmless
+        async for record, encoded in self._selection():  # changes meanwhile arrive again from the feed, which is harmless
             listed.add(_key(record))
-            out += _event("ADDED", self.rendered.get(record, fleet=self.fleet))
+            out += _event("ADDED", encoded)
             if len(out) >= WRITE_CHUNK:
                 await response.write(bytes(out))
                 out.clear()
@@ -244,21 +282,31 @@ class WatchRequest:
             self.exact_after = await self.store.current_rev()
         return since
 
-    async def _selection(self) -> AsyncIterator[ObjectRecord]:
-        """The objects the watch selects now (read in pages). Bodies are rendered only for a
-        field selector (the label selector reads stored labels); what is rendered is cached."""
+    async def _selection(self, *, render: bool = True) -> AsyncIterator[tuple[ObjectRecord, bytes]]:
+        """The objects the watch selects now (read in pages), each with its rendering (cached,
+        shared with every other read); objects whose stored body is unreadable are left out.
+        Without ``render`` (only their keys are wanted), bodies are rendered only for a field
+        selector (the label selector reads stored labels) and b"" stands for the rendering."""
         after: tuple[str, str, str] | None = None
-        equal, only = store_filter(self.labels, fleet=self.fleet)
+        equal, only = self.selection.store_filter()
         cluster = self.cluster or only
+        # a scoped token's clusters are a condition of the query: its watch never reads the rest of the fleet
+        clusters = await self.clusters.now_selected() if self.clusters is not None and self.clusters.scope is not None else None
         while True:
-            page = await self.store.list_objects(self.rtype.gvk, cluster=cluster, namespace=self.namespace, after=after, limit=500, labels=equal)
+            page = await self.store.list_objects(
+                self.rtype.gvk, cluster=cluster, namespace=self.namespace, after=after, limit=500, labels=equal, clusters=clusters, namespaces=self.namespaces
+            )
             if self.clusters is not None:  # clusters that joined since the watch learnt the labels
                 await self.clusters.meet({record.cluster for record in page})
             for record in page:
                 if not self._ours(record) or not self._labelled(record):
                     continue
-                if self.fields.empty or self._fielded(self.rendered.get(record, fleet=self.fleet)):
-                    yield record
+                if not render and self.selection.fields.empty:
+                    yield record, b""
+                    continue
+                encoded = self.rendered.get(record, fleet=self.fleet)
+                if encoded is not None and self._fielded(encoded):
+                    yield record, encoded
             if len(page) < 500:
                 return
             after = (page[-1].cluster, page[-1].namespace, page[-1].name)
@@ -277,6 +325,8 @@ class WatchRequest:
             self.selected.discard(key)
             return None
         encoded = self.rendered.get(change.obj, change.rev, fleet=self.fleet)
+        if encoded is None:  # not a JSON object: left out, as lists leave it out
+            return None
         inside = labelled and self._fielded(encoded)
         if change.type == "DELETED":
             self.selected.discard(key)
@@ -306,7 +356,8 @@ class WatchRequest:
                     if not self._ours(change.obj):
                         continue
                     if not self.selective:
-                        out += _event(change.type, self.rendered.get(change.obj, change.rev, fleet=self.fleet))
+                        if (encoded := self.rendered.get(change.obj, change.rev, fleet=self.fleet)) is not None:
+                            out += _event(change.type, encoded)
                     elif sent := self._selective_event(change):
                         out += _event(*sent)
                     if len(out) >= WRITE_CHUNK:  # bounded: a hundred watchers of a big batch hold a chunk each, not the batch
@@ -325,4 +376,4 @@ def _key(record: ObjectRecord) -> tuple[str, str, str]:
 
 
 def _status(code: int, reason: str, message: str) -> dict[str, Any]:
-    return {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure", "message": message, "reason": reason, "code": code}
+    return status_body(message, reason=reason, code=code)

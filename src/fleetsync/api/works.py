@@ -19,7 +19,7 @@ have not yet removed its objects are listed as ``Removing``.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import orjson
@@ -37,8 +37,9 @@ from fleetsync.web import json_response
 PREFIX = "/api/v1/works"
 GROUP = "fleetsync.io"
 REMOVING = "Removing"
-#: Largest request body taken (a work is bounded well below it; the rest is YAML's slack).
-MAX_BODY = 2 * 1024 * 1024
+#: Largest request body taken by default (a work is bounded well below it, by
+#: ``MAX_WORK_BYTES``; the rest is YAML's slack); the hub's ``--http-max-body-bytes``.
+MAX_BODY = 1024 * 1024
 
 
 def cluster_state(generation: int, status: WorkStatusRecord | None) -> tuple[str, list[dict[str, Any]]]:
@@ -92,10 +93,11 @@ def work_json(work: WorkRecord, spec: dict[str, Any], statuses: list[WorkStatusR
 class WorksApi:
     """The handlers of ``/api/v1/works``, on the hub's store."""
 
-    def __init__(self, store: Store, specs: SpecCache, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, store: Store, specs: SpecCache, *, clock: Callable[[], float] = time.time, max_body: int = MAX_BODY) -> None:
         self.store = store
         self.specs = specs
         self.clock = clock
+        self.max_body = max_body
 
     def add_routes(self, app: web.Application) -> None:
         app.router.add_get(PREFIX, self.list_works)
@@ -106,7 +108,8 @@ class WorksApi:
 
     async def list_works(self, request: web.Request) -> web.Response:
         works, statuses, clusters = await self.store.works(), await self.store.work_statuses(), await self.store.clusters()
-        items = [self._show(w, [s for s in statuses if s.work == w.name], clusters) for w in works]
+        labels = await self.store.cluster_labels()
+        items = [self._show(w, [s for s in statuses if s.work == w.name], clusters, labels) for w in works]
         return json_response({"apiVersion": API_VERSION, "kind": "WorkList", "metadata": {}, "items": items})
 
     async def get(self, request: web.Request) -> web.Response:
@@ -151,47 +154,77 @@ class WorksApi:
         return work
 
     async def _shown(self, work: WorkRecord) -> dict[str, Any]:
-        return self._show(work, await self.store.work_statuses(work=work.name), await self.store.clusters())
+        return self._show(work, await self.store.work_statuses(work=work.name), await self.store.clusters(), await self.store.cluster_labels())
 
-    def _show(self, work: WorkRecord, statuses: list[WorkStatusRecord], clusters: list[ClusterRecord]) -> dict[str, Any]:
+    def _show(
+        self, work: WorkRecord, statuses: list[WorkStatusRecord], clusters: list[ClusterRecord], labels: Mapping[str, Mapping[str, str]]
+    ) -> dict[str, Any]:
+        """The work as the API shows it; the clusters it targets by the labels an admin set (``labels``), as the hub places it."""
         spec = self.specs.spec(work)
-        targeted = [c.name for c in clusters if spec.placement.targets(c.name, c.metadata)]
+        targeted = [c.name for c in clusters if spec.placement.targets(c.name, labels.get(c.name, {}))]
         return work_json(work, orjson.loads(work.spec), statuses, targeted)
 
     async def _body(self, request: web.Request, name: str | None) -> tuple[str, bytes]:
         """The work in the request (JSON or YAML), validated: its name and stored spec."""
-        if request.content_length is not None and request.content_length > MAX_BODY:
-            raise ApiError(413, "RequestEntityTooLarge", f"the body is {request.content_length} bytes; a work request may have at most {MAX_BODY}")
+        if request.content_length is not None and request.content_length > self.max_body:
+            raise ApiError(413, "RequestEntityTooLarge", f"the body is {request.content_length} bytes; a work request may have at most {self.max_body}")
         # read(n) returns what has arrived so far, not n bytes: gather the body chunk by chunk
         chunks: list[bytes] = []
         size = 0
         async for chunk in request.content.iter_chunked(64 * 1024):
             size += len(chunk)
-            if size > MAX_BODY:
-                raise ApiError(413, "RequestEntityTooLarge", f"the body is larger than {MAX_BODY} bytes, the most a work request may have")
+            if size > self.max_body:
+                raise ApiError(413, "RequestEntityTooLarge", f"the body is larger than {self.max_body} bytes, the most a work request may have")
             chunks.append(chunk)
-        raw = b"".join(chunks)
-        form = "YAML" if "yaml" in request.content_type else "JSON"
-        try:
-            doc = yaml.load(raw, Loader=_NoAliasLoader) if form == "YAML" else orjson.loads(raw)  # a SafeLoader
-            # as JSON, what is stored and sent: YAML's keys as strings (as kubectl takes them); no value
-            # JSON cannot hold (binary, sets, integers beyond 64 bits), no nesting deeper than orjson writes
-            doc = orjson.loads(orjson.dumps(doc, option=orjson.OPT_NON_STR_KEYS))
-        except (orjson.JSONDecodeError, yaml.YAMLError, TypeError, RecursionError) as exc:
-            raise ApiError.bad_request(f"the body is not valid {form} for a work: {exc}") from None
-        try:
-            work_name, spec = parse_work(doc, name=name)
-        except WorkError as exc:
-            raise ApiError.invalid(KIND, exc.name, exc.causes, GROUP) from None
-        return work_name, spec.to_json()
+        return work_from_body(b"".join(chunks), yaml_form="yaml" in request.content_type, name=name)
+
+
+def work_from_body(raw: bytes, *, yaml_form: bool, name: str | None) -> tuple[str, bytes]:
+    """A request body (YAML or JSON) as a valid work: its name and stored spec. Whatever the
+    bytes, an ApiError: 400 if they do not parse, 422 naming each problem of the work."""
+    form = "YAML" if yaml_form else "JSON"
+    try:
+        doc = yaml.load(raw, Loader=_NoAliasLoader) if yaml_form else orjson.loads(raw)  # a SafeLoader
+        # as JSON, what is stored and sent: YAML's keys as strings (as kubectl takes them); no value
+        # JSON cannot hold (binary, sets, integers beyond 64 bits), no nesting deeper than orjson writes
+        doc = orjson.loads(orjson.dumps(doc, option=orjson.OPT_NON_STR_KEYS))
+    except (orjson.JSONDecodeError, yaml.YAMLError, TypeError, ValueError, RecursionError) as exc:
+        raise ApiError.bad_request(f"the body is not valid {form} for a work: {exc}") from None
+    try:
+        work_name, spec = parse_work(doc, name=name)
+    except WorkError as exc:
+        raise ApiError.invalid(KIND, exc.name, exc.causes, GROUP) from None
+    return work_name, spec.to_json()
+
+
+#: Deepest nesting of a work's YAML (a Kubernetes object nests a few dozen levels at most).
+#: PyYAML's scanner takes time quadratic in the depth of ``[``/``{`` nesting, and its
+#: composer recurses: 2,000 levels (4 KB) took 2.8 s of the event loop; refused at this
+#: depth, they take milliseconds.
+MAX_YAML_DEPTH = 100
 
 
 class _NoAliasLoader(yaml.SafeLoader):
     """YAML without anchors and aliases: a few hundred bytes of nested aliases expand to
-    gigabytes (a "billion laughs"), and a work has no use for them."""
+    gigabytes (a "billion laughs"), and a work has no use for them; and no deeper than
+    :data:`MAX_YAML_DEPTH`."""
+
+    depth = 0
+
+    def fetch_flow_collection_start(self, TokenClass: type[yaml.Token]) -> None:
+        if self.flow_level >= MAX_YAML_DEPTH:
+            raise yaml.scanner.ScannerError(None, None, f"YAML nested deeper than {MAX_YAML_DEPTH} levels is not accepted in a work", self.get_mark())  # type: ignore[no-untyped-call]
+        super().fetch_flow_collection_start(TokenClass)  # type: ignore[misc]
 
     def compose_node(self, parent: yaml.Node | None, index: int) -> yaml.Node | None:  # type: ignore[override]
         if self.check_event(yaml.AliasEvent):
             event = self.peek_event()  # type: ignore[no-untyped-call]
             raise yaml.composer.ComposerError(None, None, "YAML aliases (*name) are not accepted in a work: write the value out", event.start_mark)
-        return super().compose_node(parent, index)  # type: ignore[no-any-return]
+        if self.depth >= MAX_YAML_DEPTH:
+            event = self.peek_event()  # type: ignore[no-untyped-call]
+            raise yaml.composer.ComposerError(None, None, f"YAML nested deeper than {MAX_YAML_DEPTH} levels is not accepted in a work", event.start_mark)
+        self.depth += 1
+        try:
+            return super().compose_node(parent, index)  # type: ignore[no-any-return]
+        finally:
+            self.depth -= 1

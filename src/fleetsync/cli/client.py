@@ -1,4 +1,10 @@
-"""Client commands against a hub's HTTP API: ``clusters``, ``get``, ``check``, ``events``, ``resync``."""
+"""Client commands against a hub's HTTP API: ``clusters``, ``get``, ``check``, ``events``, ``resync``.
+
+Exit codes, as kubectl's: 0 done, 1 an error (the hub refused or could not be reached, a file
+could not be read, ``check`` found divergence), 2 a usage error only (a command line this
+program cannot act on: an unknown type, a malformed ``KEY=VALUE``), which scripts can tell
+from a failure worth retrying.
+"""
 
 from __future__ import annotations
 
@@ -15,15 +21,26 @@ import orjson
 import yaml
 
 from fleetsync.cli.flags import add_flag
+from fleetsync.errors import FleetsyncError
+from fleetsync.model import clusterlabels
 from fleetsync.model.objects import CLUSTER_VERSION_ANNOTATION, human_duration
-from fleetsync.model.types import HUB_TYPES, TypeRegistry, UnknownResourceType
+from fleetsync.model.types import HUB_TYPES, ResourceType, TypeRegistry, UnknownResourceType
 from fleetsync.protocol.codec import strip
 
 TABLE_ACCEPT = "application/json;as=Table;v=v1;g=meta.k8s.io,application/json"
 
 
-class ClientError(Exception):
-    """A request failed; the message names the URL and what the server said."""
+class ClientError(FleetsyncError):
+    """A request failed; the message names the URL and what the server said (exit code 1)."""
+
+
+class UsageError(ClientError):
+    """The command line cannot be acted on (exit code 2); the message says what is wrong."""
+
+
+#: fleetsync's own events (``api/events.py``) and its Cluster objects (``api/clusters.py``).
+EVENTS_PATH = "/apis/fleetsync.io/v1/fleetsyncevents"
+CLUSTERS_PATH = "/apis/fleetsync.io/v1/clusters"
 
 
 def add_hub_flags(p: argparse.ArgumentParser) -> None:
@@ -35,16 +52,47 @@ def add_hub_flags(p: argparse.ArgumentParser) -> None:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    p = subparsers.add_parser("clusters", help="list the clusters the hub knows")
+    p = subparsers.add_parser(
+        "clusters",
+        help="list the clusters the hub knows; show and set their labels; delete one",
+        description="Without an action: list the clusters. `label` and `labels` change and show the labels an admin sets on a cluster, "
+        "which works' placement and clusterSelector match (never the --label metadata an agent reports of itself). "
+        "`delete` forgets a retired cluster: its tokens, objects (watchers see them deleted) and everything else the hub keeps of it.",
+    )
     add_hub_flags(p)
     p.set_defaults(run=lambda a: run_client(_clusters(a)))
+    actions = p.add_subparsers(dest="clusters_command", metavar="ACTION")
+    label = actions.add_parser(
+        "label", help="set (KEY=VALUE) and remove (KEY-) a cluster's labels, like kubectl label (admin token)", description="e.g. c1 env=prod tier-"
+    )
+    label.add_argument("name", help="the cluster (it need not have connected yet)")
+    label.add_argument("changes", nargs="+", metavar="KEY=VALUE|KEY-", help="labels to set or remove")
+    add_hub_flags(label)
+    label.set_defaults(run=lambda a: run_client(_label(a)))
+    show = actions.add_parser("labels", help="show a cluster's labels (set by an admin) and its agent's metadata (as reported)")
+    show.add_argument("name", help="the cluster")
+    add_hub_flags(show)
+    show.set_defaults(run=lambda a: run_client(_labels(a)))
+    delete = actions.add_parser(
+        "delete",
+        help="delete a cluster from the hub (admin token): revoke its agent tokens, remove its objects, labels, streams and leases, disconnect its agent",
+    )
+    delete.add_argument("name", help="the cluster")
+    add_hub_flags(delete)
+    delete.set_defaults(run=lambda a: run_client(_delete(a)))
     p = subparsers.add_parser("get", help="list objects of a type, like kubectl get, across clusters")
     p.add_argument("type", help="pods, svc, deployments.apps, v1/Pod, ...")
     p.add_argument("-A", "--all-namespaces", action="store_true", help="all namespaces (the default when -n is not given)")
     p.add_argument("-n", "--namespace", default=None, help="only this namespace")
     p.add_argument("-l", "--selector", default="", help="label selector")
     p.add_argument("-o", "--output", default="", choices=["", "wide", "json", "yaml", "name"], help="output format")
-    p.add_argument("--cluster", default=None, help="only this cluster (default: every cluster)")
+    p.add_argument("--cluster", default=None, help="only this cluster (default: every cluster, through the hub's fleet-wide path)")
+    p.add_argument(
+        "--chunk-size",
+        type=int,
+        default=500,
+        help="objects per request (the list's limit; the hub's continue token fetches the next page), as kubectl's --chunk-size (default: 500)",
+    )
     add_hub_flags(p)
     p.set_defaults(run=lambda a: run_client(_get(a)))
     p = subparsers.add_parser("check", help="compare the hub's view with the simulator's truth; exit 1 on divergence")
@@ -89,11 +137,15 @@ def item_url(args: argparse.Namespace, collection: str, name: str = "") -> str:
 
 
 def run_client(coro: Any) -> int:
+    """Run a client command: its exit code, 1 after a ClientError (printed), 2 after a UsageError."""
     try:
         return int(asyncio.run(coro))
-    except ClientError as exc:
+    except UsageError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except ClientError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
 
 
 async def fetch(session: aiohttp.ClientSession, url: str, *, accept: str = "application/json", token: str = "", method: str = "GET", body: Any = None) -> Any:
@@ -148,6 +200,36 @@ async def _clusters(args: argparse.Namespace) -> int:
     return 0
 
 
+async def _label(args: argparse.Namespace) -> int:
+    try:
+        add, remove = clusterlabels.parse_args(args.changes)
+    except ValueError as exc:
+        raise UsageError(f"fleetsync clusters label: {exc}") from None
+    patch: dict[str, str | None] = {**add, **dict.fromkeys(remove)}
+    async with hub_session(args) as session:
+        answer = await fetch(session, f"{item_url(args, '/api/v1/clusters', args.name)}/labels", token=args.token, method="PATCH", body={"labels": patch})
+    print(f"{answer['cluster']}: {_shown(answer['labels'])}")
+    return 0
+
+
+async def _labels(args: argparse.Namespace) -> int:
+    async with hub_session(args) as session:
+        answer = await fetch(session, f"{item_url(args, '/api/v1/clusters', args.name)}/labels", token=args.token)
+    print_table(["CLUSTER", "LABELS", "REPORTED (NOT TRUSTED)"], [[answer["cluster"], _shown(answer["labels"]), _shown(answer["reported"])]])
+    return 0
+
+
+async def _delete(args: argparse.Namespace) -> int:
+    async with hub_session(args) as session:
+        answer = await fetch(session, item_url(args, CLUSTERS_PATH, args.name), token=args.token, method="DELETE")
+    print(answer.get("message") or f"cluster {args.name} deleted")
+    return 0
+
+
+def _shown(labels: dict[str, str]) -> str:
+    return ",".join(f"{k}={v}" for k, v in sorted(labels.items())) or "-"
+
+
 def _istio(summary: dict[str, Any] | None) -> str:
     """``1.24.1`` (several control planes: ``1.24.1/canary:1.25.0``), ``none``, or ``-`` when not reported."""
     if summary is None:
@@ -163,7 +245,7 @@ async def _events(args: argparse.Namespace) -> int:
     if args.reason:
         query["reason"] = args.reason
     async with hub_session(args) as session:
-        data = await fetch(session, f"{args.hub}/api/v1/events?{urllib.parse.urlencode(query)}", token=args.token)
+        data = await fetch(session, f"{args.hub}{EVENTS_PATH}?{urllib.parse.urlencode(query)}", token=args.token)
     if args.watch:
         return await _watch_events(args, query, data["items"])
     if args.output == "json":
@@ -186,7 +268,7 @@ def _event_line(event: dict[str, Any], output: str) -> str:
 
 
 async def _watch_events(args: argparse.Namespace, query: dict[str, str], first: list[dict[str, Any]]) -> int:
-    """Print ``first``, then follow ``GET /api/v1/events?watch=1`` from the last one, reconnecting (with ``since``) when the stream ends."""
+    """Print ``first``, then follow ``GET /apis/fleetsync.io/v1/fleetsyncevents?watch=1`` from the last one, reconnecting (with ``since``) when the stream ends."""
     if args.output != "json":
         print(f"{'TIME':<8}   {'CLUSTER':<16} {'REASON':<16} {'TYPE':<40} MESSAGE", flush=True)
     for event in first:
@@ -196,7 +278,7 @@ async def _watch_events(args: argparse.Namespace, query: dict[str, str], first: 
     async with hub_session(args, timeout=aiohttp.ClientTimeout(total=None, sock_connect=10)) as session:
         while True:
             params = {k: v for k, v in query.items() if k != "limit"} | {"watch": "1"} | ({"since": str(since)} if since is not None else {})
-            url = f"{args.hub}/api/v1/events?{urllib.parse.urlencode(params)}"
+            url = f"{args.hub}{EVENTS_PATH}?{urllib.parse.urlencode(params)}"
             try:
                 async with session.get(url, headers=headers) as response:
                     if response.status >= 400:
@@ -219,41 +301,59 @@ async def _resync(args: argparse.Namespace) -> int:
     return 0
 
 
+async def _pages(session: aiohttp.ClientSession, url: str, query: dict[str, str], *, chunk: int, token: str, accept: str) -> list[dict[str, Any]]:
+    """Every page of the list at ``url`` (``limit=chunk``, then the hub's ``continue`` token until
+    it gives none): one answer per page, as kubectl reads a list."""
+    pages: list[dict[str, Any]] = []
+    token_ = ""
+    while True:
+        page_query = {**query, "limit": str(chunk)} | ({"continue": token_} if token_ else {})
+        page = await fetch(session, f"{url}?{urllib.parse.urlencode(page_query)}", accept=accept, token=token)
+        pages.append(page)
+        token_ = (page.get("metadata") or {}).get("continue") or ""
+        if not token_:
+            return pages
+
+
 async def _get(args: argparse.Namespace) -> int:
+    """List through the hub's fleet-wide path (or one cluster's with ``--cluster``), page by page."""
     try:
         rtype = TypeRegistry(HUB_TYPES).resolve(args.type)
     except UnknownResourceType as exc:
-        raise ClientError(str(exc)) from None
-    query = f"?labelSelector={args.selector}" if args.selector else ""
+        raise UsageError(str(exc)) from None
+    if args.chunk_size < 1:
+        raise UsageError(f"--chunk-size must be at least 1, not {args.chunk_size}")
+    query = {"labelSelector": args.selector} if args.selector else {}
+    base = f"{args.hub}/clusters/{urllib.parse.quote(args.cluster, safe='')}" if args.cluster else args.hub
+    url = base + rtype.collection_path(args.namespace)
+    tables = args.output not in ("json", "yaml", "name")
     async with hub_session(args) as session:
-        clusters = [args.cluster] if args.cluster else [c["name"] for c in (await fetch(session, f"{args.hub}/api/v1/clusters", token=args.token))["items"]]
-        path = rtype.collection_path(args.namespace)
-        if args.output in ("json", "yaml", "name"):
-            items = []
-            for cluster in clusters:
-                items += (await fetch(session, f"{args.hub}/clusters/{cluster}{path}{query}", token=args.token))["items"]
-            if args.output == "name":
-                for item in items:
-                    print(f"{rtype.plural}/{item['metadata']['name']}")
-                return 0
-            doc = {"apiVersion": "v1", "kind": "List", "items": items}
-            print(
-                orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode() if args.output == "json" else yaml.safe_dump(doc, sort_keys=False),
-                end="\n" if args.output == "json" else "",
-            )
+        pages = await _pages(session, url, query, chunk=args.chunk_size, token=args.token, accept=TABLE_ACCEPT if tables else "application/json")
+    if not tables:
+        items = [item for page in pages for item in page["items"]]
+        if args.output == "name":
+            for item in items:
+                print(f"{rtype.plural}/{item['metadata']['name']}")
             return 0
-        headers: list[str] = []
-        rows: list[list[Any]] = []
-        wide = args.output == "wide"
-        for cluster in clusters:
-            tbl = await fetch(session, f"{args.hub}/clusters/{cluster}{path}{query}", accept=TABLE_ACCEPT, token=args.token)
-            keep = [i for i, c in enumerate(tbl["columnDefinitions"]) if wide or c["priority"] == 0]
-            headers = (
-                ["CLUSTER"] + (["NAMESPACE"] if rtype.namespaced and not args.namespace else []) + [tbl["columnDefinitions"][i]["name"].upper() for i in keep]
-            )
-            for row in tbl["rows"]:
-                ns = [row["object"]["metadata"].get("namespace", "")] if rtype.namespaced and not args.namespace else []
-                rows.append([cluster, *ns, *(row["cells"][i] for i in keep)])
+        doc = {"apiVersion": "v1", "kind": "List", "items": items}
+        print(
+            orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode() if args.output == "json" else yaml.safe_dump(doc, sort_keys=False),
+            end="\n" if args.output == "json" else "",
+        )
+        return 0
+    wide = args.output == "wide"
+    with_namespace = rtype.namespaced and not args.namespace
+    headers: list[str] = []
+    rows: list[list[Any]] = []
+    for tbl in pages:
+        columns = tbl["columnDefinitions"]
+        # a fleet-wide Table starts with its Cluster column; one cluster's has none: the row is from --cluster
+        fleet = bool(columns) and columns[0]["name"] == "Cluster"
+        keep = [i for i, c in enumerate(columns) if (wide or c["priority"] == 0) and not (fleet and i == 0)]
+        headers = ["CLUSTER"] + (["NAMESPACE"] if with_namespace else []) + [columns[i]["name"].upper() for i in keep]
+        for row in tbl["rows"]:
+            ns = [row["object"]["metadata"].get("namespace", "")] if with_namespace else []
+            rows.append([row["cells"][0] if fleet else args.cluster, *ns, *(row["cells"][i] for i in keep)])
     if not rows:
         print(f"No {rtype.plural} found.", file=sys.stderr)
         return 0
@@ -276,15 +376,42 @@ def canonical(obj: dict[str, Any]) -> bytes:
     return orjson.dumps(stripped, option=orjson.OPT_SORT_KEYS)
 
 
+async def hub_types(session: aiohttp.ClientSession, hub: str, *, token: str = "") -> TypeRegistry:
+    """The types the hub serves, from its discovery (its fixed ones and every one its agents
+    reported, CRDs included); the ones agents collect elsewhere (``*.fleetsync.io``) left out."""
+    documents = [("", "v1", await fetch(session, f"{hub}/api/v1", token=token))]
+    for group in (await fetch(session, f"{hub}/apis", token=token)).get("groups", []):
+        if group["name"] == "fleetsync.io" or group["name"].endswith(".fleetsync.io"):
+            continue
+        for version in group.get("versions", []):
+            documents.append((group["name"], version["version"], await fetch(session, f"{hub}/apis/{group['name']}/{version['version']}", token=token)))
+    known = {t.gvk: t for t in TypeRegistry()}
+    types = []
+    for group, version, document in documents:
+        for resource in document.get("resources", []):
+            if "/" in resource["name"]:
+                continue
+            rtype = ResourceType(
+                group, version, resource["kind"], resource["name"], bool(resource.get("namespaced")), short_names=tuple(resource.get("shortNames", ()))
+            )
+            types.append(known.get(rtype.gvk, rtype))
+    return TypeRegistry(types)
+
+
 async def divergence(
     session: aiohttp.ClientSession, sim: str, hub: str, *, token: str = "", only: set[str] | None = None, types: list[str] | None = None
 ) -> dict[str, dict[str, tuple[int, int, int]]]:
     """cluster -> type -> (missing, extra, stale) between the sim's truth and the hub (of every simulated
-    cluster, or of ``only`` these), for ``types`` or else every type the hub holds a stream or an object of."""
+    cluster, or of ``only`` these), for ``types`` (names, or ``all``: every type both serve) or else every
+    type the hub holds a stream or an object of."""
     clusters = {c["name"]: c for c in (await fetch(session, f"{hub}/api/v1/clusters", token=token))["items"]}
     report: dict[str, dict[str, tuple[int, int, int]]] = {}
-    registry = TypeRegistry()
+    registry = await hub_types(session, hub, token=token)
     served = {t.gvk for t in registry}
+    try:
+        wanted = None if types is None or types == ["all"] else {registry.resolve(name).gvk for name in types}
+    except UnknownResourceType as exc:
+        raise ClientError(f"--types: {exc}") from None
     simulated = (await fetch(session, f"{sim}/clusters"))["clusters"]
     unknown = (only or set()) - {c["name"] for c in simulated}
     if unknown:
@@ -298,7 +425,7 @@ async def divergence(
             report[name] = {"(cluster not synced)": (sum(sim_cluster["objects"].values()), 0, 0)}
             continue
         held = {t for t in set(hub_cluster["types"]) | set(hub_cluster["objects"]) if t in served}  # not what agents collect elsewhere
-        compare = sorted(held if types is None else set(types) & set(sim_cluster["objects"]))
+        compare = sorted(held) if types is None else sorted((served if wanted is None else wanted) & set(sim_cluster["objects"]))
         truth = (await fetch(session, f"{sim}/clusters/{name}/truth?" + "&".join(f"type={t}" for t in compare)))["types"]
         report[name] = {}
         for type_ in compare:
@@ -314,15 +441,10 @@ async def divergence(
 
 
 def _check_types(text: str) -> list[str] | None:
-    if not text.strip():
-        return None
-    registry = TypeRegistry()
-    if text.strip() == "all":
-        return [t.gvk for t in registry]
-    try:
-        return [registry.resolve(name.strip()).gvk for name in text.split(",") if name.strip()]
-    except UnknownResourceType as exc:
-        raise ClientError(f"--types: {exc}") from None
+    """``--types`` of check: None (every type the hub holds of a cluster), ["all"], or names (resolved
+    against what the hub serves)."""
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    return names or None
 
 
 async def _check(args: argparse.Namespace) -> int:

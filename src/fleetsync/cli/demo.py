@@ -20,8 +20,8 @@ from fleetsync.cli.agent import DEFAULT_TYPES
 from fleetsync.cli.flags import add_flag, non_negative_float, positive_int
 from fleetsync.hub.auth import hash_token, new_token
 from fleetsync.model.types import TypeRegistry
-from fleetsync.sim.kubeconfig import write_kubeconfig
-from fleetsync.transport.base import HubAddress, parse_hub_url
+from fleetsync.sim.kubeconfig import write_fleet_kubeconfig, write_kubeconfig
+from fleetsync.transport.base import BROKER_SCHEMES, HubAddress, parse_hub_url
 
 if TYPE_CHECKING:
     from fleetsync.sim.server import SimServer
@@ -97,14 +97,14 @@ def _prometheus(port: int, workdir: Path, sim: SimServer, clusters: list[str]) -
 
 
 async def _instructions(
-    store: SQLiteStore, workdir: Path, hub_url: str, ca: Path, sim_url: str, broker: HubAddress | None, clusters: int, prometheus_url: str = ""
+    store: SQLiteStore, workdir: Path, hub_url: str, ca: Path, sim_url: str, broker: HubAddress | None, clusters: list[str], prometheus_url: str = ""
 ) -> str:
     """What to try, ready to paste: kubectl and fleetsync set up with the hub's CA and a read
     token (kubectl sends tokens over HTTPS only, hence the demo's own CA), and an admin token for acting."""
     read, admin = new_token(), new_token()
     await store.add_token(name="demo-reader", role="read", token_hash=hash_token(read))
     await store.add_token(name="demo-admin", role="admin", token_hash=hash_token(admin))
-    hub_kubeconfig = write_kubeconfig(workdir, "fleetsync-hub", hub_url, read, certificate_authority=ca)
+    hub_kubeconfig = write_fleet_kubeconfig(workdir, "fleetsync", hub_url, read, clusters, certificate_authority=ca)
     bin_dir = Path(sys.executable).parent
     kubectl = bin_dir / "kubectl" if (bin_dir / "kubectl").exists() else "kubectl"
     fleetsync = bin_dir / "fleetsync"
@@ -112,14 +112,15 @@ async def _instructions(
     work = workdir / "web-work.yaml"
     work.write_text(EXAMPLE_WORK)
     return (
-        f"fleetsync demo: {clusters} simulated clusters -> agents{via} -> hub (SQLite in {workdir})\n"
+        f"fleetsync demo: {len(clusters)} simulated clusters -> agents{via} -> hub (SQLite in {workdir})\n"
         f"  hub API:   {hub_url}/api/v1/clusters   (HTTPS with the demo's CA {ca}; needs a token)\n"
         f"  dashboard: {hub_url}/   (in a browser; trust {ca} or accept the warning, and sign in with the read token of the export below)\n"
         f"  first:     export KUBECONFIG={hub_kubeconfig} FLEETSYNC_HUB={hub_url} FLEETSYNC_CERTIFICATE_AUTHORITY={ca} FLEETSYNC_TOKEN={read}\n"
         f"             (kubectl and fleetsync now reach the hub, trust its CA and use a read-only API token)\n"
         f"  try:       {kubectl} get pods -A -l fleetsync.io/cluster=c2   (the whole fleet as one cluster)\n"
-        f"             {kubectl} --server {hub_url}/clusters/c1 get pods -A   (one cluster)\n"
-        f"             {kubectl} --server {hub_url}/clusters/c1 get pods -A -w   (changes as they come)\n"
+        f"             {kubectl} get pods -A   (a CLUSTER column says where each row is from)\n"
+        f"             {kubectl} --context fleetsync/c1 get pods -A   (one cluster: a context per cluster, `kubectl config get-contexts`)\n"
+        f"             {kubectl} --context fleetsync/c1 get pods -A -w   (changes as they come)\n"
         f"             {fleetsync} get pods -A\n"
         f"             {fleetsync} check --sim {sim_url}\n"
         f"             {fleetsync} events -w   (follows them)\n"
@@ -140,11 +141,11 @@ async def demo(args: argparse.Namespace) -> None:
     from fleetsync.sim.server import SimServer
     from fleetsync.store.sqlite import SQLiteStore
     from fleetsync.transport.connect import broker_server
-    from fleetsync.transport.grpc import GrpcHubServer
+    from fleetsync.transport.grpc_hub import GrpcHubServer
     from fleetsync.web import https_context
 
     try:
-        broker = parse_hub_url(args.broker, schemes=("mqtt", "mqtts", "nats")) if args.broker else None
+        broker = parse_hub_url(args.broker, schemes=BROKER_SCHEMES) if args.broker else None
     except ValueError as exc:
         raise SystemExit(f"fleetsync demo: --broker: {exc}") from None
     workdir = Path(tempfile.mkdtemp(prefix="fleetsync-demo-"))
@@ -169,10 +170,11 @@ async def demo(args: argparse.Namespace) -> None:
     prometheus_url, prometheus = _prometheus(args.prometheus_port, workdir, sim, list(fleet.clusters))
     registry = TypeRegistry()
     agents = []
+    (workdir / "gates").mkdir()  # the agents' local config files' directory (an agent never creates it: a missing volume)
     for name in fleet.clusters:
         kubeconfig = write_kubeconfig(workdir / "kubeconfigs", name, sim.cluster_url(name), fleet.clusters[name].token)
         token = new_token()
-        await store.add_token(name=name, role="agent", token_hash=hash_token(token))
+        await store.add_token(name=name, role="agent", token_hash=hash_token(token), grants=["gates"])  # one operator: local gate changes go up
         config = AgentConfig(
             cluster_id=name,
             hubs=[broker or HubAddress("grpc", "127.0.0.1", grpc_server.port)],
@@ -188,7 +190,7 @@ async def demo(args: argparse.Namespace) -> None:
         )
         agents.append(asyncio.create_task(Agent(config).run()))
     hub_url = f"https://127.0.0.1:{api.port}"
-    print(await _instructions(store, workdir, hub_url, tls.ca, f"http://127.0.0.1:{sim.port}", broker, len(fleet.clusters), prometheus_url), flush=True)
+    print(await _instructions(store, workdir, hub_url, tls.ca, f"http://127.0.0.1:{sim.port}", broker, list(fleet.clusters), prometheus_url), flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -8,16 +8,21 @@ import logging
 import signal
 import socket
 import sys
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from fleetsync import logs
 from fleetsync.aio import cancel_the_rest
-from fleetsync.cli.flags import add_flag, add_switch, non_negative_float, positive_float, positive_int, read_token_file
+from fleetsync.cli.flags import add_flag, add_switch, non_negative_float, non_negative_int, positive_float, positive_int, read_token_file
+from fleetsync.extras import MODULE_OF_SCHEME, require
+from fleetsync.heap import retain_less, trim_every
 from fleetsync.hub.auth import hash_token
 from fleetsync.store import open_store
-from fleetsync.transport.base import ServerTls, parse_hub_url, parse_listen_address
+from fleetsync.transport.base import BROKER_SCHEMES, ServerTls, parse_hub_url, parse_listen_address
 
 if TYPE_CHECKING:
     from fleetsync.hub.core import HubSettings
+    from fleetsync.hub.limits import ProtocolLimits
 
 # The hub's own modules (gRPC, the brokers' clients, the API) are imported when a hub runs,
 # not when the CLI starts: every other fleetsync command starts faster for it.
@@ -43,7 +48,36 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         default="",
         help="also serve agents through these brokers (comma-separated): mqtt://[USER:PASSWORD@]HOST:PORT, mqtts://..., nats://[USER:PASSWORD@]HOST:PORT",
     )
+    add_flag(
+        p,
+        "--http-header-timeout",
+        type=positive_float,
+        default=10.0,
+        help="seconds a new HTTP connection has to send a complete request head; a slower one is answered 408 and closed",
+    )
+    add_flag(
+        p,
+        "--http-idle-timeout",
+        type=positive_float,
+        default=90.0,
+        help="seconds an HTTP connection with no request in progress stays open after its last response (a watch in progress is never cut)",
+    )
+    add_flag(
+        p,
+        "--http-max-connections",
+        type=positive_int,
+        default=1000,
+        help="HTTP connections open at once (watches included); more are answered 503 and closed at once",
+    )
+    add_flag(p, "--http-max-body-bytes", type=positive_int, default=1024 * 1024, help="largest HTTP request body (gates, works, settings); larger: 413")
     add_flag(p, "--hub-id", default=socket.gethostname(), help="this replica's name (in leases and logs)")
+    add_flag(
+        p,
+        "--event-loop",
+        choices=("uvloop", "asyncio"),
+        default="uvloop",
+        help="the event loop: uvloop (libuv; about a fifth less CPU per agent message, docs/performance.md) or Python's own asyncio loop",
+    )
     add_flag(p, "--tls-cert", default="", help="serve HTTPS and gRPC over TLS (agents use grpcs://) with this certificate (PEM); needs --tls-key")
     add_flag(p, "--tls-key", default="", help="the TLS certificate's private key (PEM)")
     add_flag(
@@ -79,14 +113,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         p,
         "--digest-interval",
         default="300",
-        help="seconds between periodic digest resyncs, as DEFAULT[,TYPE=SECONDS...] (e.g. 300,v1/Pod=60); 0 turns one off",
+        help="anti-entropy, partial syncs: seconds between digests of each type, as DEFAULT[,TYPE=SECONDS...] (e.g. 300,v1/Pod=60); 0 turns one off",
     )
     add_flag(
         p,
         "--push-refresh-interval",
         type=non_negative_float,
         default=600.0,
-        help="seconds between scheduled refreshes (a digest of every type) of each push cluster; 0 turns them off",
+        help="anti-entropy, full syncs: seconds between digests of every type of each push cluster (each counts as every type's partial sync); 0 turns them off",
     )
     add_flag(
         p,
@@ -94,6 +128,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         type=positive_int,
         default=100_000,
         help="changes the store keeps for watches to resume from; a watch from an older revision gets 410 Expired and lists again",
+    )
+    add_flag(
+        p,
+        "--gate-history-keep",
+        type=positive_int,
+        default=10_000,
+        help="gate history entries the store keeps (admin writes and clusters' local changes, old -> new); the oldest go first",
     )
     add_flag(p, "--refresh-workers", type=positive_int, default=4, help="cluster refreshes this replica runs at once")
     add_flag(
@@ -123,6 +164,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     add_flag(p, "--db-busy-timeout", type=positive_float, default=10.0, help="SQLite: seconds a write waits for another process's lock on the database")
     add_flag(
         p,
+        "--db-writer",
+        choices=("process", "thread"),
+        default="process",
+        help="SQLite: write the agents' bundles from a process of the hub's own (its own core: the hub's event loop is one core of Python) or from a thread of the hub",
+    )
+    add_flag(
+        p,
+        "--db-timeout",
+        type=positive_float,
+        default=30.0,
+        help="PostgreSQL: seconds a connection attempt or one statement may take before it fails as unavailable (then retried, see --store-retry)",
+    )
+    add_flag(
+        p,
         "--store-retry",
         type=non_negative_float,
         default=30.0,
@@ -136,8 +191,118 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         help="seed 004's deployment type, sent to agents with the gates: local (both ways) or maas (agents' changes up only), unless the hub setting "
         "deployment-type is set (`fleetsync settings set deployment-type=maas`, which takes effect at once on every replica); unset: local",
     )
+    _limit_flags(p)
     add_switch(p, "--resync-on-startup", help="ask every cluster for a digest of every type on its first connection after the hub starts (default: on)")
     p.set_defaults(run=run)
+
+
+def _limit_flags(p: argparse.ArgumentParser) -> None:
+    """The bounds on what a peer may cost the hub (:class:`~fleetsync.hub.limits.ProtocolLimits`)."""
+    add_flag(
+        p, "--hello-timeout", type=positive_float, default=10.0, help="seconds a new gRPC stream (or connection) may take to send its Hello before it is closed"
+    )
+    add_flag(
+        p,
+        "--max-pending-hellos",
+        type=positive_int,
+        default=256,
+        help="gRPC streams that have not said Hello yet, at most; a new one beyond it is refused at once (RESOURCE_EXHAUSTED)",
+    )
+    add_flag(p, "--grpc-max-streams-per-connection", type=positive_int, default=8, help="gRPC: concurrent streams one connection may open (an agent uses one)")
+    add_flag(p, "--keepalive-time", type=positive_float, default=20.0, help="gRPC: ping a silent agent after this many seconds (HTTP/2 keepalive)")
+    add_flag(
+        p, "--keepalive-timeout", type=positive_float, default=10.0, help="gRPC: drop an agent whose keepalive ping is not answered within this many seconds"
+    )
+    add_flag(
+        p,
+        "--auth-failures-per-minute",
+        type=positive_float,
+        default=6.0,
+        help="Hellos with a bad token (or malformed) refused per peer address and minute, after a burst of --auth-failure-burst; "
+        "beyond it the refusal waits --auth-failure-delay and is recorded nowhere but /metrics",
+    )
+    add_flag(p, "--auth-failure-burst", type=positive_int, default=5, help="refused Hellos a peer address may have at once before its rate applies")
+    add_flag(p, "--auth-failure-delay", type=non_negative_float, default=1.0, help="seconds a refusal beyond a peer's rate waits before it is sent")
+    add_flag(
+        p,
+        "--rejected-events",
+        type=non_negative_int,
+        default=20,
+        help="refused Hellos recorded as Rejected events per --rejected-events-window, fleet-wide; the rest are summed up in one event per window",
+    )
+    add_flag(p, "--rejected-events-window", type=positive_float, default=600.0, help="seconds of the --rejected-events window")
+    add_flag(
+        p,
+        "--max-reported-types",
+        type=positive_int,
+        default=1000,
+        help="resource types (CRDs included) one cluster's agent may report; the ones beyond are refused by name",
+    )
+    add_flag(p, "--max-event-bytes", type=positive_int, default=2048, help="an event's message is cut to this many bytes")
+    add_flag(
+        p,
+        "--max-object-bytes",
+        type=positive_int,
+        default=4 * 1024 * 1024,
+        help="largest object body accepted (declared in its lz4 frame and once decompressed, at most 64 MiB); a bundle with a bigger one, or one that is not a JSON object, is refused",
+    )
+    add_flag(
+        p,
+        "--max-digest-ratio",
+        type=positive_int,
+        default=16,
+        help="a digest chunk's packed entries may decompress to at most this many times --max-message-bytes; a chunk that would is refused",
+    )
+    add_flag(p, "--max-digest-entries", type=positive_int, default=2_000_000, help="entries one digest (all its chunks) may carry before it is refused")
+    add_flag(p, "--max-digest-chunks", type=positive_int, default=10_000, help="chunks one digest may have before it is refused")
+    add_flag(p, "--digest-timeout", type=positive_float, default=600.0, help="seconds a digest may take from its first chunk to its last before it is refused")
+    add_flag(
+        p,
+        "--broker-session-queue",
+        type=positive_int,
+        default=1024,
+        help="MQTT/NATS: messages of one agent session received and not yet handled; beyond it the session is ended (the agent reconnects)",
+    )
+    add_flag(
+        p,
+        "--broker-session-bytes",
+        type=positive_int,
+        default=64 * 1024 * 1024,
+        help="MQTT/NATS: bytes of one agent session received and not yet handled; beyond it the session is ended (the agent reconnects)",
+    )
+    add_flag(p, "--pull-max-bytes", type=positive_int, default=256 * 1024 * 1024, help="the largest answer a pull refresh (GET /v1/state) may read")
+    add_flag(p, "--pull-timeout", type=positive_float, default=30.0, help="seconds a pull refresh's GET /v1/state may take")
+
+
+def limits_from(args: argparse.Namespace) -> ProtocolLimits:
+    from fleetsync.hub.limits import ProtocolLimits
+    from fleetsync.protocol.codec import READ_LIMIT
+
+    if args.max_object_bytes > READ_LIMIT:
+        raise ValueError(f"--max-object-bytes ({args.max_object_bytes}) may be at most {READ_LIMIT} (the most a stored body is decompressed to when read)")
+    return ProtocolLimits(
+        hello_timeout=args.hello_timeout,
+        max_pending_hellos=args.max_pending_hellos,
+        max_streams_per_connection=args.grpc_max_streams_per_connection,
+        keepalive_time=args.keepalive_time,
+        keepalive_timeout=args.keepalive_timeout,
+        auth_failures_per_minute=args.auth_failures_per_minute,
+        auth_failure_burst=args.auth_failure_burst,
+        auth_failure_delay=args.auth_failure_delay,
+        rejected_events=args.rejected_events,
+        rejected_events_window=args.rejected_events_window,
+        max_event_bytes=args.max_event_bytes,
+        max_reported_types=args.max_reported_types,
+        max_object_bytes=args.max_object_bytes,
+        max_digest_ratio=args.max_digest_ratio,
+        max_digest_entries=args.max_digest_entries,
+        max_digest_chunks=args.max_digest_chunks,
+        digest_timeout=args.digest_timeout,
+        broker_session_queue=args.broker_session_queue,
+        broker_session_bytes=args.broker_session_bytes,
+        pull_max_bytes=args.pull_max_bytes,
+        pull_timeout=args.pull_timeout,
+    )
 
 
 def settings_from(args: argparse.Namespace) -> HubSettings:
@@ -165,6 +330,7 @@ def settings_from(args: argparse.Namespace) -> HubSettings:
         store_retry=args.store_retry,
         deployment_type=args.deployment_type,
         pull_token=read_token_file("--pull-token-file", args.pull_token_file, min_length=16) if args.pull_token_file else "",
+        limits=limits_from(args),
     )
 
 
@@ -182,20 +348,28 @@ def _admin_token(path: str) -> str:
 
 async def serve(args: argparse.Namespace) -> None:
     from fleetsync.api.app import ApiServer  # the API reads the store; imported here to keep layers one-way
+    from fleetsync.api.limits import HttpLimits
     from fleetsync.hub.core import HubCore
     from fleetsync.transport.connect import broker_server
-    from fleetsync.transport.grpc import GrpcHubServer
+    from fleetsync.transport.grpc_hub import GrpcHubServer
     from fleetsync.web import https_context
 
     try:
         grpc_host, grpc_port = parse_listen_address(args.grpc)
         http_host, http_port = parse_listen_address(args.http)
         settings = settings_from(args)
-        brokers = [parse_hub_url(url, schemes=("mqtt", "mqtts", "nats")) for url in args.broker.split(",") if url.strip()]
+        brokers = [parse_hub_url(url, schemes=BROKER_SCHEMES) for url in args.broker.split(",") if url.strip()]
         tls = _server_tls(args)
         ssl_context = https_context(tls.cert_file, tls.key_file) if tls else None  # also checks that the key is the certificate's
         admin_token = _admin_token(args.admin_token_file)
-        store = open_store(args.db, change_log_keep=args.change_log_keep, busy_timeout=args.db_busy_timeout)
+        store = open_store(
+            args.db,
+            change_log_keep=args.change_log_keep,
+            gate_history_keep=args.gate_history_keep,
+            busy_timeout=args.db_busy_timeout,
+            timeout=args.db_timeout,
+            batch_writer=args.db_writer,
+        )
     except ValueError as exc:
         raise SystemExit(f"fleetsync hub: {exc}") from None
     try:
@@ -210,9 +384,16 @@ async def serve(args: argparse.Namespace) -> None:
     except (OSError, RuntimeError) as exc:
         await store.close()  # its connection's thread would keep the process from exiting
         raise SystemExit(f"fleetsync hub: cannot listen on {args.grpc}: {exc}") from None
-    api = ApiServer(core, host=http_host, port=http_port, ssl_context=ssl_context)
+    limits = HttpLimits(
+        header_timeout=args.http_header_timeout,
+        idle_timeout=args.http_idle_timeout,
+        max_connections=args.http_max_connections,
+        max_body_bytes=args.http_max_body_bytes,
+    )
+    api = ApiServer(core, host=http_host, port=http_port, ssl_context=ssl_context, limits=limits)
     broker_servers = [broker_server(core, address) for address in brokers]
     await core.start()
+    trimmer = asyncio.create_task(trim_every(HEAP_TRIM_INTERVAL), name="heap-trim")
     await grpc_server.start()
     for server in broker_servers:
         await server.start()
@@ -227,7 +408,7 @@ async def serve(args: argparse.Namespace) -> None:
         raise SystemExit(f"fleetsync hub: cannot listen on {args.http}: {exc.strerror}") from None
     via = "".join(f", agents also through {address}" for address in brokers)
     grpc_how = "gRPC over TLS" + (" (client certificates required)" if tls and tls.client_ca else "") if tls else "gRPC"
-    print(f"fleetsync hub {args.hub_id}: {grpc_how} on {grpc_host}:{grpc_server.port}, API on {api.url}, store {args.db}{via}", flush=True)
+    logs.announce(f"fleetsync hub {args.hub_id}: {grpc_how} on {grpc_host}:{grpc_server.port}, API on {api.url}, store {args.db}{via}", logger="fleetsync.hub")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -242,6 +423,7 @@ async def serve(args: argparse.Namespace) -> None:
         await grpc_server.stop()
         await core.stop()
         await store.close()
+        trimmer.cancel()
         await cancel_the_rest()  # what the client libraries left running
 
 
@@ -251,7 +433,36 @@ async def serve(args: argparse.Namespace) -> None:
 GIL_SWITCH_INTERVAL = 0.0005
 
 
+#: Seconds between two returns of the heap's free pages to the kernel (fleetsync/heap.py).
+HEAP_TRIM_INTERVAL = 5.0
+
+
 def run(args: argparse.Namespace) -> int:
+    require(_modules_needed(args), command="hub")
     sys.setswitchinterval(GIL_SWITCH_INTERVAL)
-    asyncio.run(serve(args))
+    retain_less()  # the hub's RSS follows what it holds, not what passed through it (fleetsync/heap.py)
+    with asyncio.Runner(loop_factory=_loop_factory(args.event_loop)) as runner:
+        runner.run(serve(args))
     return 0
+
+
+def _modules_needed(args: argparse.Namespace) -> list[str]:
+    """The optional libraries this hub will import, checked together before it starts so a
+    missing one is named with the others (fleetsync/extras.py), not found one at a time."""
+    needed = ["simdjson"]  # bodies are checked by fleetsync.protocol.bodies
+    if args.event_loop == "uvloop":
+        needed.append("uvloop")
+    needed.append("asyncpg" if args.db.startswith(("postgresql://", "postgres://")) else "aiosqlite")
+    needed += [MODULE_OF_SCHEME[scheme] for url in args.broker.split(",") if (scheme := url.strip().partition("://")[0]) in MODULE_OF_SCHEME]
+    return needed
+
+
+def _loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """The hub's event loop. Every agent message costs the loop a few task switches, futures
+    and callbacks; uvloop (libuv, in C) does those for less CPU, and the hub is bound by one
+    core of Python (docs/performance.md). gRPC's asyncio stack and aiohttp run on either."""
+    if name == "asyncio":
+        return None
+    import uvloop
+
+    return uvloop.new_event_loop

@@ -6,7 +6,7 @@ import argparse
 import json
 from typing import Any
 
-from fleetsync.cli.client import ClientError, add_hub_flags, fetch, hub_session, item_url, print_table, run_client
+from fleetsync.cli.client import UsageError, add_hub_flags, fetch, hub_session, item_url, print_table, run_client
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -42,7 +42,7 @@ async def _list(args: argparse.Namespace) -> int:
 async def _set(args: argparse.Namespace) -> int:
     key, sep, value = args.assignment.partition("=")
     if not sep or not key.strip():
-        raise ClientError(f"expected KEY=VALUE, not {args.assignment!r} (e.g. deployment-type=maas)")
+        raise UsageError(f"expected KEY=VALUE, not {args.assignment!r} (e.g. deployment-type=maas)")
     async with hub_session(args) as session:
         answer = await fetch(session, item_url(args, "/api/v1/settings", key.strip()), token=args.token, method="PUT", body={"value": value.strip()})
     print(f"{answer['key']}={answer['value']}")

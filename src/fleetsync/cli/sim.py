@@ -11,6 +11,7 @@ import signal
 import sys
 from pathlib import Path
 
+from fleetsync import logs
 from fleetsync.cli.flags import add_flag, add_switch, non_negative_float, non_negative_int, positive_int
 
 log = logging.getLogger("fleetsync.sim")
@@ -79,13 +80,13 @@ async def serve(args: argparse.Namespace, *, ready: asyncio.Event | None = None)
         raise SystemExit(f"fleetsync sim: cannot listen on {args.host}:{args.port}: {exc.strerror}") from None
     for cluster in fleet.clusters.values():
         write_kubeconfig(args.kubeconfig_dir, cluster.name, server.cluster_url(cluster.name), cluster.token)
-    print(
+    logs.announce(
         f"fleetsync sim: {len(fleet.clusters)} clusters, {fleet.total_objects()} objects, churn {config.churn}/s per cluster\n"
         f"  API:         http://{args.host}:{server.port}/clusters/NAME   (NAME = {', '.join(fleet.clusters)})\n"
         f"  kubeconfigs: {args.kubeconfig_dir}/NAME.kubeconfig\n"
         f"  metrics:     http://{args.host}:{server.port}/clusters/NAME/metrics   (Istio's, for Prometheus; /mesh-traffic: what they are set to)\n"
         f"  try:         {_kubectl()} --kubeconfig {args.kubeconfig_dir}/{next(iter(fleet.clusters))}.kubeconfig get pods -A",
-        flush=True,
+        logger="fleetsync.sim",
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

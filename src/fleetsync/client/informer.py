@@ -33,7 +33,9 @@ import aiohttp
 import orjson
 
 from fleetsync.backoff import Backoff
+from fleetsync.errors import FleetsyncError
 from fleetsync.model.objects import CLUSTER_LABEL
+from fleetsync.model.objects import object_key as model_object_key
 from fleetsync.model.watchevents import Expired, WatchError, decode_event, event_version
 
 log = logging.getLogger(__name__)
@@ -41,7 +43,7 @@ log = logging.getLogger(__name__)
 Obj = dict[str, Any]
 
 
-class Refused(Exception):
+class Refused(FleetsyncError):
     """The hub refused the informer's token (401) or its role (403): retrying cannot help,
     so :meth:`Informer.run` raises this with the hub's message."""
 
@@ -50,7 +52,7 @@ def object_key(obj: Obj) -> str:
     """``[cluster/]namespace/name``: fleet-wide reads hold objects of several clusters."""
     meta = obj.get("metadata") or {}
     cluster = (meta.get("labels") or {}).get(CLUSTER_LABEL)
-    key = f"{meta.get('namespace', '')}/{meta.get('name', '')}"
+    key = model_object_key(meta.get("namespace", ""), meta.get("name", ""))
     return f"{cluster}/{key}" if cluster else key
 
 

@@ -8,10 +8,17 @@ The timers (one loop, :meth:`HubCore.run_timers`):
   from an inactive cluster reactivates it and triggers a digest resync (the session
   does that);
 - **leases**: the leases of every agent connected to this replica are renewed together,
-  every third of ``lease_ttl`` (:meth:`HubCore.renew_leases`);
-- **periodic anti-entropy**: every connected cluster is asked for a digest of each
-  type every ``digest_interval`` of that type (Global Hub's per-type resync
-  intervals), spread with jitter so a fleet does not digest all at once.
+  every third of ``lease_ttl`` (:mod:`fleetsync.hub.leases`);
+- **periodic anti-entropy**: each session's tick asks its cluster's one syncer
+  (:mod:`fleetsync.hub.antientropy`) what is due: a digest of some types (partial) or of
+  every type (full).
+
+The parts with a job of their own are modules of their own: the lease renewer
+(:mod:`fleetsync.hub.leases`), the downstream pushes (:mod:`fleetsync.hub.downstream`),
+anti-entropy (:mod:`fleetsync.hub.antientropy`), pull refreshes (:mod:`fleetsync.hub.refresh`).
+They see a session as :class:`~fleetsync.hub.connected.ConnectedSession`, and the refresh
+scheduler sees the core as :class:`~fleetsync.hub.refresh.RefreshHost`: no module imports
+one that imports it, so there is no import cycle.
 """
 
 from __future__ import annotations
@@ -20,111 +27,41 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from collections.abc import Awaitable, Callable
 
 import orjson
 
 from fleetsync.aio import cancel_and_wait
+from fleetsync.errors import FleetsyncError
 from fleetsync.hub import events
-from fleetsync.hub.clusterlabels import ClusterLabels
+from fleetsync.hub.clusterlabels import CLUSTERS_CHANNEL, ClusterLabels
+from fleetsync.hub.connected import ConnectedSession
+from fleetsync.hub.downstream import Downstream
 from fleetsync.hub.events import EventLog
 from fleetsync.hub.feed import ChangeFeed
 from fleetsync.hub.gates import GATES_CHANNEL
+from fleetsync.hub.guard import HelloGuard
 from fleetsync.hub.inbox import InboxBudget
+from fleetsync.hub.leases import LeaseRenewer
 from fleetsync.hub.metrics import HubMetrics
 from fleetsync.hub.refresh import RefreshScheduler
+from fleetsync.hub.settings import DigestSchedule as DigestSchedule
+from fleetsync.hub.settings import HubSettings as HubSettings
+from fleetsync.hub.types import HubTypes
 from fleetsync.hub.works import WORKS_CHANNEL, SpecCache
 from fleetsync.hub.writer import BatchWriter
-from fleetsync.model.types import HUB_TYPES, TypeRegistry, UnknownResourceType
+from fleetsync.model.types import HUB_TYPES, TypeRegistry
 from fleetsync.store.contract import Store
-
-if TYPE_CHECKING:
-    from fleetsync.hub.session import Session
 
 log = logging.getLogger(__name__)
 
 #: Store notifications asking the replica an agent is connected to for a resync.
 RESYNC_CHANNEL = "resync"
+#: The store notification channel on which a deleted cluster's name is announced: the replica its agent is connected to ends the session.
+CLUSTER_DELETED_CHANNEL = "cluster-deleted"
 
 
-@dataclass(frozen=True)
-class DigestSchedule:
-    """Seconds between periodic digests, per type, with a default (0: never)."""
-
-    default: float = 300.0
-    per_type: dict[str, float] = field(default_factory=dict)
-
-    def interval(self, type_: str) -> float:
-        return self.per_type.get(type_, self.default)
-
-    @classmethod
-    def parse(cls, text: str, *, registry: TypeRegistry | None = None) -> DigestSchedule:
-        """``300`` or ``300,v1/Pod=60,networking.istio.io/v1/VirtualService=0`` (types as the agent's --types)."""
-        registry = registry or TypeRegistry(HUB_TYPES)
-        default, per_type = cls.default, {}
-        for part in (p.strip() for p in text.split(",") if p.strip()):
-            name, sep, raw = part.rpartition("=")
-            try:
-                seconds = float(raw)
-            except ValueError:
-                raise ValueError(f"digest interval {part!r}: {raw!r} is not a number of seconds") from None
-            if seconds < 0:
-                raise ValueError(f"digest interval {part!r}: must not be negative")
-            if not sep:
-                default = seconds
-                continue
-            try:
-                per_type[registry.resolve(name).gvk] = seconds
-            except UnknownResourceType as exc:
-                raise ValueError(f"digest interval {part!r}: {exc}") from None
-        return cls(default, per_type)
-
-
-@dataclass
-class HubSettings:
-    hub_id: str = "hub-1"
-    #: Agents send a heartbeat after this many seconds without any other message.
-    heartbeat_interval: float = 10.0
-    #: A cluster with no message for this long becomes inactive.
-    inactivity_timeout: float = 30.0
-    #: A connected agent's lease is renewed every third of this.
-    lease_ttl: float = 30.0
-    #: After a disconnect, the lease is held this long for the same agent_id only.
-    grace_period: float = 15.0
-    #: No agent message may be larger (agents are told in Welcome and chunk below it).
-    max_message_bytes: int = 512 * 1024
-    digest_schedule: DigestSchedule = field(default_factory=DigestSchedule)
-    #: Ask each cluster for a digest of every type on its first connection after this hub starts.
-    resync_on_startup: bool = True
-    #: Seed 004's deployment type, sent to agents with the gates: local (gates sync both ways) or
-    #: maas (agents' changes go up, the hub's are not written down); "": unset (agents take local).
-    deployment_type: str = ""
-    #: Bytes received and not yet applied, per cluster, before the hub stops reading (backpressure).
-    inbox_bytes: int = 64 * 1024 * 1024
-    #: The same for every cluster together: what the hub holds of received bundles is bounded by
-    #: this, not by the fleet's size (the agents wait, through the transports' flow control).
-    inbox_budget: int = 64 * 1024 * 1024
-    #: gRPC: bytes each agent's stream may have in flight to the hub (its HTTP/2 window).
-    stream_window: int = 256 * 1024
-    #: Group commit: at most this many bundles, and this many bytes of objects, in one transaction.
-    batch_bundles: int = 1000
-    batch_bytes: int = 16 * 1024 * 1024
-    #: Under load, the writer waits this long for more bundles before it commits (seconds).
-    batch_linger: float = 0.002
-    #: While the store cannot be written, a cluster's engine retries this long before its
-    #: session ends (the agent reconnects and resends what was not acknowledged).
-    store_retry: float = 30.0
-    #: Push clusters get a scheduled refresh (a digest of every type) this often; 0: never.
-    push_refresh_interval: float = 600.0
-    #: Refreshes this replica runs at once.
-    refresh_workers: int = 4
-    #: The bearer token sent to pull clusters' agents (their --serve-state-token-file); "": none.
-    pull_token: str = field(default="", repr=False)
-
-
-class NotConnected(LookupError):
+class NotConnected(FleetsyncError, LookupError):
     """The cluster has no agent connected to this hub."""
 
 
@@ -141,17 +78,24 @@ class HubCore:
         self.store = store
         self.settings = settings or HubSettings()
         self.metrics = metrics or HubMetrics()
-        self.registry = registry or TypeRegistry(HUB_TYPES)
+        #: The types this hub serves: its fixed ones and every one a cluster's agent reported.
+        self.types = HubTypes(store, fixed=registry or HUB_TYPES)
         self.clock = clock
-        self.events = EventLog(store, self.metrics, hub_id=self.settings.hub_id, clock=clock)
+        self.events = EventLog(store, self.metrics, hub_id=self.settings.hub_id, clock=clock, max_bytes=self.settings.limits.max_event_bytes)
+        #: Refused Hellos: rate-limited per peer, their events capped fleet-wide.
+        self.guard = HelloGuard(self.settings.limits)
         #: The change log as a live stream (every replica's applies), for watches.
         self.feed = ChangeFeed(store)
-        #: Every cluster's labels, for watches with a cluster selector.
+        #: Every cluster's admin-set labels, for works' placement and watches with a cluster selector.
         self.cluster_labels = ClusterLabels(store)
-        #: Scheduled refreshes of push and pull clusters (seed 003).
+        #: Scheduled refreshes of pull clusters (seed 003).
         self.refresh = RefreshScheduler(self, workers=self.settings.refresh_workers, token=self.settings.pull_token)
         #: Live sessions on this replica, by cluster.
-        self.sessions: dict[str, Session] = {}
+        self.sessions: dict[str, ConnectedSession] = {}
+        #: Keeps their leases (one agent per cluster across replicas).
+        self.leases = LeaseRenewer(store, self.sessions, settings=self.settings, clock=clock, spawn=self._keep)
+        #: Sends them new gate and work snapshots when any replica writes one.
+        self.downstream = Downstream(store, self.sessions, spawn=self._keep)
         #: Work specs parsed once per generation, for every session's works snapshot.
         self.specs = SpecCache()
         #: Every session's bundles reach the store through this one writer (group commit).
@@ -161,8 +105,9 @@ class HubCore:
         #: What every session's inbox may hold together.
         self.inbox_budget = InboxBudget(self.settings.inbox_budget, reservation=self.settings.max_message_bytes)
         self._connected_since_start: set[str] = set()
-        self._timers: asyncio.Task[None] | None = None
-        self._leases: asyncio.Task[None] | None = None
+        #: cluster -> the incarnation last refused ALREADY_CONNECTED here (one event per newcomer, not one per retry).
+        self.refused_incarnations: dict[str, str] = {}
+        self._loops: list[asyncio.Task[None]] = []  # the timers and the lease renewer, while started
         self._background: set[asyncio.Future[None]] = set()
         #: The newest event id announced by the store (this or another replica's), for event watches.
         self.newest_event = 0
@@ -170,6 +115,14 @@ class HubCore:
         #: What this replica still waits for before it can serve agents (``/readyz`` is 503
         #: until it is empty), by component: e.g. a broker it has not subscribed to yet.
         self.starting: dict[str, str] = {}
+
+    @property
+    def registry(self) -> TypeRegistry:
+        """The types this replica serves now (see :class:`~fleetsync.hub.types.HubTypes`)."""
+        return self.types.registry
+
+    def _keep(self, work: Awaitable[None]) -> None:
+        self.keep_until_done(asyncio.ensure_future(work))
 
     def keep_until_done(self, task: asyncio.Future[None]) -> None:
         """Hold a reference to ``task`` until it finishes (the loop itself keeps only weak ones)."""
@@ -222,10 +175,18 @@ class HubCore:
                 self._events_announced(int(payload))
             return
         if channel == GATES_CHANNEL:
-            self._push_gates()
+            self.downstream.push_gates()
             return
         if channel == WORKS_CHANNEL:
-            self._push_works()
+            self.downstream.push_works()
+            return
+        if channel == CLUSTER_DELETED_CHANNEL:
+            session = self.sessions.get(payload)
+            if session is not None:
+                self.keep_until_done(asyncio.ensure_future(session.revoke(f"cluster {payload} was deleted from the hub: its agent tokens are revoked")))
+            return
+        if channel == CLUSTERS_CHANNEL:
+            self.downstream.push_works(payload)  # relabelled: the works its placement selects may differ now
             return
         if channel != RESYNC_CHANNEL:
             return
@@ -246,90 +207,45 @@ class HubCore:
 
         self.keep_until_done(asyncio.ensure_future(resync()))
 
-    def _push_gates(self) -> None:
-        """A gate was written (here or on another replica): every agent connected here gets the new snapshot."""
-
-        async def push(session: Session) -> None:
-            try:
-                await session.send_gates()
-            except Exception as exc:  # a session that is ending; it reconciles on its next connection
-                log.debug("cluster %s: gate snapshot not sent: %s", session.cluster, exc)
-
-        for session in list(self.sessions.values()):
-            self.keep_until_done(asyncio.ensure_future(push(session)))
-
-    def _push_works(self) -> None:
-        """A work was written (here or on another replica): every agent connected here whose part
-        of the works changed gets its new snapshot (the works are read once for all of them)."""
-
-        async def push() -> None:
-            try:
-                works = await self.store.works()
-            except Exception as exc:  # the store is down: agents reconcile on their next connection
-                log.warning("works not pushed: %s", exc)
-                return
-            for session in list(self.sessions.values()):
-                try:
-                    await session.send_works(works)
-                except Exception as exc:  # a session that is ending; it reconciles on its next connection
-                    log.debug("cluster %s: works snapshot not sent: %s", session.cluster, exc)
-
-        self.keep_until_done(asyncio.ensure_future(push()))
-
     # ---- timers -------------------------------------------------------------------------
 
     async def start(self) -> None:
         self.store.listen(self._on_notification)
         self.cluster_labels.start()
+        self.types.start()
         await self.feed.start()
         await self.refresh.start()
-        if self._timers is None:
-            self._timers = asyncio.create_task(self.run_timers(), name="hub-timers")
-        if self._leases is None:
-            self._leases = asyncio.create_task(self.renew_leases(), name="hub-leases")
+        if not self._loops:
+            self._loops = [asyncio.create_task(self.run_timers(), name="hub-timers"), asyncio.create_task(self.leases.run(), name="hub-leases")]
 
     async def stop(self) -> None:
-        if self._timers is not None:
-            await cancel_and_wait([self._timers])
-            self._timers = None
-        if self._leases is not None:
-            await cancel_and_wait([self._leases])
-            self._leases = None
+        await cancel_and_wait(self._loops)
+        self._loops = []
         if self._background:  # sessions still closing: let them hand their leases back
             await asyncio.gather(*self._background, return_exceptions=True)
         await self.refresh.stop()
         await self.writer.close()
         await self.feed.stop()
 
-    async def renew_leases(self) -> None:
-        """Every third of ``lease_ttl``, renew the leases of every agent connected to this replica in
-        one store transaction (a transaction per agent cost a thousand agents 100 commits a second);
-        a session whose lease another agent holds now ends. A store that cannot be written is tried
-        again next time: a lease lasts three periods."""
-        settings = self.settings
-        while True:
-            await asyncio.sleep(settings.lease_ttl / 3)
-            sessions = {s.cluster: s for s in list(self.sessions.values()) if s.hello is not None and s.engine is not None and not s.superseded}
-            held = [(cluster, s.hello.agent_id, s.hello.incarnation) for cluster, s in sessions.items() if s.hello is not None]
-            try:
-                lost = await self.store.renew_leases(held, hub_id=settings.hub_id, now=self.clock(), ttl=settings.lease_ttl)
-            except Exception as exc:
-                log.warning("the leases of %d clusters could not be renewed (%s); trying again", len(held), exc)
-                continue
-            for cluster in lost:
-                session = sessions[cluster]
-                log.warning("cluster %s: lease lost to another agent; ending the session", cluster)
-                if session.end is not None:
-                    self.keep_until_done(asyncio.ensure_future(session.end()))
-
     async def run_timers(self) -> None:
         period = min(1.0, self.settings.inactivity_timeout / 4)
+        failing = False
         while True:
             await asyncio.sleep(period)
             try:
+                if summary := self.guard.summary():  # the refused Hellos of the window just over that were not recorded one by one
+                    await self.events.record("", events.REJECTED, summary)
                 await self.tick()
-            except Exception:  # a store hiccup must not end the timers for good
-                log.exception("hub timers failed; retrying in %.1fs", period)
+            except Exception as exc:  # a store hiccup must not end the timers for good
+                if failing:  # the traceback once per outage, not every second of a full disk
+                    log.warning("hub timers failed again (%s); retrying in %.1fs", exc, period)
+                else:
+                    log.exception("hub timers failed; retrying in %.1fs", period)
+                failing = True
+                continue
+            if failing:
+                log.info("hub timers running again")
+                failing = False
 
     async def tick(self) -> None:
         now = self.clock()

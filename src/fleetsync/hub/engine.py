@@ -13,29 +13,39 @@ A write that fails is never skipped: while the store is unavailable the engine r
 with backoff, for ``store_retry`` seconds, and then raises :class:`StoreUnavailable`
 to its session, which ends (the agent reconnects and resends what was not acked). A
 bundle the store refuses by itself (not the store's state) refuses its type, as a
-malformed one would: :class:`BundleRefused`.
+malformed one would: :class:`BundleRefused`; so does a bundle carrying an object body that
+is not a JSON object (checked once per object here, before the write, and never again on
+the read path: see :mod:`fleetsync.protocol.bodies`). A bundle fenced out because the
+session's lease epoch is no longer the cluster's (:class:`~fleetsync.store.contract.LeaseLost`:
+another session holds the cluster) is not retried: it ends the session.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import xxhash
 
+from fleetsync import tracing
 from fleetsync.backoff import Backoff
+from fleetsync.errors import FleetsyncError
 from fleetsync.hub import events
 from fleetsync.hub.events import EventLog
 from fleetsync.hub.inbox import Inbox, InboxBudget, QueuedDelta, QueuedDigest, header_of
+from fleetsync.hub.limits import ProtocolLimits
 from fleetsync.hub.metrics import HubMetrics
 from fleetsync.hub.writer import BatchWriter
+from fleetsync.model.nodes import NodeReadiness, node_ready
 from fleetsync.protocol import fleetsync_pb2 as pb
-from fleetsync.protocol.rules import HubStream, Position, Verdict, compare_digest
-from fleetsync.store.contract import BundleWrite, ObjectRecord, Store, StoreUnavailable, StreamRecord
+from fleetsync.protocol.bodies import UnreadableBody, bundle_problem, stored_object
+from fleetsync.protocol.rules import BundleHeader, Decision, HubStream, Position, Verdict, compare_digest
+from fleetsync.store.contract import BundleWrite, LeaseLost, ObjectRecord, Store, StoreUnavailable, StreamRecord
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +53,8 @@ Send = Callable[[pb.HubMessage], Awaitable[None]]
 
 #: A stream past a gap is asked for a resync at most this often (seconds); every bundle past it would otherwise ask again.
 GAP_REQUEST_INTERVAL = 1.0
+#: Whose bundles move the cluster's node view (NodeUp / NodeDown).
+NODE = "v1/Node"
 #: Why the hub asks for a periodic digest; digests for it that find nothing make no event.
 PERIODIC = "periodic"
 
@@ -54,28 +66,20 @@ def full_mark(incarnation: str, seq: int) -> int:
 
 
 def object_record(cluster: str, type_: str, incarnation: str, obj: pb.Object, compression: int) -> ObjectRecord:
+    # positional: this runs for every object an agent sends (see ObjectRecord for the field order)
     return ObjectRecord(
-        cluster=cluster,
-        type=type_,
-        namespace=obj.namespace,
-        name=obj.name,
-        uid=obj.uid,
-        resource_version=obj.resource_version,
-        hash=obj.hash,
-        labels=dict(obj.labels),
-        owner=obj.owner,
-        body=obj.body,
-        compression=compression,
-        incarnation=incarnation,
+        cluster, type_, obj.namespace, obj.name, obj.uid, obj.resource_version, obj.hash, dict(obj.labels), obj.owner, obj.body, compression, incarnation
     )
 
 
-class BundleRefused(Exception):
-    """The store could not write one bundle (the bundle, not the store, is at fault)."""
+class BundleRefused(FleetsyncError):
+    """One bundle cannot be written (the bundle, not the store, is at fault): the store refused
+    it (``cause`` "store") or an object in it is not a JSON object ("malformed")."""
 
-    def __init__(self, type_: str, message: str) -> None:
+    def __init__(self, type_: str, message: str, *, cause: str = "store") -> None:
         super().__init__(message)
         self.type = type_
+        self.cause = cause
 
 
 @dataclass
@@ -93,7 +97,7 @@ class ClusterEngine:
         self,
         store: Store,
         cluster: str,
-        streams: Iterable[StreamRecord],
+        streams: Sequence[StreamRecord],
         *,
         send: Send,
         events: EventLog,
@@ -103,9 +107,13 @@ class ClusterEngine:
         store_retry: float = 30.0,
         inbox_bytes: int = 64 * 1024 * 1024,
         inbox_budget: InboxBudget | None = None,
+        limits: ProtocolLimits | None = None,
         clock: Callable[[], float] = time.time,
+        epoch: int = 0,
     ) -> None:
         self.store = store
+        #: The session's lease epoch: every bundle write is fenced by it (0: not fenced).
+        self.epoch = epoch
         self.writer = writer or BatchWriter(store, metrics=metrics)
         self.store_retry = store_retry
         self.cluster = cluster
@@ -114,18 +122,20 @@ class ClusterEngine:
         self.metrics = metrics
         self.clock = clock
         self.max_diff_bytes = max_message_bytes // 2
-        self.inbox = Inbox(max_bytes=inbox_bytes, budget=inbox_budget)
-        self.streams: dict[str, HubStream] = {}
-        self.errors: dict[str, str] = {}
-        for s in streams:
-            self.streams[s.type] = HubStream(applied=Position(s.incarnation, s.seq) if s.incarnation else None)
-            self.errors[s.type] = s.error
+        self.max_object_bytes = (limits or ProtocolLimits()).max_object_bytes
+        self.inbox = Inbox(max_bytes=inbox_bytes, budget=inbox_budget, limits=limits, max_message_bytes=max_message_bytes)
+        self.streams: dict[str, HubStream] = {s.type: HubStream(applied=Position(s.incarnation, s.seq) if s.incarnation else None) for s in streams}
+        self.errors: dict[str, str] = {s.type: s.error for s in streams}
         self.applied_objects = 0
+        #: Seconds from its last applied change's collection by the agent to its commit here (None: none yet).
+        self.sync_lag: float | None = None
         self._asked: dict[str, str] = {}  # type -> why the hub asked for its resync
         self._resyncs: dict[str, _Resync] = {}
         self._gaps: dict[str, float] = {}  # type -> when the gap was seen (until the stream moves again)
         self._gap_asked: dict[str, float] = {}
         self._conflated = 0
+        #: Its nodes' readiness, for NodeUp / NodeDown (None until its first Node bundle).
+        self._nodes: NodeReadiness | None = None
         self._idle = asyncio.Event()
         self._idle.set()
         # this cluster's samples, looked up once (a label lookup per bundle costs as much as the rest of its metrics)
@@ -139,6 +149,8 @@ class ClusterEngine:
 
     async def submit(self, message: pb.Bundle | pb.Digest) -> None:
         """Queue a received bundle or digest chunk; waits while too much is queued (backpressure)."""
+        if tracing.enabled() and isinstance(message, pb.Bundle):
+            tracing.bundle_received(self.cluster, message)
         self.inbox.put(message)
         self._idle.clear()
         self._observe_inbox()
@@ -199,7 +211,7 @@ class ClusterEngine:
         try:
             return await self._apply(item)
         except BundleRefused as exc:  # the stream stays where it was: the agent may send it again later
-            self.metrics.refused.labels("store").inc()
+            self.metrics.refused.labels(exc.cause).inc()
             await self.events.record(self.cluster, events.TYPE_REFUSED, str(exc), type=exc.type)
             return [pb.HubMessage(reject=pb.Reject(reason=pb.PROTOCOL, message=str(exc), type=exc.type))]
 
@@ -218,29 +230,7 @@ class ClusterEngine:
             await self.events.record(self.cluster, events.RESYNC_STARTED, f"FULL sync started (incarnation {header.incarnation}, seq {header.seq})", type=type_)
         repairing = stream.pending_digest is not None
         if decision.verdict is not Verdict.DUPLICATE:
-            started = time.perf_counter()
-            moves = decision.verdict in (Verdict.APPLY_DELTA, Verdict.FULL_LAST)
-            records = [object_record(self.cluster, type_, header.incarnation, o, item.compression) for o in upserts]
-            await self._write(
-                BundleWrite(
-                    self.cluster,
-                    type_,
-                    header.incarnation,
-                    header.seq,
-                    records,
-                    deletes,
-                    full_seq=full_mark(header.incarnation, header.seq) if header.full else None,
-                    full_end=decision.verdict is Verdict.FULL_LAST,
-                    move_to=(header.incarnation, header.seq) if moves else None,
-                    now=self.clock(),
-                ),
-                size=sum(len(r.body) for r in records),
-            )
-            objects = len(upserts) + len(deletes)
-            self.applied_objects += objects
-            self.metrics.applied(type_, objects, time.perf_counter() - started)
-            if item.collected_at_ms:
-                self._sync_lag.set(max(0.0, self.clock() - item.collected_at_ms / 1000))
+            await self._commit(item, header, upserts, deletes, decision)
         ack = stream.committed(header, decision)
         if decision.verdict in (Verdict.APPLY_DELTA, Verdict.FULL_LAST):
             self._gaps.pop(type_, None)
@@ -249,6 +239,73 @@ class ClusterEngine:
         if ack is None:
             return []
         return [pb.HubMessage(ack=pb.Ack(type=type_, incarnation=ack.incarnation, seq=ack.seq, chunk=ack.chunk, partial=ack.partial))]
+
+    async def _commit(self, item: QueuedDelta | pb.Bundle, header: BundleHeader, upserts: list[pb.Object], deletes: list[str], decision: Decision) -> None:
+        """Write what a bundle (or a merged run of DELTAs) changes, through the group commit, and
+        what follows from it: node events, metrics, the cluster's sync lag."""
+        type_ = item.type
+        started = time.perf_counter()
+        moves = decision.verdict in (Verdict.APPLY_DELTA, Verdict.FULL_LAST)
+        write = bundle_write(
+            self.cluster,
+            type_,
+            header,
+            upserts,
+            deletes,
+            item.compression,
+            full_end=decision.verdict is Verdict.FULL_LAST,
+            moves=moves,
+            now=self.clock(),
+            max_object_bytes=self.max_object_bytes,
+            epoch=self.epoch,
+        )
+        records = write.upserts
+        if type_ == NODE and self._nodes is None:
+            self._nodes = await self._stored_readiness()
+        traced = (
+            tracing.apply_started(self.cluster, type_, header, traceparent=getattr(item, "traceparent", ""), upserts=upserts, deletes=deletes)
+            if tracing.enabled()
+            else None
+        )
+        await self._write(write, size=sum(len(r.body) for r in records))
+        if traced:
+            traced.committed()
+        if type_ == NODE:
+            await self._node_events(records, deletes)
+        objects = len(upserts) + len(deletes)
+        self.applied_objects += objects
+        self.metrics.applied(type_, objects, time.perf_counter() - started)
+        if item.collected_at_ms:
+            self.sync_lag = max(0.0, self.clock() - item.collected_at_ms / 1000)
+            self._sync_lag.set(self.sync_lag)
+
+    async def _stored_readiness(self) -> NodeReadiness | None:
+        """The cluster's nodes' readiness as the store holds them: read once per engine. None if
+        the store cannot be read now: node events wait for the next Node bundle, the write does not."""
+        ready: dict[str, bool] = {}
+        try:
+            stored = await self.store.list_objects(NODE, cluster=self.cluster)
+        except Exception as exc:  # the write that follows retries and reports a store that is away
+            log.warning("cluster %s: its nodes could not be read for node events (%s); trying again with its next Node bundle", self.cluster, exc)
+            return None
+        for record in stored:
+            with contextlib.suppress(UnreadableBody):
+                ready[record.name] = node_ready(stored_object(record.body, record.compression))
+        return NodeReadiness(ready)
+
+    async def _node_events(self, records: Sequence[ObjectRecord], deletes: Iterable[str]) -> None:
+        """NodeUp / NodeDown for the nodes of an applied Node bundle whose readiness changed
+        (seed 003's cluster view, as pull clusters get from their refreshes)."""
+        if self._nodes is None:
+            return
+        upserts: dict[str, bool] = {}
+        for record in records:
+            with contextlib.suppress(UnreadableBody):  # checked before the write: not expected
+                upserts[record.name] = node_ready(stored_object(record.body, record.compression))
+        for name, up in self._nodes.apply(upserts, [key.rpartition("/")[2] for key in deletes]):
+            await self.events.record(
+                self.cluster, events.NODE_UP if up else events.NODE_DOWN, f"node {name} reports {'Ready' if up else 'not Ready'}", type=NODE
+            )
 
     async def _write(self, write: BundleWrite, *, size: int) -> None:
         """Commit ``write`` (with other clusters' bundles), retrying while the store is unavailable."""
@@ -269,10 +326,13 @@ class ClusterEngine:
                         write.type,
                         write.seq,
                         self.store_retry,
+                        extra={"type": write.type},
                     )
                 if now >= deadline:
                     raise StoreUnavailable(f"the store has been unavailable for {self.store_retry:.0f}s: {exc}") from exc
                 await asyncio.sleep(min(backoff.next_delay(), max(0.0, deadline - now)))
+            except LeaseLost:
+                raise  # another session holds the cluster: this one must end, not retry
             except Exception as exc:
                 raise BundleRefused(write.type, f"the hub could not store bundle seq {write.seq} of {write.type}: {exc}") from exc
 
@@ -332,3 +392,45 @@ class ClusterEngine:
             await self.events.record(self.cluster, events.TYPE_FAILED, f"{error}; keeping its last known state", type=type_)
         else:
             await self.events.record(self.cluster, events.TYPE_RECOVERED, "syncing again", type=type_)
+
+
+def bundle_write(
+    cluster: str,
+    type_: str,
+    header: BundleHeader,
+    upserts: list[pb.Object],
+    deletes: Sequence[str],
+    compression: int,
+    *,
+    full_end: bool,
+    moves: bool,
+    now: float,
+    max_object_bytes: int,
+    epoch: int = 0,
+    name: str = "",
+) -> BundleWrite:
+    """The store write of one bundle (a DELTA, a merged run of them, or a FULL chunk), built the
+    one way both paths that write objects use: the engine for what an agent pushes, and the
+    refresh scheduler for a pull cluster's state (a FULL in one chunk). The rows of a FULL are
+    marked with :func:`full_mark`, so its end (``full_end``) deletes what it did not carry;
+    ``moves``: the stream's position moves to this bundle in the same transaction.
+
+    Raises :class:`BundleRefused` (cause "malformed") if an upserted body is not one bounded
+    JSON object (:func:`~fleetsync.protocol.bodies.bundle_problem`): nothing of it is written.
+    ``name``: what its message calls the bundle (by default its seq and type).
+    """
+    if problem := bundle_problem(upserts, compression, max_bytes=max_object_bytes):
+        raise BundleRefused(type_, f"{name or f'bundle seq {header.seq} of {type_}'} refused: {problem}", cause="malformed")
+    return BundleWrite(
+        cluster,
+        type_,
+        header.incarnation,
+        header.seq,
+        [object_record(cluster, type_, header.incarnation, o, compression) for o in upserts],
+        deletes,
+        full_seq=full_mark(header.incarnation, header.seq) if header.full else None,
+        full_end=full_end,
+        move_to=(header.incarnation, header.seq) if moves else None,
+        now=now,
+        epoch=epoch,
+    )

@@ -38,6 +38,8 @@ AGENT_UP = "AgentUp"
 AGENT_DOWN = "AgentDown"
 NODE_UP = "NodeUp"
 NODE_DOWN = "NodeDown"
+# an admin deleted the cluster (api/clusters.py)
+CLUSTER_DELETED = "ClusterDeleted"
 #: An agent's local config change of a gate that the hub cannot take (not a feature.* key, not true/false).
 GATE_REFUSED = "GateRefused"
 #: A manifest of a work failed to apply on the cluster (reported once per failure, not per retry).
@@ -66,6 +68,7 @@ REASONS = (
     AGENT_DOWN,
     NODE_UP,
     NODE_DOWN,
+    CLUSTER_DELETED,
     GATE_REFUSED,
     WORK_FAILED,
     WORK_STATUS_REFUSED,
@@ -75,17 +78,31 @@ REASONS = (
 _WARNINGS = {REJECTED, INACTIVE, GAP_DETECTED, TYPE_FAILED, TYPE_REFUSED, REFRESH_FAILED, AGENT_DOWN, NODE_DOWN, GATE_REFUSED, WORK_FAILED, WORK_STATUS_REFUSED}
 
 
+def bounded(text: str, max_bytes: int) -> str:
+    """``text`` if its UTF-8 form has at most ``max_bytes`` bytes; else its start, saying how much was cut."""
+    encoded = text.encode()
+    if len(encoded) <= max_bytes:
+        return text
+    keep = max(0, max_bytes - 40)
+    return encoded[:keep].decode(errors="ignore") + f"… ({len(encoded) - keep} more bytes)"
+
+
 class EventLog:
     """Records events for one hub replica."""
 
-    def __init__(self, store: Store, metrics: HubMetrics, *, hub_id: str, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, store: Store, metrics: HubMetrics, *, hub_id: str, clock: Callable[[], float] = time.time, max_bytes: int = 2048) -> None:
         self.store = store
         self.metrics = metrics
         self.hub_id = hub_id
         self.clock = clock
+        #: An event's message and type are cut to this many bytes: they often quote what a peer
+        #: sent (a type name, a work's error), and the kept window is counted in events, not bytes.
+        self.max_bytes = max_bytes
 
     async def record(self, cluster: str, reason: str, message: str, *, type: str = "") -> None:  # noqa: A002
+        """Record (and log) one event; its message and type are cut to ``max_bytes``."""
         assert reason in REASONS, reason
+        message, type = bounded(message, self.max_bytes), bounded(type, self.max_bytes)  # noqa: A001
         log.log(logging.WARNING if reason in _WARNINGS else logging.INFO, "cluster %s: %s%s: %s", cluster, reason, f" {type}" if type else "", message)
         self.metrics.events.labels(reason).inc()
         try:

@@ -21,13 +21,15 @@ import contextlib
 import logging
 from collections.abc import AsyncGenerator
 
+from fleetsync import tracing
 from fleetsync.aio import cancel_and_wait
+from fleetsync.errors import FleetsyncError
 from fleetsync.store.contract import Change, Store
 
 log = logging.getLogger(__name__)
 
 
-class Gone(Exception):
+class Gone(FleetsyncError):
     """The revision asked for is older than the change log's window (HTTP 410 for a watch)."""
 
     def __init__(self, rev: int, oldest: int) -> None:
@@ -108,6 +110,8 @@ class ChangeFeed:
                 batch = []
             if batch:
                 since = batch[-1].rev
+                if tracing.enabled():
+                    tracing.delivered(batch)
                 yield batch
                 continue
             try:

@@ -12,6 +12,13 @@ and applies them in order. When the engine falls behind, the queue conflates:
 - a digest's chunks are assembled here and queued as one item once complete; a newer
   digest of a type replaces an older one still queued.
 
+What an agent sends is bounded here too (:class:`~fleetsync.hub.limits.ProtocolLimits`):
+a digest chunk's packed entries are decompressed with a limit, a digest that goes on past
+its entry or chunk limit, or is not complete in time, is dropped and refused, and a
+bundle whose lz4 object bodies declare more than the object size limit is refused whole,
+before it is queued. Each raises a :class:`~fleetsync.protocol.codec.CodecError` that the
+session answers with ``Reject{PROTOCOL, type}``.
+
 Applying the conflated queue leaves the store exactly as applying every message would,
 with fewer transactions (a hypothesis test checks this). Memory is bounded twice: per
 cluster by ``max_bytes``, and for the whole hub by a shared :class:`InboxBudget` that
@@ -25,10 +32,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from fleetsync.hub.limits import ProtocolLimits
 from fleetsync.protocol import codec
 from fleetsync.protocol import fleetsync_pb2 as pb
 from fleetsync.protocol.rules import BundleHeader, can_merge, supersedes
@@ -121,7 +129,10 @@ class InboxBudget:
         self.reservation_seconds = reservation_seconds
         self.clock = clock
         self.bytes = 0
-        self._reserved: dict[int, float] = {}  # id of the holder -> until when its reservation counts
+        #: id of the holder -> until when its reservation counts, in that order (every reservation
+        #: lasts ``reservation_seconds`` from when it is taken, and a new one goes to the end), so
+        #: the lapsed ones are found at the front: :attr:`held` is O(1) per call, not O(sessions).
+        self._reserved: OrderedDict[int, float] = OrderedDict()
         #: Sessions waiting to read, first come first served (a future each, set when let in).
         self._waiters: deque[tuple[int, asyncio.Future[None]]] = deque()
         self._timer: asyncio.TimerHandle | None = None
@@ -129,10 +140,10 @@ class InboxBudget:
     @property
     def held(self) -> int:
         """Bytes queued plus reservations in force."""
-        now = self.clock()
-        for holder in [h for h, until in self._reserved.items() if until <= now]:
-            del self._reserved[holder]
-        return self.bytes + len(self._reserved) * self.reservation
+        now, reserved = self.clock(), self._reserved
+        while reserved and next(iter(reserved.values())) <= now:
+            reserved.popitem(last=False)
+        return self.bytes + len(reserved) * self.reservation
 
     def take(self, size: int) -> None:
         self.bytes += size
@@ -155,6 +166,7 @@ class InboxBudget:
             return True
         if held + self.reservation <= self.max_bytes or held == 0:
             self._reserved[holder] = self.clock() + self.reservation_seconds
+            self._reserved.move_to_end(holder)
             return True
         return False
 
@@ -170,7 +182,7 @@ class InboxBudget:
             self._waiters.popleft()
             waiter.set_result(None)
         if self._waiters and self._reserved and self._timer is None:  # a lapsing reservation frees room
-            when = min(self._reserved.values()) - self.clock()
+            when = next(iter(self._reserved.values())) - self.clock()  # the first to lapse
             self._timer = asyncio.get_running_loop().call_later(max(0.0, when), self._on_timer)
 
     def _on_timer(self) -> None:
@@ -194,9 +206,22 @@ class InboxBudget:
 
 
 class Inbox:
-    def __init__(self, *, max_bytes: int = 64 * 1024 * 1024, budget: InboxBudget | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        max_bytes: int = 64 * 1024 * 1024,
+        budget: InboxBudget | None = None,
+        limits: ProtocolLimits | None = None,
+        max_message_bytes: int = 512 * 1024,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.max_bytes = max_bytes
         self.budget = budget or InboxBudget(max_bytes)
+        self.limits = limits or ProtocolLimits()
+        #: The most one digest chunk's packed entries may decompress to.
+        self.digest_chunk_bytes = max_message_bytes * self.limits.max_digest_ratio
+        self.clock = clock
+        self._digest_started: dict[str, float] = {}  # type -> when the digest being assembled began
         self.bytes = 0
         #: Bytes of the item the engine took last and has not reported :meth:`done` with.
         self.in_hand = 0
@@ -218,6 +243,8 @@ class Inbox:
         size = message.ByteSize()
         if isinstance(message, pb.Digest):
             self._put_digest(message, size)
+        elif problem := self._bodies_problem(message):
+            raise codec.CodecError(f"bundle of {message.type} (seq {message.seq}) refused: {problem}")
         elif message.kind == pb.DELTA and not message.error:
             self._put_delta(message, size)
         elif message.kind == pb.FULL:
@@ -277,21 +304,54 @@ class Inbox:
         self._queue = kept
         self._append(bundle, size)
 
+    def _bodies_problem(self, bundle: pb.Bundle) -> str:
+        """Why the lz4 bodies of ``bundle`` may not be stored ("" if they may)."""
+        if bundle.compression != pb.COMPRESSION_LZ4:
+            return ""
+        limit = self.limits.max_object_bytes
+        for obj in bundle.upserts:
+            if problem := codec.declared_size_problem(obj.body, limit):
+                return f"{obj.namespace}/{obj.name}: {problem}"
+        return ""
+
+    def _drop_assembly(self, type_: str) -> None:
+        partial = self._assembling.pop(type_, None)
+        self._digest_started.pop(type_, None)
+        if partial is not None:
+            self._grow(-partial[0].size)
+
     def _put_digest(self, digest: pb.Digest, size: int) -> None:
-        """Chunks being assembled count as queued (a digest that never ends is bounded too)."""
-        entries = codec.digest_entries(digest)
+        """Chunks being assembled count as queued, and one digest's entries, chunks and time
+        are bounded: a digest that never ends is dropped and refused, not held for ever."""
+        try:
+            entries = codec.digest_entries(digest, limit=self.digest_chunk_bytes)
+        except codec.CodecError:
+            self._drop_assembly(digest.type)
+            raise
         partial = self._assembling.get(digest.type)
         if digest.chunk == 0:
             if partial is not None:  # a new digest replaces an unfinished one
                 self._grow(-partial[0].size)
             partial = (QueuedDigest(digest.type, digest.incarnation, digest.seq, {}), 0)
+            self._digest_started[digest.type] = self.clock()
         elif partial is None or (partial[0].incarnation, partial[0].seq, partial[1]) != (digest.incarnation, digest.seq, digest.chunk):
             log.info("digest of %s: chunk %d arrived out of order; dropped (the agent sends its digest again)", digest.type, digest.chunk)
-            if partial is not None:
-                self._grow(-partial[0].size)
-            self._assembling.pop(digest.type, None)
+            self._drop_assembly(digest.type)
             return
         assembled, _ = partial
+        limits = self.limits
+        took = self.clock() - self._digest_started.get(digest.type, self.clock())
+        problem = ""
+        if digest.chunk + 1 > limits.max_digest_chunks:
+            problem = f"more than {limits.max_digest_chunks} chunks (--max-digest-chunks)"
+        elif len(assembled.entries) + len(entries) > limits.max_digest_entries:
+            problem = f"more than {limits.max_digest_entries} entries (--max-digest-entries)"
+        elif took > limits.digest_timeout:
+            problem = f"not complete {took:.0f}s after its first chunk (--digest-timeout {limits.digest_timeout:g}s)"
+        if problem:
+            self._assembling[digest.type] = partial  # counted until dropped
+            self._drop_assembly(digest.type)
+            raise codec.CodecError(f"digest of {digest.type} (seq {digest.seq}) refused at chunk {digest.chunk}: {problem}")
         assembled.entries.update(entries)
         assembled.size += size
         self._grow(size)
@@ -299,6 +359,7 @@ class Inbox:
             self._assembling[digest.type] = (assembled, digest.chunk + 1)
             return
         self._assembling.pop(digest.type, None)
+        self._digest_started.pop(digest.type, None)
         older = [(item, s) for item, s in self._queue if isinstance(item, QueuedDigest) and item.type == digest.type]
         for entry in older:
             self._queue.remove(entry)
@@ -332,6 +393,7 @@ class Inbox:
         self.bytes = self.in_hand = 0
         self._queue.clear()
         self._assembling.clear()
+        self._digest_started.clear()
 
     async def room(self) -> None:
         """Wait until less than ``max_bytes`` is queued here and the hub's budget has room."""

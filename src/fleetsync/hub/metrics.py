@@ -1,13 +1,24 @@
-"""The hub's Prometheus metrics, in a registry of their own (one per hub, so tests can run several)."""
+"""The hub's Prometheus metrics, in a registry of their own (one per hub, so tests can run several),
+with the process's own (:mod:`fleetsync.processmetrics`)."""
 
 from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from fleetsync.processmetrics import register_process_metrics
+
 
 class HubMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
+        register_process_metrics(self.registry)
+        self._declare_applies()
+        self._declare_sessions()
+        self._declare_refreshes()
+        self._declare_batches()
+        self._by_type: dict[str, tuple[Counter, Counter]] = {}
+
+    def _declare_applies(self) -> None:
         self.bundles_applied = Counter(
             "fleetsync_bundles_applied_total", "Bundles committed to the store (a conflated run of bundles commits once)", ["type"], registry=self.registry
         )
@@ -18,8 +29,13 @@ class HubMetrics:
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
             registry=self.registry,
         )
+
+    def _declare_sessions(self) -> None:
         self.connected_agents = Gauge("fleetsync_connected_agents", "Agents with an open session on this hub", registry=self.registry)
         self.rejected = Counter("fleetsync_agents_rejected_total", "Agent connections rejected", ["reason"], registry=self.registry)
+        self.hello_throttled = Counter(
+            "fleetsync_hello_throttled_total", "Refused Hellos beyond their peer's rate (answered late, recorded nowhere else)", registry=self.registry
+        )
         self.resyncs_requested = Counter(
             "fleetsync_resync_requests_total",
             "ResyncRequests sent to agents, by reason (gap, periodic, reactivated, hub-startup, api)",
@@ -42,6 +58,7 @@ class HubMetrics:
         )
         self.objects = Gauge("fleetsync_objects", "Objects held, per cluster (updated on read of /metrics)", ["cluster"], registry=self.registry)
 
+    def _declare_refreshes(self) -> None:
         self.refreshes = Counter(
             "fleetsync_refreshes_total",
             "Cluster refreshes by the scheduler, by mode (push, pull) and result (ok, failed, discarded: another refresh of the cluster was running)",
@@ -58,6 +75,7 @@ class HubMetrics:
             registry=self.registry,
         )
 
+    def _declare_batches(self) -> None:
         self.batch_bundles = Histogram(
             "fleetsync_batch_bundles",
             "Bundles committed per store transaction (group commit)",
@@ -72,12 +90,10 @@ class HubMetrics:
         )
         self.store_errors = Counter(
             "fleetsync_store_errors_total",
-            "Failed writes of bundles, by kind (unavailable: the store could not be written; bundle: one bundle could not be)",
+            "Failed writes of bundles, by kind (unavailable: the store could not be written; bundle: one bundle could not be; fenced: its session had lost the cluster's lease)",
             ["kind"],
             registry=self.registry,
         )
-
-        self._by_type: dict[str, tuple[Counter, Counter]] = {}
 
     def committed(self, bundles: int, seconds: float) -> None:
         self.batch_bundles.observe(bundles)

@@ -10,14 +10,30 @@
    another one of the same cluster runs -- on any replica: a slow refresh outliving its
    interval, or one asked for on demand -- is discarded and counted
    (``fleetsync_refreshes_total{result="discarded"}``).
-3. A push cluster's refresh is a digest resync of every type. A pull cluster's is a
-   fetch of its agent's ``GET /v1/state`` (an agent run with ``--serve-state``); each
-   type's objects are compared with the stored hashes and only differences are written
-   (one transaction per type), and events are emitted from the difference between the
-   cluster view before and after: ``ClusterNew``, ``ClusterChanged`` (metadata),
+3. A pull cluster's refresh is a fetch of its agent's ``GET /v1/state`` (an agent run with ``--serve-state``); each
+   type's state is written as a FULL in one chunk, the way a pushed FULL is: built by
+   :func:`~fleetsync.hub.engine.bundle_write` (the same records, the same refusal of a
+   body that is not a JSON object), committed by the hub's
+   :class:`~fleetsync.hub.writer.BatchWriter` with every other cluster's bundles, and
+   planned by :mod:`fleetsync.store.plan`, which alone decides which objects changed (only
+   those take a revision) and deletes those the state no longer holds. Events are
+   emitted from the difference between the cluster view before and after (never the
+   engine's per-FULL ones): ``ClusterNew``, ``ClusterChanged`` (metadata),
    ``AgentUp`` / ``AgentDown`` (fetch succeeds again / fails), ``NodeUp`` / ``NodeDown``
    (a Node's Ready condition). Node events come from the nodes' own reports, as in
    Replicante: a node is not called down because something else thinks it is.
+
+Push clusters are not refreshed here: their anti-entropy (partial and full digest syncs)
+has one schedule, run by their session (:mod:`fleetsync.hub.antientropy`). A push row a
+hub of an earlier version left in the table is removed when claimed.
+
+The scheduler needs only a few parts of the hub (:class:`RefreshHost`), so it does not
+import :mod:`fleetsync.hub.core`, which runs it.
+
+A fetch is bounded in time (``--pull-timeout``) and bytes (``--pull-max-bytes``: an
+answer that says it is larger, or turns out larger while it is read, is abandoned at the
+bound), and its objects' lz4 bodies must declare sizes within ``--max-object-bytes``;
+each failure is a ``RefreshFailed`` event naming the bound.
 """
 
 from __future__ import annotations
@@ -27,37 +43,65 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import Protocol
 
 import aiohttp
-import orjson
 from google.protobuf.message import DecodeError
 
 from fleetsync.aio import cancel_and_wait
+from fleetsync.errors import FleetsyncError
 from fleetsync.hub import events
-from fleetsync.hub.clusterlabels import announce_if_relabelled
-from fleetsync.hub.engine import object_record
-from fleetsync.model.types import UnknownResourceType
+from fleetsync.hub.clusterlabels import announce_if_relabelled, changed_keys
+from fleetsync.hub.engine import BundleRefused, bundle_write
+from fleetsync.hub.events import EventLog
+from fleetsync.hub.metrics import HubMetrics
+from fleetsync.hub.settings import HubSettings
+from fleetsync.hub.types import HubTypes
+from fleetsync.hub.writer import BatchWriter
+from fleetsync.model.nodes import node_changes, node_ready
+from fleetsync.model.types import TypeRegistry, UnknownResourceType
 from fleetsync.protocol import fleetsync_pb2 as pb
-from fleetsync.protocol.codec import CodecError, body_json
-from fleetsync.store.contract import ClusterRecord, RefreshTarget
-
-if TYPE_CHECKING:
-    from fleetsync.hub.core import HubCore
+from fleetsync.protocol import typeinfo
+from fleetsync.protocol.bodies import UnreadableBody, stored_object
+from fleetsync.protocol.codec import declared_size_problem
+from fleetsync.protocol.rules import BundleHeader
+from fleetsync.store.contract import ClusterRecord, RefreshTarget, Store, StoreUnavailable
 
 log = logging.getLogger(__name__)
 
 NODE = "v1/Node"
 
 
-class RefreshFailed(Exception):
+class RefreshFailed(FleetsyncError):
     """A pull refresh could not fetch or use the agent's state."""
 
 
+class RefreshHost(Protocol):
+    """What the scheduler uses of the hub replica that runs it (:class:`~fleetsync.hub.core.HubCore`)."""
+
+    store: Store
+    #: The replica's group commit: a refresh's writes are committed with every session's bundles.
+    writer: BatchWriter
+    settings: HubSettings
+    metrics: HubMetrics
+    events: EventLog
+    types: HubTypes
+    clock: Callable[[], float]
+
+    @property
+    def registry(self) -> TypeRegistry: ...
+
+
 class RefreshScheduler:
-    def __init__(self, core: HubCore, *, tick: float = 1.0, workers: int = 4, fetch_timeout: float = 30.0, token: str = "") -> None:
+    def __init__(
+        self, core: RefreshHost, *, tick: float = 1.0, workers: int = 4, fetch_timeout: float | None = None, max_bytes: int | None = None, token: str = ""
+    ) -> None:
         self.core = core
+        limits = core.settings.limits
+        #: The most bytes a fetch reads, and the most seconds it takes.
+        self.max_bytes = max_bytes or limits.pull_max_bytes
+        fetch_timeout = fetch_timeout or limits.pull_timeout
         #: Sent to pull clusters' agents as ``Authorization: Bearer`` ("": nothing sent).
         self._headers = {"Authorization": f"Bearer {token}"} if token else {}
         self.tick = tick
@@ -94,7 +138,10 @@ class RefreshScheduler:
                 room = 2 * self.workers - self._queue.qsize()  # claim no more than the workers will soon take
                 if room > 0:
                     for target in await self.core.store.claim_due_refreshes(hub_id=self.core.settings.hub_id, now=self.core.clock(), limit=room):
-                        self._queue.put_nowait(target)
+                        if target.mode == "pull":
+                            self._queue.put_nowait(target)
+                        else:  # left by an earlier hub: push clusters' anti-entropy is their session's
+                            await self.core.store.remove_refresh(target.cluster)
             except Exception as exc:  # a store hiccup must not end scheduling for good
                 log.warning("refresh scheduler: claiming due clusters failed: %s; retrying in %.0fs", exc, self.tick)
             await asyncio.sleep(self.tick)
@@ -121,10 +168,7 @@ class RefreshScheduler:
         await core.store.postpone_refresh(target.cluster, until=core.clock() + target.interval)
         result = "ok"
         try:
-            if target.mode == "pull":
-                result = await self._pull(target, started)
-            else:
-                await core.request_resync(target.cluster, None, reason=f"{why} refresh")
+            result = await self._pull(target, started)
         except Exception:
             result = "failed"
             raise
@@ -188,9 +232,11 @@ class RefreshScheduler:
                     how = "the token sent was refused" if self._headers else "it wants a token: give the hub --pull-token-file"
                     raise RefreshFailed(f"GET {target.url}: HTTP 401: {how}")
                 if response.status != 200:
-                    raise RefreshFailed(f"GET {target.url}: HTTP {response.status} {(await response.text())[:200]}")
-                data = await response.read()
-        except (aiohttp.ClientError, TimeoutError) as exc:
+                    raise RefreshFailed(f"GET {target.url}: HTTP {response.status} {(await response.content.read(200)).decode(errors='replace')}")
+                data = await self._read_bounded(target, response)
+        except TimeoutError:
+            raise RefreshFailed(f"GET {target.url}: no complete answer within {self.fetch_timeout:g}s (the hub's --pull-timeout)") from None
+        except aiohttp.ClientError as exc:
             raise RefreshFailed(f"GET {target.url}: {exc or type(exc).__name__}") from None
         try:
             state = pb.State.FromString(data)
@@ -198,6 +244,9 @@ class RefreshScheduler:
             raise RefreshFailed(f"GET {target.url}: the answer is not a fleetsync State ({len(data)} bytes); is it an agent run with --serve-state?") from None
         if state.agent.cluster_id != target.cluster:
             raise RefreshFailed(f"{target.url} serves cluster {state.agent.cluster_id!r}, not {target.cluster!r}: nothing applied")
+        if state.agent.types:  # the types it serves (CRDs), as a pushing agent's Hello reports them; invalid ones are left out
+            valid = [typeinfo.from_pb(info) for info in state.agent.types if not typeinfo.type_info_problem(info)]
+            await self.core.types.report(target.cluster, valid[: self.core.settings.limits.max_reported_types], now=self.core.clock())
         for bundle in state.bundles:
             try:
                 self.core.registry.resolve(bundle.type)
@@ -205,37 +254,67 @@ class RefreshScheduler:
                 raise RefreshFailed(f"{target.url} sent type {bundle.type!r}, which this hub does not know: nothing applied") from None
             if bundle.kind != pb.FULL:
                 raise RefreshFailed(f"{target.url} sent a {pb.BundleKind.Name(bundle.kind)} bundle of {bundle.type}; a state holds FULL bundles only")
+            if bundle.compression == pb.COMPRESSION_LZ4:
+                for obj in bundle.upserts:
+                    if problem := declared_size_problem(obj.body, self.core.settings.limits.max_object_bytes):
+                        raise RefreshFailed(f"{target.url} sent {bundle.type} {obj.namespace}/{obj.name}: {problem}: nothing applied")
         return state
 
+    async def _read_bounded(self, target: RefreshTarget, response: aiohttp.ClientResponse) -> bytes:
+        """The answer's body, read up to ``max_bytes`` (a RefreshFailed beyond: nothing more is read)."""
+        limit = self.max_bytes
+
+        def too_large(size: str) -> RefreshFailed:
+            return RefreshFailed(f"GET {target.url}: the answer is {size} bytes, over the hub's limit of {limit} (--pull-max-bytes); nothing applied")
+
+        if response.content_length is not None and response.content_length > limit:
+            raise too_large(str(response.content_length))
+        data = bytearray()
+        async for chunk in response.content.iter_chunked(64 * 1024):
+            data += chunk
+            if len(data) > limit:
+                raise too_large(f"more than {len(data)}")
+        return bytes(data)
+
     async def _apply(self, cluster: str, incarnation: str, bundle: pb.Bundle, now: float) -> int:
-        """Write what differs between ``bundle`` and the store (one transaction); returns how many objects changed."""
-        store, type_ = self.core.store, bundle.type
+        """Write one type's pulled state as a FULL in one chunk, through the path of a pushed FULL
+        (see the module docstring); returns how many objects changed, as the store's plan counted
+        them. A write the store refuses (the state, not the store, at fault) refuses the type
+        alone: its last state is kept. :class:`StoreUnavailable` ends the refresh (failed; the
+        next one, an interval later, tries again), as any store error before it does."""
+        core, type_ = self.core, bundle.type
         if bundle.error and not bundle.upserts:  # the type failed to list: keep its last state
-            await store.set_stream_error(cluster, type_, bundle.error, now=now)
+            await core.store.set_stream_error(cluster, type_, bundle.error, now=now)
             return 0
-        stored = await store.object_hashes(cluster, type_)
-        upserts, seen = [], set()
-        for obj in bundle.upserts:
-            key = f"{obj.namespace}/{obj.name}"
-            seen.add(key)
-            if stored.get(key) != obj.hash:
-                upserts.append(object_record(cluster, type_, incarnation, obj, bundle.compression))
-        deletes = [key for key in stored if key not in seen]
-        if upserts or deletes:
-            await store.apply_bundle(
+        try:
+            # checking every body of a large state is CPU work (~0.05 s per thousand objects): in a
+            # thread, so that the hub's loop keeps serving its sessions meanwhile
+            write = await asyncio.to_thread(
+                bundle_write,
                 cluster,
                 type_,
-                incarnation=incarnation,
-                seq=bundle.seq,
-                upserts=upserts,
-                deletes=deletes,
-                full_seq=None,
-                full_end=False,
-                move_to=(incarnation, bundle.seq),
+                BundleHeader(incarnation, bundle.seq, 0, full=True),  # a whole FULL: its first chunk and its last
+                list(bundle.upserts),
+                (),
+                bundle.compression,
+                full_end=True,
+                moves=True,
                 now=now,
+                max_object_bytes=core.settings.limits.max_object_bytes,
+                name=f"pulled state of {type_}",
             )
-        await store.set_stream_error(cluster, type_, bundle.error, now=now)
-        return len(upserts) + len(deletes)
+        except BundleRefused as exc:  # as the engine refuses such a bundle from a push agent
+            await core.events.record(cluster, events.TYPE_REFUSED, str(exc), type=type_)
+            return 0
+        try:
+            changed = await core.writer.apply_counted(write, size=sum(len(o.body) for o in bundle.upserts))
+        except StoreUnavailable:
+            raise
+        except Exception as exc:  # the writer failed this write alone: the rest of its batch committed
+            await core.events.record(cluster, events.TYPE_REFUSED, f"the hub could not store the pulled state of {type_}: {exc}", type=type_)
+            return 0
+        await core.store.set_stream_error(cluster, type_, bundle.error, now=now)
+        return changed
 
     # ---- the cluster view and its events -------------------------------------------------
 
@@ -244,8 +323,8 @@ class RefreshScheduler:
         ready: dict[str, bool] = {}
         for record in await self.core.store.list_objects(NODE, cluster=cluster):
             try:
-                ready[record.name] = _node_ready(orjson.loads(body_json(record.body, record.compression)))
-            except (CodecError, orjson.JSONDecodeError):
+                ready[record.name] = node_ready(stored_object(record.body, record.compression))
+            except UnreadableBody:
                 continue
         return ready
 
@@ -255,29 +334,13 @@ class RefreshScheduler:
         if before is None or before.status == "never":  # its nodes are not news yet
             await record(cluster, events.CLUSTER_NEW, f"first state pulled from {target.url} (agent {agent.agent_id})")
         else:
-            if dict(before.metadata) != dict(agent.metadata):
-                changed = sorted(set(before.metadata.items()) ^ set(agent.metadata.items()))
-                await record(cluster, events.CLUSTER_CHANGED, "metadata changed: " + ", ".join(sorted({k for k, _ in changed})))
+            if changed := changed_keys(before.metadata, agent.metadata):
+                await record(cluster, events.CLUSTER_CHANGED, "metadata changed: " + ", ".join(changed))
             if before.status != "active" or before.incarnation != agent.incarnation:
                 why = "restarted" if before.incarnation != agent.incarnation else "answers again"
                 await record(cluster, events.AGENT_UP, f"agent {agent.agent_id} {why} (incarnation {agent.incarnation})")
         new = before is None or before.status == "never"
         if not new and any(b.type == NODE and not (b.error and not b.upserts) for b in state.bundles):
             nodes_after = await self._ready_nodes(cluster)
-            for name, up in _node_changes(nodes_before, nodes_after):
+            for name, up in node_changes(nodes_before, nodes_after):
                 await record(cluster, events.NODE_UP if up else events.NODE_DOWN, f"node {name} reports {'Ready' if up else 'not Ready'}", type=NODE)
-
-
-def _node_ready(node: dict[str, Any]) -> bool:
-    for condition in (node.get("status") or {}).get("conditions") or []:
-        if condition.get("type") == "Ready":
-            return bool(condition.get("status") == "True")
-    return False
-
-
-def _node_changes(before: dict[str, bool], after: dict[str, bool]) -> Iterable[tuple[str, bool]]:
-    """(node, up) for every node whose readiness changed; a new ready node is up, a vanished one down."""
-    for name in sorted(set(before) | set(after)):
-        was, now = before.get(name, False), after.get(name, False)
-        if was != now:
-            yield name, now

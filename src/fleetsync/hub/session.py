@@ -17,21 +17,42 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 
 import orjson
 
-from fleetsync.hub import events, gates, works
+from fleetsync import logs
+from fleetsync.errors import FleetsyncError
+from fleetsync.hub import events, gates, guard, works
+from fleetsync.hub.antientropy import AntiEntropySchedule, ClusterSyncer, reconcile
 from fleetsync.hub.auth import hash_token
-from fleetsync.hub.clusterlabels import announce_if_relabelled
+from fleetsync.hub.clusterlabels import announce_if_relabelled, changed_keys
 from fleetsync.hub.core import HubCore
-from fleetsync.hub.engine import PERIODIC, ClusterEngine
+from fleetsync.hub.engine import ClusterEngine
 from fleetsync.model.types import UnknownResourceType
 from fleetsync.model.works import FAILED
 from fleetsync.protocol import fleetsync_pb2 as pb
+from fleetsync.protocol import typeinfo
 from fleetsync.protocol.codec import CodecError
-from fleetsync.store.contract import ClusterRecord, StoreUnavailable, TokenRecord, WorkRecord
+from fleetsync.protocol.hubsession import (
+    Admit,
+    AnswerHeartbeat,
+    Apply,
+    Decision,
+    EndSession,
+    HubSession,
+    Ignore,
+    RefuseStatus,
+    RefuseType,
+    TakeLocalChange,
+    TakeStatus,
+    TakeTypes,
+    lease_refusal,
+    pull_cluster_refusal,
+    screen_types,
+    token_refusal,
+)
+from fleetsync.store.contract import ClusterRecord, GateConflict, Lease, LeaseLost, StoreUnavailable, StreamRecord, TokenRecord, WorkRecord
 
 log = logging.getLogger(__name__)
 
@@ -39,27 +60,8 @@ Send = Callable[[pb.HubMessage], Awaitable[None]]
 End = Callable[[], Awaitable[None]]
 
 
-class SessionClosed(Exception):
+class SessionClosed(FleetsyncError):
     """The session ended (rejected or protocol error); the transport closes the connection."""
-
-
-def malformed(bundle: pb.Bundle) -> str:
-    """What is wrong with a bundle's structure ("" if nothing)."""
-    if bundle.kind not in (pb.FULL, pb.DELTA, pb.BUNDLE_KIND_UNSPECIFIED):
-        return f"unknown bundle kind {bundle.kind}"
-    if bundle.kind == pb.BUNDLE_KIND_UNSPECIFIED:
-        return "" if not (bundle.upserts or bundle.deletes) else "an error report carries no objects"
-    if not bundle.incarnation or bundle.seq < 1 or bundle.base_seq >= bundle.seq:
-        return f"needs an incarnation and base_seq < seq (got incarnation {bundle.incarnation!r}, seq {bundle.seq}, base_seq {bundle.base_seq})"
-    if bundle.compression not in (pb.COMPRESSION_NONE, pb.COMPRESSION_LZ4):
-        return f"unknown compression {bundle.compression}"
-    for i, obj in enumerate(bundle.upserts):
-        if not obj.name:
-            return f"object #{i} has no name"
-    for key in bundle.deletes:
-        if "/" not in key:
-            return f"delete key {key!r} is not namespace/name"
-    return ""
 
 
 class Session:
@@ -77,119 +79,219 @@ class Session:
         #: False once the cluster went inactive (no message for the timeout); the next message reactivates it.
         self.active = True
         self.superseded = False
+        #: The epoch of this session's lease (0 until granted): its writes and renewals are fenced by it.
+        self.epoch = 0
+        #: The protocol's state and rules for this session (no I/O): what to do with each message.
+        self.protocol = HubSession(max_message_bytes=core.settings.max_message_bytes, knows=self._knows)
         self._worker: asyncio.Task[None] | None = None
-        self._refused: set[str] = set()
-        self._next_digest: dict[str, float] = {}
+        #: When this cluster is reconciled by digest (partial and full syncs, one schedule).
+        self.syncer = ClusterSyncer(connected_at=core.clock())
         #: The newest local change (its changed_at_ms) of this agent the store has: snapshots say so.
         self.applied_local_ms = 0
         #: The works snapshot last sent (a push that would repeat it is skipped).
         self._works_sent = b""
+        #: Whether a gate change of this agent was refused for want of a grant (one event per session).
+        self._gates_refused = False
+        #: Whether the cluster has applied the fleet's gates before (None: not read yet); until then it joins.
+        self._joined: bool | None = None
+        #: Whether the Welcome went out. The session is among the hub's sessions (so that a
+        #: replacement, a lease renewal or a close finds it) a few awaits before that, and a gate
+        #: or work written meanwhile fans out to it: those snapshots wait, since the agent takes
+        #: nothing but Welcome or Reject first, and the full snapshots sent right after the
+        #: Welcome carry what they would have.
+        self._welcomed = False
 
     @property
     def cluster(self) -> str:
         return self.hello.cluster_id if self.hello else ""
 
     async def reject(self, reason: int, message: str, retry_after: float = 0.0, *, event: bool = True) -> None:
-        """Refuse or end the session (raises SessionClosed)."""
+        """Refuse or end the session (raises SessionClosed).
+
+        A refused Hello of a peer not authenticated yet (a bad token, a malformed Hello) costs
+        the hub little whatever the peer's rate: past its per-peer rate the answer waits and
+        nothing is recorded, and only so many such refusals per window become events or log
+        lines (:class:`~fleetsync.hub.guard.HelloGuard`)."""
         name = pb.RejectReason.Name(reason)  # type: ignore[arg-type]
         self.core.metrics.rejected.labels(name).inc()
+        quiet = False
+        if self.engine is None and reason in (pb.UNAUTHENTICATED, pb.PROTOCOL):
+            verdict = self.core.guard.refused(self.peer)
+            if verdict == guard.THROTTLE:
+                delay = self.core.settings.limits.auth_failure_delay
+                self.core.metrics.hello_throttled.inc()
+                retry_after = max(retry_after, delay)
+                await asyncio.sleep(delay)
+            if verdict != guard.RECORD:
+                event, quiet = False, True
         if event and self.cluster:
             await self.core.events.record(self.cluster, events.REJECTED, f"{name}: {message} (from {self.peer or 'unknown peer'})")
+        elif quiet:
+            log.debug("rejecting agent %s for cluster %r: %s", self.peer, self.cluster, message)
         else:
             log.warning("rejecting agent %s for cluster %r: %s", self.peer, self.cluster, message)
+        self.protocol.close()
         await self.send(pb.HubMessage(reject=pb.Reject(reason=reason, message=message, retry_after_ms=int(retry_after * 1000))))  # type: ignore[arg-type]
         raise SessionClosed(message)
 
     # ---- messages ------------------------------------------------------------------------
 
     async def handle(self, message: pb.AgentMessage) -> None:
-        kind = message.WhichOneof("message")
-        size = message.ByteSize()
-        limit = self.core.settings.max_message_bytes
-        if size > limit:
-            self.core.metrics.refused.labels("oversized").inc()
-            await self.reject(pb.PROTOCOL, f"{kind} message of {size} bytes exceeds the hub's max message size of {limit} bytes")
-        if self.engine is None:
-            if kind != "hello":
-                await self.reject(pb.PROTOCOL, f"the first message must be Hello, got {kind}", event=False)
-            await self._start(message.hello)
-            return
-        now = self.core.clock()
-        await self.core.store.touch_cluster(self.cluster, now=now)
+        """One message of the agent: the protocol's decision (:class:`HubSession`), carried out."""
+        # log lines about this message name its cluster and the agent run (the engine's task, started from here, too)
+        with logs.bound(cluster=self.cluster, session=self.hello.incarnation if self.hello else None):
+            was_open = self.protocol.open
+            decision = self.protocol.receive(message)
+            if decision is None:
+                return
+            if was_open and not isinstance(decision, EndSession):
+                await self._seen()
+            await self._carry_out(decision)
+
+    async def _carry_out(self, decision: Decision) -> None:
+        match decision:
+            case EndSession():
+                if decision.counted:
+                    self.core.metrics.refused.labels(decision.counted).inc()
+                await self.reject(decision.reason, decision.message, decision.retry_after, event=decision.event)
+            case Admit():
+                await self._start(decision.hello)
+            case Apply():
+                await self._apply(decision)
+            case RefuseType():
+                await self._refuse_type(decision)
+            case Ignore():
+                self.core.metrics.refused.labels("unknown_kind").inc()
+                if decision.first:
+                    log.warning("cluster %s: %s (logged once per session)", self.cluster, decision.note)
+            case AnswerHeartbeat():
+                await self.send(pb.HubMessage(heartbeat=pb.Heartbeat(sent_at_ms=int(self.core.clock() * 1000))))
+            case TakeLocalChange():
+                await self._local_change(decision.change)
+            case TakeStatus():
+                await self._status(decision.status)
+            case RefuseStatus():
+                self.core.metrics.refused.labels("malformed").inc()
+                await self.core.events.record(self.cluster, events.WORK_STATUS_REFUSED, decision.message)
+            case TakeTypes():
+                await self._refuse_types(await self._report_types(decision.types))
+
+    async def _seen(self) -> None:
+        """A message of a connected agent: the cluster is alive (and active again if it was not)."""
+        await self.core.store.touch_cluster(self.cluster, now=self.core.clock())
         if not self.active:
             await self._reactivate()
-        if kind in ("bundle", "digest"):
-            carried = getattr(message, kind).incarnation
-            assert self.hello is not None
-            if carried and carried != self.hello.incarnation:
-                # An agent speaks for its own incarnation only: anything else is a stale message of
-                # an earlier run (or a bug), and applying it would roll the stream back.
-                await self.reject(pb.PROTOCOL, f"{kind} of incarnation {carried} on a session of incarnation {self.hello.incarnation}")
-        if kind == "bundle":
-            await self._submit(message.bundle.type, message.bundle, malformed(message.bundle))
-        elif kind == "digest":
-            await self._submit(message.digest.type, message.digest, "")
-        elif kind == "heartbeat":
-            await self.send(pb.HubMessage(heartbeat=pb.Heartbeat(sent_at_ms=int(now * 1000))))
-        elif kind == "hello":
-            await self.reject(pb.PROTOCOL, "Hello sent twice on one connection")
-        elif kind == "local_change":
-            await self._local_change(message.local_change)
-        elif kind == "status":
-            await self._status(message.status)
 
     async def _local_change(self, change: pb.LocalChange) -> None:
         """The agent's local config changed a gate (its hook): write it, as any API write, and let
-        every replica's sessions send the new snapshot (this one's included: it confirms the change)."""
+        every replica's sessions send the new snapshot (this one's included: it confirms the change).
+
+        Refused, with nothing written, unless the agent's token has the ``gates`` grant (a gate
+        reaches every cluster; one event per session, the agent is told in the snapshot it gets
+        instead). Dropped if someone else wrote the gate after the revision the change was based
+        on (a stale resend). Either way the agent gets the current snapshot, which counts the
+        change as reflected, so it stops resending it and takes the fleet's value. In every case
+        the change is recorded first as the cluster's own value (``fleetsync gates where``)."""
         problem = gates.local_change_problem(change)
         if problem:
             self.core.metrics.refused.labels("malformed").inc()
             await self.core.events.record(self.cluster, events.GATE_REFUSED, problem)
             return
-        written = await gates.apply_local_change(self.core.store, self.cluster, change, now=self.core.clock())
+        assert self.token is not None
+        await gates.record_local_value(  # the cluster's own value, taken into the fleet's gates or not
+            self.core.store, self.cluster, change, default_deployment_type=self.core.settings.deployment_type, now=self.core.clock()
+        )
+        if refusal := gates.grant_problem(self.cluster, self.token.grants):
+            self.core.metrics.refused.labels("permission_denied").inc()
+            if not self._gates_refused:
+                self._gates_refused = True
+                await self.core.events.record(self.cluster, events.GATE_REFUSED, f"local change of {change.key}: {refusal}")
+            self.applied_local_ms = max(self.applied_local_ms, change.changed_at_ms)
+            await self.send_gates(refused=refusal)
+            return
+        try:
+            written = await gates.apply_local_change(self.core.store, self.cluster, change, now=self.core.clock())
+        except GateConflict as exc:
+            self.core.metrics.refused.labels("stale").inc()
+            log.info(
+                "cluster %s: local change of %s based on gate revision %d dropped: %s since; the agent takes it",
+                self.cluster,
+                change.key,
+                change.base_revision,
+                exc,
+            )
+            self.applied_local_ms = max(self.applied_local_ms, change.changed_at_ms)
+            await self.send_gates()
+            return
         self.applied_local_ms = max(self.applied_local_ms, change.changed_at_ms)
         if written is not None:
             await self.core.store.notify(gates.GATES_CHANNEL, str(written.revision))
         else:  # an unset of what is not set: nothing changed, but the agent learns its change is in
             await self.send_gates()
 
-    async def send_gates(self) -> None:
-        """A full gate snapshot to this session's agent."""
+    async def send_gates(self, *, refused: str = "") -> None:
+        """A full gate snapshot to this session's agent (saying ``join`` until its cluster has
+        applied the fleet's gates once: a new cluster takes the fleet's gates, seed 004)."""
+        if not self._welcomed:
+            return
         store = self.core.store
         kind = gates.deployment_type(await store.hub_settings(), self.core.settings.deployment_type)  # read on every change (seed 004)
-        snapshot = gates.snapshot(await store.gates(since=0), applied_local_ms=self.applied_local_ms, deployment_type=kind)
+        if self._joined is None:
+            self._joined = self.cluster in await store.gates_applied()
+        snapshot = gates.snapshot(
+            await store.gates(since=0), applied_local_ms=self.applied_local_ms, deployment_type=kind, join=not self._joined, refused=refused
+        )
         await self.send(pb.HubMessage(spec_update=snapshot))
 
     async def _status(self, status: pb.Status) -> None:
         """The agent reports what it applied (or removed) for works on its cluster, and which gate
-        snapshot its local config reflects."""
+        snapshot its local config reflects.
+
+        An agent writes status rows only for works that target its cluster (by the labels an
+        admin set) or that it holds an inventory of (what it applied for a work that is gone or
+        retargeted, and reports removed): anything else in the message is refused, with one
+        event for the whole message, naming a few of the works, and the rest is written."""
         if status.gates_revision:
             await self.core.store.set_gates_applied(self.cluster, status.gates_revision, now=self.core.clock())
+            self._joined = True
         records, problem = works.status_records(self.cluster, status, now=self.core.clock())
         if problem:
             self.core.metrics.refused.labels("malformed").inc()
             await self.core.events.record(self.cluster, events.WORK_STATUS_REFUSED, problem)
             return
+        named = {r.work for r in records} | set(status.removed)
+        if not named:
+            return
+        store = self.core.store
+        held = {s.work: s for s in await store.work_statuses(cluster=self.cluster)}
+        allowed = works.status_allowed(self.cluster, await self.core.cluster_labels.of(self.cluster), await store.works(), held, self.core.specs)
+        if foreign := sorted(named - allowed):
+            self.core.metrics.refused.labels("permission_denied").inc()
+            await self.core.events.record(self.cluster, events.WORK_STATUS_REFUSED, works.foreign_status_message(self.cluster, foreign))
         for record in records:
-            before = {m["manifest"]: m for s in await self.core.store.work_statuses(work=record.work, cluster=self.cluster) for m in orjson.loads(s.manifests)}
+            if record.work not in allowed:
+                continue
+            before = {m["manifest"]: m for s in ([held[record.work]] if record.work in held else []) for m in orjson.loads(s.manifests)}
             for m in orjson.loads(record.manifests):
                 if m["condition"] == FAILED and before.get(m["manifest"], {}).get("message") != m["message"]:
                     await self.core.events.record(self.cluster, events.WORK_FAILED, f"work {record.work}: {m['manifest']}: {m['message']}")
-            await self.core.store.set_work_status(record)
+            await store.set_work_status(record)
         for name in status.removed:
-            await self.core.store.delete_work_status(name, self.cluster)
+            if name not in held:
+                continue  # nothing of it here: nothing to forget (refused above if it was not ours either)
+            await store.delete_work_status(name, self.cluster)
             self._works_sent = b""  # its inventory changed: the next push is not a repeat
 
     async def send_works(self, all_works: list[WorkRecord] | None = None) -> None:
         """This cluster's works snapshot to its agent, unless it is what the agent has already
         (or the agent does not apply works: it did not say ``works`` in its Hello)."""
         assert self.hello is not None
-        if "works" not in self.hello.capabilities:
+        if "works" not in self.hello.capabilities or not self._welcomed:
             return
         store = self.core.store
         doc = works.cluster_works(
             self.cluster,
-            self.hello.metadata,
+            await self.core.cluster_labels.of(self.cluster),  # an admin's labels: never what the agent claims in its Hello
             await store.works() if all_works is None else all_works,
             await store.work_statuses(cluster=self.cluster),
             self.core.specs,
@@ -201,96 +303,105 @@ class Session:
         for update in works.snapshot_messages(doc, max_bytes=self.core.settings.max_message_bytes):
             await self.send(pb.HubMessage(spec_update=update))
 
-    async def _submit(self, type_: str, message: pb.Bundle | pb.Digest, problem: str) -> None:
+    async def _apply(self, decision: Apply) -> None:
         assert self.engine is not None
-        refusal = self._refusal(type_)
-        if refusal is None and problem:
-            refusal = (pb.PROTOCOL, f"malformed {type(message).__name__} of {type_}: {problem}")
-        if refusal is None:
-            try:
-                await self.engine.submit(message)
-                return
-            except CodecError as exc:
-                refusal = (pb.PROTOCOL, str(exc))
-        reason, text = refusal
-        self.core.metrics.refused.labels(pb.RejectReason.Name(reason).lower()).inc()  # type: ignore[arg-type]
-        if type_ not in self._refused:
-            self._refused.add(type_)
-            await self.core.events.record(self.cluster, events.TYPE_REFUSED, text, type=type_)
-        await self.send(pb.HubMessage(reject=pb.Reject(reason=reason, message=text, type=type_)))  # type: ignore[arg-type]
+        try:
+            await self.engine.submit(decision.message)
+        except CodecError as exc:
+            await self._refuse_type(self.protocol.refuse_type(decision.type, pb.PROTOCOL, str(exc)))
 
-    def _refusal(self, type_: str) -> tuple[int, str] | None:
-        """Why the hub will not take ``type_`` from this agent (None: it will)."""
+    async def _refuse_type(self, refusal: RefuseType) -> None:
+        """Refuse one type: the agent stops sending it, the rest of the session goes on."""
+        self.core.metrics.refused.labels(pb.RejectReason.Name(refusal.reason).lower()).inc()  # type: ignore[arg-type]
+        if refusal.first:
+            await self.core.events.record(self.cluster, events.TYPE_REFUSED, refusal.message, type=refusal.type)
+        await self.send(pb.HubMessage(reject=pb.Reject(reason=refusal.reason, message=refusal.message, type=refusal.type)))  # type: ignore[arg-type]
+
+    async def _report_types(self, infos: Sequence[pb.TypeInfo]) -> list[tuple[str, str]]:
+        """Take the agent's set of types (its Hello's, or a Types message): the valid ones, up to
+        ``--max-reported-types``, replace what the hub had of this cluster. The others are returned
+        as (type, why), for the caller to refuse by name as a bundle of them would be (after the
+        Welcome, for a Hello's: an agent reads its first answer as the session's)."""
+        accepted, refused = screen_types(infos, limit=self.core.settings.limits.max_reported_types)
+        await self.core.types.report(self.cluster, [typeinfo.from_pb(info) for info in accepted], now=self.core.clock())
+        return refused
+
+    async def _refuse_types(self, refused: list[tuple[str, str]]) -> None:
+        for type_, text in refused:
+            await self._refuse_type(self.protocol.refuse_type(type_, pb.PROTOCOL, text))
+
+    def _knows(self, type_: str) -> bool:
         try:
             self.core.registry.by_gvk(type_)
         except UnknownResourceType:
-            return pb.PROTOCOL, f"type {type_!r} is not a resource type this hub knows (group/version/Kind, e.g. v1/Pod)"
-        assert self.token is not None
-        if self.token.types and type_ not in self.token.types:
-            return pb.PERMISSION_DENIED, f"the token of cluster {self.cluster!r} may write only {', '.join(self.token.types)}; not {type_}"
-        return None
+            return False
+        return True
 
     # ---- the session's life ------------------------------------------------------------------
 
     async def _start(self, hello: pb.Hello) -> None:
+        """A well-formed Hello: admit the agent (token, lease), open its cluster's engine,
+        welcome it, then send what it reconciles with at once."""
         self.hello = hello
-        core, store, now = self.core, self.core.store, self.core.clock()
-        if not hello.cluster_id or not hello.agent_id or not hello.incarnation:
-            await self.reject(pb.PROTOCOL, "Hello needs cluster_id, agent_id and incarnation", event=False)
-        token = await store.find_token(hash_token(hello.token)) if hello.token else None
-        if token is None:
-            await self.reject(
-                pb.UNAUTHENTICATED, f"invalid token for cluster {hello.cluster_id!r}: create one with `fleetsync token create {hello.cluster_id}`"
-            )
+        logs.bind(cluster=hello.cluster_id, session=hello.incarnation)
+        token = await self._authenticate(hello)
+        lease = await self._take_lease(hello)
+        self.protocol.admitted(token_types=token.types)
+        before, streams = await self._open(hello, lease)
+        refused_types = await self._report_types(hello.types) if hello.types else []  # an agent older than TypeInfo reports none
+        await self._welcome(streams)
+        await self.core.events.record(
+            hello.cluster_id, events.CONNECTED, f"agent {hello.agent_id} (incarnation {hello.incarnation}) from {self.peer or 'unknown peer'}"
+        )
+        await self._refuse_types(refused_types)  # after the Welcome: each refusal is of one type, the session goes on
+        await self.send_gates()  # the agent reconciles its local config with the hub's gates at once
+        await self.send_works()  # and applies (or removes) the works that concern its cluster
+        self.start_engine()
+        await self._first_checks(before)
+        assert self.engine is not None
+        await self.engine.inbox.room()  # the agent's first bundle is read when the inbox budget lets it
+
+    async def _authenticate(self, hello: pb.Hello) -> TokenRecord:
+        """The agent's token, if it may write the Hello's cluster (else the session ends)."""
+        token = await self.core.store.find_token(hash_token(hello.token)) if hello.token else None
+        if refusal := token_refusal(hello, token, certified_cluster=self.certified_cluster):
+            await self.reject(*refusal)
         assert token is not None
-        if token.role != "agent" or token.name != hello.cluster_id:
-            await self.reject(pb.PERMISSION_DENIED, f"this token is for {token.role} {token.name!r}; it cannot write cluster {hello.cluster_id!r}")
-        if self.certified_cluster is not None and self.certified_cluster != hello.cluster_id:
-            await self.reject(
-                pb.PERMISSION_DENIED,
-                f"the agent's client certificate is for cluster {self.certified_cluster!r} (its common name); it cannot write cluster {hello.cluster_id!r}",
-            )
         self.token = token
-        result = await store.acquire_lease(
-            hello.cluster_id, holder=hello.agent_id, incarnation=hello.incarnation, hub_id=core.settings.hub_id, now=now, ttl=core.settings.lease_ttl
+        return token
+
+    async def _take_lease(self, hello: pb.Hello) -> Lease:
+        """The cluster's lease for this agent (else the session ends, saying who holds it and until when)."""
+        core, now = self.core, self.core.clock()
+        silent_after = core.settings.takeover_after
+        result = await core.store.acquire_lease(
+            hello.cluster_id,
+            holder=hello.agent_id,
+            incarnation=hello.incarnation,
+            hub_id=core.settings.hub_id,
+            now=now,
+            ttl=core.settings.lease_ttl,
+            silent_before=now - silent_after,
         )
         if not result.granted:
-            lease = result.lease
-            if lease.connected:
-                await self.reject(
-                    pb.ALREADY_CONNECTED,
-                    f"cluster {hello.cluster_id!r} is already connected: agent {lease.holder!r} (incarnation {lease.incarnation}) on hub {lease.hub_id!r} holds it",
-                )
-            remaining = max(0.0, lease.expires_at - now)
-            await self.reject(
-                pb.GRACE_PERIOD,
-                f"cluster {hello.cluster_id!r} is held for agent {lease.holder!r} for {remaining:.1f}s more (grace period after its disconnect)",
-                remaining,
-            )
-        if any(t.mode == "pull" for t in await store.refresh_targets(hello.cluster_id)):
-            await self.reject(
-                pb.PERMISSION_DENIED,
-                f"cluster {hello.cluster_id!r} is a pull cluster (the hub fetches its state); `fleetsync pull remove {hello.cluster_id}` before an agent pushes it",
-            )
+            refusal = lease_refusal(hello, result.lease, now=now, silent_after=silent_after)
+            event = self._first_refusal_of(hello.incarnation) if refusal.once_per_newcomer else True
+            await self.reject(refusal.reason, refusal.message, refusal.retry_after, event=event)
+        if any(t.mode == "pull" for t in await core.store.refresh_targets(hello.cluster_id)):
+            await self.reject(*pull_cluster_refusal(hello.cluster_id))
+        return result.lease
+
+    async def _open(self, hello: pb.Hello, lease: Lease) -> tuple[ClusterRecord | None, list[StreamRecord]]:
+        """The cluster's engine, record and place among the hub's sessions; returns the cluster's
+        record from before (None: new) and its streams' applied positions."""
+        core, store, now = self.core, self.core.store, self.core.clock()
         previous = core.sessions.get(hello.cluster_id)
         if previous is not None:
             await previous.supersede()  # the same agent again (a half-open connection's successor)
         before = await store.cluster(hello.cluster_id)
         streams = await store.streams(hello.cluster_id)
-        self.engine = ClusterEngine(
-            store,
-            hello.cluster_id,
-            streams,
-            send=self.send,
-            events=core.events,
-            metrics=core.metrics,
-            max_message_bytes=core.settings.max_message_bytes,
-            writer=core.writer,
-            store_retry=core.settings.store_retry,
-            inbox_bytes=core.settings.inbox_bytes,
-            inbox_budget=core.inbox_budget,
-            clock=core.clock,
-        )
+        self.engine = self._engine(hello.cluster_id, streams, lease.epoch)
+        self.epoch = lease.epoch
         await store.upsert_cluster(
             ClusterRecord(
                 name=hello.cluster_id,
@@ -304,32 +415,62 @@ class Session:
             )
         )
         await announce_if_relabelled(store, before, hello.metadata, hello.cluster_id)
+        if before is not None and (changed := changed_keys(before.metadata, hello.metadata)):  # seed 003's cluster view, for push clusters too
+            await core.events.record(hello.cluster_id, events.CLUSTER_CHANGED, "metadata changed: " + ", ".join(changed))
         core.sessions[hello.cluster_id] = self
-        if (interval := core.settings.push_refresh_interval) > 0:
-            await store.set_refresh(hello.cluster_id, mode="push", interval=interval, next_refresh_at=now + interval)
         core.metrics.connected_agents.inc()
+        await core.types.current()  # what the store holds (another replica's reports, or from before a restart)
+        return before, streams
+
+    def _engine(self, cluster: str, streams: list[StreamRecord], epoch: int) -> ClusterEngine:
+        core = self.core
+        return ClusterEngine(
+            core.store,
+            cluster,
+            streams,
+            send=self.send,
+            events=core.events,
+            metrics=core.metrics,
+            max_message_bytes=core.settings.max_message_bytes,
+            writer=core.writer,
+            store_retry=core.settings.store_retry,
+            inbox_bytes=core.settings.inbox_bytes,
+            inbox_budget=core.inbox_budget,
+            limits=core.settings.limits,
+            clock=core.clock,
+            epoch=epoch,
+        )
+
+    async def _welcome(self, streams: list[StreamRecord]) -> None:
+        settings = self.core.settings
         await self.send(
             pb.HubMessage(
                 welcome=pb.Welcome(
-                    hub_id=core.settings.hub_id,
+                    hub_id=settings.hub_id,
                     applied=[pb.StreamPosition(type=s.type, incarnation=s.incarnation, seq=s.seq) for s in streams if s.incarnation],
-                    heartbeat_interval_ms=int(core.settings.heartbeat_interval * 1000),
-                    max_message_bytes=core.settings.max_message_bytes,
+                    heartbeat_interval_ms=int(settings.heartbeat_interval * 1000),
+                    max_message_bytes=settings.max_message_bytes,
                 )
             )
         )
-        await core.events.record(
-            hello.cluster_id, events.CONNECTED, f"agent {hello.agent_id} (incarnation {hello.incarnation}) from {self.peer or 'unknown peer'}"
-        )
-        await self.send_gates()  # the agent reconciles its local config with the hub's gates at once
-        await self.send_works()  # and applies (or removes) the works that concern its cluster
-        self.start_engine()
-        first = core.first_connection_since_start(hello.cluster_id)
+        self._welcomed = True
+
+    async def _first_checks(self, before: ClusterRecord | None) -> None:
+        """A cluster back from inactive, or connecting first since the hub started, is checked by digest."""
+        assert self.engine is not None
+        first = self.core.first_connection_since_start(self.cluster)
         if before is not None and before.status == "inactive":
             await self._reactivate(since=before.last_seen)
-        elif first and core.settings.resync_on_startup and self.engine.streams:
+        elif first and self.core.settings.resync_on_startup and self.engine.streams:
             await self.engine.request_resync([], "hub startup", all_types=True)
-        await self.engine.inbox.room()  # the agent's first bundle is read when the inbox budget lets it
+
+    def _first_refusal_of(self, incarnation: str) -> bool:
+        """Whether this incarnation is refused the cluster for the first time (an event then; a
+        retry of the same newcomer is only logged)."""
+        refused = self.core.refused_incarnations
+        first = refused.get(self.cluster) != incarnation
+        refused[self.cluster] = incarnation
+        return first
 
     def start_engine(self) -> None:
         """Apply what arrives in the background (a test may drive ``engine.step()`` itself instead)."""
@@ -343,7 +484,10 @@ class Session:
         try:
             await engine.run()
         except Exception as exc:
-            if isinstance(exc, StoreUnavailable):
+            if isinstance(exc, LeaseLost):
+                message = f"this session of cluster {self.cluster!r} lost its lease (epoch {engine.epoch}) to another session; reconnect"
+                log.warning("cluster %s: %s; ending the session", self.cluster, exc)
+            elif isinstance(exc, StoreUnavailable):
                 message = f"the hub cannot write cluster {self.cluster!r} to its store: {exc}; reconnect later"
                 log.error("cluster %s: %s; ending the session", self.cluster, exc)
             else:
@@ -372,21 +516,12 @@ class Session:
         return engine is not None and not engine.idle()
 
     async def tick(self, now: float) -> None:
-        """Periodic anti-entropy: ask for a digest of each type whose interval has passed."""
+        """Periodic anti-entropy: whatever this cluster's one syncer (:mod:`fleetsync.hub.antientropy`) says is due."""
         if self.engine is None or self.superseded:
             return
-        schedule = self.core.settings.digest_schedule
-        due = []
-        for type_ in self.engine.streams:
-            interval = schedule.interval(type_)
-            if interval <= 0:
-                continue
-            at = self._next_digest.setdefault(type_, now + interval * random.uniform(0.5, 1.0))  # jitter spreads a fleet's digests
-            if now >= at:
-                due.append(type_)
-                self._next_digest[type_] = now + interval
-        if due:
-            await self.engine.request_resync(due, PERIODIC)
+        schedule = AntiEntropySchedule.from_settings(self.core.settings)
+        if plan := self.syncer.due(now, schedule, self.engine.streams, fleet_size=len(self.core.sessions)):
+            await reconcile(plan, cluster=self.cluster, engine=self.engine, events_log=self.core.events, metrics=self.core.metrics)
 
     async def _stop_tasks(self) -> None:
         if self._worker is not None:
@@ -398,6 +533,7 @@ class Session:
     async def supersede(self) -> None:
         """A newer session of the same agent took over the cluster on this hub: stop, hand nothing back."""
         self.superseded = True
+        self.protocol.close()
         await self._stop_tasks()
         if self.engine is not None:
             self.engine.inbox.discard()
@@ -405,6 +541,18 @@ class Session:
         log.info("cluster %s: session from %s superseded by a new connection of the same agent", self.cluster, self.peer)
         if self.end is not None:
             await self.end()
+
+    async def revoke(self, message: str) -> None:
+        """The cluster was deleted: tell its agent why (UNAUTHENTICATED: its token is gone), end the
+        connection and close the session. A bundle still in flight is fenced out by the store
+        (the cluster's lease went with it)."""
+        with contextlib.suppress(Exception):  # a connection that is ending anyway
+            await self.send(pb.HubMessage(reject=pb.Reject(reason=pb.UNAUTHENTICATED, message=message)))
+        log.warning("cluster %s: session from %s ended: %s", self.cluster, self.peer, message)
+        await self.close()
+        if self.end is not None:
+            with contextlib.suppress(Exception):
+                await self.end()
 
     async def close(self) -> None:
         """The connection is gone: keep the lease for the grace period (for the same agent only).
@@ -418,6 +566,7 @@ class Session:
         await asyncio.shield(closing)
 
     async def _close(self) -> None:
+        self.protocol.close()
         await self._stop_tasks()
         if self.engine is None or self.hello is None or self.superseded:
             return

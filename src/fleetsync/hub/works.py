@@ -9,8 +9,13 @@ rows), so an agent needs no state of its own to remove what a deleted or retarge
 left behind, even across its restarts. A session sends a snapshot only when its cluster's
 part changed.
 
+Placement matches the labels an admin set on the hub (:mod:`fleetsync.hub.clusterlabels`),
+never the metadata an agent reports about itself.
+
 Up: an agent's ``Status`` replaces the status rows of the works it names; ``removed``
-forgets a work on that cluster.
+forgets a work on that cluster. An agent may only report works that target its cluster or
+that it holds an inventory of (:func:`status_allowed`): a token must not write status rows
+for works that are none of its business.
 """
 
 from __future__ import annotations
@@ -22,12 +27,15 @@ import orjson
 
 from fleetsync.model.works import CONDITIONS, MAX_MANIFESTS, WorkSpec, name_problem
 from fleetsync.protocol import fleetsync_pb2 as pb
+from fleetsync.protocol.rules import MAX_COUNTER
 from fleetsync.store.contract import WorkRecord, WorkStatusRecord
 
 #: The store notification channel of work writes (payload: the work's name).
 WORKS_CHANNEL = "works"
 #: Longest status message the hub keeps per manifest (a cluster's error can be long).
 MAX_STATUS_MESSAGE = 2048
+#: How many refused work names one refusal event shows (the rest are counted).
+SHOWN_REFUSED = 5
 
 
 class SpecCache:
@@ -58,7 +66,10 @@ def cluster_works(cluster: str, labels: Mapping[str, str], works: list[WorkRecor
     for work in works:
         spec = specs.spec(work)
         if spec.placement.targets(cluster, labels):
-            targeted.append({"name": work.name, "generation": work.generation, "manifests": list(spec.manifests), "inventory": reported.pop(work.name, [])})
+            entry = {"name": work.name, "generation": work.generation, "manifests": list(spec.manifests), "inventory": reported.pop(work.name, [])}
+            if spec.adopt:
+                entry["adopt"] = True
+            targeted.append(entry)
     remove = [{"name": name, "inventory": ids} for name, ids in sorted(reported.items())]
     return {"works": targeted, "remove": remove}
 
@@ -95,6 +106,24 @@ def status_records(cluster: str, status: pb.Status, *, now: float) -> tuple[list
             return [], f"status of work {work}: unknown condition {bad!r} (expected one of {', '.join(CONDITIONS)})"
         if len({m.generation for m in manifests}) > 1:
             return [], f"status of work {work}: manifests of several generations in one status"
+        if manifests[0].generation > MAX_COUNTER:
+            return [], f"status of work {work}: generation {manifests[0].generation} is over the largest the hub keeps"
         rows = [{"manifest": m.manifest, "condition": m.condition, "message": m.message[:MAX_STATUS_MESSAGE]} for m in manifests]
         records.append(WorkStatusRecord(work, cluster, manifests[0].generation, orjson.dumps(rows), now))
     return records, ""
+
+
+def status_allowed(cluster: str, labels: Mapping[str, str], works: list[WorkRecord], held: Mapping[str, WorkStatusRecord], specs: SpecCache) -> set[str]:
+    """The works ``cluster``'s agent may report status of: those whose placement targets it
+    (by its admin ``labels``) and those it holds an inventory of (``held``: its status rows,
+    such as a removed or retargeted work it is still taking down)."""
+    return {w.name for w in works if specs.spec(w).placement.targets(cluster, labels)} | set(held)
+
+
+def foreign_status_message(cluster: str, works: list[str]) -> str:
+    """The one event of a Status naming works that are not the cluster's (bounded: a few names, then a count)."""
+    shown = ", ".join(works[:SHOWN_REFUSED]) + (f" and {len(works) - SHOWN_REFUSED} more" if len(works) > SHOWN_REFUSED else "")
+    return (
+        f"status of {len(works)} work{'s' if len(works) != 1 else ''} that neither target cluster {cluster!r} (by its admin labels) "
+        f"nor were applied there refused, nothing written for them: {shown}"
+    )

@@ -19,6 +19,9 @@ in the engine) are untouched.
 - :class:`~fleetsync.store.contract.StoreUnavailable` (locked, full, unreachable):
   nothing in the batch is at fault; every bundle of it fails with that error, and each
   engine retries with backoff or ends its session (the agent resends after reconnecting);
+- :class:`~fleetsync.store.contract.LeaseLost` (a session's lease epoch is no longer its
+  cluster's: another session holds the cluster now): the fenced bundles fail with it
+  (their sessions end) and the rest of the batch is committed again without them;
 - anything else: the batch is split in halves, and the halves tried again, down to
   single bundles, so the bundle at fault fails alone and every other one commits.
 """
@@ -26,6 +29,7 @@ in the engine) are untouched.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import time
 from collections import deque
@@ -34,7 +38,7 @@ from dataclasses import dataclass, field
 
 from fleetsync.aio import cancel_and_wait
 from fleetsync.hub.metrics import HubMetrics
-from fleetsync.store.contract import BundleWrite, Store, StoreUnavailable
+from fleetsync.store.contract import BundleWrite, LeaseLost, Store, StoreUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +47,7 @@ log = logging.getLogger(__name__)
 class _Pending:
     write: BundleWrite
     size: int
-    done: asyncio.Future[None] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+    done: asyncio.Future[int] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
 
 
 class BatchWriter:
@@ -83,11 +87,16 @@ class BatchWriter:
         not be written at all, another exception when this bundle itself could not be.
         ``size``: its bytes as received (bounds a batch).
         """
+        await self.apply_counted(write, size=size)
+
+    async def apply_counted(self, write: BundleWrite, *, size: int = 0) -> int:
+        """:meth:`apply`, returning how many changes (revisions) ``write`` made, as the store's
+        plan counted them: 0 if the store held all of it already (a pull refresh reports it)."""
         pending = _Pending(write, size)
         self._waiting.append(pending)
         if self._task is None or self._task.done():
             self._task = asyncio.create_task(self._run(), name="batch-writer")
-        await pending.done  # cancelled (the session ended) before it was taken: it is skipped
+        return await pending.done  # cancelled (the session ended) before it was taken: it is skipped
 
     async def close(self) -> None:
         """Stop the writer; bundles still waiting fail with StoreUnavailable (their agents resend)."""
@@ -130,7 +139,17 @@ class BatchWriter:
     async def _commit(self, batch: Sequence[_Pending]) -> None:
         started = time.perf_counter()
         try:
-            await self.store.apply_batch([p.write for p in batch])
+            applied = await self.store.apply_batch([p.write for p in batch])
+        except LeaseLost as exc:
+            self.metrics.store_errors.labels("fenced").inc()
+            fenced = set(exc.fenced)
+            log.warning("%s; %d bundles not written", exc, len(fenced))
+            for i in fenced:
+                _finish(batch[i], exc)
+            rest = [p for i, p in enumerate(batch) if i not in fenced]
+            if rest:
+                await self._commit(rest)
+            return
         except StoreUnavailable as exc:
             self.metrics.store_errors.labels("unavailable").inc()
             log.warning("store unavailable: a batch of %d bundles was not written: %s", len(batch), exc)
@@ -149,14 +168,15 @@ class BatchWriter:
             await self._commit(batch[half:])
             return
         self.metrics.committed(len(batch), time.perf_counter() - started)
-        for p in batch:
-            _finish(p, None)
+        # one count per write, as the contract says (were one missing, its write still completes)
+        for p, changes in zip(batch, itertools.chain(applied.changes, itertools.repeat(0)), strict=False):
+            _finish(p, None, changes)
 
 
-def _finish(pending: _Pending, error: BaseException | None) -> None:
+def _finish(pending: _Pending, error: BaseException | None, changes: int = 0) -> None:
     if pending.done.done():
         return
     if error is None:
-        pending.done.set_result(None)
+        pending.done.set_result(changes)
     else:
         pending.done.set_exception(error)

@@ -38,8 +38,16 @@ def dig(obj: Any, dotted: str) -> Any:
 
 
 def object_key(namespace: str, name: str) -> str:
-    """Sort key of an object within its type: ``namespace/name`` (``/name`` if cluster-scoped)."""
+    """An object's key within its type, everywhere in fleetsync (the agent's listings and
+    digests, bundles' deletes, the hub's inbox, store and reads): ``namespace/name``
+    (``/name`` if cluster-scoped). Names hold no ``/``, so :func:`split_key` undoes it."""
     return f"{namespace}/{name}"
+
+
+def split_key(key: str) -> tuple[str, str]:
+    """``namespace/name`` -> (namespace, name); a key without ``/`` is a cluster-scoped name."""
+    namespace, sep, name = key.partition("/")
+    return (namespace, name) if sep else ("", key)
 
 
 def selectable_fields(rtype: ResourceType, obj: dict[str, Any]) -> dict[str, str]:

@@ -12,6 +12,8 @@ import re
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 
+from fleetsync.errors import FleetsyncError
+
 _NAME = r"[A-Za-z0-9](?:[-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?"
 _QUALIFIED_NAME = re.compile(rf"^(?:[a-z0-9](?:[-a-z0-9.]{{0,251}}[a-z0-9])?/)?{_NAME}$")
 _LABEL_VALUE = re.compile(rf"^(?:{_NAME})?$")
@@ -21,7 +23,7 @@ _EXISTS_RE = re.compile(rf"^(!?)\s*({_KEY})$")
 _CMP_RE = re.compile(rf"^({_KEY})\s*(==|=|!=|>|<)\s*(.*)$")
 
 
-class SelectorError(ValueError):
+class SelectorError(FleetsyncError, ValueError):
     """A selector string that cannot be parsed; the message names the bad part."""
 
 

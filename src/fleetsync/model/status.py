@@ -9,8 +9,23 @@ from __future__ import annotations
 
 from typing import Any
 
+from fleetsync.errors import FleetsyncError
 
-class ApiError(Exception):
+
+def status_body(message: str, *, status: str = "Failure", reason: str = "", code: int | None = None, details: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The one Kubernetes ``Status`` object fleetsync sends: an error's body, a watch's ERROR
+    event, or a delete's ``Success`` (``reason``, ``code`` and ``details`` only when given)."""
+    body: dict[str, Any] = {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": status, "message": message}
+    if reason:
+        body["reason"] = reason
+    if code is not None:
+        body["code"] = code
+    if details:
+        body["details"] = details
+    return body
+
+
+class ApiError(FleetsyncError):
     """An API failure with its HTTP code, Kubernetes reason and a message a user can act on."""
 
     def __init__(self, code: int, reason: str, message: str, *, details: dict[str, Any] | None = None, headers: dict[str, str] | None = None) -> None:
@@ -22,18 +37,7 @@ class ApiError(Exception):
         self.headers = headers or {}  # sent with the response (e.g. WWW-Authenticate)
 
     def to_status(self) -> dict[str, Any]:
-        status: dict[str, Any] = {
-            "kind": "Status",
-            "apiVersion": "v1",
-            "metadata": {},
-            "status": "Failure",
-            "message": self.message,
-            "reason": self.reason,
-            "code": self.code,
-        }
-        if self.details:
-            status["details"] = self.details
-        return status
+        return status_body(self.message, reason=self.reason, code=self.code, details=self.details)
 
     # Constructors named after the Kubernetes reasons (k8s.io/apimachinery/pkg/api/errors).
 

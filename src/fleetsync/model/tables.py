@@ -1,16 +1,22 @@
 """Server-side printing: ``meta.k8s.io/v1`` Table responses, which ``kubectl get`` asks for.
 
 kubectl renders whatever columns the server sends, so these define what a user sees
-for each type (the same columns the real apiserver prints).
+for each type (the same columns the real apiserver prints). A fleet-wide Table (the hub's
+``/api/...`` paths, every cluster at once) has a ``Cluster`` column before ``Name``, as
+Clusterpedia prints it: names repeat across clusters, and kubectl cannot say which row is
+from where otherwise. Per-cluster Tables keep kubectl's usual columns.
 """
 
 from __future__ import annotations
 
+import functools
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-from fleetsync.model.objects import dig, human_duration, parse_rfc3339
+from fleetsync.model import printercolumns
+from fleetsync.model.objects import CLUSTER_LABEL, dig, human_duration, parse_rfc3339
+from fleetsync.model.types import PrinterColumn
 
 Row = list[Any]
 Column = tuple[str, str, int]  # (name, type, priority: 0 = always, 1 = -o wide)
@@ -88,6 +94,45 @@ def _crd(obj: dict[str, Any]) -> Row:
     return [dig(obj, "metadata.creationTimestamp") or ""]
 
 
+def _event(obj: dict[str, Any]) -> Row:
+    last = dig(obj, "lastTimestamp") or dig(obj, "eventTime") or dig(obj, "metadata.creationTimestamp")
+    seen = human_duration(time.time() - parse_rfc3339(last)) if last else "<unknown>"
+    involved = f"{str(dig(obj, 'involvedObject.kind') or '').lower()}/{dig(obj, 'involvedObject.name') or ''}"
+    return [seen, dig(obj, "type") or "", dig(obj, "reason") or "", involved, dig(obj, "message") or ""]
+
+
+def _since(rfc: str | None) -> str:
+    return human_duration(time.time() - parse_rfc3339(rfc)) if rfc else "<never>"
+
+
+def _cluster(obj: dict[str, Any]) -> Row:
+    lag = dig(obj, "status.syncLagSeconds")
+    nodes = dig(obj, "status.nodeCount")
+    labels = ",".join(f"{k}={v}" for k, v in (dig(obj, "metadata.labels") or {}).items()) or "<none>"
+    return [
+        dig(obj, "status.phase") or "",
+        "True" if dig(obj, "status.connected") else "False",
+        dig(obj, "status.agent") or "<none>",
+        _since(dig(obj, "status.lastHeartbeatTime")),
+        "<unknown>" if lag is None else f"{lag:.3f}s",
+        dig(obj, "status.kubernetesVersion") or "<unknown>",
+        "<unknown>" if nodes is None else nodes,
+        labels,
+        dig(obj, "status.hub") or "<none>",
+    ]
+
+
+def _fleetsync_event(obj: dict[str, Any]) -> Row:
+    return [
+        obj.get("id"),
+        _since(dig(obj, "metadata.creationTimestamp")),
+        obj.get("cluster") or "",
+        obj.get("reason") or "",
+        obj.get("type") or "",
+        obj.get("message") or "",
+    ]
+
+
 def _default(obj: dict[str, Any]) -> Row:
     return [_age(obj)]
 
@@ -125,6 +170,25 @@ _PRINTERS: dict[str, tuple[list[Column], Callable[[dict[str, Any]], Row]]] = {
     "ConfigMap": ([("Data", "integer", 0), ("Age", "string", 0)], _config_map),
     "EndpointSlice": ([("AddressType", "string", 0), ("Ports", "string", 0), ("Endpoints", "string", 0), ("Age", "string", 0)], _endpoint_slice),
     "CustomResourceDefinition": ([("Created At", "date", 0)], _crd),
+    "Cluster": (
+        [
+            ("Status", "string", 0),
+            ("Connected", "string", 0),
+            ("Agent", "string", 0),
+            ("Last Heartbeat", "string", 0),
+            ("Sync Lag", "string", 0),
+            ("Version", "string", 0),
+            ("Nodes", "string", 0),
+            ("Labels", "string", 0),
+            ("Hub", "string", 1),
+        ],
+        _cluster,
+    ),
+    "FleetsyncEvent": (
+        [("ID", "integer", 0), ("Age", "string", 0), ("Cluster", "string", 0), ("Reason", "string", 0), ("Type", "string", 0), ("Message", "string", 0)],
+        _fleetsync_event,
+    ),
+    "Event": ([("Last Seen", "string", 0), ("Type", "string", 0), ("Reason", "string", 0), ("Object", "string", 0), ("Message", "string", 0)], _event),
 }
 
 
@@ -140,14 +204,29 @@ def table(
     continue_token: str | None = None,
     remaining: int | None = None,
     include_object: str = "Metadata",
+    fleet: bool = False,
+    printer_columns: Sequence[PrinterColumn] = (),
 ) -> dict[str, Any]:
-    """A Table of ``objects`` (all of one ``kind``); ``include_object`` is None | Metadata | Object."""
+    """A Table of ``objects`` (all of one ``kind``); ``include_object`` is None | Metadata | Object.
+    ``fleet``: the objects are from several clusters (each labelled ``fleetsync.io/cluster``),
+    shown in a first ``Cluster`` column. ``printer_columns``: the columns a reported type's CRD
+    declares, shown instead of the default Age."""
     columns, printer = _columns(kind)
+    if printer_columns:
+        columns, printer = printercolumns.columns(printer_columns), functools.partial(printercolumns.row, printer_columns)
     definitions = [{"name": "Name", "type": "string", "format": "name", "description": "Name must be unique within a namespace.", "priority": 0}]
+    if fleet:
+        definitions.insert(0, {"name": "Cluster", "type": "string", "format": "", "description": "The cluster the object is from.", "priority": 0})
     definitions += [{"name": n, "type": ty, "format": "", "description": n, "priority": p} for n, ty, p in columns]
     rows = []
     for obj in objects:
-        row: dict[str, Any] = {"cells": [dig(obj, "metadata.name"), *printer(obj)]}
+        try:
+            cells = printer(obj)
+        except (TypeError, ValueError, AttributeError):  # an agent's object of an unexpected shape: its row says so, the table is still served
+            cells = ["<invalid>"] * len(columns)
+        row: dict[str, Any] = {"cells": [dig(obj, "metadata.name"), *cells]}
+        if fleet:
+            row["cells"].insert(0, (dig(obj, "metadata.labels") or {}).get(CLUSTER_LABEL, ""))
         if include_object == "Object":
             row["object"] = obj
         elif include_object == "Metadata":

@@ -11,6 +11,20 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
+from fleetsync.errors import FleetsyncError
+
+
+@dataclass(frozen=True, slots=True)
+class PrinterColumn:
+    """A column a CRD declares for ``kubectl get`` (``additionalPrinterColumns``)."""
+
+    name: str
+    type: str  # integer, number, string, boolean, date
+    json_path: str  # a simple JSONPath, e.g. ``.spec.size`` or ``.status.conditions[0].type``
+    priority: int = 0  # 0: always shown; more: with ``-o wide``
+    description: str = ""
+    format: str = ""
+
 
 @dataclass(frozen=True, slots=True)
 class ResourceType:
@@ -34,6 +48,10 @@ class ResourceType:
     #: Made by the agent from another source (Prometheus, the cluster's Istio install), not served by
     #: the cluster's API: the hub stores and serves it like any type; the simulator does not serve it.
     collected: bool = False
+    #: The columns ``kubectl get`` shows for a type an agent reported (its CRD's printer columns).
+    printer_columns: tuple[PrinterColumn, ...] = ()
+    #: Reported by an agent (not one of the types this hub was built with).
+    reported: bool = False
 
     def __post_init__(self) -> None:
         if not self.singular:
@@ -95,6 +113,28 @@ CONFIG_MAP = _core("ConfigMap", "configmaps", short_names=("cm",))
 ENDPOINT_SLICE = ResourceType("discovery.k8s.io", "v1", "EndpointSlice", "endpointslices", True)
 DEPLOYMENT = ResourceType("apps", "v1", "Deployment", "deployments", True, short_names=("deploy",), categories=("all",), has_status=True, scalable=True)
 REPLICA_SET = ResourceType("apps", "v1", "ReplicaSet", "replicasets", True, short_names=("rs",), categories=("all",), has_status=True, scalable=True)
+STATEFUL_SET = ResourceType("apps", "v1", "StatefulSet", "statefulsets", True, short_names=("sts",), categories=("all",), has_status=True, scalable=True)
+DAEMON_SET = ResourceType("apps", "v1", "DaemonSet", "daemonsets", True, short_names=("ds",), categories=("all",), has_status=True)
+JOB = ResourceType("batch", "v1", "Job", "jobs", True, categories=("all",), has_status=True, selectable_fields=("status.successful",))
+INGRESS = ResourceType("networking.k8s.io", "v1", "Ingress", "ingresses", True, short_names=("ing",), has_status=True)
+PERSISTENT_VOLUME_CLAIM = _core("PersistentVolumeClaim", "persistentvolumeclaims", short_names=("pvc",), has_status=True)
+#: The clusters' own Kubernetes Events (fleetsync's events are ``fleetsync.io/v1`` FleetsyncEvents).
+EVENT = _core(
+    "Event",
+    "events",
+    short_names=("ev",),
+    selectable_fields=(
+        "involvedObject.kind",
+        "involvedObject.namespace",
+        "involvedObject.name",
+        "involvedObject.uid",
+        "involvedObject.apiVersion",
+        "involvedObject.fieldPath",
+        "reason",
+        "reportingComponent",
+        "type",
+    ),
+)
 CRD = ResourceType(
     "apiextensions.k8s.io",
     "v1",
@@ -131,6 +171,12 @@ KUBERNETES_TYPES: tuple[ResourceType, ...] = (
     DEPLOYMENT,
     REPLICA_SET,
     CRD,
+    STATEFUL_SET,
+    DAEMON_SET,
+    JOB,
+    INGRESS,
+    PERSISTENT_VOLUME_CLAIM,
+    EVENT,
 )
 ISTIO_TYPES: tuple[ResourceType, ...] = (
     VIRTUAL_SERVICE,
@@ -159,7 +205,7 @@ COLLECTED_TYPES: tuple[ResourceType, ...] = (SERVICE_EDGE, ISTIO_MESH)
 HUB_TYPES: tuple[ResourceType, ...] = ALL_TYPES + COLLECTED_TYPES
 
 
-class UnknownResourceType(LookupError):
+class UnknownResourceType(FleetsyncError, LookupError):
     """A name that resolves to no known resource type."""
 
 

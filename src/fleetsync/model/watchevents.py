@@ -10,12 +10,14 @@ from typing import Any
 
 import orjson
 
+from fleetsync.errors import FleetsyncError
 
-class Expired(Exception):
+
+class Expired(FleetsyncError):
     """The watched resourceVersion is gone from the server's history (410): list again."""
 
 
-class WatchError(Exception):
+class WatchError(FleetsyncError):
     """Any other ERROR event: the server's Status code and message."""
 
     def __init__(self, code: int, message: str) -> None:

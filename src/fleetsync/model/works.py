@@ -16,6 +16,7 @@ A work as the API takes and shows it::
       placement:
         clusters: [c1, c2]              # by name, and/or
         clusterSelector: env=prod       # by the clusters' labels (the agents' --label)
+      adopt: false                      # true: take over objects that exist and fleetsync did not create
       manifests:
         - {apiVersion: v1, kind: ConfigMap, metadata: {name: web, namespace: default}, data: {...}}
 """
@@ -30,6 +31,7 @@ from typing import Any
 
 import orjson
 
+from fleetsync.errors import FleetsyncError
 from fleetsync.model.objects import CLUSTER_LABEL
 from fleetsync.model.selectors import LabelSelector, SelectorError
 
@@ -38,6 +40,10 @@ KIND = "Work"
 #: The label an agent puts on every object it applies for a work: the work's name. It is how
 #: the agent finds what a work owns (drift, removal) and refuses to take over another work's object.
 WORK_LABEL = "fleetsync.io/work"
+#: The annotation an agent puts on an object it *adopted* (it existed, without the work label,
+#: and the work said ``adopt: true``): the work's name. Such an object is handed back (label and
+#: annotation removed), never deleted, when the work lets it go.
+ADOPTED_ANNOTATION = "fleetsync.io/adopted"
 #: The server-side apply field manager of the agent's applies.
 FIELD_MANAGER = "fleetsync"
 
@@ -52,13 +58,13 @@ APPLIED, AVAILABLE, FAILED, PENDING = "Applied", "Available", "Failed", "Pending
 CONDITIONS = (APPLIED, AVAILABLE, FAILED)
 
 _NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
-_SPEC_FIELDS = {"placement", "manifests"}
+_SPEC_FIELDS = {"placement", "manifests", "adopt"}
 _PLACEMENT_FIELDS = {"clusters", "clusterSelector"}
 #: Metadata the API shows and ignores on input, so that ``get -o yaml`` output applies as is.
 _SHOWN_METADATA = {"name", "generation", "resourceVersion", "creationTimestamp", "annotations", "uid"}
 
 
-class WorkError(ValueError):
+class WorkError(FleetsyncError, ValueError):
     """An invalid work, with one (field, message) per problem."""
 
     def __init__(self, name: str, causes: list[tuple[str, str]]) -> None:
@@ -80,8 +86,9 @@ def name_problem(name: object) -> str:
 class Placement:
     """Which clusters a work targets: those named, and those whose labels match the selector.
 
-    A cluster's labels are its agent's ``--label`` metadata plus ``fleetsync.io/cluster=NAME``,
-    so ``clusterSelector: fleetsync.io/cluster`` targets every cluster. No names and no
+    A cluster's labels are those an admin set on the hub (never its agent's ``--label``
+    metadata: an agent must not pick its own works) plus ``fleetsync.io/cluster=NAME``, so
+    ``clusterSelector: fleetsync.io/cluster`` targets every cluster. No names and no
     selector: no cluster (a parked work).
     """
 
@@ -112,17 +119,24 @@ class Placement:
 class WorkSpec:
     placement: Placement
     manifests: tuple[dict[str, Any], ...]
+    #: Take over objects that exist without the work label (see :data:`ADOPTED_ANNOTATION`);
+    #: False: such a manifest fails, and the object is left as it is.
+    adopt: bool = False
 
     def to_json(self) -> bytes:
-        """The stored form: canonical (sorted keys), so an unchanged spec compares equal byte for byte."""
-        return orjson.dumps({"placement": self.placement.to_json(), "manifests": list(self.manifests)}, option=orjson.OPT_SORT_KEYS)
+        """The stored form: canonical (sorted keys), so an unchanged spec compares equal byte for byte
+        (``adopt`` only when true: specs stored before it existed stay the same)."""
+        doc: dict[str, Any] = {"placement": self.placement.to_json(), "manifests": list(self.manifests)}
+        if self.adopt:
+            doc["adopt"] = True
+        return orjson.dumps(doc, option=orjson.OPT_SORT_KEYS)
 
     @classmethod
     def from_json(cls, data: bytes) -> WorkSpec:
         """A spec as stored (validated when it was written)."""
         doc = orjson.loads(data)
         placement = doc.get("placement") or {}
-        return cls(Placement(tuple(placement.get("clusters") or ()), placement.get("clusterSelector") or ""), tuple(doc["manifests"]))
+        return cls(Placement(tuple(placement.get("clusters") or ()), placement.get("clusterSelector") or ""), tuple(doc["manifests"]), doc.get("adopt") is True)
 
     @property
     def manifest_ids(self) -> list[str]:
@@ -178,7 +192,13 @@ def parse_work(doc: Any, *, name: str | None = None) -> tuple[str, WorkSpec]:
         causes.append(("spec", f"unknown fields {sorted(unknown_spec)}"))
     placement = _placement(spec.get("placement"), causes)
     manifests = _manifests(spec.get("manifests"), causes)
-    result = WorkSpec(placement, manifests)
+    adopt = spec.get("adopt")
+    if adopt is None:  # (YAML's empty value) as if not given
+        adopt = False
+    if not isinstance(adopt, bool):
+        causes.append(("spec.adopt", f"must be true or false, got {adopt!r}"[:200]))
+        adopt = False
+    result = WorkSpec(placement, manifests, adopt)
     if not causes and (size := len(result.to_json())) > MAX_WORK_BYTES:
         causes.append(("spec.manifests", f"the work is {size} bytes; at most {MAX_WORK_BYTES} bytes of manifests fit one work: split it"))
     if causes:
@@ -213,6 +233,14 @@ def _placement(value: Any, causes: list[tuple[str, str]]) -> Placement:
     return Placement(tuple(dict.fromkeys(clusters)), selector.strip())
 
 
+def manifest_problems(value: Any) -> list[tuple[str, str]]:
+    """What is wrong with a list of manifests (empty: nothing): what the API checks, for an
+    agent to check again what reaches it (whatever sent it)."""
+    causes: list[tuple[str, str]] = []
+    _manifests(value, causes)
+    return causes
+
+
 def _manifests(value: Any, causes: list[tuple[str, str]]) -> tuple[dict[str, Any], ...]:
     if not isinstance(value, list) or not value:
         causes.append(("spec.manifests", "a work needs a list of at least one manifest"))
@@ -239,6 +267,9 @@ def _manifests(value: Any, causes: list[tuple[str, str]]) -> tuple[dict[str, Any
         labels = meta.get("labels") or {}
         if isinstance(labels, dict) and WORK_LABEL in labels:
             causes.append((f"{where}.metadata.labels", f"{WORK_LABEL} is set by fleetsync (the owning work's name)"))
+        annotations = meta.get("annotations") or {}
+        if isinstance(annotations, dict) and ADOPTED_ANNOTATION in annotations:
+            causes.append((f"{where}.metadata.annotations", f"{ADOPTED_ANNOTATION} is set by fleetsync (on objects a work adopted)"))
         if (size := len(orjson.dumps(manifest))) > MAX_MANIFEST_BYTES:
             causes.append((where, f"{manifest_id(manifest)} is {size} bytes; a manifest may have at most {MAX_MANIFEST_BYTES}"))
         ident = manifest_id(manifest)

@@ -235,6 +235,7 @@ class Hello(_message.Message):
     CAPABILITIES_FIELD_NUMBER: _builtins.int
     RESUMABLE_FIELD_NUMBER: _builtins.int
     PROTOCOL_VERSION_FIELD_NUMBER: _builtins.int
+    TYPES_FIELD_NUMBER: _builtins.int
     cluster_id: _builtins.str
     agent_id: _builtins.str
     """stable across restarts of the same agent"""
@@ -254,6 +255,12 @@ class Hello(_message.Message):
     def resumable(self) -> _containers.RepeatedCompositeFieldContainer[Global___StreamPosition]:
         """per type: the oldest base it still holds deltas from"""
 
+    @_builtins.property
+    def types(self) -> _containers.RepeatedCompositeFieldContainer[Global___TypeInfo]:
+        """The discovery data of every type this agent syncs, so the hub serves types it was not
+        built with (CRDs). Empty (an agent older than this field): the hub knows only its fixed types.
+        """
+
     def __init__(
         self,
         *,
@@ -265,14 +272,127 @@ class Hello(_message.Message):
         capabilities: _abc.Iterable[_builtins.str] | None = ...,
         resumable: _abc.Iterable[Global___StreamPosition] | None = ...,
         protocol_version: _builtins.int = ...,
+        types: _abc.Iterable[Global___TypeInfo] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "capabilities", b"capabilities", "cluster_id", b"cluster_id", "incarnation", b"incarnation", "metadata", b"metadata", "protocol_version", b"protocol_version", "resumable", b"resumable", "token", b"token"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "capabilities", b"capabilities", "cluster_id", b"cluster_id", "incarnation", b"incarnation", "metadata", b"metadata", "protocol_version", b"protocol_version", "resumable", b"resumable", "token", b"token", "types", b"types"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Hello: _TypeAlias = Hello  # noqa: Y015
+
+@_typing.final
+class PrinterColumn(_message.Message):
+    """A printer column a CRD declares (additionalPrinterColumns): what `kubectl get` shows."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    TYPE_FIELD_NUMBER: _builtins.int
+    JSON_PATH_FIELD_NUMBER: _builtins.int
+    PRIORITY_FIELD_NUMBER: _builtins.int
+    DESCRIPTION_FIELD_NUMBER: _builtins.int
+    FORMAT_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    type: _builtins.str
+    """integer, number, string, boolean, date"""
+    json_path: _builtins.str
+    """a simple JSONPath into the object, e.g. ".spec.size" """
+    priority: _builtins.int
+    """0: always shown; more: with -o wide"""
+    description: _builtins.str
+    format: _builtins.str
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        type: _builtins.str = ...,
+        json_path: _builtins.str = ...,
+        priority: _builtins.int = ...,
+        description: _builtins.str = ...,
+        format: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["description", b"description", "format", b"format", "json_path", b"json_path", "name", b"name", "priority", b"priority", "type", b"type"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PrinterColumn: _TypeAlias = PrinterColumn  # noqa: Y015
+
+@_typing.final
+class TypeInfo(_message.Message):
+    """One resource type as the cluster's discovery describes it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    GROUP_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    PLURAL_FIELD_NUMBER: _builtins.int
+    SINGULAR_FIELD_NUMBER: _builtins.int
+    SHORT_NAMES_FIELD_NUMBER: _builtins.int
+    NAMESPACED_FIELD_NUMBER: _builtins.int
+    CATEGORIES_FIELD_NUMBER: _builtins.int
+    PRINTER_COLUMNS_FIELD_NUMBER: _builtins.int
+    group: _builtins.str
+    """"" for the core group"""
+    version: _builtins.str
+    kind: _builtins.str
+    plural: _builtins.str
+    singular: _builtins.str
+    namespaced: _builtins.bool
+    @_builtins.property
+    def short_names(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def categories(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def printer_columns(self) -> _containers.RepeatedCompositeFieldContainer[Global___PrinterColumn]: ...
+    def __init__(
+        self,
+        *,
+        group: _builtins.str = ...,
+        version: _builtins.str = ...,
+        kind: _builtins.str = ...,
+        plural: _builtins.str = ...,
+        singular: _builtins.str = ...,
+        short_names: _abc.Iterable[_builtins.str] | None = ...,
+        namespaced: _builtins.bool = ...,
+        categories: _abc.Iterable[_builtins.str] | None = ...,
+        printer_columns: _abc.Iterable[Global___PrinterColumn] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["categories", b"categories", "group", b"group", "kind", b"kind", "namespaced", b"namespaced", "plural", b"plural", "printer_columns", b"printer_columns", "short_names", b"short_names", "singular", b"singular", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TypeInfo: _TypeAlias = TypeInfo  # noqa: Y015
+
+@_typing.final
+class Types(_message.Message):
+    """The agent's set of types changed (a CRD was created or deleted): the complete set now,
+    replacing what its Hello (or an earlier Types) said.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TYPES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def types(self) -> _containers.RepeatedCompositeFieldContainer[Global___TypeInfo]: ...
+    def __init__(
+        self,
+        *,
+        types: _abc.Iterable[Global___TypeInfo] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["types", b"types"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Types: _TypeAlias = Types  # noqa: Y015
 
 @_typing.final
 class Bundle(_message.Message):
@@ -290,6 +410,7 @@ class Bundle(_message.Message):
     COMPRESSION_FIELD_NUMBER: _builtins.int
     ERROR_FIELD_NUMBER: _builtins.int
     COLLECTED_AT_MS_FIELD_NUMBER: _builtins.int
+    TRACEPARENT_FIELD_NUMBER: _builtins.int
     type: _builtins.str
     incarnation: _builtins.str
     seq: _builtins.int
@@ -304,6 +425,10 @@ class Bundle(_message.Message):
     """set when the type failed to list: partial data, the hub keeps its last state"""
     collected_at_ms: _builtins.int
     """when the newest change in this bundle was seen by the agent"""
+    traceparent: _builtins.str
+    """Optional: the W3C traceparent of the agent's span that sent this bundle (tracing on; "" otherwise).
+    Diagnostic only: no rule reads it, and a peer that does not know it ignores it.
+    """
     @_builtins.property
     def upserts(self) -> _containers.RepeatedCompositeFieldContainer[Global___Object]: ...
     @_builtins.property
@@ -325,10 +450,11 @@ class Bundle(_message.Message):
         compression: Global___Compression.ValueType = ...,
         error: _builtins.str = ...,
         collected_at_ms: _builtins.int = ...,
+        traceparent: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["base_seq", b"base_seq", "chunk", b"chunk", "collected_at_ms", b"collected_at_ms", "compression", b"compression", "deletes", b"deletes", "error", b"error", "incarnation", b"incarnation", "kind", b"kind", "last", b"last", "seq", b"seq", "type", b"type", "upserts", b"upserts"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["base_seq", b"base_seq", "chunk", b"chunk", "collected_at_ms", b"collected_at_ms", "compression", b"compression", "deletes", b"deletes", "error", b"error", "incarnation", b"incarnation", "kind", b"kind", "last", b"last", "seq", b"seq", "traceparent", b"traceparent", "type", b"type", "upserts", b"upserts"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -534,10 +660,17 @@ class LocalChange(_message.Message):
     UNSET_FIELD_NUMBER: _builtins.int
     VALUE_FIELD_NUMBER: _builtins.int
     CHANGED_AT_MS_FIELD_NUMBER: _builtins.int
+    BASE_REVISION_FIELD_NUMBER: _builtins.int
     key: _builtins.str
     unset: _builtins.bool
     value: _builtins.str
     changed_at_ms: _builtins.int
+    base_revision: _builtins.int
+    """The gate revision the agent's local value was synced at (the snapshot it had applied when
+    the change was made). The hub applies the change only if nobody else wrote the gate after
+    it; otherwise it is a stale resend: dropped, and the agent gets the current snapshot.
+    Absent (an agent older than this field): applied as before, last write wins.
+    """
     def __init__(
         self,
         *,
@@ -545,12 +678,15 @@ class LocalChange(_message.Message):
         unset: _builtins.bool = ...,
         value: _builtins.str = ...,
         changed_at_ms: _builtins.int = ...,
+        base_revision: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_base_revision", b"_base_revision", "base_revision", b"base_revision"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["changed_at_ms", b"changed_at_ms", "key", b"key", "unset", b"unset", "value", b"value"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_base_revision", b"_base_revision", "base_revision", b"base_revision", "changed_at_ms", b"changed_at_ms", "key", b"key", "unset", b"unset", "value", b"value"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__base_revision: _TypeAlias = _typing.Literal["base_revision"]  # noqa: Y015
+    _WhichOneofArgType__base_revision: _TypeAlias = _typing.Literal["_base_revision", b"_base_revision"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__base_revision) -> _WhichOneofReturnType__base_revision | None: ...
 
 Global___LocalChange: _TypeAlias = LocalChange  # noqa: Y015
 
@@ -564,6 +700,7 @@ class AgentMessage(_message.Message):
     HEARTBEAT_FIELD_NUMBER: _builtins.int
     STATUS_FIELD_NUMBER: _builtins.int
     LOCAL_CHANGE_FIELD_NUMBER: _builtins.int
+    TYPES_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def hello(self) -> Global___Hello: ...
     @_builtins.property
@@ -576,6 +713,8 @@ class AgentMessage(_message.Message):
     def status(self) -> Global___Status: ...
     @_builtins.property
     def local_change(self) -> Global___LocalChange: ...
+    @_builtins.property
+    def types(self) -> Global___Types: ...
     def __init__(
         self,
         *,
@@ -585,12 +724,13 @@ class AgentMessage(_message.Message):
         heartbeat: Global___Heartbeat | None = ...,
         status: Global___Status | None = ...,
         local_change: Global___LocalChange | None = ...,
+        types: Global___Types | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["bundle", b"bundle", "digest", b"digest", "heartbeat", b"heartbeat", "hello", b"hello", "local_change", b"local_change", "message", b"message", "status", b"status"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["bundle", b"bundle", "digest", b"digest", "heartbeat", b"heartbeat", "hello", b"hello", "local_change", b"local_change", "message", b"message", "status", b"status", "types", b"types"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["bundle", b"bundle", "digest", b"digest", "heartbeat", b"heartbeat", "hello", b"hello", "local_change", b"local_change", "message", b"message", "status", b"status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bundle", b"bundle", "digest", b"digest", "heartbeat", b"heartbeat", "hello", b"hello", "local_change", b"local_change", "message", b"message", "status", b"status", "types", b"types"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_message: _TypeAlias = _typing.Literal["hello", "bundle", "digest", "heartbeat", "status", "local_change"]  # noqa: Y015
+    _WhichOneofReturnType_message: _TypeAlias = _typing.Literal["hello", "bundle", "digest", "heartbeat", "status", "local_change", "types"]  # noqa: Y015
     _WhichOneofArgType_message: _TypeAlias = _typing.Literal["message", b"message"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_message) -> _WhichOneofReturnType_message | None: ...
 

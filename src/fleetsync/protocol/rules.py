@@ -33,6 +33,10 @@ from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
+#: The largest sequence number, revision or generation a peer may send: the protocol's
+#: counters are uint64 on the wire, but the stores keep them as signed 64-bit integers.
+MAX_COUNTER = 2**63 - 1
+
 
 @dataclass(frozen=True, slots=True)
 class Position:

@@ -30,6 +30,9 @@ OPERATIONS: tuple[tuple[str, int], ...] = (
     ("istio_route", 12),
     ("config", 8),
     ("app_replace", 5),
+    ("event", 10),
+    ("job", 3),
+    ("statefulset", 4),
 )
 
 
@@ -129,7 +132,8 @@ class Churn:
         b.sync_workload(w)
 
     def _istio_route(self, b: ClusterBuilder, w: Workload) -> None:
-        vs = b.cluster.get(t.VIRTUAL_SERVICE, w.namespace, w.name)
+        # a cluster without Istio (``--no-istio``) serves no VirtualServices: a config change instead
+        vs = b.cluster.get(t.VIRTUAL_SERVICE, w.namespace, w.name) if b.cluster.serves(t.VIRTUAL_SERVICE) else None
         if vs is None:
             return self._config(b, w)
         obj = vs.decode()
@@ -149,7 +153,34 @@ class Churn:
         b.cluster.update(t.CONFIG_MAP, obj)
         return None
 
+    _EVENTS = (
+        ("Normal", "Pulled", "Container image already present on machine"),
+        ("Normal", "Started", "Started container app"),
+        ("Warning", "BackOff", "Back-off restarting failed container app"),
+        ("Warning", "Unhealthy", "Readiness probe failed: HTTP probe failed with statuscode: 503"),
+    )
+
+    def _event(self, b: ClusterBuilder, w: Workload) -> None:
+        pods = b.pods_of(w)
+        if not pods or not b.kinds.serves():
+            return self._config(b, w)
+        kind, reason, message = self.rng.choice(self._EVENTS)
+        b.kinds.record_event(self.rng.choice(pods).decode(), reason, message, type_=kind)
+        return None
+
+    def _job(self, b: ClusterBuilder, w: Workload) -> None:
+        if not b.kinds.serves():
+            return self._config(b, w)
+        b.kinds.create_job(w.namespace)
+        return None
+
+    def _statefulset(self, b: ClusterBuilder, w: Workload) -> None:
+        if not b.kinds.serves():
+            return self._config(b, w)
+        b.kinds.restart_stateful_set(w.namespace)
+        return None
+
     def _app_replace(self, b: ClusterBuilder, w: Workload) -> None:
         namespaces = sorted({x.namespace for x in b.workloads if not x.protected})
         b.delete_workload(w)
-        b.create_workload(self.rng.choice(namespaces), max(1, w.replicas))
+        b.create_workload(self.rng.choice(namespaces), max(1, w.replicas), istio=b.cluster.serves(t.VIRTUAL_SERVICE))

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from fleetsync.model import types as t
 from fleetsync.sim.churn import Churn
 from fleetsync.sim.mesh import MeshTraffic
+from fleetsync.sim.rbac import RBAC_TYPES
 from fleetsync.sim.store import ClusterState
 from fleetsync.sim.workloads import ClusterBuilder
 
@@ -54,7 +55,8 @@ class SimFleet:
         for i in range(1, config.clusters + 1):
             name = f"{config.name_prefix}{i}"
             # Without Istio its CRDs are not installed: the Istio APIs answer 404, as on a real cluster.
-            served = t.ALL_TYPES if config.istio else t.KUBERNETES_TYPES
+            # Service accounts and RBAC are served (empty: only the admin token exists until some are created).
+            served = (*(t.ALL_TYPES if config.istio else t.KUBERNETES_TYPES), *RBAC_TYPES)
             state = ClusterState(name, types=served, history_limit=config.history, seed=config.seed)
             region = REGIONS[(i - 1) % len(REGIONS)]
             builder = ClusterBuilder(state, seed=config.seed, region=region)

@@ -3,7 +3,10 @@
 Paths (all on one port):
 
 - ``/clusters/NAME/...``: the Kubernetes API of cluster NAME (discovery, list, watch,
-  get, create, update, patch, server-side apply, delete, ``status`` subresources);
+  get, create, update, patch, server-side apply, delete, ``status`` subresources); its
+  admin token (in NAME.kubeconfig) may do anything, and so may a request without a token; a
+  service account's token (``kubectl create token``: :mod:`fleetsync.sim.satokens`) may do
+  what the cluster's RBAC objects grant it (:mod:`fleetsync.sim.rbac`), discovery always;
 - ``/clusters/NAME/truth``: every current object of NAME (for convergence checks);
 - ``/clusters/NAME/metrics``: Istio's standard metrics of NAME's services, for Prometheus
   (:mod:`fleetsync.sim.mesh`); ``/clusters/NAME/mesh-traffic``: the traffic configured for
@@ -35,7 +38,7 @@ from fleetsync.model.selectors import FieldSelector, LabelSelector, SelectorErro
 from fleetsync.model.status import ApiError
 from fleetsync.model.tables import table
 from fleetsync.model.types import ResourceType, TypeRegistry
-from fleetsync.sim import fieldmanager, patching
+from fleetsync.sim import fieldmanager, k8sproto, patching, rbac, satokens
 from fleetsync.sim.fleet import SimCluster, SimFleet
 from fleetsync.sim.store import ClusterState, StoredObject, Watcher
 from fleetsync.sim.workloads import random_name_suffix
@@ -248,7 +251,8 @@ class SimServer:
         rtypes = None
         if wanted := request.query.getall("type", []):
             try:
-                rtypes = [self.registry.resolve(w) for w in wanted]
+                registry = TypeRegistry(dict.fromkeys([*cluster.state.types, *self.registry]))  # the cluster's own (its CRDs') first
+                rtypes = [registry.resolve(w) for w in wanted]
             except LookupError as exc:
                 raise ApiError.bad_request(str(exc)) from None
         state = cluster.state
@@ -283,17 +287,54 @@ class SimServer:
 
     # ---- the Kubernetes API ----------------------------------------------------------
 
-    def _authenticate(self, request: web.Request, cluster: SimCluster) -> None:
+    def _authenticate(self, request: web.Request, cluster: SimCluster) -> rbac.User | None:
+        """The service account a request's token speaks for; None for the cluster's admin token and
+        for no token at all (anonymous access is allowed, as on a development cluster): both may do anything."""
         header = request.headers.get("Authorization")
         if header is None:
-            return  # anonymous access is allowed, as on a development cluster
+            return None
         scheme, _, token = header.partition(" ")
-        if scheme.lower() != "bearer" or token.strip() != cluster.token:
-            raise ApiError.unauthorized(f"invalid bearer token for cluster {cluster.name!r}; use the token in its kubeconfig")
+        token = token.strip()
+        if scheme.lower() == "bearer" and token == cluster.token:
+            return None
+        claims = satokens.TokenSigner.for_cluster(cluster.token).verify(token, now=cluster.state.clock()) if scheme.lower() == "bearer" else None
+        account = cluster.state.get(rbac.SERVICE_ACCOUNT, claims.namespace, claims.name) if claims else None
+        if claims is None or account is None or account.decode()["metadata"].get("uid") != claims.uid:
+            raise ApiError.unauthorized(
+                f"invalid bearer token for cluster {cluster.name!r}; use the token in its kubeconfig, or one from `kubectl create token` "
+                "for a service account that still exists"
+            )
+        return rbac.service_account_user(claims.namespace, claims.name)
+
+    @staticmethod
+    def _authorize(request: web.Request, user: rbac.User | None, state: ClusterState, target: Target, *, verb: str = "") -> None:
+        """403 unless the cluster's RBAC lets ``user`` (a service account) do it; None (an admin): anything."""
+        if user is None:
+            return
+        verb = verb or rbac.verb_of(request.method, named=target.name is not None, watch=_bool_param(request, "watch"))
+        name = target.name or ""
+        if verb in ("list", "watch") and not name:  # one object's list or watch (kubectl get NAME -w): what resourceNames may allow
+            name = rbac.selected_name(request.query.get("fieldSelector", ""))
+        attrs = rbac.RequestAttributes(
+            verb=verb,
+            api_group=target.rtype.group,
+            resource=target.rtype.plural,
+            subresource=target.subresource or "",
+            name=name,
+            namespace=target.namespace or "",
+        )
+        policy = rbac.Policy(
+            roles=[o.decode() for o in state.scan(rbac.ROLE, target.namespace)] if target.namespace else [],
+            cluster_roles=[o.decode() for o in state.scan(rbac.CLUSTER_ROLE)],
+            role_bindings=[o.decode() for o in state.scan(rbac.ROLE_BINDING, target.namespace)] if target.namespace else [],
+            cluster_role_bindings=[o.decode() for o in state.scan(rbac.CLUSTER_ROLE_BINDING)],
+        )
+        if not policy.allows(user, attrs):
+            raise rbac.forbidden(user, attrs)
 
     async def _kube(self, request: web.Request) -> web.StreamResponse:
         cluster = self._cluster(request)
-        self._authenticate(request, cluster)
+        user = self._authenticate(request, cluster)
         registry = TypeRegistry(cluster.state.types)  # discovery shows what this cluster serves
         parts = [p for p in request.match_info.get("tail", "").split("/") if p]
         if not parts:
@@ -303,7 +344,7 @@ class SimServer:
         if parts[0] in ("healthz", "readyz", "livez"):
             return web.Response(text="ok")
         if parts[:2] == ["openapi", "v3"]:
-            return self._openapi_v3(request.path, parts[2:])
+            return self._openapi_v3(request.path, parts[2:], TypeRegistry(dict.fromkeys([*self.registry, *registry])))
         if parts[0] == "api":
             if len(parts) == 1:
                 return json_response(discovery.api_versions(f"{self.host}:{self.port}"))
@@ -324,38 +365,73 @@ class SimServer:
             if not types:
                 raise ApiError.path_not_found(request.path)
             return json_response(discovery.api_resource_list(group, version, types))
-        target = self._target(request.path, group, version, rest)
+        target = self._target(request.path, group, version, rest, registry)
         if not cluster.state.serves(target.rtype):
             raise ApiError.path_not_found(request.path)
-        return await self._resource(request, cluster.state, target)
+        self._authorize(request, user, cluster.state, target)
+        if target.subresource == "token":
+            return await self._token_request(request, cluster, target)
+        return await self._resource(request, cluster.state, target, user)
 
-    def _openapi_v3(self, path: str, gv: list[str]) -> web.Response:
-        group_versions = sorted({(rt.group, rt.version) for rt in self.registry})
+    async def _token_request(self, request: web.Request, cluster: SimCluster, target: Target) -> web.Response:
+        """``POST .../serviceaccounts/NAME/token`` (``kubectl create token``): a token for the account, as a TokenRequest."""
+        if request.method != "POST":
+            raise ApiError.method_not_allowed(request.method, "serviceaccounts/token")
+        if "protobuf" in request.content_type:  # kubectl create token sends nothing else
+            try:
+                body: Any = k8sproto.token_request(await request.read())
+            except k8sproto.ProtobufError as exc:
+                raise ApiError.bad_request(f"the TokenRequest does not decode: {exc}") from None
+        else:
+            body = await _read_body(request)
+        if not isinstance(body, dict) or body.get("kind", "TokenRequest") != "TokenRequest":
+            raise ApiError.bad_request("expected an authentication.k8s.io/v1 TokenRequest")
+        spec: dict[str, Any] = body["spec"] if isinstance(body.get("spec"), dict) else {}
+        account = cluster.state.read(rbac.SERVICE_ACCOUNT, target.namespace or "", target.name or "")
+        try:
+            seconds = satokens.lifetime(spec.get("expirationSeconds"))
+        except ValueError as exc:
+            raise ApiError.invalid("TokenRequest", target.name or "", [("spec.expirationSeconds", str(exc))], "authentication.k8s.io") from None
+        expires = int(cluster.state.clock()) + seconds
+        claims = satokens.TokenClaims(target.namespace or "", target.name or "", account["metadata"]["uid"], expires)
+        token = satokens.TokenSigner.for_cluster(cluster.token).issue(claims)
+        answer = {
+            "kind": "TokenRequest",
+            "apiVersion": "authentication.k8s.io/v1",
+            "metadata": {"name": target.name, "namespace": target.namespace, "creationTimestamp": None},
+            "spec": {"audiences": spec.get("audiences") or ["https://kubernetes.default.svc"], "expirationSeconds": seconds, "boundObjectRef": None},
+            "status": {"token": token, "expirationTimestamp": rfc3339(expires)},
+        }
+        return json_response(answer, 201)
+
+    def _openapi_v3(self, path: str, gv: list[str], registry: TypeRegistry) -> web.Response:
+        """Every type this simulator knows and the cluster's own (its CRDs')."""
+        group_versions = sorted({(rt.group, rt.version) for rt in registry})
         if not gv:
             return json_response(discovery.openapi_v3_root(group_versions))
         group, version = ("", gv[1]) if gv[0] == "api" and len(gv) == 2 else (gv[1], gv[2]) if gv[0] == "apis" and len(gv) == 3 else ("", "")
         if (group, version) not in group_versions:
             raise ApiError.path_not_found(path)
-        return json_response(discovery.openapi_v3_group_version(group, version, self.registry.in_group_version(group, version)))
+        return json_response(discovery.openapi_v3_group_version(group, version, registry.in_group_version(group, version)))
 
-    def _target(self, path: str, group: str, version: str, rest: list[str]) -> Target:
+    def _target(self, path: str, group: str, version: str, rest: list[str], served: TypeRegistry) -> Target:
         namespace = None
         if rest[0] == "namespaces" and len(rest) >= 3 and not (len(rest) == 3 and rest[2] in ("status", "finalize")):
             namespace, rest = rest[1], rest[2:]
         if len(rest) > 3:
             raise ApiError.path_not_found(path)
-        rtype = self.registry.by_path(group, version, rest[0])
+        rtype = self.registry.by_path(group, version, rest[0]) or served.by_path(group, version, rest[0])  # or a type of the cluster's CRDs
         if rtype is None or (namespace and not rtype.namespaced):
             raise ApiError.path_not_found(path)
         name = rest[1] if len(rest) > 1 else None
         sub = rest[2] if len(rest) > 2 else None
         if name and rtype.namespaced and not namespace:
             raise ApiError.path_not_found(path)
-        if sub and not ((sub == "status" and rtype.has_status) or (sub == "scale" and rtype.scalable)):
+        if sub and not ((sub == "status" and rtype.has_status) or (sub == "scale" and rtype.scalable) or (sub == "token" and rtype is rbac.SERVICE_ACCOUNT)):
             raise ApiError.path_not_found(path)
         return Target(rtype, namespace, name, sub)
 
-    async def _resource(self, request: web.Request, state: ClusterState, target: Target) -> web.StreamResponse:
+    async def _resource(self, request: web.Request, state: ClusterState, target: Target, user: rbac.User | None = None) -> web.StreamResponse:
         method = request.method
         if request.query.get("dryRun"):
             raise ApiError.bad_request("dryRun is not supported by fleetsync sim")
@@ -376,7 +452,7 @@ class SimServer:
         if method == "PUT":
             return await self._update(request, state, target)
         if method == "PATCH":
-            return await self._patch(request, state, target)
+            return await self._patch(request, state, target, user)
         if method == "DELETE" and not target.subresource:
             return await self._delete(request, state, target)
         raise ApiError.method_not_allowed(method, f"{target.rtype.plural}/{target.subresource or ''}")
@@ -387,6 +463,7 @@ class SimServer:
                 table(
                     rtype.kind,
                     [obj],
+                    printer_columns=rtype.printer_columns,
                     resource_version=obj["metadata"].get("resourceVersion", ""),
                     include_object=request.query.get("includeObject", "Metadata"),
                 ),
@@ -430,6 +507,7 @@ class SimServer:
                 table(
                     rtype.kind,
                     [o.decode() for o in page.items],
+                    printer_columns=rtype.printer_columns,
                     resource_version=str(page.resource_version),
                     continue_token=page.continue_token,
                     remaining=page.remaining,
@@ -512,7 +590,13 @@ class SimServer:
     def _event_line(rtype: ResourceType, kind: str, obj: StoredObject, as_table: bool, include_object: str) -> bytes:
         if as_table:
             decoded = obj.decode()
-            payload = table(rtype.kind, [decoded], resource_version=decoded["metadata"]["resourceVersion"], include_object=include_object)
+            payload = table(
+                rtype.kind,
+                [decoded],
+                resource_version=decoded["metadata"]["resourceVersion"],
+                include_object=include_object,
+                printer_columns=rtype.printer_columns,
+            )
             return orjson.dumps({"type": kind, "object": payload}) + b"\n"
         return b'{"type":"' + kind.encode() + b'","object":' + obj.raw + b"}\n"
 
@@ -569,7 +653,7 @@ class SimServer:
                 new.pop("status", None)
         return new
 
-    async def _patch(self, request: web.Request, state: ClusterState, target: Target) -> web.Response:
+    async def _patch(self, request: web.Request, state: ClusterState, target: Target, user: rbac.User | None = None) -> web.Response:
         rtype = target.rtype
         content_type = request.content_type
         if content_type not in patching.PATCH_TYPES:
@@ -590,6 +674,7 @@ class SimServer:
                 config.pop("status", None)
             result = fieldmanager.apply(current, config, manager=manager, force=_bool_param(request, "force"), now=now)
             if current is None:
+                self._authorize(request, user, state, target, verb="create")  # an apply that creates needs create too, as in Kubernetes
                 stored = state.create(rtype, result)
                 return self._object_response(request, rtype, stored.decode(), 201)
         else:

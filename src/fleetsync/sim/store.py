@@ -34,6 +34,7 @@ from fleetsync.model.objects import object_key, rfc3339, selectable_fields
 from fleetsync.model.selectors import FieldSelector, LabelSelector
 from fleetsync.model.status import ApiError
 from fleetsync.model.types import ResourceType
+from fleetsync.sim.crds import crd_types
 
 EventType = Literal["ADDED", "MODIFIED", "DELETED"]
 
@@ -198,6 +199,8 @@ class ClusterState:
         self._history_floor = 0  # every change with rv > floor is still in the history
         self._watchers: dict[ResourceType, set[Watcher]] = {rt: set() for rt in self._objects}
         self.writes = 0
+        #: CRD name -> the types it added to this cluster (those served before it are not its own).
+        self._defined: dict[str, tuple[ResourceType, ...]] = {}
 
     # ---- reads -------------------------------------------------------------------
 
@@ -409,7 +412,30 @@ class ClusterState:
             self._history_floor = self._history.popleft().rv
         for watcher in self._watchers[rtype]:
             watcher.offer(change)
+        if rtype is t.CRD:
+            self._define(stored.name, () if event_type == "DELETED" else crd_types(obj))
         return stored
+
+    def _define(self, crd: str, types: tuple[ResourceType, ...]) -> None:
+        """Serve the types a CRD now defines; stop serving those it no longer does (its objects
+        deleted first, as watchers of them see; then their watches end)."""
+        before = self._defined.pop(crd, ())
+        paths = {(rt.group, rt.version, rt.plural) for rt in self._objects if rt not in before}
+        now = tuple(rt for rt in types if (rt.group, rt.version, rt.plural) not in paths)
+        for rtype in before:
+            if rtype in now:
+                continue
+            for stored in list(self.scan(rtype)):
+                self.delete(rtype, stored.namespace, stored.name)
+            for watcher in self._watchers.pop(rtype, set()):
+                watcher.close(f"the resource type {rtype.plural}.{rtype.group} is no longer served (CRD {crd} deleted)")
+            del self._objects[rtype]
+        for rtype in now:
+            if rtype not in self._objects:
+                self._objects[rtype] = SortedDict()
+                self._watchers[rtype] = set()
+        if now:
+            self._defined[crd] = now
 
     # ---- watch -------------------------------------------------------------------
 

@@ -18,6 +18,7 @@ from typing import Any
 from fleetsync.model import types as t
 from fleetsync.model.objects import rfc3339
 from fleetsync.sim.fieldmanager import encode_fields, field_set
+from fleetsync.sim.kinds import OtherKinds
 from fleetsync.sim.store import ClusterState
 
 ISTIO_VERSION = "1.24.2"
@@ -86,6 +87,9 @@ class ClusterBuilder:
         self.workloads: list[Workload] = []
         self._ip = 0
         self._names: set[str] = set()
+        #: StatefulSets, DaemonSets, Jobs, Ingresses, PVCs and Events (a random sequence of their own:
+        #: the other objects are the same as without them).
+        self.kinds = OtherKinds(cluster, random.Random(f"{seed}:{cluster.name}:kinds"), lambda: self.now)
 
     @property
     def now(self) -> str:
@@ -111,6 +115,7 @@ class ClusterBuilder:
         if istio:
             for ns in app_namespaces:
                 self._create_namespace_mesh_policy(ns)
+        self.kinds.populate(app_namespaces)
 
     def create_namespace(self, name: str, *, injection: bool = False) -> None:
         labels = {"kubernetes.io/metadata.name": name}
@@ -396,6 +401,8 @@ class ClusterBuilder:
         for pod in list(self.pods_of(w)):
             self.cluster.delete(t.POD, w.namespace, pod.name)
         for rtype in (t.ENDPOINT_SLICE, t.VIRTUAL_SERVICE, t.DESTINATION_RULE, t.AUTHORIZATION_POLICY, t.CONFIG_MAP):
+            if not self.cluster.serves(rtype):  # a cluster without Istio
+                continue
             for obj in list(self.cluster.scan(rtype, w.namespace)):
                 if obj.labels.get("app") == w.name or obj.labels.get("kubernetes.io/service-name") == w.name:
                     self.cluster.delete(rtype, w.namespace, obj.name)

@@ -5,7 +5,10 @@ batch touches, let :func:`plan_round` decide, then write the plan with a handful
 statements. The decisions are here, once, with no I/O, so the engines cannot drift
 apart and a third engine would not copy them again:
 
-- an upsert whose hash equals the stored one changes nothing (a FULL only marks it);
+- an upsert whose hash equals the stored one changes nothing (a FULL only marks it, and
+  not even that in the bundle that ends the FULL: marks are read only by a FULL's end, and
+  that end counts the bundle's own keys as carried. A reconnecting agent's FULL of an
+  unchanged cluster, or a pull refresh, thus writes nothing for its last chunk's objects);
   any other takes the next revision and is logged ADDED or MODIFIED;
 - a delete of a key held (or upserted in the same bundle) takes the next revision and is
   logged DELETED with the object's last state;
@@ -65,6 +68,11 @@ class BundlePlan:
     #: The bundle's own deletes, then those of its FULL's end, in revision order.
     deletes: list[Delete] = field(default_factory=list)
 
+    @property
+    def changes(self) -> int:
+        """How many revisions (change-log entries) the bundle takes: what it really changes."""
+        return len(self.upserts) + len(self.deletes)
+
 
 @dataclass(slots=True)
 class RoundPlan:
@@ -85,6 +93,11 @@ class RoundPlan:
     @property
     def deletes(self) -> Iterable[tuple[BundleWrite, Delete]]:
         return ((b.write, d) for b in self.bundles for d in b.deletes)
+
+    @property
+    def changes_per_bundle(self) -> list[int]:
+        """:attr:`BundlePlan.changes` of each bundle, in the round's order."""
+        return [b.changes for b in self.bundles]
 
     @property
     def moves(self) -> list[BundleWrite]:
@@ -140,7 +153,7 @@ def plan_round(
         for key, o in latest.items():
             previous = held.get((w.cluster, w.type, *key))
             if previous is not None and previous.hash == o.hash:
-                if w.full_seq is not None and previous.full_seq != w.full_seq:
+                if w.full_seq is not None and not w.full_end and previous.full_seq != w.full_seq:
                     plan.marks.append(key)
                 continue
             offset += 1

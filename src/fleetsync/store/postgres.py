@@ -35,7 +35,7 @@ import contextlib
 import logging
 import math
 import time
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Mapping, Sequence
 from typing import Any
 
 import asyncpg
@@ -43,16 +43,23 @@ import orjson
 
 from fleetsync.aio import cancel_and_wait
 from fleetsync.backoff import Backoff
+from fleetsync.errors import FleetsyncError
 from fleetsync.store.contract import (
+    Applied,
     BundleWrite,
     Change,
+    ClusterDeletion,
+    ClusterGateValue,
     ClusterRecord,
     EventRecord,
+    GateChange,
     GateExists,
     GateRecord,
     Lease,
+    LeaseLost,
     LeaseResult,
     ObjectRecord,
+    ReadScope,
     RefreshTarget,
     StoreUnavailable,
     StreamRecord,
@@ -61,23 +68,35 @@ from fleetsync.store.contract import (
     WorkRecord,
     WorkStatusRecord,
 )
+from fleetsync.store.leasing import fenced, fenced_message, may_take
 from fleetsync.store.plan import Held, RoundPlan, lookups, plan_round, rounds
 from fleetsync.store.rows import (
     GATE_COLUMNS,
+    GATE_HISTORY_COLUMNS,
+    TOKEN_COLUMNS,
     TOUCH_INTERVAL,
     WORK_COLUMNS,
     WORK_STATUS_COLUMNS,
+    cluster_gate_value_from_row,
     event_type,
+    gate_change_from_row,
+    gate_conflict,
     gate_from_row,
+    gate_value_text,
+    grants_text,
     lease_from_row,
+    merge_labels,
     nested_counts,
     object_from_row,
     refresh_from_row,
+    scope_text,
     to_signed,
     to_unsigned,
+    token_from_row,
     work_from_row,
     work_status_from_row,
 )
+from fleetsync.store.scopewalk import ScopedListing
 
 log = logging.getLogger(__name__)
 
@@ -251,6 +270,59 @@ MIGRATIONS: tuple[str, ...] = (
         updated_at double precision NOT NULL
     );
     """,
+    # 7: what an agent token may do beyond its own cluster (grants, e.g. gates), and the
+    # labels an admin set per cluster (placement matches these, never an agent's Hello)
+    """
+    ALTER TABLE tokens ADD COLUMN grants text NOT NULL DEFAULT '';  -- comma-separated; '' = none
+
+    CREATE TABLE cluster_labels (
+        cluster text PRIMARY KEY,
+        labels jsonb NOT NULL,
+        updated_at double precision NOT NULL
+    );
+    """,
+    # 8: lease epochs (every grant takes the next; writes and renewals are fenced by it)
+    """
+    ALTER TABLE leases ADD COLUMN epoch bigint NOT NULL DEFAULT 0;
+    """,
+    # 9: the gate history (fleet writes and clusters' own changes, old -> new) and
+    # each cluster's own gate values as its agent reported them
+    """
+    CREATE TABLE gate_history (
+        id bigserial PRIMARY KEY,
+        key text NOT NULL,
+        cluster text NOT NULL,  -- '': the fleet's gate
+        old text NOT NULL,  -- 'true' | 'false' | '' (unset)
+        new text NOT NULL,
+        by text NOT NULL,
+        at double precision NOT NULL,
+        revision bigint NOT NULL
+    );
+    CREATE INDEX gate_history_by_key ON gate_history (key, id);
+
+    CREATE TABLE cluster_gate_values (
+        cluster text NOT NULL,
+        key text NOT NULL,
+        value text NOT NULL,  -- 'true' | 'false' | '' (unset)
+        updated_at double precision NOT NULL,
+        PRIMARY KEY (cluster, key)
+    );
+    """,
+    # 10: what a read token may see (issue 19): a JSON ReadScope, '' = everything
+    """
+    ALTER TABLE tokens ADD COLUMN scope text NOT NULL DEFAULT '';
+    """,
+    # 11: the resource types each cluster's agent reported (discovery data, so the API serves
+    # them while the agent is away)
+    """
+    CREATE TABLE cluster_types (
+        cluster text NOT NULL,
+        type text NOT NULL,  -- group/version/Kind
+        info text NOT NULL,  -- JSON object: see fleetsync.model.typeinfo
+        updated_at double precision NOT NULL,
+        PRIMARY KEY (cluster, type)
+    );
+    """,
 )
 
 _OBJECT_FIELDS = "uid, resource_version, hash, labels, owner, body, compression, incarnation"
@@ -303,10 +375,14 @@ _UNAVAILABLE = (
     asyncio.TimeoutError,
     asyncpg.PostgresConnectionError,
     asyncpg.InterfaceError,
+    # asyncpg's own state machine, confused by a connection cut in the middle of an operation
+    # ("cannot switch to state 15; another operation (2) is in progress", seen while PostgreSQL
+    # restarted): nothing to do with the bundle being written, so not a reason to refuse it
+    asyncpg.exceptions.InternalClientError,
     asyncpg.exceptions.OperatorInterventionError,
     asyncpg.exceptions.InsufficientResourcesError,
 )
-_LEASE_COLUMNS = "cluster, holder, incarnation, hub_id, expires_at, connected"
+_LEASE_COLUMNS = "cluster, holder, incarnation, hub_id, expires_at, connected, epoch"
 _REFRESH_COLUMNS = "cluster, mode, url, interval, next_refresh_at"
 
 
@@ -320,20 +396,60 @@ def _text(value: Mapping[str, str]) -> str:
     return orjson.dumps(dict(value)).decode()
 
 
-class PostgresStore:
+async def _record_gate_change(
+    conn: asyncpg.Connection, keep: int, key: str, cluster: str, old: bool | None, new: bool | None, *, by: str, now: float, revision: int
+) -> GateChange:
+    """Append a gate history entry (in the caller's transaction) and trim the history to its newest ``keep``."""
+    id_ = int(
+        await conn.fetchval(
+            "INSERT INTO gate_history (key, cluster, old, new, by, at, revision) VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id",
+            key,
+            cluster,
+            gate_value_text(old),
+            gate_value_text(new),
+            by,
+            now,
+            revision,
+        )
+    )
+    if keep:
+        await conn.execute("DELETE FROM gate_history WHERE id <= $1", id_ - keep)
+    return GateChange(id_, key, cluster, old, new, by, now, revision)
+
+
+async def _check_based_on(conn: asyncpg.Connection, key: str, *, by: str, based_on: int | None) -> None:
+    """Raise GateConflict if a write ``based_on`` a revision would undo someone else's later write
+    (in the write's transaction, after the gate revision's row lock)."""
+    if based_on is None:
+        return
+    row = await conn.fetchrow(f"SELECT {GATE_COLUMNS} FROM gates WHERE key = $1", key)
+    if (conflict := gate_conflict(gate_from_row(row) if row is not None else None, by=by, based_on=based_on)) is not None:
+        raise conflict
+
+
+class PostgresStore(ScopedListing):
     """The :class:`~fleetsync.store.contract.Store` on PostgreSQL (``postgresql://USER@HOST:PORT/DB``).
 
     ``change_log_keep`` and ``events_keep`` as for the SQLite engine; ``pool_size``: the
     most connections this replica opens (plus one for LISTEN).
     """
 
-    def __init__(self, url: str, *, change_log_keep: int = 100_000, events_keep: int = 10_000, pool_size: int = 8) -> None:
+    def __init__(
+        self, url: str, *, change_log_keep: int = 100_000, events_keep: int = 10_000, gate_history_keep: int = 10_000, pool_size: int = 8, timeout: float = 30.0
+    ) -> None:
         if change_log_keep < 0:
             raise ValueError(f"change_log_keep must be >= 0, not {change_log_keep}")
+        if gate_history_keep < 0:
+            raise ValueError(f"gate_history_keep must be >= 0, not {gate_history_keep}")
+        #: The gate history keeps its newest this many entries (0: all).
+        self.gate_history_keep = gate_history_keep
         self.url = url
         self.change_log_keep = change_log_keep
         self.events_keep = events_keep
         self.pool_size = pool_size
+        #: Seconds a connection attempt or one statement may take before it fails as
+        #: unavailable (a replica cut off from the database must not hang on it for good).
+        self.timeout = timeout
         self._pool: asyncpg.Pool | None = None
         self._listener: asyncio.Task[None] | None = None
         self._callbacks: list[Callable[[str, str], None]] = []
@@ -347,7 +463,7 @@ class PostgresStore:
         if self._pool is not None:
             return
         try:
-            pool = await asyncpg.create_pool(self.url, min_size=1, max_size=self.pool_size, command_timeout=60)
+            pool = await asyncpg.create_pool(self.url, min_size=1, max_size=self.pool_size, timeout=self.timeout, command_timeout=self.timeout)
         except (OSError, asyncpg.PostgresError, ValueError) as exc:
             raise RuntimeError(f"cannot connect to PostgreSQL at {_safe_url(self.url)}: {exc}") from exc
         try:
@@ -384,7 +500,7 @@ class PostgresStore:
         while True:
             conn: asyncpg.Connection | None = None
             try:
-                conn = await asyncpg.connect(self.url)
+                conn = await asyncpg.connect(self.url, timeout=self.timeout)
                 lost = asyncio.Event()
                 conn.add_termination_listener(lambda _c, lost=lost: lost.set())  # type: ignore[misc]
                 await conn.add_listener(PG_CHANNEL, self._on_notification)
@@ -461,30 +577,37 @@ class PostgresStore:
 
     # ---- tokens --------------------------------------------------------------------------
 
-    async def add_token(self, *, name: str, role: str, token_hash: str, types: Sequence[str] = ()) -> None:
+    async def add_token(
+        self, *, name: str, role: str, token_hash: str, types: Sequence[str] = (), grants: Sequence[str] = (), scope: ReadScope | None = None
+    ) -> None:
         await self._execute(
-            "INSERT INTO tokens (token_hash, name, role, types, created_at) VALUES ($1, $2, $3, $4, $5)"
-            " ON CONFLICT (token_hash) DO UPDATE SET name = excluded.name, role = excluded.role, types = excluded.types",
+            "INSERT INTO tokens (token_hash, name, role, types, grants, scope, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7)"
+            " ON CONFLICT (token_hash) DO UPDATE SET name = excluded.name, role = excluded.role, types = excluded.types, grants = excluded.grants,"
+            " scope = excluded.scope",
             token_hash,
             name,
             role,
             ",".join(types),
+            grants_text(grants),
+            scope_text(scope),
             time.time(),
         )
 
     async def find_token(self, token_hash: str) -> TokenRecord | None:
-        rows = await self._fetch("SELECT name, role, types FROM tokens WHERE token_hash = $1", token_hash)
-        if not rows:
-            return None
-        return TokenRecord(name=rows[0][0], role=rows[0][1], types=tuple(t for t in rows[0][2].split(",") if t))
+        rows = await self._fetch(f"SELECT {TOKEN_COLUMNS} FROM tokens WHERE token_hash = $1", token_hash)
+        return token_from_row(rows[0]) if rows else None
 
     async def tokens(self) -> list[TokenRecord]:
-        rows = await self._fetch("SELECT name, role, types FROM tokens ORDER BY name, role, created_at")
-        return [TokenRecord(name=r[0], role=r[1], types=tuple(t for t in r[2].split(",") if t)) for r in rows]
+        rows = await self._fetch(f"SELECT {TOKEN_COLUMNS} FROM tokens ORDER BY name, role, created_at")
+        return [token_from_row(r) for r in rows]
 
     async def delete_tokens(self, name: str, role: str | None = None) -> int:
         status = await self._execute("DELETE FROM tokens WHERE name = $1 AND ($2::text IS NULL OR role = $2)", name, role)
         return int(status.rsplit(" ", 1)[1])  # "DELETE n"
+
+    async def set_token_grants(self, name: str, grants: Sequence[str]) -> int:
+        status = await self._execute("UPDATE tokens SET grants = $1 WHERE name = $2 AND role = 'agent'", grants_text(grants), name)
+        return int(status.rsplit(" ", 1)[1])  # "UPDATE n"
 
     # ---- feature gates ---------------------------------------------------------------------
 
@@ -499,11 +622,15 @@ class PostgresStore:
         rows = await self._fetch(f"SELECT {GATE_COLUMNS} FROM gates WHERE key = $1 AND NOT deleted", key)
         return gate_from_row(rows[0]) if rows else None
 
-    async def set_gate(self, key: str, enabled: bool, *, by: str, now: float, create: bool = False) -> GateRecord:
+    async def set_gate(self, key: str, enabled: bool, *, by: str, now: float, create: bool = False, based_on: int | None = None) -> GateRecord:
         async with self._transaction() as conn:
             revision = await _next_gate_revision(conn)  # first: its row lock serialises gate writers
-            if create and await conn.fetchval("SELECT NOT deleted FROM gates WHERE key = $1", key):
+            await _check_based_on(conn, key, by=by, based_on=based_on)
+            row = await conn.fetchrow("SELECT enabled, deleted FROM gates WHERE key = $1", key)
+            old = None if row is None or row[1] else bool(row[0])
+            if create and old is not None:
                 raise GateExists(key)
+            await _record_gate_change(conn, self.gate_history_keep, key, "", old, enabled, by=by, now=now, revision=revision)
             await conn.execute(
                 "INSERT INTO gates (key, enabled, updated_at, updated_by, revision, deleted) VALUES ($1, $2, $3, $4, $5, false)"
                 " ON CONFLICT (key) DO UPDATE SET enabled = excluded.enabled, updated_at = excluded.updated_at,"
@@ -516,10 +643,11 @@ class PostgresStore:
             )
         return GateRecord(key, enabled, now, by, revision)
 
-    async def delete_gate(self, key: str, *, by: str, now: float) -> GateRecord | None:
+    async def delete_gate(self, key: str, *, by: str, now: float, based_on: int | None = None) -> GateRecord | None:
         try:
             async with self._transaction() as conn:
                 revision = await _next_gate_revision(conn)
+                await _check_based_on(conn, key, by=by, based_on=based_on)
                 enabled = await conn.fetchval(
                     "UPDATE gates SET deleted = true, updated_at = $2, updated_by = $3, revision = $4 WHERE key = $1 AND NOT deleted RETURNING enabled",
                     key,
@@ -529,6 +657,7 @@ class PostgresStore:
                 )
                 if enabled is None:
                     raise _NothingToDelete  # rolls the revision back: nothing was written
+                await _record_gate_change(conn, self.gate_history_keep, key, "", bool(enabled), None, by=by, now=now, revision=revision)
         except _NothingToDelete:
             return None
         return GateRecord(key, bool(enabled), now, by, revision, deleted=True)
@@ -616,6 +745,75 @@ class PostgresStore:
 
     async def gates_applied(self) -> dict[str, int]:
         return {r[0]: int(r[1]) for r in await self._fetch("SELECT cluster, revision FROM cluster_gates ORDER BY cluster")}
+
+    async def report_cluster_gate(self, cluster: str, key: str, enabled: bool | None, *, old: bool | None, by: str, now: float) -> GateChange | None:
+        async with self._transaction() as conn:
+            await conn.execute(
+                "INSERT INTO cluster_gate_values (cluster, key, value, updated_at) VALUES ($1, $2, $3, $4)"
+                " ON CONFLICT (cluster, key) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
+                cluster,
+                key,
+                gate_value_text(enabled),
+                now,
+            )
+            if old == enabled:
+                return None
+            return await _record_gate_change(conn, self.gate_history_keep, key, cluster, old, enabled, by=by, now=now, revision=0)
+
+    async def cluster_gate_values(self, *, key: str | None = None, cluster: str | None = None) -> list[ClusterGateValue]:
+        rows = await self._fetch(
+            "SELECT cluster, key, value, updated_at FROM cluster_gate_values WHERE ($1::text IS NULL OR key = $1) AND ($2::text IS NULL OR cluster = $2)"
+            " ORDER BY key, cluster",
+            key,
+            cluster,
+        )
+        return [cluster_gate_value_from_row(r) for r in rows]
+
+    async def gate_history(self, *, key: str | None = None, cluster: str | None = None, limit: int = 100) -> list[GateChange]:
+        rows = await self._fetch(
+            f"SELECT {GATE_HISTORY_COLUMNS} FROM gate_history WHERE ($1::text IS NULL OR key = $1) AND ($2::text IS NULL OR cluster = $2)"
+            " ORDER BY id DESC LIMIT $3",
+            key,
+            cluster,
+            limit,
+        )
+        return [gate_change_from_row(r) for r in rows]
+
+    # ---- reported types -------------------------------------------------------------------
+
+    async def reported_types(self) -> dict[str, dict[str, str]]:
+        rows = await self._fetch("SELECT cluster, type, info FROM cluster_types ORDER BY cluster, type")
+        found: dict[str, dict[str, str]] = {}
+        for cluster, type_, info in rows:
+            found.setdefault(cluster, {})[type_] = info
+        return found
+
+    async def set_reported_types(self, cluster: str, types: Mapping[str, str], *, now: float) -> None:
+        async with self._transaction() as conn:
+            await conn.execute("DELETE FROM cluster_types WHERE cluster = $1", cluster)
+            if types:
+                await conn.executemany(
+                    "INSERT INTO cluster_types (cluster, type, info, updated_at) VALUES ($1, $2, $3, $4)",
+                    [(cluster, type_, info, now) for type_, info in sorted(types.items())],
+                )
+
+    # ---- cluster labels --------------------------------------------------------------------
+
+    async def cluster_labels(self, name: str | None = None) -> dict[str, dict[str, str]]:
+        rows = await self._fetch("SELECT cluster, labels FROM cluster_labels WHERE $1::text IS NULL OR cluster = $1 ORDER BY cluster", name)
+        return {r[0]: orjson.loads(r[1]) for r in rows}
+
+    async def label_cluster(self, name: str, *, add: Mapping[str, str], remove: Sequence[str], now: float) -> dict[str, str]:
+        async with self._transaction() as conn:
+            # the row lock (or, for a new row, the primary key) orders concurrent labellers of one cluster
+            await conn.execute("INSERT INTO cluster_labels (cluster, labels, updated_at) VALUES ($1, '{}'::jsonb, $2) ON CONFLICT DO NOTHING", name, now)
+            stored = await conn.fetchval("SELECT labels FROM cluster_labels WHERE cluster = $1 FOR UPDATE", name)
+            labels = merge_labels(orjson.loads(stored), add=add, remove=remove)
+            if labels:
+                await conn.execute("UPDATE cluster_labels SET labels = $2::jsonb, updated_at = $3 WHERE cluster = $1", name, _text(labels), now)
+            else:
+                await conn.execute("DELETE FROM cluster_labels WHERE cluster = $1", name)
+        return labels
 
     # ---- clusters and leases -------------------------------------------------------------
 
@@ -710,55 +908,92 @@ class PostgresStore:
         )
         return sorted(r[0] for r in rows)
 
+    async def delete_cluster(self, name: str) -> ClusterDeletion:
+        """See the contract. The lease row goes first (a batch of the cluster's session that
+        fences after it is refused); the revision counter's row lock then orders the ``DELETED``
+        changes with every other replica's writes, as a batch's revisions are ordered."""
+        async with self._transaction() as conn:
+            found = int((await conn.execute("DELETE FROM leases WHERE cluster = $1", name)).rsplit(" ", 1)[1]) > 0
+            base = int(await conn.fetchval("SELECT value FROM meta WHERE key = 'rev' FOR UPDATE"))
+            objects = int(await conn.fetchval("SELECT count(*) FROM objects WHERE cluster = $1", name))
+            if objects:
+                await conn.execute(
+                    f"INSERT INTO changes (rev, event, cluster, type, namespace, name, {_OBJECT_FIELDS})"
+                    f" SELECT $1 + row_number() OVER (ORDER BY type, namespace, name), 'DELETED', cluster, type, namespace, name, {_OBJECT_FIELDS}"
+                    " FROM objects WHERE cluster = $2",
+                    base,
+                    name,
+                )
+                await conn.execute("DELETE FROM objects WHERE cluster = $1", name)
+                await conn.execute("UPDATE meta SET value = $1 WHERE key = 'rev'", base + objects)
+                await conn.execute("SELECT pg_notify($1, $2)", PG_CHANNEL, f"changes\n{base + objects}")
+            tokens = int((await conn.execute("DELETE FROM tokens WHERE name = $1 AND role = 'agent'", name)).rsplit(" ", 1)[1])
+            found = found or bool(objects or tokens)
+            for statement in (
+                "DELETE FROM clusters WHERE name = $1",
+                "DELETE FROM streams WHERE cluster = $1",
+                "DELETE FROM cluster_labels WHERE cluster = $1",
+                "DELETE FROM cluster_gates WHERE cluster = $1",
+                "DELETE FROM cluster_gate_values WHERE cluster = $1",
+                "DELETE FROM cluster_types WHERE cluster = $1",
+                "DELETE FROM work_status WHERE cluster = $1",
+                "DELETE FROM refresh WHERE cluster = $1",
+            ):
+                found = int((await conn.execute(statement, name)).rsplit(" ", 1)[1]) > 0 or found
+        return ClusterDeletion(objects=objects, tokens=tokens, rev=base + objects, found=found)
+
     async def leases(self) -> list[Lease]:
         return [lease_from_row(r) for r in await self._fetch(f"SELECT {_LEASE_COLUMNS} FROM leases ORDER BY cluster")]
 
-    async def acquire_lease(self, cluster: str, *, holder: str, incarnation: str, hub_id: str, now: float, ttl: float) -> LeaseResult:
-        # One statement: of replicas racing for a free lease, exactly one insert or update wins.
+    async def acquire_lease(
+        self, cluster: str, *, holder: str, incarnation: str, hub_id: str, now: float, ttl: float, silent_before: float = -math.inf
+    ) -> LeaseResult:
+        await self._flush_touches()  # this replica's pending times count: the holder's last message may be one
         async with self._transaction() as conn:
-            row = await conn.fetchrow(
+            # The row lock (FOR UPDATE) serializes racing replicas and waits for any batch that
+            # checked the old epoch (FOR SHARE) to commit: no write of the old session lands after.
+            await conn.execute(f"INSERT INTO leases ({_LEASE_COLUMNS}) VALUES ($1, '', '', '', 0, false, 0) ON CONFLICT (cluster) DO NOTHING", cluster)
+            row = await conn.fetchrow(f"SELECT {_LEASE_COLUMNS} FROM leases WHERE cluster = $1 FOR UPDATE", cluster)
+            current = lease_from_row(row)
+            seen = await conn.fetchval("SELECT last_seen FROM clusters WHERE name = $1", cluster)
+            last_seen = float(seen) if seen is not None else -math.inf
+            if current.holder and not may_take(current, holder=holder, incarnation=incarnation, now=now, last_seen=last_seen, silent_before=silent_before):
+                return LeaseResult(granted=False, lease=current)
+            granted = await conn.fetchrow(
                 f"""
-                INSERT INTO leases ({_LEASE_COLUMNS}) VALUES ($1, $2, $3, $4, $5, true)
-                ON CONFLICT (cluster) DO UPDATE SET holder = excluded.holder, incarnation = excluded.incarnation,
-                    hub_id = excluded.hub_id, expires_at = excluded.expires_at, connected = true
-                WHERE leases.expires_at <= $6 OR leases.holder = excluded.holder
-                RETURNING {_LEASE_COLUMNS}
+                UPDATE leases SET holder = $2, incarnation = $3, hub_id = $4, expires_at = $5, connected = true, epoch = epoch + 1
+                WHERE cluster = $1 RETURNING {_LEASE_COLUMNS}
                 """,
                 cluster,
                 holder,
                 incarnation,
                 hub_id,
                 now + ttl,
-                now,
             )
-            if row is not None:
-                return LeaseResult(granted=True, lease=lease_from_row(row))
-            current = await conn.fetchrow(f"SELECT {_LEASE_COLUMNS} FROM leases WHERE cluster = $1", cluster)
-            return LeaseResult(granted=False, lease=lease_from_row(current))
+            return LeaseResult(granted=True, lease=lease_from_row(granted))
 
-    async def renew_leases(self, leases: Sequence[tuple[str, str, str]], *, hub_id: str, now: float, ttl: float) -> list[str]:
+    async def renew_leases(self, leases: Sequence[tuple[str, int]], *, hub_id: str, now: float, ttl: float) -> list[str]:
         if not leases:
             return []
-        clusters, holders, incarnations = (list(column) for column in zip(*leases, strict=True))
+        clusters = [cluster for cluster, _ in leases]
         async with self._transaction() as conn:
+            # rows locked in cluster order, as a batch's fence check takes them: no deadlock between the two
             rows = await conn.fetch(
                 """
-                INSERT INTO leases (cluster, holder, incarnation, hub_id, expires_at, connected)
-                SELECT c, h, i, $4, $5, true FROM unnest($1::text[], $2::text[], $3::text[]) AS t(c, h, i)
-                ON CONFLICT (cluster) DO UPDATE SET holder = excluded.holder, incarnation = excluded.incarnation,
-                    hub_id = excluded.hub_id, expires_at = excluded.expires_at, connected = true
-                WHERE leases.expires_at <= $6 OR leases.holder = excluded.holder
-                RETURNING cluster
+                WITH mine AS (
+                    SELECT l.cluster FROM leases l JOIN unnest($1::text[], $2::bigint[]) AS t(c, e) ON l.cluster = t.c AND l.epoch = t.e
+                    ORDER BY l.cluster FOR UPDATE OF l
+                )
+                UPDATE leases SET expires_at = $3, hub_id = $4, connected = true FROM mine WHERE leases.cluster = mine.cluster
+                RETURNING leases.cluster
                 """,
                 clusters,
-                holders,
-                incarnations,
-                hub_id,
+                [epoch for _, epoch in leases],
                 now + ttl,
-                now,
+                hub_id,
             )
         renewed = {r[0] for r in rows}
-        return sorted(c for c in clusters if c not in renewed)
+        return sorted(set(clusters) - renewed)
 
     async def release_lease(self, cluster: str, *, holder: str, incarnation: str, now: float, grace: float) -> None:
         await self._execute(
@@ -794,7 +1029,7 @@ class PostgresStore:
         write = BundleWrite(cluster, type, incarnation, seq, upserts, deletes, full_seq, full_end, move_to, now)
         return await self.apply_batch([write])
 
-    async def apply_batch(self, writes: Sequence[BundleWrite]) -> int:
+    async def apply_batch(self, writes: Sequence[BundleWrite]) -> Applied:
         """See the contract and :mod:`fleetsync.store.plan`; revisions are assigned exactly as the
         SQLite engine does. Per round: one lookup statement, the plan, then the revisions taken
         with one ``UPDATE`` of the counter (its row lock, held to the commit, orders the batches
@@ -806,9 +1041,11 @@ class PostgresStore:
         except _UNAVAILABLE as exc:
             raise StoreUnavailable(f"PostgreSQL at {_safe_url(self.url)}: {exc!r}") from exc
 
-    async def _apply_batch(self, writes: Sequence[BundleWrite]) -> int:
+    async def _apply_batch(self, writes: Sequence[BundleWrite]) -> Applied:
         async with self._transaction() as conn:
+            await _fence(conn, writes)
             rev = first = None
+            changes: list[int] = []
             for writes_ in rounds(writes):
                 keys = lookups(writes_)
                 held: dict[tuple[str, str, str, str], Held] = {}
@@ -819,6 +1056,7 @@ class PostgresStore:
                     (w.cluster, w.type): [(r[0], r[1]) for r in await conn.fetch(_UNMARKED, w.cluster, w.type, w.full_seq)] for w in writes_ if w.full_end
                 }
                 plan = plan_round(writes_, held, unmarked)
+                changes += plan.changes_per_bundle
                 base = 0
                 if plan.changes:
                     rev = int(await conn.fetchval("UPDATE meta SET value = value + $1 WHERE key = 'rev' RETURNING value", plan.changes))
@@ -826,12 +1064,12 @@ class PostgresStore:
                     first = base if first is None else first
                 await _write_round(conn, plan, base)
             if rev is None or first is None:
-                return int(await conn.fetchval("SELECT value FROM meta WHERE key = 'rev'"))
+                return Applied(int(await conn.fetchval("SELECT value FROM meta WHERE key = 'rev'")), changes)
             await conn.execute("SELECT pg_notify($1, $2)", PG_CHANNEL, f"changes\n{rev}")
             step = max(1, self.change_log_keep // 100)
             if self.change_log_keep and rev // step != first // step:
                 await conn.execute("DELETE FROM changes WHERE rev <= $1", rev - self.change_log_keep)
-        return rev
+        return Applied(rev, changes)
 
     async def set_stream_error(self, cluster: str, type: str, error: str, *, now: float) -> None:  # noqa: A002
         if error:
@@ -858,15 +1096,24 @@ class PostgresStore:
         )
         return object_from_row(rows[0]) if rows else None
 
-    async def list_objects(
+    async def _clusters_of_type(self, type: str) -> list[str]:  # noqa: A002
+        """The clusters holding objects of ``type``, by a skip scan of objects_by_type (one probe per cluster)."""
+        rows = await self._fetch(
+            "WITH RECURSIVE c(name) AS (SELECT min(cluster) FROM objects WHERE type = $1"
+            " UNION ALL SELECT (SELECT min(cluster) FROM objects WHERE type = $1 AND cluster > c.name) FROM c WHERE c.name IS NOT NULL)"
+            " SELECT name FROM c WHERE name IS NOT NULL",
+            type,
+        )
+        return [r[0] for r in rows]
+
+    async def _list_objects(
         self,
         type: str,  # noqa: A002
-        *,
-        cluster: str | None = None,
-        namespace: str | None = None,
-        after: tuple[str, str, str] | None = None,
-        limit: int = 0,
-        labels: Mapping[str, str] | None = None,
+        cluster: str | None,
+        namespace: str | None,
+        after: tuple[str, str, str] | None,
+        limit: int,
+        labels: Mapping[str, str] | None,
     ) -> list[ObjectRecord]:
         where, params = ["type = $1"], [type]
 
@@ -941,9 +1188,16 @@ class PostgresStore:
                 await conn.execute("DELETE FROM events WHERE id <= $1", newest - self.events_keep)
             await conn.execute("SELECT pg_notify($1, $2)", PG_CHANNEL, f"events\n{newest}")
 
-    async def events(self, *, cluster: str | None = None, reason: str | None = None, after: int | None = None, limit: int = 100) -> list[EventRecord]:
+    async def events(
+        self, *, cluster: str | None = None, reason: str | None = None, after: int | None = None, limit: int = 100, clusters: Collection[str] | None = None
+    ) -> list[EventRecord]:
         where: list[str] = []
         params: list[Any] = []
+        if clusters is not None:
+            if not clusters:
+                return []
+            params.append(sorted(clusters))
+            where.append(f"cluster = ANY(${len(params)}::text[])")
         for column, value in (("cluster =", cluster), ("reason =", reason), ("id >", after)):
             if value is not None:
                 params.append(value)
@@ -1029,8 +1283,22 @@ def _safe_url(url: str) -> str:
     return f"{scheme}://{user}@{host}"
 
 
-class _NothingToDelete(Exception):
+class _NothingToDelete(FleetsyncError):
     """Ends a gate delete's transaction without writing (see :meth:`PostgresStore.delete_gate`)."""
+
+
+async def _fence(conn: asyncpg.Connection, writes: Sequence[BundleWrite]) -> None:
+    """Raise LeaseLost, before anything is written, if a fenced write's session no longer holds
+    its cluster: one statement for the batch. FOR SHARE holds the lease rows to the commit,
+    so a grant (which updates the row) waits for this batch: none can slip in between."""
+    clusters = sorted({w.cluster for w in writes if w.epoch})
+    if not clusters:
+        return
+    rows = await conn.fetch("SELECT cluster, epoch FROM leases WHERE cluster = ANY($1::text[]) ORDER BY cluster FOR SHARE", clusters)
+    epochs = {r[0]: int(r[1]) for r in rows}
+    lost = fenced(writes, epochs)
+    if lost:
+        raise LeaseLost(lost, fenced_message(writes, lost, epochs))
 
 
 async def _next_gate_revision(conn: asyncpg.Connection) -> int:

@@ -2,12 +2,26 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import orjson
 
-from fleetsync.store.contract import EventType, GateRecord, Lease, ObjectRecord, RefreshTarget, WorkRecord, WorkStatusRecord
+from fleetsync.model import objects
+from fleetsync.store.contract import (
+    ClusterGateValue,
+    EventType,
+    GateChange,
+    GateConflict,
+    GateRecord,
+    Lease,
+    ObjectRecord,
+    ReadScope,
+    RefreshTarget,
+    TokenRecord,
+    WorkRecord,
+    WorkStatusRecord,
+)
 
 #: ``touch_cluster`` writes at most this often per cluster (seconds of its ``now``);
 #: in between the time is kept in memory, folded into the next write and overlaid on reads.
@@ -33,9 +47,8 @@ def to_unsigned(v: int) -> int:
 
 
 def split_key(key: str) -> Key:
-    """ "namespace/name" -> (namespace, name); a key without "/" is a cluster-scoped name."""
-    namespace, sep, name = key.partition("/")
-    return (namespace, name) if sep else ("", key)
+    """ "namespace/name" -> (namespace, name) (:func:`fleetsync.model.objects.split_key`)."""
+    return objects.split_key(key)
 
 
 def event_type(value: str) -> EventType:
@@ -49,26 +62,13 @@ def event_type(value: str) -> EventType:
 def object_from_row(r: Sequence[Any], rev: int | None = None) -> ObjectRecord:
     """A record from a row of ``cluster, type, namespace, name, uid, resource_version, hash,
     labels, owner, body, compression, incarnation, rev`` (``rev`` overrides the row's)."""
-    return ObjectRecord(
-        cluster=r[0],
-        type=r[1],
-        namespace=r[2],
-        name=r[3],
-        uid=r[4],
-        resource_version=r[5],
-        hash=to_unsigned(r[6]),
-        labels=orjson.loads(r[7]),
-        owner=r[8],
-        body=r[9],
-        compression=r[10],
-        incarnation=r[11],
-        rev=r[12] if rev is None else rev,
-    )
+    # positional, in ObjectRecord's field order: every change a watch reads passes here
+    return ObjectRecord(r[0], r[1], r[2], r[3], r[4], r[5], to_unsigned(r[6]), orjson.loads(r[7]), r[8], r[9], r[10], r[11], r[12] if rev is None else rev)
 
 
 def lease_from_row(r: Sequence[Any]) -> Lease:
-    """A lease from a row of ``cluster, holder, incarnation, hub_id, expires_at, connected``."""
-    return Lease(cluster=r[0], holder=r[1], incarnation=r[2], hub_id=r[3], expires_at=r[4], connected=bool(r[5]))
+    """A lease from a row of ``cluster, holder, incarnation, hub_id, expires_at, connected, epoch``."""
+    return Lease(cluster=r[0], holder=r[1], incarnation=r[2], hub_id=r[3], expires_at=r[4], connected=bool(r[5]), epoch=int(r[6]))
 
 
 def refresh_from_row(r: Sequence[Any]) -> RefreshTarget:
@@ -90,6 +90,83 @@ GATE_COLUMNS = "key, enabled, updated_at, updated_by, revision, deleted"
 
 def gate_from_row(r: Sequence[Any]) -> GateRecord:
     return GateRecord(key=r[0], enabled=bool(r[1]), updated_at=float(r[2]), updated_by=r[3], revision=int(r[4]), deleted=bool(r[5]))
+
+
+#: The columns :func:`gate_change_from_row` reads, in order.
+GATE_HISTORY_COLUMNS = "id, key, cluster, old, new, by, at, revision"
+
+
+def gate_value_text(enabled: bool | None) -> str:
+    """A gate value as the history and cluster values store it: 'true', 'false', '' (unset)."""
+    return "" if enabled is None else "true" if enabled else "false"
+
+
+def gate_value_of(text: str) -> bool | None:
+    """The inverse of :func:`gate_value_text`."""
+    return None if text == "" else text == "true"
+
+
+def gate_change_from_row(r: Sequence[Any]) -> GateChange:
+    return GateChange(id=int(r[0]), key=r[1], cluster=r[2], old=gate_value_of(r[3]), new=gate_value_of(r[4]), by=r[5], at=float(r[6]), revision=int(r[7]))
+
+
+def cluster_gate_value_from_row(r: Sequence[Any]) -> ClusterGateValue:
+    return ClusterGateValue(cluster=r[0], key=r[1], enabled=gate_value_of(r[2]), updated_at=float(r[3]))
+
+
+def gate_conflict(current: GateRecord | None, *, by: str, based_on: int | None) -> GateConflict | None:
+    """The conflict of a write by ``by`` based on revision ``based_on`` with the gate as it is
+    (live or tombstone; None: never set), or None if the write may go ahead: one engine-neutral rule."""
+    if based_on is None or current is None or current.revision <= based_on or current.updated_by == by:
+        return None
+    return GateConflict(current)
+
+
+def grants_text(grants: Sequence[str]) -> str:
+    """A token's grants as stored (comma-separated, sorted, no repeats)."""
+    return ",".join(sorted(set(grants)))
+
+
+def split_list(text: str) -> tuple[str, ...]:
+    """A stored comma-separated list (types, grants) as a tuple ("" -> ())."""
+    return tuple(t for t in text.split(",") if t)
+
+
+#: The token columns :func:`token_from_row` reads, in order.
+TOKEN_COLUMNS = "name, role, types, grants, scope"
+
+
+def scope_text(scope: ReadScope | None) -> str:
+    """A read scope as stored: a JSON object ("" for none, so that old rows mean "everything")."""
+    if scope is None:
+        return ""
+    return orjson.dumps(
+        {"clusters": list(scope.clusters), "clusterSelector": scope.cluster_selector, "namespaces": list(scope.namespaces), "types": list(scope.types)}
+    ).decode()
+
+
+def scope_from_text(text: str) -> ReadScope | None:
+    """The read scope :func:`scope_text` stored."""
+    if not text:
+        return None
+    raw = orjson.loads(text)
+    return ReadScope(
+        clusters=tuple(raw.get("clusters", ())),
+        cluster_selector=str(raw.get("clusterSelector", "")),
+        namespaces=tuple(raw.get("namespaces", ())),
+        types=tuple(raw.get("types", ())),
+    )
+
+
+def token_from_row(r: Sequence[Any]) -> TokenRecord:
+    return TokenRecord(name=r[0], role=r[1], types=split_list(r[2]), grants=split_list(r[3]), scope=scope_from_text(r[4]))
+
+
+def merge_labels(labels: dict[str, str], *, add: Mapping[str, str], remove: Sequence[str]) -> dict[str, str]:
+    """``labels`` with ``remove``'s keys removed, then ``add`` set (a key in both ends up set)."""
+    merged = {k: v for k, v in labels.items() if k not in set(remove)}
+    merged.update(add)
+    return dict(sorted(merged.items()))
 
 
 #: The columns :func:`work_from_row` reads, in order.

@@ -32,8 +32,7 @@ import logging
 import math
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import AsyncIterator, Callable, Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -41,15 +40,20 @@ import aiosqlite
 import orjson
 
 from fleetsync.store.contract import (
+    Applied,
     BundleWrite,
     Change,
+    ClusterDeletion,
+    ClusterGateValue,
     ClusterRecord,
     EventRecord,
+    GateChange,
     GateExists,
     GateRecord,
     Lease,
     LeaseResult,
     ObjectRecord,
+    ReadScope,
     RefreshTarget,
     StoreUnavailable,
     StreamRecord,
@@ -58,23 +62,42 @@ from fleetsync.store.contract import (
     WorkRecord,
     WorkStatusRecord,
 )
-from fleetsync.store.plan import Held, RoundPlan, lookups, plan_round, rounds
+from fleetsync.store.leasing import may_take
 from fleetsync.store.rows import (
     GATE_COLUMNS,
+    GATE_HISTORY_COLUMNS,
+    TOKEN_COLUMNS,
     TOUCH_INTERVAL,
     WORK_COLUMNS,
     WORK_STATUS_COLUMNS,
-    Key,
+    cluster_gate_value_from_row,
     event_type,
+    gate_change_from_row,
+    gate_conflict,
     gate_from_row,
+    gate_value_text,
+    grants_text,
     lease_from_row,
+    merge_labels,
     nested_counts,
     object_from_row,
     refresh_from_row,
-    to_signed,
+    scope_text,
     to_unsigned,
+    token_from_row,
     work_from_row,
     work_status_from_row,
+)
+from fleetsync.store.scopewalk import ScopedListing
+from fleetsync.store.sqlitebatch import (
+    BATCH_WRITER_KINDS,
+    CHANGES_HEAD,
+    OBJECT_FIELDS,
+    ROWS_PER_STATEMENT,
+    BatchConnection,
+    BatchWriterKind,
+    labels_json,
+    open_batch_connection,
 )
 
 log = logging.getLogger(__name__)
@@ -257,33 +280,65 @@ MIGRATIONS: tuple[str, ...] = (
         updated_at REAL NOT NULL
     ) STRICT;
     """,
+    # 7: what an agent token may do beyond its own cluster (grants, e.g. gates), and the
+    # labels an admin set per cluster (placement matches these, never an agent's Hello)
+    """
+    ALTER TABLE tokens ADD COLUMN grants TEXT NOT NULL DEFAULT '';  -- comma-separated; '' = none
+
+    CREATE TABLE cluster_labels (
+        cluster TEXT PRIMARY KEY,
+        labels TEXT NOT NULL,  -- JSON object
+        updated_at REAL NOT NULL
+    ) STRICT;
+    """,
+    # 8: lease epochs (every grant takes the next; writes and renewals are fenced by it)
+    """
+    ALTER TABLE leases ADD COLUMN epoch INTEGER NOT NULL DEFAULT 0;
+    """,
+    # 9: the gate history (fleet writes and clusters' own changes, old -> new) and
+    # each cluster's own gate values as its agent reported them
+    """
+    CREATE TABLE gate_history (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        key TEXT NOT NULL,
+        cluster TEXT NOT NULL,  -- '': the fleet's gate
+        old TEXT NOT NULL,  -- 'true' | 'false' | '' (unset)
+        new TEXT NOT NULL,
+        by TEXT NOT NULL,
+        at REAL NOT NULL,
+        revision INTEGER NOT NULL
+    ) STRICT;
+    CREATE INDEX gate_history_by_key ON gate_history (key, id);
+
+    CREATE TABLE cluster_gate_values (
+        cluster TEXT NOT NULL,
+        key TEXT NOT NULL,
+        value TEXT NOT NULL,  -- 'true' | 'false' | '' (unset)
+        updated_at REAL NOT NULL,
+        PRIMARY KEY (cluster, key)
+    ) STRICT;
+    """,
+    # 10: what a read token may see (issue 19): a JSON ReadScope, '' = everything
+    """
+    ALTER TABLE tokens ADD COLUMN scope TEXT NOT NULL DEFAULT '';
+    """,
+    # 11: the resource types each cluster's agent reported (discovery data, so the API serves
+    # them while the agent is away)
+    """
+    CREATE TABLE cluster_types (
+        cluster TEXT NOT NULL,
+        type TEXT NOT NULL,  -- group/version/Kind
+        info TEXT NOT NULL,  -- JSON object: see fleetsync.model.typeinfo
+        updated_at REAL NOT NULL,
+        PRIMARY KEY (cluster, type)
+    ) STRICT;
+    """,
 )
 
-_OBJECT_FIELDS = "uid, resource_version, hash, labels, owner, body, compression, incarnation"
+_OBJECT_FIELDS = OBJECT_FIELDS
 _OBJECT_COLUMNS = f"cluster, type, namespace, name, {_OBJECT_FIELDS}, rev"
 
-#: Rows per multi-row statement (objects and change-log rows have 14 columns; SQLite allows
-#: 32,766 parameters a statement).
-ROWS_PER_STATEMENT = 500
-_ROW14 = "(" + ", ".join(["?"] * 14) + ")"
-_UPSERT_HEAD = f"INSERT INTO objects (cluster, type, namespace, name, {_OBJECT_FIELDS}, full_seq, rev)"
-_UPSERT_TAIL = """
-    ON CONFLICT (cluster, type, namespace, name) DO UPDATE SET
-        uid = excluded.uid, resource_version = excluded.resource_version, hash = excluded.hash,
-        labels = excluded.labels, owner = excluded.owner, body = excluded.body,
-        compression = excluded.compression, incarnation = excluded.incarnation,
-        full_seq = coalesce(excluded.full_seq, objects.full_seq), rev = excluded.rev
-"""
-_CHANGES_HEAD = f"INSERT INTO changes (rev, event, cluster, type, namespace, name, {_OBJECT_FIELDS})"
-#: Rows ``v`` of (anything, cluster, type, namespace, name) matched with ``objects`` by key.
-_MATCH_V = "objects.cluster = v.column2 AND objects.type = v.column3 AND objects.namespace = v.column4 AND objects.name = v.column5"
-_LOG_DELETES_HEAD = f"""
-    INSERT INTO changes (rev, event, cluster, type, namespace, name, {_OBJECT_FIELDS})
-    SELECT v.column1, 'DELETED', o.cluster, o.type, o.namespace, o.name, {", ".join("o." + f.strip() for f in _OBJECT_FIELDS.split(","))} FROM (
-"""
-_MOVES_HEAD = "INSERT INTO streams (cluster, type, incarnation, seq, error, updated_at)"
-_MOVES_TAIL = "ON CONFLICT (cluster, type) DO UPDATE SET incarnation = excluded.incarnation, seq = excluded.seq, updated_at = excluded.updated_at"
-_TOUCH = "UPDATE clusters SET last_seen = max(last_seen, ?) WHERE name = ?"
+_LEASE_COLUMNS = "cluster, holder, incarnation, hub_id, expires_at, connected, epoch"
 
 
 def statements(script: str) -> list[str]:
@@ -301,17 +356,44 @@ def statements(script: str) -> list[str]:
     return out
 
 
-def _labels(labels: Mapping[str, str]) -> str:
-    return orjson.dumps(dict(labels)).decode()
+async def _record_gate_change(
+    db: aiosqlite.Connection, keep: int, key: str, cluster: str, old: bool | None, new: bool | None, *, by: str, now: float, revision: int
+) -> GateChange:
+    """Append a gate history entry (in the caller's transaction) and trim the history to its newest ``keep``."""
+    cursor = await db.execute(
+        "INSERT INTO gate_history (key, cluster, old, new, by, at, revision) VALUES (?, ?, ?, ?, ?, ?, ?)",
+        (key, cluster, gate_value_text(old), gate_value_text(new), by, now, revision),
+    )
+    id_ = int(cursor.lastrowid or 0)
+    if keep:
+        await db.execute("DELETE FROM gate_history WHERE id <= ?", (id_ - keep,))
+    return GateChange(id_, key, cluster, old, new, by, now, revision)
 
 
-class SQLiteStore:
+async def _live_value(db: aiosqlite.Connection, key: str) -> bool | None:
+    """The fleet's value of gate ``key`` before a write: None if it is not set (never, or deleted)."""
+    rows = list(await db.execute_fetchall("SELECT enabled, deleted FROM gates WHERE key = ?", (key,)))
+    return None if not rows or rows[0][1] else bool(rows[0][0])
+
+
+async def _check_based_on(db: aiosqlite.Connection, key: str, *, by: str, based_on: int | None) -> None:
+    """Raise GateConflict if a write ``based_on`` a revision would undo someone else's later write (in the write's transaction)."""
+    if based_on is None:
+        return
+    rows = list(await db.execute_fetchall(f"SELECT {GATE_COLUMNS} FROM gates WHERE key = ?", (key,)))
+    if (conflict := gate_conflict(gate_from_row(rows[0]) if rows else None, by=by, based_on=based_on)) is not None:
+        raise conflict
+
+
+class SQLiteStore(ScopedListing):
     """The :class:`~fleetsync.store.contract.Store` in one SQLite file.
 
     ``change_log_keep``: applies trim the change log to its newest this many entries
     (in steps of 1% of it, so it may hold up to 1% more; 0: never trim automatically,
     :meth:`trim_changes` still works).
     ``synchronous``: the SQLite setting; keep FULL for the hub (see the module docstring).
+    ``batch_writer``: where :meth:`apply_batch` writes, a thread of this process or a process
+    of its own (:mod:`fleetsync.store.sqlitebatch`; the hub uses a process).
     """
 
     def __init__(
@@ -320,8 +402,10 @@ class SQLiteStore:
         *,
         change_log_keep: int = 100_000,
         events_keep: int = 10_000,
+        gate_history_keep: int = 10_000,
         synchronous: str = "FULL",
         busy_timeout: float = BUSY_TIMEOUT_MS / 1000,
+        batch_writer: BatchWriterKind = "thread",
     ) -> None:
         if synchronous.upper() not in SYNCHRONOUS:
             raise ValueError(f"synchronous must be one of {', '.join(SYNCHRONOUS)}, not {synchronous!r}")
@@ -330,7 +414,14 @@ class SQLiteStore:
         self.path = Path(path)
         self.change_log_keep = change_log_keep
         self.events_keep = events_keep
+        if gate_history_keep < 0:
+            raise ValueError(f"gate_history_keep must be >= 0, not {gate_history_keep}")
+        #: The gate history keeps its newest this many entries (0: all).
+        self.gate_history_keep = gate_history_keep
         self.synchronous = synchronous.upper()
+        if batch_writer not in BATCH_WRITER_KINDS:
+            raise ValueError(f"batch_writer must be one of {', '.join(BATCH_WRITER_KINDS)}, not {batch_writer!r}")
+        self.batch_writer: BatchWriterKind = batch_writer
         #: Seconds a statement waits for another process's lock before "database is locked".
         self.busy_timeout = busy_timeout
         self._db: aiosqlite.Connection | None = None  # the writer
@@ -340,9 +431,8 @@ class SQLiteStore:
         self._seen_written: dict[str, float] = {}  # cluster -> the ``now`` of its last write
         self._touches_flushed_at = -math.inf  # the ``now`` of the last flush: one a TOUCH_INTERVAL for all clusters
         self._callbacks: list[Callable[[str, str], None]] = []
-        #: The connection batches are written on, in a thread of its own (see apply_batch).
-        self._batch_db: sqlite3.Connection | None = None
-        self._batch_thread: ThreadPoolExecutor | None = None
+        #: The connection batches are written on, on a thread or in a process of its own (see apply_batch).
+        self._batch: BatchConnection | None = None
 
     # ---- connection ------------------------------------------------------------------
 
@@ -373,11 +463,11 @@ class SQLiteStore:
             await rdb.close()
             await db.close()
             raise
-        self._batch_thread = ThreadPoolExecutor(1, thread_name_prefix="sqlite-batch")
         try:
-            self._batch_db = await asyncio.get_running_loop().run_in_executor(self._batch_thread, self._connect_batch_writer)
+            self._batch = await open_batch_connection(
+                self.batch_writer, self.path, busy_timeout=self.busy_timeout, synchronous=self.synchronous, change_log_keep=self.change_log_keep
+            )
         except BaseException:
-            self._batch_thread.shutdown(wait=False)
             await rdb.close()
             await db.close()
             raise
@@ -412,15 +502,12 @@ class SQLiteStore:
         try:
             await self._flush_touches()
         finally:
-            db, rdb, batch_db = self._db, self._rdb, self._batch_db
-            self._db = self._rdb = self._batch_db = None
+            db, rdb, batch = self._db, self._rdb, self._batch
+            self._db = self._rdb = self._batch = None
             if rdb is not None:
                 await rdb.close()
-            if batch_db is not None and self._batch_thread is not None:
-                await asyncio.get_running_loop().run_in_executor(self._batch_thread, batch_db.close)
-            if self._batch_thread is not None:
-                self._batch_thread.shutdown(wait=False)
-                self._batch_thread = None
+            if batch is not None:
+                await batch.close()
             await db.close()
 
     def _writer(self) -> aiosqlite.Connection:
@@ -439,18 +526,14 @@ class SQLiteStore:
         (cancellation included). Pending ``touch_cluster`` times are written along."""
         db = self._writer()
         async with self._lock:
-            seen, self._seen = self._seen, {}
+            await self._write_touches()  # committed first: they only ever move last_seen forward
             try:
                 await db.execute("BEGIN IMMEDIATE")
-                if seen:
-                    await db.executemany(_TOUCH, [(t, name) for name, t in seen.items()])
                 yield db
                 await db.execute("COMMIT")
             except BaseException:
                 await _rollback(db)
-                self._unflushed(seen)
                 raise
-            self._seen_written.update(seen)
 
     @contextlib.asynccontextmanager
     async def _autocommit(self) -> AsyncIterator[aiosqlite.Connection]:
@@ -479,27 +562,33 @@ class SQLiteStore:
 
     # ---- tokens --------------------------------------------------------------------------
 
-    async def add_token(self, *, name: str, role: str, token_hash: str, types: Sequence[str] = ()) -> None:
+    async def add_token(
+        self, *, name: str, role: str, token_hash: str, types: Sequence[str] = (), grants: Sequence[str] = (), scope: ReadScope | None = None
+    ) -> None:
         async with self._autocommit() as db:
             await db.execute(
-                "INSERT INTO tokens (token_hash, name, role, types, created_at) VALUES (?, ?, ?, ?, ?)"
-                " ON CONFLICT (token_hash) DO UPDATE SET name = excluded.name, role = excluded.role, types = excluded.types",
-                (token_hash, name, role, ",".join(types), time.time()),
+                "INSERT INTO tokens (token_hash, name, role, types, grants, scope, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT (token_hash) DO UPDATE SET name = excluded.name, role = excluded.role, types = excluded.types, grants = excluded.grants,"
+                " scope = excluded.scope",
+                (token_hash, name, role, ",".join(types), grants_text(grants), scope_text(scope), time.time()),
             )
 
     async def find_token(self, token_hash: str) -> TokenRecord | None:
-        rows = await self._read("SELECT name, role, types FROM tokens WHERE token_hash = ?", (token_hash,))
-        if not rows:
-            return None
-        return TokenRecord(name=rows[0][0], role=rows[0][1], types=tuple(t for t in rows[0][2].split(",") if t))
+        rows = await self._read(f"SELECT {TOKEN_COLUMNS} FROM tokens WHERE token_hash = ?", (token_hash,))
+        return token_from_row(rows[0]) if rows else None
 
     async def tokens(self) -> list[TokenRecord]:
-        rows = await self._read("SELECT name, role, types FROM tokens ORDER BY name, role, created_at")
-        return [TokenRecord(name=r[0], role=r[1], types=tuple(t for t in r[2].split(",") if t)) for r in rows]
+        rows = await self._read(f"SELECT {TOKEN_COLUMNS} FROM tokens ORDER BY name, role, created_at")
+        return [token_from_row(r) for r in rows]
 
     async def delete_tokens(self, name: str, role: str | None = None) -> int:
         async with self._autocommit() as db:
             cursor = await db.execute("DELETE FROM tokens WHERE name = ? AND (? IS NULL OR role = ?)", (name, role, role))
+            return cursor.rowcount
+
+    async def set_token_grants(self, name: str, grants: Sequence[str]) -> int:
+        async with self._autocommit() as db:
+            cursor = await db.execute("UPDATE tokens SET grants = ? WHERE name = ? AND role = 'agent'", (grants_text(grants), name))
             return cursor.rowcount
 
     # ---- feature gates ---------------------------------------------------------------------
@@ -515,13 +604,14 @@ class SQLiteStore:
         rows = await self._read(f"SELECT {GATE_COLUMNS} FROM gates WHERE key = ? AND NOT deleted", (key,))
         return gate_from_row(rows[0]) if rows else None
 
-    async def set_gate(self, key: str, enabled: bool, *, by: str, now: float, create: bool = False) -> GateRecord:
+    async def set_gate(self, key: str, enabled: bool, *, by: str, now: float, create: bool = False, based_on: int | None = None) -> GateRecord:
         async with self._transaction() as db:
-            if create:
-                rows = list(await db.execute_fetchall("SELECT deleted FROM gates WHERE key = ?", (key,)))
-                if rows and not rows[0][0]:
-                    raise GateExists(key)
+            await _check_based_on(db, key, by=by, based_on=based_on)
+            old = await _live_value(db, key)
+            if create and old is not None:
+                raise GateExists(key)
             revision = await _next_gate_revision(db)
+            await _record_gate_change(db, self.gate_history_keep, key, "", old, enabled, by=by, now=now, revision=revision)
             await db.execute(
                 "INSERT INTO gates (key, enabled, updated_at, updated_by, revision, deleted) VALUES (?, ?, ?, ?, ?, 0)"
                 " ON CONFLICT (key) DO UPDATE SET enabled = excluded.enabled, updated_at = excluded.updated_at,"
@@ -530,13 +620,15 @@ class SQLiteStore:
             )
         return GateRecord(key, enabled, now, by, revision)
 
-    async def delete_gate(self, key: str, *, by: str, now: float) -> GateRecord | None:
+    async def delete_gate(self, key: str, *, by: str, now: float, based_on: int | None = None) -> GateRecord | None:
         async with self._transaction() as db:
+            await _check_based_on(db, key, by=by, based_on=based_on)
             rows = list(await db.execute_fetchall("SELECT enabled FROM gates WHERE key = ? AND NOT deleted", (key,)))
             if not rows:
                 return None
             revision = await _next_gate_revision(db)
             await db.execute("UPDATE gates SET deleted = 1, updated_at = ?, updated_by = ?, revision = ? WHERE key = ?", (now, by, revision, key))
+            await _record_gate_change(db, self.gate_history_keep, key, "", bool(rows[0][0]), None, by=by, now=now, revision=revision)
         return GateRecord(key, bool(rows[0][0]), now, by, revision, deleted=True)
 
     # ---- works -----------------------------------------------------------------------------
@@ -620,6 +712,69 @@ class SQLiteStore:
     async def gates_applied(self) -> dict[str, int]:
         return {r[0]: int(r[1]) for r in await self._read("SELECT cluster, revision FROM cluster_gates ORDER BY cluster")}
 
+    async def report_cluster_gate(self, cluster: str, key: str, enabled: bool | None, *, old: bool | None, by: str, now: float) -> GateChange | None:
+        async with self._transaction() as db:
+            await db.execute(
+                "INSERT INTO cluster_gate_values (cluster, key, value, updated_at) VALUES (?, ?, ?, ?)"
+                " ON CONFLICT (cluster, key) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
+                (cluster, key, gate_value_text(enabled), now),
+            )
+            if old == enabled:
+                return None
+            return await _record_gate_change(db, self.gate_history_keep, key, cluster, old, enabled, by=by, now=now, revision=0)
+
+    async def cluster_gate_values(self, *, key: str | None = None, cluster: str | None = None) -> list[ClusterGateValue]:
+        rows = await self._read(
+            "SELECT cluster, key, value, updated_at FROM cluster_gate_values WHERE (? IS NULL OR key = ?) AND (? IS NULL OR cluster = ?) ORDER BY key, cluster",
+            (key, key, cluster, cluster),
+        )
+        return [cluster_gate_value_from_row(r) for r in rows]
+
+    async def gate_history(self, *, key: str | None = None, cluster: str | None = None, limit: int = 100) -> list[GateChange]:
+        rows = await self._read(
+            f"SELECT {GATE_HISTORY_COLUMNS} FROM gate_history WHERE (? IS NULL OR key = ?) AND (? IS NULL OR cluster = ?) ORDER BY id DESC LIMIT ?",
+            (key, key, cluster, cluster, limit),
+        )
+        return [gate_change_from_row(r) for r in rows]
+
+    # ---- reported types -------------------------------------------------------------------
+
+    async def reported_types(self) -> dict[str, dict[str, str]]:
+        rows = await self._read("SELECT cluster, type, info FROM cluster_types ORDER BY cluster, type")
+        found: dict[str, dict[str, str]] = {}
+        for cluster, type_, info in rows:
+            found.setdefault(cluster, {})[type_] = info
+        return found
+
+    async def set_reported_types(self, cluster: str, types: Mapping[str, str], *, now: float) -> None:
+        async with self._transaction() as db:
+            await db.execute("DELETE FROM cluster_types WHERE cluster = ?", (cluster,))
+            if types:
+                await db.executemany(
+                    "INSERT INTO cluster_types (cluster, type, info, updated_at) VALUES (?, ?, ?, ?)",
+                    [(cluster, type_, info, now) for type_, info in sorted(types.items())],
+                )
+
+    # ---- cluster labels --------------------------------------------------------------------
+
+    async def cluster_labels(self, name: str | None = None) -> dict[str, dict[str, str]]:
+        rows = await self._read("SELECT cluster, labels FROM cluster_labels WHERE ? IS NULL OR cluster = ? ORDER BY cluster", (name, name))
+        return {r[0]: orjson.loads(r[1]) for r in rows}
+
+    async def label_cluster(self, name: str, *, add: Mapping[str, str], remove: Sequence[str], now: float) -> dict[str, str]:
+        async with self._transaction() as db:
+            rows = list(await db.execute_fetchall("SELECT labels FROM cluster_labels WHERE cluster = ?", (name,)))
+            labels = merge_labels(orjson.loads(rows[0][0]) if rows else {}, add=add, remove=remove)
+            if labels:
+                await db.execute(
+                    "INSERT INTO cluster_labels (cluster, labels, updated_at) VALUES (?, ?, ?)"
+                    " ON CONFLICT (cluster) DO UPDATE SET labels = excluded.labels, updated_at = excluded.updated_at",
+                    (name, labels_json(labels), now),
+                )
+            else:
+                await db.execute("DELETE FROM cluster_labels WHERE cluster = ?", (name,))
+        return labels
+
     # ---- clusters and leases -------------------------------------------------------------
 
     async def upsert_cluster(self, record: ClusterRecord) -> None:
@@ -673,14 +828,24 @@ class SQLiteStore:
     async def _flush_touches(self) -> None:
         if not self._seen:
             return
-        async with self._autocommit() as db:
-            seen, self._seen = self._seen, {}
-            try:
-                await db.executemany(_TOUCH, [(t, name) for name, t in seen.items()])
-            except BaseException:
-                self._unflushed(seen)
-                raise
-            self._seen_written.update(seen)
+        async with self._lock:
+            await self._write_touches()
+
+    async def _write_touches(self) -> None:
+        """Write the pending ``touch_cluster`` times, holding the write lock: one call of the
+        batch connection (a batch of no bundles), whatever the number of clusters. (On the
+        writer connection it took a statement per cluster, each a round trip through a busy
+        event loop: a thousand clusters' touches held the lock, and every batch behind it,
+        for half a second.)"""
+        if not self._seen or self._batch is None:
+            return
+        seen, self._seen = self._seen, {}
+        try:
+            await self._batch.write([], seen)
+        except BaseException:
+            self._unflushed(seen)
+            raise
+        self._seen_written.update(seen)
 
     def _unflushed(self, seen: dict[str, float]) -> None:
         """Put back touches whose write failed."""
@@ -714,6 +879,13 @@ class SQLiteStore:
         ]
 
     async def expire_clusters(self, *, cutoff: float) -> list[str]:
+        # Asked every few seconds, and almost always no cluster is silent: the reader and the
+        # pending touches say so without the write lock (which every batch waits for).
+        silent = await self._read(
+            "SELECT name FROM clusters WHERE status = 'active' AND last_seen < ? AND name NOT IN (SELECT cluster FROM refresh WHERE mode = 'pull')", (cutoff,)
+        )
+        if all(self._seen.get(name, -math.inf) >= cutoff for (name,) in silent):
+            return []
         async with self._transaction() as db:  # writes pending touches first: their times count
             rows = await db.execute_fetchall(
                 "UPDATE clusters SET status = 'inactive' WHERE status = 'active' AND last_seen < ?"
@@ -722,50 +894,73 @@ class SQLiteStore:
             )
             return sorted(r[0] for r in rows)
 
+    async def delete_cluster(self, name: str) -> ClusterDeletion:
+        """See the contract: one transaction on the writer; each object's ``DELETED`` change takes
+        the next revision, in key order, as a FULL's removals do."""
+        async with self._transaction() as db:
+            rows = list(await db.execute_fetchall("SELECT count(*) FROM objects WHERE cluster = ?", (name,)))
+            objects = int(rows[0][0])
+            rows = list(await db.execute_fetchall("SELECT value FROM meta WHERE key = 'rev'"))
+            base = int(rows[0][0])
+            if objects:
+                await db.execute(
+                    f"{CHANGES_HEAD} SELECT ? + row_number() OVER (ORDER BY type, namespace, name), 'DELETED', cluster, type, namespace, name, {_OBJECT_FIELDS}"
+                    " FROM objects WHERE cluster = ?",
+                    (base, name),
+                )
+                await db.execute("DELETE FROM objects WHERE cluster = ?", (name,))
+                await db.execute("UPDATE meta SET value = ? WHERE key = 'rev'", (base + objects,))
+            tokens = (await db.execute("DELETE FROM tokens WHERE name = ? AND role = 'agent'", (name,))).rowcount
+            found = bool(objects or tokens)
+            for table in ("clusters WHERE name = ?", "leases WHERE cluster = ?", "streams WHERE cluster = ?", "cluster_labels WHERE cluster = ?"):
+                found = (await db.execute(f"DELETE FROM {table}", (name,))).rowcount > 0 or found
+            for table in ("cluster_gates", "cluster_gate_values", "cluster_types", "work_status", "refresh"):
+                found = (await db.execute(f"DELETE FROM {table} WHERE cluster = ?", (name,))).rowcount > 0 or found
+        if objects:
+            self._dispatch("changes", str(base + objects))
+        return ClusterDeletion(objects=objects, tokens=tokens, rev=base + objects, found=found)
+
     async def leases(self) -> list[Lease]:
-        rows = await self._read("SELECT cluster, holder, incarnation, hub_id, expires_at, connected FROM leases ORDER BY cluster")
+        rows = await self._read(f"SELECT {_LEASE_COLUMNS} FROM leases ORDER BY cluster")
         return [lease_from_row(r) for r in rows]
 
-    async def acquire_lease(self, cluster: str, *, holder: str, incarnation: str, hub_id: str, now: float, ttl: float) -> LeaseResult:
-        async with self._transaction() as db:
-            rows = list(
-                await db.execute_fetchall("SELECT cluster, holder, incarnation, hub_id, expires_at, connected FROM leases WHERE cluster = ?", (cluster,))
-            )
-            if rows:
-                current = lease_from_row(rows[0])
-                if current.expires_at > now and current.holder != holder:
-                    return LeaseResult(granted=False, lease=current)
-            lease = Lease(cluster=cluster, holder=holder, incarnation=incarnation, hub_id=hub_id, expires_at=now + ttl, connected=True)
+    async def acquire_lease(
+        self, cluster: str, *, holder: str, incarnation: str, hub_id: str, now: float, ttl: float, silent_before: float = -math.inf
+    ) -> LeaseResult:
+        async with self._transaction() as db:  # writes pending touches first: the holder's last message counts
+            rows = list(await db.execute_fetchall(f"SELECT {_LEASE_COLUMNS} FROM leases WHERE cluster = ?", (cluster,)))
+            current = lease_from_row(rows[0]) if rows else None
+            seen = list(await db.execute_fetchall("SELECT last_seen FROM clusters WHERE name = ?", (cluster,)))
+            last_seen = float(seen[0][0]) if seen else -math.inf
+            if current is not None and not may_take(current, holder=holder, incarnation=incarnation, now=now, last_seen=last_seen, silent_before=silent_before):
+                return LeaseResult(granted=False, lease=current)
+            epoch = (current.epoch if current is not None else 0) + 1
+            lease = Lease(cluster=cluster, holder=holder, incarnation=incarnation, hub_id=hub_id, expires_at=now + ttl, connected=True, epoch=epoch)
             await db.execute(
-                """
-                INSERT INTO leases (cluster, holder, incarnation, hub_id, expires_at, connected) VALUES (?, ?, ?, ?, ?, 1)
+                f"""
+                INSERT INTO leases ({_LEASE_COLUMNS}) VALUES (?, ?, ?, ?, ?, 1, ?)
                 ON CONFLICT (cluster) DO UPDATE SET holder = excluded.holder, incarnation = excluded.incarnation,
-                    hub_id = excluded.hub_id, expires_at = excluded.expires_at, connected = 1
+                    hub_id = excluded.hub_id, expires_at = excluded.expires_at, connected = 1, epoch = excluded.epoch
                 """,
-                (cluster, holder, incarnation, hub_id, lease.expires_at),
+                (cluster, holder, incarnation, hub_id, lease.expires_at, epoch),
             )
             return LeaseResult(granted=True, lease=lease)
 
-    async def renew_leases(self, leases: Sequence[tuple[str, str, str]], *, hub_id: str, now: float, ttl: float) -> list[str]:
+    async def renew_leases(self, leases: Sequence[tuple[str, int]], *, hub_id: str, now: float, ttl: float) -> list[str]:
         if not leases:
             return []
-        lost: list[str] = []
+        renewed: set[str] = set()
         async with self._transaction() as db:
             for start in range(0, len(leases), ROWS_PER_STATEMENT):
                 chunk = leases[start : start + ROWS_PER_STATEMENT]
-                await db.execute(
-                    f"INSERT INTO leases (cluster, holder, incarnation, hub_id, expires_at, connected) VALUES {', '.join(['(?, ?, ?, ?, ?, 1)'] * len(chunk))}"
-                    " ON CONFLICT (cluster) DO UPDATE SET holder = excluded.holder, incarnation = excluded.incarnation,"
-                    " hub_id = excluded.hub_id, expires_at = excluded.expires_at, connected = 1"
-                    " WHERE leases.expires_at <= ? OR leases.holder = excluded.holder",
-                    [*(v for cluster, holder, incarnation in chunk for v in (cluster, holder, incarnation, hub_id, now + ttl)), now],
-                )
-                holders = {cluster: holder for cluster, holder, _ in chunk}
                 rows = await db.execute_fetchall(
-                    f"SELECT cluster, holder FROM leases WHERE cluster IN ({', '.join(['?'] * len(chunk))})", [cluster for cluster, _, _ in chunk]
+                    "UPDATE leases SET expires_at = ?, hub_id = ?, connected = 1 FROM (VALUES "
+                    + ", ".join(["(?, ?)"] * len(chunk))
+                    + ") AS v WHERE leases.cluster = v.column1 AND leases.epoch = v.column2 RETURNING leases.cluster",
+                    [now + ttl, hub_id, *(v for cluster, epoch in chunk for v in (cluster, epoch))],
                 )
-                lost += [r[0] for r in rows if r[1] != holders[r[0]]]
-        return sorted(lost)
+                renewed.update(r[0] for r in rows)
+        return sorted({cluster for cluster, _ in leases} - renewed)
 
     async def release_lease(self, cluster: str, *, holder: str, incarnation: str, now: float, grace: float) -> None:
         async with self._autocommit() as db:
@@ -799,7 +994,7 @@ class SQLiteStore:
         write = BundleWrite(cluster, type, incarnation, seq, upserts, deletes, full_seq, full_end, move_to, now)
         return await self.apply_batch([write])
 
-    async def apply_batch(self, writes: Sequence[BundleWrite]) -> int:
+    async def apply_batch(self, writes: Sequence[BundleWrite]) -> Applied:
         """See the contract and :mod:`fleetsync.store.plan`: per round of the batch, one lookup
         statement for its keys, one for each FULL that ends, and one multi-row statement per kind
         of write (per ``ROWS_PER_STATEMENT`` rows); one COMMIT (and one fsync) for the whole batch.
@@ -810,66 +1005,26 @@ class SQLiteStore:
         except sqlite3.OperationalError as exc:
             raise StoreUnavailable(f"SQLite {self.path}: {exc}") from exc
 
-    def _connect_batch_writer(self) -> sqlite3.Connection:
-        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        try:
-            for pragma in (f"busy_timeout = {int(self.busy_timeout * 1000)}", f"synchronous = {self.synchronous}", "foreign_keys = ON", "temp_store = MEMORY"):
-                db.execute(f"PRAGMA {pragma}")
-        except BaseException:
-            db.close()
-            raise
-        return db
-
-    async def _apply_batch(self, writes: Sequence[BundleWrite]) -> int:
-        """The whole transaction runs in one call on the batch thread: a busy event loop (a
-        thousand agents' messages) would otherwise stretch every statement's round trip, and
-        the transaction with it. The write lock keeps the other writer connection out."""
-        batch_db, thread = self._batch_db, self._batch_thread
-        if batch_db is None or thread is None:
+    async def _apply_batch(self, writes: Sequence[BundleWrite]) -> Applied:
+        """The whole transaction is one call of the batch connection (a thread or a process of
+        its own: :mod:`fleetsync.store.sqlitebatch`). The write lock keeps the other writer
+        connection out meanwhile."""
+        batch = self._batch
+        if batch is None:
             raise RuntimeError("the store is not open")
         async with self._lock:
             seen, self._seen = self._seen, {}
-            done = asyncio.get_running_loop().run_in_executor(thread, self._write_batch, batch_db, writes, seen)
             try:
-                rev, first = await asyncio.shield(done)
+                rev, first, changes = await batch.write(writes, seen)
             except asyncio.CancelledError:
-                with contextlib.suppress(BaseException):
-                    await done  # never leave the lock while the transaction still runs
-                raise
+                raise  # the transaction ran to its end: committed, its touches with it
             except BaseException:
                 self._unflushed(seen)
                 raise
             self._seen_written.update(seen)
         if rev != first:
             self._dispatch("changes", str(rev))
-        return rev
-
-    def _write_batch(self, db: sqlite3.Connection, writes: Sequence[BundleWrite], seen: Mapping[str, float]) -> tuple[int, int]:
-        """One transaction for ``writes`` (and pending ``touch_cluster`` times); on the batch thread."""
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            if seen:
-                touches = [(t, name) for name, t in seen.items()]
-                _many(db, "UPDATE clusters SET last_seen = max(last_seen, v.column1) FROM (", "(?, ?)", ") AS v WHERE clusters.name = v.column2", touches)
-            rev = first = int(db.execute("SELECT value FROM meta WHERE key = 'rev'").fetchone()[0])
-            for writes_ in rounds(writes):
-                held = _held(db, lookups(writes_))
-                unmarked = {(w.cluster, w.type): _unmarked(db, w) for w in writes_ if w.full_end}
-                plan = plan_round(writes_, held, unmarked)
-                _write_round(db, plan, rev)
-                rev += plan.changes
-            if rev != first:
-                db.execute("UPDATE meta SET value = ? WHERE key = 'rev'", (rev,))
-                # trim in steps of 1% of the window (a statement per batch would cost a round trip each)
-                step = max(1, self.change_log_keep // 100)
-                if self.change_log_keep and rev // step != first // step:
-                    db.execute("DELETE FROM changes WHERE rev <= ?", (rev - self.change_log_keep,))
-            db.execute("COMMIT")
-        except BaseException:
-            if db.in_transaction:
-                db.execute("ROLLBACK")
-            raise
-        return rev, first
+        return Applied(rev, changes)
 
     async def set_stream_error(self, cluster: str, type: str, error: str, *, now: float) -> None:  # noqa: A002
         """A type without a stream row yet gets one at position ("", 0) to hold its error (no
@@ -896,15 +1051,24 @@ class SQLiteStore:
         )
         return object_from_row(rows[0]) if rows else None
 
-    async def list_objects(
+    async def _clusters_of_type(self, type: str) -> list[str]:  # noqa: A002
+        """The clusters holding objects of ``type``, by a skip scan of objects_by_type (one probe per cluster)."""
+        rows = await self._read(
+            "WITH RECURSIVE c(name) AS (SELECT min(cluster) FROM objects WHERE type = ?"
+            " UNION ALL SELECT (SELECT min(cluster) FROM objects WHERE type = ? AND cluster > c.name) FROM c WHERE c.name IS NOT NULL)"
+            " SELECT name FROM c WHERE name IS NOT NULL",
+            (type, type),
+        )
+        return [r[0] for r in rows]
+
+    async def _list_objects(
         self,
         type: str,  # noqa: A002
-        *,
-        cluster: str | None = None,
-        namespace: str | None = None,
-        after: tuple[str, str, str] | None = None,
-        limit: int = 0,
-        labels: Mapping[str, str] | None = None,
+        cluster: str | None,
+        namespace: str | None,
+        after: tuple[str, str, str] | None,
+        limit: int,
+        labels: Mapping[str, str] | None,
     ) -> list[ObjectRecord]:
         # The conditions are shaped so that SQLite walks objects_by_type in order (no sort).
         where, params = ["type = ?"], [type]
@@ -993,6 +1157,10 @@ class SQLiteStore:
         return [refresh_from_row(r) for r in rows]
 
     async def claim_due_refreshes(self, *, hub_id: str, now: float, limit: int = 100) -> list[RefreshTarget]:
+        # Asked every second, and almost always nothing is due: the reader says so without the
+        # write lock (which every batch waits for); the claim itself is the one statement below.
+        if not await self._read("SELECT 1 FROM refresh WHERE next_refresh_at <= ? LIMIT 1", (now,)):
+            return []
         async with self._autocommit() as db:  # one statement: atomic, and SQLite has one writer
             rows = await db.execute_fetchall(
                 """
@@ -1050,9 +1218,16 @@ class SQLiteStore:
                 await db.execute("DELETE FROM events WHERE id <= ?", (newest - self.events_keep,))
         self._dispatch("events", str(newest))
 
-    async def events(self, *, cluster: str | None = None, reason: str | None = None, after: int | None = None, limit: int = 100) -> list[EventRecord]:
+    async def events(
+        self, *, cluster: str | None = None, reason: str | None = None, after: int | None = None, limit: int = 100, clusters: Collection[str] | None = None
+    ) -> list[EventRecord]:
         where: list[str] = []
         params: list[Any] = []
+        if clusters is not None:
+            if not clusters:
+                return []
+            where.append("cluster IN (SELECT value FROM json_each(?))")
+            params.append(orjson.dumps(sorted(clusters)).decode())
         if cluster is not None:
             where.append("cluster = ?")
             params.append(cluster)
@@ -1072,70 +1247,6 @@ class SQLiteStore:
 async def _current_rev(db: aiosqlite.Connection) -> int:
     rows = list(await db.execute_fetchall("SELECT value FROM meta WHERE key = 'rev'"))
     return int(rows[0][0])
-
-
-def _many(db: sqlite3.Connection, head: str, row: str, tail: str, rows: Sequence[Sequence[Any]]) -> None:
-    """``head VALUES row, row, ... tail`` for ``rows``, ``ROWS_PER_STATEMENT`` at a time.
-
-    Why not ``executemany``: it steps once per row, and every step hands the GIL back and
-    forth. On the batch thread each hand-over waits for the busy event loop (up to Python's
-    switch interval), which made a 250-row batch take 200 ms; one statement for many rows is
-    one step."""
-    for start in range(0, len(rows), ROWS_PER_STATEMENT):
-        chunk = rows[start : start + ROWS_PER_STATEMENT]
-        db.execute(f"{head} VALUES {', '.join([row] * len(chunk))} {tail}", [value for r in chunk for value in r])
-
-
-def _held(db: sqlite3.Connection, keys: Sequence[tuple[str, str, str, str]]) -> dict[tuple[str, str, str, str], Held]:
-    """What the store holds of ``keys`` (cluster, type, namespace, name): one statement per
-    ``ROWS_PER_STATEMENT`` keys, each key an index lookup, the answer one JSON row (one step)."""
-    found: dict[tuple[str, str, str, str], Held] = {}
-    for start in range(0, len(keys), ROWS_PER_STATEMENT):
-        chunk = keys[start : start + ROWS_PER_STATEMENT]
-        (answer,) = db.execute(
-            "SELECT json_group_array(json_array(k.column1, k.column2, k.column3, k.column4, o.hash, o.full_seq))"
-            f" FROM (VALUES {', '.join(['(?, ?, ?, ?)'] * len(chunk))}) AS k"
-            " CROSS JOIN objects AS o ON o.cluster = k.column1 AND o.type = k.column2 AND o.namespace = k.column3 AND o.name = k.column4",
-            [part for key in chunk for part in key],
-        ).fetchone()
-        for r in orjson.loads(answer):
-            found[(r[0], r[1], r[2], r[3])] = Held(to_unsigned(r[4]), r[5])
-    return found
-
-
-def _unmarked(db: sqlite3.Connection, write: BundleWrite) -> list[Key]:
-    """The keys of ``write``'s stream not marked with its FULL, by (namespace, name)."""
-    (answer,) = db.execute(
-        "SELECT json_group_array(json_array(namespace, name)) FROM"
-        " (SELECT namespace, name FROM objects WHERE cluster = ? AND type = ? AND full_seq IS NOT ? ORDER BY namespace, name)",
-        (write.cluster, write.type, write.full_seq),
-    ).fetchone()
-    return [(r[0], r[1]) for r in orjson.loads(answer)]
-
-
-def _write_round(db: sqlite3.Connection, plan: RoundPlan, base: int) -> None:
-    """Write a planned round whose offsets count from revision ``base``: a statement per kind
-    of write (per ``ROWS_PER_STATEMENT`` rows), whatever the number of bundles."""
-    objects: list[tuple[Any, ...]] = []
-    changes: list[tuple[Any, ...]] = []
-    for w, u in plan.upserts:
-        o = u.record
-        fields = (o.uid, o.resource_version, to_signed(o.hash), _labels(o.labels), o.owner, o.body, o.compression, o.incarnation)
-        objects.append((w.cluster, w.type, o.namespace, o.name, *fields, w.full_seq, base + u.offset))
-        changes.append((base + u.offset, "ADDED" if u.added else "MODIFIED", w.cluster, w.type, o.namespace, o.name, *fields))
-    if objects:
-        _many(db, _UPSERT_HEAD, _ROW14, _UPSERT_TAIL, objects)
-        _many(db, _CHANGES_HEAD, _ROW14, "", changes)
-    marks = [(w.full_seq, w.cluster, w.type, *key) for w, key in plan.marks]
-    if marks:
-        _many(db, "UPDATE objects SET full_seq = v.column1 FROM (", "(?, ?, ?, ?, ?)", f") AS v WHERE {_MATCH_V}", marks)
-    deletes = [(base + d.offset, w.cluster, w.type, *d.key) for w, d in plan.deletes]
-    if deletes:
-        _many(db, _LOG_DELETES_HEAD, "(?, ?, ?, ?, ?)", f") AS v CROSS JOIN objects AS o ON {_MATCH_V.replace('objects.', 'o.')}", deletes)
-        _many(db, "DELETE FROM objects WHERE (cluster, type, namespace, name) IN (", "(?, ?, ?, ?)", ")", [row[1:] for row in deletes])
-    moves = [(w.cluster, w.type, *w.move_to, w.now) for w in plan.moves if w.move_to is not None]
-    if moves:
-        _many(db, _MOVES_HEAD, "(?, ?, ?, ?, '', ?)", _MOVES_TAIL, moves)
 
 
 async def _rollback(db: aiosqlite.Connection) -> None:

@@ -20,11 +20,13 @@ import tempfile
 import time
 from pathlib import Path
 
+from fleetsync.errors import FleetsyncError
+
 #: Settings for a server whose data may be lost (tests): no fsync, small and quick.
 DISPOSABLE = {"fsync": "off", "full_page_writes": "off", "synchronous_commit": "on"}
 
 
-class PostgresNotInstalled(RuntimeError):
+class PostgresNotInstalled(FleetsyncError, RuntimeError):
     pass
 
 
@@ -86,9 +88,7 @@ class PostgresServer:
             raise RuntimeError(f"initdb failed: {initdb.stderr.decode(errors='replace')[-2000:]}")
         for _ in range(5):  # the port is free when picked, but someone may take it before we bind
             self.port = _free_port()
-            options = ["-c", f"port={self.port}", "-c", "listen_addresses=127.0.0.1", "-c", f"unix_socket_directories={self.dir}"]
-            for key, value in self.settings.items():
-                options += ["-c", f"{key}={value}"]
+            options = self._options()
             with self.log.open("ab") as out:
                 self.process = subprocess.Popen(
                     [str(self.bindir / "postgres"), "-D", str(data), *options], stdout=out, stderr=subprocess.STDOUT, user=self._user, cwd=self.dir
@@ -96,6 +96,30 @@ class PostgresServer:
             if self._wait_ready():
                 return self
         raise RuntimeError(f"PostgreSQL did not start: {self.log.read_text(errors='replace')[-2000:]}")
+
+    def _options(self) -> list[str]:
+        options = ["-c", f"port={self.port}", "-c", "listen_addresses=127.0.0.1", "-c", f"unix_socket_directories={self.dir}"]
+        for key, value in self.settings.items():
+            options += ["-c", f"{key}={value}"]
+        return options
+
+    def restart(self, sig: int = signal.SIGINT) -> None:
+        """Stop the server and start it again on the same data and port, as an operator's restart
+        or a crash would: ``SIGINT`` (fast shutdown) aborts every transaction in flight and closes
+        every connection; ``SIGKILL`` is a crash (the next start recovers from the WAL)."""
+        assert self.process is not None and self.dir is not None
+        self.process.send_signal(sig)
+        self.process.wait(timeout=30)
+        options = self._options()
+        for _ in range(50):  # a crashed server's shared memory and port take a moment to be released
+            with self.log.open("ab") as out:
+                self.process = subprocess.Popen(
+                    [str(self.bindir / "postgres"), "-D", str(self.dir / "data"), *options], stdout=out, stderr=subprocess.STDOUT, user=self._user, cwd=self.dir
+                )
+            if self._wait_ready():
+                return
+            time.sleep(0.2)
+        raise RuntimeError(f"PostgreSQL did not start again: {self.log.read_text(errors='replace')[-2000:]}")
 
     def _wait_ready(self, timeout: float = 30.0) -> bool:
         assert self.process is not None

@@ -1,4 +1,4 @@
-"""What the agent needs of any transport, and hub URL parsing."""
+"""What the agent needs of any transport, hub URL parsing, and the table of transports by URL scheme."""
 
 from __future__ import annotations
 
@@ -7,9 +7,35 @@ from pathlib import Path
 from typing import Protocol
 from urllib.parse import unquote, urlsplit
 
+from fleetsync.errors import FleetsyncError
+from fleetsync.extras import scheme_problem
 from fleetsync.protocol import fleetsync_pb2 as pb
 
-SCHEMES = ("grpc", "grpcs", "mqtt", "mqtts", "nats")
+
+@dataclass(frozen=True, slots=True)
+class TransportModules:
+    """Where one URL scheme's transport lives: the module with the agent's connector, and the
+    module with the hub's listener (None: the hub serves it with its own flag, as ``--grpc``).
+
+    They are separate modules so that the agent side never imports the hub. Each registers
+    what it offers with :mod:`fleetsync.transport.registry` when imported.
+    """
+
+    agent: str
+    hub: str | None = None
+
+
+#: The one table of transports (httpx's mounts): adding one is a new module and a row here.
+TRANSPORTS: dict[str, TransportModules] = {
+    "grpc": TransportModules("fleetsync.transport.grpc"),
+    "grpcs": TransportModules("fleetsync.transport.grpc"),
+    "mqtt": TransportModules("fleetsync.transport.mqtt", hub="fleetsync.transport.mqtt_hub"),
+    "mqtts": TransportModules("fleetsync.transport.mqtt", hub="fleetsync.transport.mqtt_hub"),
+    "nats": TransportModules("fleetsync.transport.nats", hub="fleetsync.transport.nats_hub"),
+}
+SCHEMES = tuple(TRANSPORTS)
+#: The schemes a hub can serve through a broker (``--broker``).
+BROKER_SCHEMES = tuple(scheme for scheme, modules in TRANSPORTS.items() if modules.hub is not None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,7 +82,22 @@ def _pem(path: str, flag: str) -> bytes:
     return data
 
 
-class TransportError(ConnectionError):
+@dataclass(frozen=True, slots=True)
+class ConnectOptions:
+    """What every agent connector is given besides the address. ``tls``: what to trust (and
+    present) on grpcs:// and mqtts://; the keepalive applies to gRPC (the brokers' clients keep
+    their connections alive themselves)."""
+
+    cluster_id: str
+    agent_id: str
+    max_message_bytes: int
+    connect_seconds: float = 10.0
+    tls: ClientTls | None = None
+    keepalive_time: float = 20.0
+    keepalive_timeout: float = 10.0
+
+
+class TransportError(FleetsyncError, ConnectionError):
     """The connection to the hub failed or broke; the agent reconnects with backoff."""
 
 
@@ -87,6 +128,8 @@ def parse_hub_url(url: str, *, schemes: tuple[str, ...] = SCHEMES) -> HubAddress
     shown = _without_password(url.strip())
     if parts.scheme not in schemes:
         raise ValueError(f"URL {shown!r}: scheme must be one of {', '.join(s + '://' for s in schemes)}")
+    if problem := scheme_problem(parts.scheme):  # its client library is an extra: say so now, not on every reconnect
+        raise ValueError(f"URL {shown!r}: {problem}")
     try:
         port = parts.port
     except ValueError:

@@ -12,6 +12,12 @@ connection of the same agent, a lost lease), or when nothing arrived for the hub
 inactivity timeout (an agent killed without a word). Late events of an ended session
 are dropped: the agent has moved on to a new session and resumes there.
 
+A broker delivers as fast as agents publish, whether or not the hub keeps up, so each
+session's queue is bounded (``--broker-session-queue`` messages, ``--broker-session-bytes``):
+an agent that floods past either is told so (``Reject{PROTOCOL}``) and its session ends;
+it reconnects and resends what was not acknowledged. A well-behaved agent never gets
+there: its unacknowledged messages are bounded by its window.
+
 The cluster is the topic's (or subject's), which the broker's ACL ties to the agent's
 broker credentials; a Hello that names another cluster is refused, so neither the
 broker account nor the hub token alone lets one cluster write another's state.
@@ -71,6 +77,10 @@ class _Connection:
     queue: asyncio.Queue[tuple[bytes | None, Done | None]] = field(default_factory=asyncio.Queue)
     last_seen: float = field(default_factory=time.monotonic)
     task: asyncio.Task[None] | None = None
+    #: Bytes of the payloads in ``queue``.
+    queued_bytes: int = 0
+    #: Ended for sending past the bounds: what still arrives is dropped.
+    flooded: bool = False
 
 
 async def _ack(done: Done | None) -> None:
@@ -148,7 +158,35 @@ class BrokerSessions:
                 return
             connection = self._open(cluster, event.session)
         connection.last_seen = time.monotonic()
+        if connection.flooded or (not event.goodbye and (problem := self._overflow(connection, len(payload)))):
+            if not connection.flooded:
+                await self._flooded(connection, problem)
+            await _ack(done)
+            return
+        connection.queued_bytes += 0 if event.goodbye else len(payload)
         connection.queue.put_nowait((None if event.goodbye else payload, done))
+
+    def _overflow(self, connection: _Connection, size: int) -> str:
+        """Why ``size`` more bytes may not be queued for ``connection`` ("" if they may)."""
+        limits = self.core.settings.limits
+        if connection.queue.qsize() >= limits.broker_session_queue:
+            return f"{connection.queue.qsize()} messages of this session wait to be handled (the hub's --broker-session-queue)"
+        if connection.queued_bytes + size > limits.broker_session_bytes:
+            return f"{connection.queued_bytes + size} bytes of this session would wait to be handled, over the hub's --broker-session-bytes ({limits.broker_session_bytes})"
+        return ""
+
+    async def _flooded(self, connection: _Connection, problem: str) -> None:
+        """The agent sends faster than its session is handled, past the bounds: end the session, saying so."""
+        key = (connection.cluster, connection.session_id)
+        connection.flooded = True
+        self.core.metrics.refused.labels("flooded").inc()
+        log.warning("%s: cluster %s's session %s: %s; ending it", self.transport, key[0], key[1], problem)
+        reject = pb.Reject(reason=pb.PROTOCOL, message=f"{problem}; the session is ended: connect again")
+        try:
+            await self.publish(key[0], key[1], pb.HubMessage(reject=reject))
+        except Exception as exc:
+            log.debug("%s: cannot tell cluster %s that its session is flooded: %s", self.transport, key[0], exc)
+        self._schedule_end(key)
 
     async def _ours(self, cluster: str, *, hello: bool) -> bool:
         """Whether this replica serves a new session of ``cluster`` (see the module docstring)."""
@@ -225,6 +263,7 @@ class BrokerSessions:
     async def _feed(self, connection: _Connection) -> None:
         while True:
             payload, done = await connection.queue.get()
+            connection.queued_bytes -= len(payload or b"")
             try:
                 if payload is None:  # goodbye
                     log.info("%s: cluster %s's agent closed session %s", self.transport, connection.cluster, connection.session_id)

@@ -15,6 +15,10 @@ drops QoS 1 messages silently past ``max_queued_messages``, and redelivers after
 reconnect. The protocol's sequence numbers, acks-after-commit, retransmission and
 digests absorb all of that; the agent keeps its in-flight window small so that a
 healthy broker does not drop anything in the first place.
+
+This module is the agent's connection and what both sides share (topics, client, user
+properties); the hub's listener is :mod:`fleetsync.transport.mqtt_hub`, so an agent
+loads no hub code.
 """
 
 from __future__ import annotations
@@ -30,14 +34,8 @@ import aiomqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from fleetsync.aio import cancel_and_wait
-from fleetsync.backoff import Backoff
-from fleetsync.hub.core import HubCore
-from fleetsync.protocol import codec
-from fleetsync.protocol import fleetsync_pb2 as pb
-from fleetsync.transport import cloudevents
-from fleetsync.transport.base import ClientTls, HubAddress, TransportError
-from fleetsync.transport.broker import BrokerSessions
+from fleetsync.transport import cloudevents, registry
+from fleetsync.transport.base import AgentConnection, ClientTls, ConnectOptions, HubAddress, TransportError
 from fleetsync.transport.broker_agent import BrokerConnection, describe
 
 log = logging.getLogger(__name__)
@@ -77,7 +75,7 @@ def properties(attributes: dict[str, str]) -> Properties:
     return properties
 
 
-def _attributes(message: aiomqtt.Message) -> dict[str, str]:
+def attributes_of(message: aiomqtt.Message) -> dict[str, str]:
     user = getattr(message.properties, "UserProperty", None) if message.properties is not None else None
     return dict(user) if user else {}
 
@@ -89,7 +87,7 @@ def _tls_context(address: HubAddress, tls: ClientTls | None) -> ssl.SSLContext |
     return ssl.create_default_context(cadata=tls.ca.decode()) if tls and tls.ca else ssl.create_default_context()
 
 
-def _client(address: HubAddress, identifier: str, *, timeout: float, tls: ClientTls | None = None) -> aiomqtt.Client:
+def broker_client(address: HubAddress, identifier: str, *, timeout: float, tls: ClientTls | None = None) -> aiomqtt.Client:
     connect = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
     connect.SessionExpiryInterval = SESSION_EXPIRY
     return aiomqtt.Client(
@@ -118,7 +116,7 @@ class MqttAgentConnection(BrokerConnection):
     async def open(
         cls, address: HubAddress, *, cluster_id: str, agent_id: str, connect_seconds: float = 10.0, tls: ClientTls | None = None
     ) -> MqttAgentConnection:
-        client = _client(address, client_id("agent", f"{cluster_id}/{agent_id}"), timeout=connect_seconds, tls=tls)
+        client = broker_client(address, client_id("agent", f"{cluster_id}/{agent_id}"), timeout=connect_seconds, tls=tls)
         try:
             await client.__aenter__()
         except aiomqtt.MqttError as exc:
@@ -135,7 +133,7 @@ class MqttAgentConnection(BrokerConnection):
     async def _read(self) -> None:
         try:
             async for message in self._client.messages:
-                self._received(_attributes(message), bytes(message.payload))  # type: ignore[arg-type]
+                self._received(attributes_of(message), bytes(message.payload))  # type: ignore[arg-type]
             self._lost(TransportError(f"the MQTT broker {self._address} closed the connection"))
         except aiomqtt.MqttError as exc:
             self._lost(TransportError(f"lost the MQTT broker {self._address}: {describe(exc)}"))
@@ -151,59 +149,11 @@ class MqttAgentConnection(BrokerConnection):
             await self._client.__aexit__(None, None, None)
 
 
-class MqttHubServer:
-    """Serves the protocol to agents through an MQTT broker, reconnecting to it forever."""
+async def connect(address: HubAddress, options: ConnectOptions) -> AgentConnection:
+    """The registry's connector for mqtt://, mqtts://."""
+    return await MqttAgentConnection.open(
+        address, cluster_id=options.cluster_id, agent_id=options.agent_id, connect_seconds=options.connect_seconds, tls=options.tls
+    )
 
-    def __init__(self, core: HubCore, address: HubAddress) -> None:
-        self.core = core
-        self.address = address
-        self.sessions = BrokerSessions(core, self._publish, transport="mqtt")
-        self.connected = asyncio.Event()
-        self._client: aiomqtt.Client | None = None
-        self._task: asyncio.Task[None] | None = None
 
-    async def start(self) -> None:
-        await self.sessions.start()
-        self.core.starting[str(self.address)] = "connecting to the MQTT broker"
-        self._task = asyncio.create_task(self._serve_forever(), name="mqtt-hub")
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            await cancel_and_wait([self._task])
-        await self.sessions.stop()
-
-    async def _serve_forever(self) -> None:
-        backoff = Backoff(initial=0.2, maximum=5)
-        identifier = client_id("hub", self.core.settings.hub_id)
-        while True:
-            try:
-                async with _client(self.address, identifier, timeout=10) as client:
-                    await client.subscribe(UP_ALL, qos=1)
-                    self._client = client
-                    self.connected.set()
-                    self.core.starting.pop(str(self.address), None)
-                    backoff.reset()
-                    log.info("serving agents through the MQTT broker %s", self.address)
-                    async for message in client.messages:
-                        cluster = cluster_of(message.topic.value)
-                        if cluster is None:
-                            continue
-                        await self.sessions.deliver(cluster, _attributes(message), bytes(message.payload))  # type: ignore[arg-type]
-                problem = "the broker ended the connection"
-            except aiomqtt.MqttError as exc:
-                problem = describe(exc)
-            finally:
-                self._client = None
-                self.connected.clear()
-            delay = backoff.next_delay()
-            if str(self.address) in self.core.starting:
-                self.core.starting[str(self.address)] = f"cannot reach the MQTT broker: {problem}"
-            log.warning("MQTT broker %s: %s; reconnecting in %.1fs", self.address, problem, delay)
-            await asyncio.sleep(delay)
-
-    async def _publish(self, cluster: str, session: str, message: pb.HubMessage) -> None:
-        client = self._client
-        if client is None:
-            raise TransportError(f"not connected to the MQTT broker {self.address}")
-        attributes = cloudevents.hub_attributes(message, hub_id=self.core.settings.hub_id, session=session)
-        await client.publish(down_topic(cluster), codec.encode(message), qos=1, properties=properties(attributes))
+registry.register_connector(("mqtt", "mqtts"), connect)

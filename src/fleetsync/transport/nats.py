@@ -20,6 +20,10 @@ A JetStream ack here means "the session has taken the message", not "committed":
 protocol's own ``Ack`` is sent only after the store committed, and the agent keeps and
 resends what that ack has not covered. So a message the broker loses, redelivers or
 gives up on after ``max_deliver`` attempts costs a resend, never data.
+
+This module is the agent's connection and what both sides share (subjects, streams,
+headers); the hub's listener is :mod:`fleetsync.transport.nats_hub`, so an agent loads
+no hub code.
 """
 
 from __future__ import annotations
@@ -39,13 +43,8 @@ from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.js import api
 
-from fleetsync.aio import cancel_and_wait
-from fleetsync.hub.core import HubCore
-from fleetsync.protocol import codec
-from fleetsync.protocol import fleetsync_pb2 as pb
-from fleetsync.transport import cloudevents
-from fleetsync.transport.base import HubAddress, TransportError
-from fleetsync.transport.broker import BrokerSessions
+from fleetsync.transport import cloudevents, registry
+from fleetsync.transport.base import AgentConnection, ConnectOptions, HubAddress, TransportError
 from fleetsync.transport.broker_agent import BrokerConnection, describe
 
 log = logging.getLogger(__name__)
@@ -59,11 +58,11 @@ MAX_DELIVER = 5
 #: Seconds JetStream waits for an ack before redelivering.
 ACK_WAIT = 30.0
 #: Messages fetched per pull.
-_BATCH = 64
+FETCH_BATCH = 64
 _HEADER_PREFIX = "ce-"
 
 
-def _stop_requested() -> bool:
+def stop_requested() -> bool:
     """Whether this task was asked to stop. Fetch loops check it: a cancellation that arrives as
     nats-py's fetch completes can be swallowed by ``asyncio.wait_for`` (Python 3.11), and the
     loop would fetch on forever in a task that never ends (the hub or agent then hangs at exit)."""
@@ -98,12 +97,12 @@ def headers(attributes: dict[str, str]) -> dict[str, str]:
     return headers
 
 
-def _attributes(msg: Msg) -> dict[str, str]:
+def attributes_of(msg: Msg) -> dict[str, str]:
     headers = msg.headers or {}
     return {k[len(_HEADER_PREFIX) :]: v for k, v in headers.items() if k.startswith(_HEADER_PREFIX)}
 
 
-async def _connect(address: HubAddress, *, reconnect: bool, timeout: float, on_error: Callable[[Exception], None] | None = None) -> NatsClient:
+async def connect_nats(address: HubAddress, *, reconnect: bool, timeout: float, on_error: Callable[[Exception], None] | None = None) -> NatsClient:
     """A NATS connection; with ``reconnect``, nats-py retries (the first connection too) forever
     and reports each failure to ``on_error``."""
     options: dict[str, Any] = {"connect_timeout": timeout, "allow_reconnect": reconnect, "name": "fleetsync"}
@@ -169,7 +168,7 @@ class NatsAgentConnection(BrokerConnection):
     async def open(cls, address: HubAddress, *, cluster_id: str, agent_id: str, connect_seconds: float = 10.0) -> NatsAgentConnection:
         # No reconnects inside nats-py: a broken connection is a broken session, and the
         # agent's own loop reconnects and resumes (the protocol makes that cheap).
-        nc = await _connect(address, reconnect=False, timeout=connect_seconds)
+        nc = await connect_nats(address, reconnect=False, timeout=connect_seconds)
         connection = cls(nc, address, cluster_id)
         try:
             subscription = await connection._js.pull_subscribe(
@@ -195,14 +194,14 @@ class NatsAgentConnection(BrokerConnection):
 
     async def _read(self, subscription: Any) -> None:
         try:
-            while not _stop_requested():
+            while not stop_requested():
                 try:
-                    batch = await subscription.fetch(_BATCH, timeout=2)
+                    batch = await subscription.fetch(FETCH_BATCH, timeout=2)
                 except TimeoutError:  # nats-py raises its own and asyncio's: either way, nothing yet
                     continue
                 for msg in batch:
                     await msg.ack()
-                    self._received(_attributes(msg), msg.data)
+                    self._received(attributes_of(msg), msg.data)
         except (nats.errors.Error, OSError) as exc:
             self._lost(TransportError(f"lost NATS {self._address}: {describe(exc)}"))
 
@@ -217,80 +216,9 @@ class NatsAgentConnection(BrokerConnection):
             await self._nc.close()
 
 
-class NatsHubServer:
-    """Serves the protocol to agents through NATS JetStream (nats-py reconnects by itself)."""
+async def connect(address: HubAddress, options: ConnectOptions) -> AgentConnection:
+    """The registry's connector for nats://."""
+    return await NatsAgentConnection.open(address, cluster_id=options.cluster_id, agent_id=options.agent_id, connect_seconds=options.connect_seconds)
 
-    def __init__(self, core: HubCore, address: HubAddress) -> None:
-        self.core = core
-        self.address = address
-        self.sessions = BrokerSessions(core, self._publish, transport="nats")
-        self.connected = asyncio.Event()
-        self._nc: NatsClient | None = None
-        self._task: asyncio.Task[None] | None = None
 
-    async def start(self) -> None:
-        await self.sessions.start()
-        self.core.starting[str(self.address)] = "creating the JetStream streams and consumer"
-        self._task = asyncio.create_task(self._serve_forever(), name="nats-hub")
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            await cancel_and_wait([self._task])
-        await self.sessions.stop()
-        if self._nc is not None:
-            with contextlib.suppress(Exception):
-                await self._nc.close()
-
-    async def _subscribe(self) -> Any:
-        while True:
-            try:
-                if self._nc is None:
-                    self._nc = await _connect(self.address, reconnect=True, timeout=10, on_error=self._starting_failed)
-                await ensure_streams(self._nc)
-                return await self._nc.jetstream().pull_subscribe(
-                    up_subject("*"),
-                    durable=consumer_name("hub", self.core.settings.hub_id),
-                    stream=UP_STREAM,
-                    config=api.ConsumerConfig(
-                        ack_policy=api.AckPolicy.EXPLICIT,
-                        max_deliver=MAX_DELIVER,
-                        ack_wait=ACK_WAIT,
-                        max_ack_pending=20_000,
-                        inactive_threshold=HUB_CONSUMER_INACTIVE,
-                    ),
-                )
-            except (TransportError, nats.errors.Error, TimeoutError) as exc:
-                self.core.starting[str(self.address)] = f"cannot set up JetStream: {describe(exc)}"
-                log.warning("NATS %s: %s; retrying in 1s", self.address, describe(exc))
-                await asyncio.sleep(1)
-
-    def _starting_failed(self, exc: Exception) -> None:
-        if str(self.address) in self.core.starting:
-            self.core.starting[str(self.address)] = f"cannot connect to NATS: {describe(exc)}"
-
-    async def _serve_forever(self) -> None:
-        subscription = await self._subscribe()
-        self.connected.set()
-        self.core.starting.pop(str(self.address), None)
-        log.info("serving agents through NATS JetStream %s", self.address)
-        while not _stop_requested():
-            try:
-                batch = await subscription.fetch(_BATCH, timeout=1)
-            except TimeoutError:  # nats-py raises its own and asyncio's: either way, nothing yet
-                continue
-            except (nats.errors.Error, OSError) as exc:  # the server is away; nats-py is reconnecting
-                log.warning("NATS %s: %s; fetching again in 1s", self.address, describe(exc))
-                await asyncio.sleep(1)
-                continue
-            for msg in batch:
-                cluster = cluster_of(msg.subject)
-                if cluster is None:
-                    await msg.ack()
-                    continue
-                await self.sessions.deliver(cluster, _attributes(msg), msg.data, done=msg.ack)
-
-    async def _publish(self, cluster: str, session: str, message: pb.HubMessage) -> None:
-        if self._nc is None:
-            raise TransportError(f"not connected to NATS {self.address}")
-        attributes = cloudevents.hub_attributes(message, hub_id=self.core.settings.hub_id, session=session)
-        await self._nc.jetstream().publish(down_subject(cluster), codec.encode(message), timeout=10, headers=headers(attributes))
+registry.register_connector(("nats",), connect)

@@ -37,7 +37,7 @@ export async function gatesView(main, _args, signal) {
     const [gates, clusters, refused] = await Promise.all([
       api(GATES, { signal }),
       api("/api/v1/clusters", { signal }),
-      api("/api/v1/events?reason=GateRefused&limit=200", { signal }),
+      api("/apis/fleetsync.io/v1/fleetsyncevents?reason=GateRefused&limit=200", { signal }),
     ]);
     fill(table,
       h("tr", {}, ["Gate", "Enabled", "Updated by", "Updated", "Revision", ""].map((t) => h("th", {}, t))),

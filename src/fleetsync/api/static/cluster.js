@@ -55,7 +55,8 @@ export async function clusterView(main, args, signal) {
       { class: "facts" },
       h("span", { class: `badge ${statusOf(cluster)}` }, statusOf(cluster)),
       ` agent ${cluster.agent || "—"} ${cluster.connected ? "(connected)" : "(not connected)"} · last heartbeat ${ago(cluster.lastHeartbeat)}`,
-      Object.keys(cluster.metadata || {}).length ? ` · labels ${Object.entries(cluster.metadata).map(([k, v]) => `${k}=${v}`).join(", ")}` : "",
+      Object.keys(cluster.labels || {}).length ? ` · labels ${Object.entries(cluster.labels).map(([k, v]) => `${k}=${v}`).join(", ")}` : "",
+      Object.keys(cluster.metadata || {}).length ? ` · reported ${Object.entries(cluster.metadata).map(([k, v]) => `${k}=${v}`).join(", ")}` : "",
     ),
   );
 
@@ -99,7 +100,7 @@ export async function clusterView(main, args, signal) {
   );
 
   // recent events of this cluster, then live
-  const recent = (await api(`/api/v1/events?cluster=${encodeURIComponent(name)}&limit=50`, { signal })).items.reverse();
+  const recent = (await api(`/apis/fleetsync.io/v1/fleetsyncevents?cluster=${encodeURIComponent(name)}&limit=50`, { signal })).items.reverse();
   const renderEvents = () =>
     fill(events,
       h("tr", {}, ["Time", "Reason", "Type", "Message"].map((t) => h("th", {}, t))),
@@ -108,7 +109,7 @@ export async function clusterView(main, args, signal) {
   renderEvents();
   let since = recent[0]?.id || 0;
   follow(
-    () => `/api/v1/events?watch=1&cluster=${encodeURIComponent(name)}${since ? `&since=${since}` : ""}`,
+    () => `/apis/fleetsync.io/v1/fleetsyncevents?watch=1&cluster=${encodeURIComponent(name)}${since ? `&since=${since}` : ""}`,
     (e) => {
       since = e.id;
       recent.unshift(e);

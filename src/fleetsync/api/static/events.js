@@ -44,13 +44,13 @@ export async function eventsView(main, _args, signal) {
     const query = new URLSearchParams({ limit: "200" });
     if (cluster.value.trim()) query.set("cluster", cluster.value.trim());
     if (reason.value) query.set("reason", reason.value);
-    events = (await api(`/api/v1/events?${query}`, { signal })).items.reverse();
+    events = (await api(`/apis/fleetsync.io/v1/fleetsyncevents?${query}`, { signal })).items.reverse();
     render();
     let since = events[0]?.id || 0;
     query.delete("limit");
     query.set("watch", "1");
     follow(
-      () => `/api/v1/events?${query}${since ? `&since=${since}` : ""}`,
+      () => `/apis/fleetsync.io/v1/fleetsyncevents?${query}${since ? `&since=${since}` : ""}`,
       (e) => {
         since = e.id;
         events.unshift(e);

@@ -96,7 +96,7 @@ export async function fleetView(main, _args, signal) {
     render();
   }
 
-  const connected = await api("/api/v1/events?reason=Connected&limit=10000", { signal });
+  const connected = await api("/apis/fleetsync.io/v1/fleetsyncevents?reason=Connected&limit=10000", { signal });
   for (const e of connected.items) state.transports[e.cluster] = transportOf(e.message);
   await refresh();
 
@@ -109,7 +109,7 @@ export async function fleetView(main, _args, signal) {
   };
   let since = 0;
   follow(
-    () => `/api/v1/events?watch=1${since ? `&since=${since}` : ""}`,
+    () => `/apis/fleetsync.io/v1/fleetsyncevents?watch=1${since ? `&since=${since}` : ""}`,
     (e) => {
       since = e.id;
       if (e.reason === "Connected") state.transports[e.cluster] = transportOf(e.message);

@@ -1,0 +1,97 @@
+"""The SQLite batch writer process (store/sqlitebatch.py), as the hub runs it: what it
+writes is what the store holds, errors come back as the store's own, and a writer
+process that dies costs its batch (StoreUnavailable, which the hub retries) and nothing else.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import psutil
+import pytest
+
+from fleetsync.store.contract import BundleWrite, LeaseLost, ObjectRecord, StoreUnavailable
+from fleetsync.store.sqlite import SQLiteStore
+
+POD = "v1/Pod"
+
+
+def pod(cluster: str, name: str, version: int) -> ObjectRecord:
+    return ObjectRecord(cluster, POD, "default", name, f"uid-{name}", str(version), 1000 + version, {"app": name}, "", b'{"v": %d}' % version, 0)
+
+
+def bundle(cluster: str, seq: int, *objects: ObjectRecord, epoch: int = 0) -> BundleWrite:
+    return BundleWrite(cluster, POD, "inc", seq, list(objects), move_to=("inc", seq), now=1.0, epoch=epoch)
+
+
+def writer_process(store: SQLiteStore) -> psutil.Process:
+    (child,) = [c for c in psutil.Process().children() if "fleetsync.store.sqlitebatch" in " ".join(c.cmdline())]
+    assert store.batch_writer == "process"
+    return child
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[SQLiteStore]:
+    s = SQLiteStore(tmp_path / "hub.db", batch_writer="process", busy_timeout=0.2)
+    await s.open()
+    try:
+        yield s
+    finally:
+        await s.close()
+
+
+async def test_a_batch_of_many_clusters_is_written_by_the_process_and_read_back(store: SQLiteStore) -> None:
+    rev = await store.apply_batch([bundle(f"c{i}", 1, pod(f"c{i}", "web", 1), pod(f"c{i}", "db", 1)) for i in range(50)])
+    assert rev == 100 and rev.changes == (2,) * 50
+    assert await store.current_rev() == 100
+    held = await store.get_object("c7", POD, "default", "web")
+    assert held is not None and held.body == b'{"v": 1}' and held.labels == {"app": "web"}
+    again = await store.apply_batch([bundle("c7", 2, pod("c7", "web", 1), pod("c7", "db", 2))])  # web unchanged
+    assert again == 101 and again.changes == (1,)
+
+
+async def test_a_fenced_bundle_comes_back_as_lease_lost_naming_it(store: SQLiteStore) -> None:
+    granted = await store.acquire_lease("c1", holder="agent-1", incarnation="i1", hub_id="hub", ttl=30, now=1.0)
+    assert granted.granted
+    stale = granted.lease.epoch + 1  # an epoch this cluster's lease does not have
+    with pytest.raises(LeaseLost) as raised:
+        await store.apply_batch([bundle("c1", 1, pod("c1", "web", 1), epoch=granted.lease.epoch), bundle("c1", 2, pod("c1", "db", 1), epoch=stale)])
+    assert raised.value.fenced == (1,)
+    assert await store.current_rev() == 0  # nothing of the batch was written
+
+
+async def test_a_locked_database_is_store_unavailable_and_the_next_batch_goes_through(store: SQLiteStore, tmp_path: Path) -> None:
+    other = sqlite3.connect(tmp_path / "hub.db", isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")  # another process's write lock, held past --db-busy-timeout
+    try:
+        with pytest.raises(StoreUnavailable, match="locked"):
+            await store.apply_batch([bundle("c1", 1, pod("c1", "web", 1))])
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    assert await store.apply_batch([bundle("c1", 1, pod("c1", "web", 1))]) == 1
+
+
+async def test_a_killed_writer_process_fails_its_batch_as_unavailable_and_a_new_one_takes_the_next(store: SQLiteStore) -> None:
+    assert await store.apply_batch([bundle("c1", 1, pod("c1", "web", 1))]) == 1
+    first = writer_process(store)
+    os.kill(first.pid, signal.SIGKILL)
+    first.wait(timeout=10)
+    with pytest.raises(StoreUnavailable, match="batch writer process exited"):
+        await store.apply_batch([bundle("c1", 2, pod("c1", "web", 2))])
+    assert writer_process(store).pid != first.pid
+    assert await store.apply_batch([bundle("c1", 2, pod("c1", "web", 2))]) == 2
+    held = await store.get_object("c1", POD, "default", "web")
+    assert held is not None and held.body == b'{"v": 2}'
+
+
+async def test_the_writer_process_ends_with_the_store(tmp_path: Path) -> None:
+    s = SQLiteStore(tmp_path / "hub.db", batch_writer="process")
+    await s.open()
+    child = writer_process(s)
+    await s.close()  # waits for the process (it exits when its stdin closes)
+    assert not child.is_running()
