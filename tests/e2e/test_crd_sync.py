@@ -20,6 +20,7 @@ from tests.harness import (
     Sim,
     check,
     create_token,
+    fleetsync,
     http,
     hub_kubectl,
     hub_stream,
@@ -113,6 +114,9 @@ def test_a_crd_created_in_a_running_cluster_is_synced_listed_watched_and_removed
             assert "big" in fleet and "small" in fleet, fleet
             assert sorted(_hub_get(cluster, "toys", "-A", "-o", "name").split()) == ["widget.example.com/big", "widget.example.com/small"]
             assert check(sim, hub, "c1", types="example.com/v1/Widget").returncode == 0
+            by_cli = fleetsync("get", "widgets", "-A", "--hub", hub.url)  # a type the CLI was not built with: from the hub's discovery
+            assert by_cli.returncode == 0, by_cli.stderr
+            assert sorted(line.split()[2] for line in by_cli.stdout.splitlines()[1:]) == ["big", "small"], by_cli.stdout
 
             # the Python informer mirrors a type nobody here knew, as it mirrors Pods
             assert asyncio.run(_informed(hub.url, "/apis/example.com/v1/widgets")) == {"big", "small"}

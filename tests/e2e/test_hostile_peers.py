@@ -72,8 +72,10 @@ def test_a_flood_of_wrong_token_hellos_leaves_bounded_events_log_and_database(tm
 
         asyncio.run(flood())
         refused = [a for a in answers if a is not None and a.WhichOneof("message") == "reject"]
-        # (a few writes of a big Hello may fail in the client's gRPC core as the hub ends the stream)
-        assert len(refused) >= 40 and len(refused) >= 0.95 * len(answers), (len(refused), len(answers))
+        # Nothing but refusals; a few writes of a big Hello fail in the client's gRPC core as the
+        # hub ends the stream (no answer read: 9 of 174 in one loaded run), the rest read the Reject.
+        assert all(a is None or a.WhichOneof("message") == "reject" for a in answers), [a for a in answers if a is not None][:3]
+        assert len(refused) >= 40 and len(refused) >= 0.8 * len(answers), (len(refused), len(answers))
         reasons = {pb.RejectReason.Name(a.reject.reason) for a in refused}
         assert reasons == {"UNAUTHENTICATED", "PROTOCOL"}, reasons
         assert any("is not a valid cluster name" in a.reject.message and len(a.reject.message) < 400 for a in refused)

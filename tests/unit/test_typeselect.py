@@ -24,6 +24,16 @@ def test_all_is_every_served_type_but_secrets_minus_the_excluded() -> None:
     assert t.DEPLOYMENT not in TypeSelection.parse("all", "deployments.apps").choose(SERVED)
 
 
+def test_resource_name_wildcards_exclude_by_plural_in_any_group_or_in_the_one_named() -> None:
+    anywhere = TypeSelection.parse("all", "*services").choose(SERVED)
+    assert t.SERVICE not in anywhere and t.VIRTUAL_SERVICE not in anywhere, "every group's plurals that match"
+    assert t.POD in anywhere and WIDGET in anywhere
+    in_group = TypeSelection.parse("all", "virtual*.networking.istio.io,WID*.example.com").choose(SERVED)
+    assert t.VIRTUAL_SERVICE not in in_group and WIDGET not in in_group
+    assert t.SERVICE in in_group, "a name wildcard with a group leaves other groups alone"
+    assert WIDGET in TypeSelection.parse("all", "wid*.other.example.com").choose(SERVED)
+
+
 def test_named_types_resolve_against_what_the_cluster_serves() -> None:
     assert TypeSelection.parse("wd,secrets,pods").choose(SERVED) == [WIDGET, SECRET, t.POD], "a Secret named is synced"
     with pytest.raises(UnknownResourceType):
@@ -31,7 +41,8 @@ def test_named_types_resolve_against_what_the_cluster_serves() -> None:
 
 
 @pytest.mark.parametrize(
-    ("types", "exclude", "problem"), [("", "", "no type named"), ("all,pods", "", "all is every type"), ("all", "*istio*", "a wildcard is")]
+    ("types", "exclude", "problem"),
+    [("", "", "no type named"), ("all,pods", "", "all is every type"), ("all", "virtual*.*.istio.io", "a wildcard is"), ("all", "*", "a wildcard is")],
 )
 def test_bad_flags_are_refused_naming_the_problem(types: str, exclude: str, problem: str) -> None:
     with pytest.raises(ValueError, match=problem):

@@ -130,7 +130,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         p,
         "--exclude-types",
         default="",
-        help="comma-separated types never synced: names (events, deployments.apps) or group wildcards (*.istio.io, events.k8s.io/*, core/*)",
+        help="comma-separated types never synced: names (events, deployments.apps), group wildcards (*.istio.io, events.k8s.io/*, core/*) or resource-name wildcards (*bindings in any group, virtual*.networking.istio.io in one)",
     )
     add_flag(
         p,

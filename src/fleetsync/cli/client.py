@@ -315,19 +315,29 @@ async def _pages(session: aiohttp.ClientSession, url: str, query: dict[str, str]
             return pages
 
 
+async def _resolve_type(session: aiohttp.ClientSession, args: argparse.Namespace) -> ResourceType:
+    """The type ``args.type`` names: one the hub is built with, or else one its discovery
+    serves (a CRD an agent reported), so ``fleetsync get widgets`` works as kubectl does."""
+    try:
+        return TypeRegistry(HUB_TYPES).resolve(args.type)
+    except UnknownResourceType:
+        pass
+    try:
+        return (await hub_types(session, args.hub, token=args.token)).resolve(args.type)
+    except UnknownResourceType as exc:
+        raise UsageError(f"{exc} (the hub's discovery lists no such type)") from None
+
+
 async def _get(args: argparse.Namespace) -> int:
     """List through the hub's fleet-wide path (or one cluster's with ``--cluster``), page by page."""
-    try:
-        rtype = TypeRegistry(HUB_TYPES).resolve(args.type)
-    except UnknownResourceType as exc:
-        raise UsageError(str(exc)) from None
     if args.chunk_size < 1:
         raise UsageError(f"--chunk-size must be at least 1, not {args.chunk_size}")
     query = {"labelSelector": args.selector} if args.selector else {}
-    base = f"{args.hub}/clusters/{urllib.parse.quote(args.cluster, safe='')}" if args.cluster else args.hub
-    url = base + rtype.collection_path(args.namespace)
     tables = args.output not in ("json", "yaml", "name")
     async with hub_session(args) as session:
+        rtype = await _resolve_type(session, args)
+        base = f"{args.hub}/clusters/{urllib.parse.quote(args.cluster, safe='')}" if args.cluster else args.hub
+        url = base + rtype.collection_path(args.namespace)
         pages = await _pages(session, url, query, chunk=args.chunk_size, token=args.token, accept=TABLE_ACCEPT if tables else "application/json")
     if not tables:
         items = [item for page in pages for item in page["items"]]

@@ -131,6 +131,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     )
     add_flag(
         p,
+        "--events-keep",
+        type=positive_int,
+        default=10_000,
+        help="events the store keeps fleet-wide (what `fleetsync events` and the dashboard read back); the oldest go first",
+    )
+    add_flag(
+        p,
         "--gate-history-keep",
         type=positive_int,
         default=10_000,
@@ -225,6 +232,13 @@ def _limit_flags(p: argparse.ArgumentParser) -> None:
     add_flag(p, "--auth-failure-delay", type=non_negative_float, default=1.0, help="seconds a refusal beyond a peer's rate waits before it is sent")
     add_flag(
         p,
+        "--auth-failure-peers",
+        type=positive_int,
+        default=10_000,
+        help="peer addresses whose refused-Hello rate is remembered; the least recently seen are forgotten first (and start again with a full burst)",
+    )
+    add_flag(
+        p,
         "--rejected-events",
         type=non_negative_int,
         default=20,
@@ -289,6 +303,7 @@ def limits_from(args: argparse.Namespace) -> ProtocolLimits:
         auth_failures_per_minute=args.auth_failures_per_minute,
         auth_failure_burst=args.auth_failure_burst,
         auth_failure_delay=args.auth_failure_delay,
+        auth_failure_peers=args.auth_failure_peers,
         rejected_events=args.rejected_events,
         rejected_events_window=args.rejected_events_window,
         max_event_bytes=args.max_event_bytes,
@@ -365,6 +380,7 @@ async def serve(args: argparse.Namespace) -> None:
         store = open_store(
             args.db,
             change_log_keep=args.change_log_keep,
+            events_keep=args.events_keep,
             gate_history_keep=args.gate_history_keep,
             busy_timeout=args.db_busy_timeout,
             timeout=args.db_timeout,

@@ -8,7 +8,7 @@ connect. Each refusal used to be a ``Rejected`` event and a log line: 8 clients 
   ``auth_failure_burst`` refusals, refilled at ``auth_failures_per_minute``. A refusal
   beyond it is still answered ``UNAUTHENTICATED``, after ``auth_failure_delay`` seconds,
   and recorded nowhere but a counter (``fleetsync_hello_throttled_total``). The buckets
-  of at most :data:`MAX_PEERS` peers are kept (the least recently seen go first).
+  of at most ``auth_failure_peers`` peers are kept (the least recently seen go first).
 - **fleet-wide**: at most ``rejected_events`` refusals per ``rejected_events_window``
   become events; the others (the throttled ones included) are counted, and once the window is over one event sums
   them up ("and 6,800 more refused Hellos from 8 peers"). The kept-events window can
@@ -26,8 +26,6 @@ from dataclasses import dataclass
 
 from fleetsync.hub.limits import ProtocolLimits
 
-#: Peers whose buckets are remembered; a forgotten peer starts again with a full bucket.
-MAX_PEERS = 10_000
 #: Distinct peers counted for a summary (beyond it, "at least N peers").
 MAX_SUMMARY_PEERS = 10_000
 #: What :meth:`HelloGuard.refused` says to do with a refusal.
@@ -82,7 +80,7 @@ class HelloGuard:
         bucket.tokens = min(float(limits.auth_failure_burst), bucket.tokens + (now - bucket.at) * limits.auth_failures_per_minute / 60.0)
         bucket.at = now
         self._buckets[host] = bucket  # most recently seen last
-        while len(self._buckets) > MAX_PEERS:
+        while len(self._buckets) > limits.auth_failure_peers:
             self._buckets.popitem(last=False)
         if bucket.tokens >= 1.0:
             bucket.tokens -= 1.0

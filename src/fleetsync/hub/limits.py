@@ -34,6 +34,9 @@ class ProtocolLimits:
     auth_failures_per_minute: float = 6.0
     auth_failure_burst: int = 5
     auth_failure_delay: float = 1.0
+    #: Peer addresses whose rate is remembered (the least recently seen are forgotten first
+    #: and start again with a full burst): what the per-peer rate may cost in memory.
+    auth_failure_peers: int = 10_000
     #: ``Rejected`` events for refused Hellos, fleet-wide, at most this many per
     #: ``rejected_events_window`` seconds; the rest are summarised in one event per window.
     rejected_events: int = 20

@@ -2,9 +2,11 @@
 
 ``--types all`` is every type the cluster's discovery lists that can be listed and watched;
 ``--types`` may also name types (``pods``, ``deployments.apps``, ``example.com/v1/Widget``).
-``--exclude-types`` takes resource names (``events``, ``deployments.apps``), wire names, and
+``--exclude-types`` takes resource names (``events``, ``deployments.apps``), wire names,
 group wildcards: ``*.istio.io`` (every group ending so), ``events.k8s.io/*`` (one whole
-group; ``core/*`` for the core group). Secrets are never chosen by ``all`` or a wildcard:
+group; ``core/*`` for the core group), and resource-name wildcards: ``*bindings`` (every
+resource whose plural matches, in any group), ``virtual*.networking.istio.io`` (in that
+group). Secrets are never chosen by ``all`` or a wildcard:
 only when ``--types`` names them, as their content is the cluster's credentials.
 """
 
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from fnmatch import fnmatchcase
 
 from fleetsync.model.types import ResourceType, TypeRegistry, UnknownResourceType
 
@@ -22,15 +25,28 @@ def is_secret(rtype: ResourceType) -> bool:
 
 def _pattern_problem(pattern: str) -> str:
     if not pattern or any(c.isspace() for c in pattern) or len(pattern) > 253:
-        return f"{pattern!r} is not a type name or group wildcard"
-    if "*" in pattern and not (pattern.startswith("*.") and "*" not in pattern[1:]) and not (pattern.endswith("/*") and "*" not in pattern[:-2]):
-        return f"{pattern!r}: a wildcard is *.GROUP-SUFFIX or GROUP/*"
+        return f"{pattern!r} is not a type name or wildcard"
+    if "*" not in pattern or _group_suffix(pattern) or _whole_group(pattern):
+        return ""
+    name, _, group = pattern.partition(".")
+    if "*" in group or "/" in pattern or name.strip("*") == "" and not group:
+        return f"{pattern!r}: a wildcard is *.GROUP-SUFFIX, GROUP/* or NAME-PATTERN[.GROUP] (e.g. *bindings, virtual*.networking.istio.io)"
     return ""
+
+
+def _group_suffix(pattern: str) -> bool:
+    """``*.istio.io``: every group ending so."""
+    return pattern.startswith("*.") and "*" not in pattern[1:]
+
+
+def _whole_group(pattern: str) -> bool:
+    """``events.k8s.io/*``: one group."""
+    return pattern.endswith("/*") and "*" not in pattern[:-2]
 
 
 @dataclass(frozen=True, slots=True)
 class TypeSelection:
-    """``--types`` (``all`` or names) and ``--exclude-types`` (names and group wildcards)."""
+    """``--types`` (``all`` or names) and ``--exclude-types`` (names and wildcards)."""
 
     all: bool
     names: tuple[str, ...]
@@ -54,11 +70,15 @@ class TypeSelection:
         """Whether an --exclude-types entry matches ``rtype``."""
         group = rtype.group or "core"
         for pattern in self.exclude:
-            if pattern.startswith("*."):
+            if _group_suffix(pattern):
                 if rtype.group == pattern[2:] or rtype.group.endswith(pattern[1:]):
                     return True
-            elif pattern.endswith("/*"):
+            elif _whole_group(pattern):
                 if pattern[:-2] == group:
+                    return True
+            elif "*" in pattern:
+                name, _, in_group = pattern.partition(".")
+                if (not in_group or in_group == rtype.group) and fnmatchcase(rtype.plural, name.lower()):
                     return True
             elif _names(rtype, pattern):
                 return True
