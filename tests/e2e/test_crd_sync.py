@@ -164,3 +164,32 @@ def json_get(hub: Hub, path: str) -> Any:
     status, body = http("GET", f"{hub.url}{path}")
     assert status == 200, body
     return body
+
+
+def test_secrets_are_synced_only_when_named_and_their_data_only_with_the_flag(tmp_path: Path) -> None:
+    with run_sim(tmp_path, "--clusters", "3", "--pods", "2", "--no-istio") as sim:
+        manifest = tmp_path / "secret.yaml"
+        manifest.write_text("apiVersion: v1\nkind: Secret\nmetadata:\n  name: db\n  namespace: default\ndata:\n  password: aHVudGVyMg==\n")
+        for cluster in ("c1", "c2", "c3"):
+            sim.kubectl(cluster, "apply", "-f", str(manifest))
+        db = f"sqlite:///{tmp_path / 'hub.db'}"
+        hub = start_hub(tmp_path, db, tls=True)
+        flags = {"c1": ("--types", "all"), "c2": ("--types", "pods,secrets"), "c3": ("--types", "pods,secrets", "--sync-secret-data")}
+        agents = [start_agent(tmp_path, sim, c, hub.agent_url, create_token(tmp_path, db, c), *flags[c]) for c in flags]
+        try:
+            wait_converged(sim, hub, "c1", types="v1/Pod", timeout=60, what="c1 to sync its pods")
+            synced = wait_until(lambda: _secret(hub, "c2") and _secret(hub, "c3"), timeout=60, what="the named Secrets on the hub")
+            assert synced
+            assert "data" not in _secret(hub, "c2"), "a Secret named is synced without its values"
+            assert _secret(hub, "c3")["data"] == {"password": "aHVudGVyMg=="}, "with --sync-secret-data, with them"
+            assert http("GET", f"{hub.url}/clusters/c1/api/v1/namespaces/default/secrets/db")[0] == 404, "all is every type but Secrets"
+        finally:
+            for agent in agents:
+                agent.stop()
+            hub.proc.stop()
+
+
+def _secret(hub: Hub, cluster: str) -> dict[str, Any]:
+    """The hub's copy of ``cluster``'s Secret default/db ({} if it has none)."""
+    status, body = http("GET", f"{hub.url}/clusters/{cluster}/api/v1/namespaces/default/secrets/db")
+    return body if status == 200 and isinstance(body, dict) else {}

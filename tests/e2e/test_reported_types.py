@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import subprocess
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from fleetsync.model.types import PrinterColumn, ResourceType
 from fleetsync.protocol import codec
@@ -20,7 +22,18 @@ from fleetsync.protocol import fleetsync_pb2 as pb
 from fleetsync.protocol.typeinfo import to_pb
 from fleetsync.transport.base import ClientTls, HubAddress
 from fleetsync.transport.grpc import GrpcAgentConnection
-from tests.harness import PKI, Hub, create_token, http, hub_kubectl, start_hub, stop_process, wait_until
+from tests.harness import PKI, SPAWNED, Hub, create_token, http, hub_kubectl, start_hub, stop_process, wait_until
+
+
+@pytest.fixture(autouse=True)
+def _stop_the_hubs() -> Iterator[None]:
+    """Each test here starts its own hub (one twice, across a restart): stopped whatever the
+    test's outcome, not left running after the suite."""
+    yield
+    for proc in SPAWNED:
+        if proc.alive():
+            proc.stop()
+
 
 WIDGET = ResourceType(
     "example.com",

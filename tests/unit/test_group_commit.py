@@ -319,7 +319,29 @@ async def test_sessions_waiting_for_the_budget_are_let_in_one_message_at_a_time(
         await asyncio.wait_for(asyncio.gather(*(session(i) for i in inboxes)), timeout=60)
     finally:
         drain.cancel()
-    assert peak <= 1_000_000 + 10 * 100_000, peak  # within the budget, plus the sessions let in while it was under half full
+    assert peak <= 1_000_000 + 100_000, peak  # within the budget (and a message: each is a little over its reservation)
+
+
+async def test_a_fleet_starting_at_once_is_let_in_a_budget_at_a_time_and_quiet_sessions_reserve_what_they_send() -> None:
+    # 200 sessions start together, the budget empty: each may read only with a reservation of
+    # the largest message (it has sent nothing yet), so 10 of them read at once, not 200.
+    budget = InboxBudget(1_000_000, reservation=100_000, reservation_seconds=10)
+    inboxes = [Inbox(budget=budget) for _ in range(200)]
+    waiting = [asyncio.create_task(inbox.room()) for inbox in inboxes]
+    await asyncio.sleep(0)
+    assert sum(task.done() for task in waiting) == 10
+    for task in waiting:
+        task.cancel()
+    await asyncio.gather(*waiting, return_exceptions=True)
+    # a session whose last message was a small DELTA reserves that much for its next read
+    quiet = InboxBudget(1_000_000, reservation=100_000, reservation_seconds=10)
+    sessions = [Inbox(budget=quiet) for _ in range(200)]
+    for inbox in sessions:
+        inbox.put(pod_bundle(1, 1_000))
+        await inbox.get()
+        inbox.done()
+    await asyncio.wait_for(asyncio.gather(*(inbox.room() for inbox in sessions)), timeout=5)
+    assert quiet.held < 200 * 2_000, "200 quiet sessions reading hold reservations of their small messages, not 200 x 100 KB"
 
 
 def pod_bundle(seq: int, size: int) -> pb.Bundle:

@@ -106,18 +106,19 @@ class InboxBudget:
 
     A session waits in :meth:`room` before its transport reads the agent's next message. Were
     that only a check of the bytes held, the moment the budget had room again every waiting
-    session would pass at once and read one message each: a thousand agents in their initial
-    sync would put a thousand FULL chunks (half a gigabyte) over the budget. So once the
-    budget is half full, a session passes only with a *reservation* of one message's bytes
-    (``reservation``, the largest message an agent may send), counted as held until its next
-    message is queued or ``reservation_seconds`` pass (it had nothing to send); the waiting
-    sessions are let in one by one, as the reservations fit. What the inboxes hold together
-    stays within the budget, plus at most one message per session that was let in before the
-    budget was half full.
+    session would pass at once and read one message each: a thousand agents starting their
+    initial sync would put a thousand FULL chunks (half a gigabyte) over the budget, and the
+    hub's peak memory would follow the fleet's size. So a session passes only with a
+    *reservation* for the message it is about to read, counted as held until that message is
+    queued (its next :meth:`room`) or ``reservation_seconds`` pass (it had nothing to send). A
+    reservation is as large as the session's previous message (``size``; the largest an agent
+    may send, ``reservation``, for its first), so a session sending FULL chunks reserves a
+    chunk and one sending single-object DELTAs a few kilobytes: a thousand quiet agents do not
+    fill the budget with reservations, and a thousand starting a FULL at once are let in a
+    budget's worth at a time. The waiting sessions are let in first come first served, as
+    their reservations fit. What the inboxes hold together stays within the budget, except for
+    a message larger than its session's reservation or arriving after it lapsed.
     """
-
-    #: Below this share of the budget sessions read on without reservations.
-    PRESSURE = 0.5
 
     def __init__(
         self, max_bytes: int, *, reservation: int = 512 * 1024, reservation_seconds: float = 0.05, clock: Callable[[], float] = time.monotonic
@@ -129,21 +130,23 @@ class InboxBudget:
         self.reservation_seconds = reservation_seconds
         self.clock = clock
         self.bytes = 0
-        #: id of the holder -> until when its reservation counts, in that order (every reservation
-        #: lasts ``reservation_seconds`` from when it is taken, and a new one goes to the end), so
-        #: the lapsed ones are found at the front: :attr:`held` is O(1) per call, not O(sessions).
-        self._reserved: OrderedDict[int, float] = OrderedDict()
-        #: Sessions waiting to read, first come first served (a future each, set when let in).
-        self._waiters: deque[tuple[int, asyncio.Future[None]]] = deque()
+        #: id of the holder -> (until when its reservation counts, its bytes), in that order (every
+        #: reservation lasts ``reservation_seconds`` from when it is taken, and a new one goes to
+        #: the end), so the lapsed ones are found at the front: :attr:`held` is O(1) per call.
+        self._reserved: OrderedDict[int, tuple[float, int]] = OrderedDict()
+        self._reserved_bytes = 0
+        #: Sessions waiting to read, first come first served: (holder, bytes to reserve, a future set when let in).
+        self._waiters: deque[tuple[int, int, asyncio.Future[None]]] = deque()
         self._timer: asyncio.TimerHandle | None = None
 
     @property
     def held(self) -> int:
         """Bytes queued plus reservations in force."""
         now, reserved = self.clock(), self._reserved
-        while reserved and next(iter(reserved.values())) <= now:
-            reserved.popitem(last=False)
-        return self.bytes + len(reserved) * self.reservation
+        while reserved and next(iter(reserved.values()))[0] <= now:
+            _, (_, size) = reserved.popitem(last=False)
+            self._reserved_bytes -= size
+        return self.bytes + self._reserved_bytes
 
     def take(self, size: int) -> None:
         self.bytes += size
@@ -154,48 +157,48 @@ class InboxBudget:
 
     def release(self, holder: object) -> None:
         """``holder``'s reservation, if any, is used (its message is queued) or no longer needed."""
-        if self._reserved.pop(id(holder), None) is not None:
+        if (reserved := self._reserved.pop(id(holder), None)) is not None:
+            self._reserved_bytes -= reserved[1]
             self._admit()
 
-    def _let_in(self, holder: int, *, queued: bool = False) -> bool:
-        """Whether ``holder`` may read now, taking a reservation when the budget is under pressure
-        or it was queued (sessions let in from the queue together have not read yet: without a
-        reservation each, they would all fit in the same room)."""
+    def _let_in(self, holder: int, size: int) -> bool:
+        """Whether ``holder`` may read now, taking a reservation of ``size`` bytes: when it fits,
+        or when nothing at all is held (a message larger than the budget still gets read)."""
         held = self.held
-        if not queued and held < self.max_bytes * self.PRESSURE:
-            return True
-        if held + self.reservation <= self.max_bytes or held == 0:
-            self._reserved[holder] = self.clock() + self.reservation_seconds
-            self._reserved.move_to_end(holder)
-            return True
-        return False
+        if held + size > self.max_bytes and held > 0:
+            return False
+        self._reserved[holder] = (self.clock() + self.reservation_seconds, size)
+        self._reserved_bytes += size
+        return True
 
     def _admit(self) -> None:
         """Let waiting sessions in, in order, while they fit; O(1) when the first does not."""
         while self._waiters:
-            holder, waiter = self._waiters[0]
+            holder, size, waiter = self._waiters[0]
             if waiter.done():  # its session ended meanwhile
                 self._waiters.popleft()
                 continue
-            if not self._let_in(holder, queued=True):
+            if not self._let_in(holder, size):
                 break
             self._waiters.popleft()
             waiter.set_result(None)
         if self._waiters and self._reserved and self._timer is None:  # a lapsing reservation frees room
-            when = next(iter(self._reserved.values())) - self.clock()  # the first to lapse
+            when = next(iter(self._reserved.values()))[0] - self.clock()  # the first to lapse
             self._timer = asyncio.get_running_loop().call_later(max(0.0, when), self._on_timer)
 
     def _on_timer(self) -> None:
         self._timer = None
         self._admit()
 
-    async def room(self, holder: object) -> None:
-        """Wait until ``holder`` may read its next message (see the class docstring)."""
+    async def room(self, holder: object, size: int | None = None) -> None:
+        """Wait until ``holder`` may read its next message, expected to be ``size`` bytes (at
+        most :attr:`reservation`; the largest, if not given; see the class docstring)."""
         self.release(holder)
-        if not self._waiters and self._let_in(id(holder)):
+        size = self.reservation if size is None else max(1, min(size, self.reservation))
+        if not self._waiters and self._let_in(id(holder), size):
             return
         waiter = asyncio.get_running_loop().create_future()
-        self._waiters.append((id(holder), waiter))
+        self._waiters.append((id(holder), size, waiter))
         self._admit()
         try:
             await waiter
@@ -227,6 +230,8 @@ class Inbox:
         self.in_hand = 0
         #: The transport waits in :meth:`room` before it reads the agent's next message.
         self.waiting = False
+        #: The size of the message put last: what the next is expected to be (None before the first).
+        self.last_size: int | None = None
         self._queue: deque[tuple[Item, int]] = deque()
         self._assembling: dict[str, tuple[QueuedDigest, int]] = {}  # type -> (digest so far, next chunk)
         self._nonempty = asyncio.Event()  # one consumer (the engine) waits on it
@@ -240,7 +245,7 @@ class Inbox:
 
     def put(self, message: pb.Bundle | pb.Digest) -> None:
         """Queue ``message`` (conflating where it can). Raises CodecError for a digest chunk that cannot be read."""
-        size = message.ByteSize()
+        size = self.last_size = message.ByteSize()
         if isinstance(message, pb.Digest):
             self._put_digest(message, size)
         elif problem := self._bodies_problem(message):
@@ -402,6 +407,6 @@ class Inbox:
             while self.bytes >= self.max_bytes:
                 self._room.clear()
                 await self._room.wait()
-            await self.budget.room(self)
+            await self.budget.room(self, self.last_size)
         finally:
             self.waiting = False

@@ -110,6 +110,9 @@ POD = _core(
     ),
 )
 CONFIG_MAP = _core("ConfigMap", "configmaps", short_names=("cm",))
+#: Served by every cluster, synced by no default: only when ``--types`` names it (its data
+#: only with ``--sync-secret-data``), as a Secret's content is the cluster's credentials.
+SECRET = _core("Secret", "secrets")
 ENDPOINT_SLICE = ResourceType("discovery.k8s.io", "v1", "EndpointSlice", "endpointslices", True)
 DEPLOYMENT = ResourceType("apps", "v1", "Deployment", "deployments", True, short_names=("deploy",), categories=("all",), has_status=True, scalable=True)
 REPLICA_SET = ResourceType("apps", "v1", "ReplicaSet", "replicasets", True, short_names=("rs",), categories=("all",), has_status=True, scalable=True)

@@ -16,11 +16,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 
-from fleetsync.model.types import ResourceType, TypeRegistry, UnknownResourceType
+from fleetsync.model.types import SECRET, ResourceType, TypeRegistry, UnknownResourceType
 
 
 def is_secret(rtype: ResourceType) -> bool:
-    return rtype.group == "" and rtype.kind == "Secret"
+    return rtype.group == SECRET.group and rtype.kind == SECRET.kind
 
 
 def _pattern_problem(pattern: str) -> str:
@@ -29,7 +29,7 @@ def _pattern_problem(pattern: str) -> str:
     if "*" not in pattern or _group_suffix(pattern) or _whole_group(pattern):
         return ""
     name, _, group = pattern.partition(".")
-    if "*" in group or "/" in pattern or name.strip("*") == "" and not group:
+    if "*" in group or "/" in pattern or (name.strip("*") == "" and not group):
         return f"{pattern!r}: a wildcard is *.GROUP-SUFFIX, GROUP/* or NAME-PATTERN[.GROUP] (e.g. *bindings, virtual*.networking.istio.io)"
     return ""
 

@@ -55,8 +55,9 @@ class SimFleet:
         for i in range(1, config.clusters + 1):
             name = f"{config.name_prefix}{i}"
             # Without Istio its CRDs are not installed: the Istio APIs answer 404, as on a real cluster.
-            # Service accounts and RBAC are served (empty: only the admin token exists until some are created).
-            served = (*(t.ALL_TYPES if config.istio else t.KUBERNETES_TYPES), *RBAC_TYPES)
+            # Service accounts and RBAC are served (empty: only the admin token exists until some are
+            # created), and Secrets (empty until some are created: no default type of the agent's).
+            served = (*(t.ALL_TYPES if config.istio else t.KUBERNETES_TYPES), *RBAC_TYPES, t.SECRET)
             state = ClusterState(name, types=served, history_limit=config.history, seed=config.seed)
             region = REGIONS[(i - 1) % len(REGIONS)]
             builder = ClusterBuilder(state, seed=config.seed, region=region)

@@ -279,6 +279,7 @@ class BrokerSessions:
                 return
             finally:
                 await _ack(done)
+            del payload, done  # not held while the next one is awaited (a FULL chunk per quiet agent)
 
     async def _handle(self, connection: _Connection, payload: bytes) -> None:
         session = connection.session
