@@ -28,7 +28,7 @@ SUITE=${DEBIAN_SUITE:-bookworm}
 MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
 PACKAGES=python3,ca-certificates
 # What the image installs: a hub and an agent with every store and transport.
-EXTRAS=hub,agent,postgres,mqtt,nats
+EXTRAS=${EXTRAS:-hub,agent,postgres,mqtt,nats}
 BUILDAH=(buildah --storage-driver vfs)
 
 say() { echo "image: $*" >&2; }
