@@ -137,6 +137,9 @@ def test_an_agent_away_during_changes_reconciles_when_it_returns(fleet: Fleet) -
         fleet.start(cluster)
     assert http("PUT", f"{hub.url}/1.0/feature-gates/feature.old", {"enabled": True})[0] == 200
     wait_until(lambda: fleet.everywhere("feature.old", True), timeout=20, what="feature.old everywhere")
+    # c3 has joined once the hub has heard that it applied the fleet's gates: killed before
+    # that, it joins again on its return (the fleet's gates win; docs/gates.md says so)
+    wait_until(lambda: _gates_applied(hub, "c3"), timeout=20, what="the hub to hear that c3 applied the fleet's gates")
     fleet.agents["c3"].stop(signal.SIGKILL)  # a crash: the hub changes meanwhile, and so does c3's local config
     assert http("DELETE", f"{hub.url}/1.0/feature-gates/feature.old")[0] == 200
     assert http("PUT", f"{hub.url}/1.0/feature-gates/feature.new", {"enabled": True})[0] == 200
@@ -246,3 +249,9 @@ def test_a_partition_with_the_agent_running_heals_gates_both_ways_and_the_works_
             wait_until(lambda: not any(o["metadata"]["name"] == "partitioned" for o in quiet_sim.truth("c1", "v1/ConfigMap")), timeout=20)
         finally:
             fleet.stop()
+
+
+def _gates_applied(hub: Hub, cluster: str) -> bool:
+    """Whether the hub has heard from ``cluster``'s agent which gate snapshot it applied."""
+    status, clusters = http("GET", f"{hub.url}/api/v1/clusters")
+    return status == 200 and any(c["name"] == cluster and c["gates"]["applied"] for c in clusters["items"])

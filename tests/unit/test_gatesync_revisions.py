@@ -59,16 +59,3 @@ async def test_a_new_cluster_joins_and_a_bootstrap_pushes_its_gates(tmp_path: Pa
     boot = GateSync(FileTarget(booting), bootstrap=True)
     assert await boot.apply_snapshot(snapshot(4, {"feature.x": True}, join=True)) == {}
     assert {c.key: (c.value, c.base_revision) for c in boot.outgoing()} == {"feature.x": ("false", 4), "feature.own": ("true", 4)}
-
-
-async def test_an_agent_that_joined_and_stopped_before_the_hub_heard_so_sends_its_later_changes(tmp_path: Path) -> None:
-    path = tmp_path / "gates.json"
-    first_run = GateSync(FileTarget(path))
-    assert await first_run.apply_snapshot(snapshot(1, {"feature.old": True}, join=True)) == {"feature.old": True}
-    # killed before its Status(gates_revision) reached the hub; a local change while it is down
-    write(path, {"feature.old": True, "feature.offline": True})
-    again = GateSync(FileTarget(path))
-    written = await again.apply_snapshot(snapshot(3, {"feature.new": True, "feature.old": None}, join=True))  # the hub still says join
-    assert written == {"feature.new": True, "feature.old": None}, "the fleet's gates are applied, the unset too"
-    assert {c.key: (c.value, c.base_revision) for c in again.outgoing()} == {"feature.offline": ("true", 3)}, "its own later change goes up"
-    assert again.revision_news() == 3, "and the hub hears that it joined"

@@ -32,6 +32,8 @@ def test_resource_name_wildcards_exclude_by_plural_in_any_group_or_in_the_one_na
     assert t.VIRTUAL_SERVICE not in in_group and WIDGET not in in_group
     assert t.SERVICE in in_group, "a name wildcard with a group leaves other groups alone"
     assert WIDGET in TypeSelection.parse("all", "wid*.other.example.com").choose(SERVED)
+    core = TypeSelection.parse("all", "service*.core").choose(SERVED)
+    assert t.SERVICE not in core and t.SERVICE_ENTRY in core, "the core group by its name, as in core/*"
 
 
 def test_named_types_resolve_against_what_the_cluster_serves() -> None:
@@ -42,7 +44,13 @@ def test_named_types_resolve_against_what_the_cluster_serves() -> None:
 
 @pytest.mark.parametrize(
     ("types", "exclude", "problem"),
-    [("", "", "no type named"), ("all,pods", "", "all is every type"), ("all", "virtual*.*.istio.io", "a wildcard is"), ("all", "*", "a wildcard is")],
+    [
+        ("", "", "no type named"),
+        ("all,pods", "", "all is every type"),
+        ("all", "virtual*.*.istio.io", "a wildcard is"),
+        ("all", "*", "a wildcard is"),
+        ("all", "pod*.", "a wildcard is"),
+    ],
 )
 def test_bad_flags_are_refused_naming_the_problem(types: str, exclude: str, problem: str) -> None:
     with pytest.raises(ValueError, match=problem):

@@ -18,8 +18,7 @@ Then:
   echo is suppressed by construction, not by timing. A local change not scanned yet when a
   snapshot comes is recorded first, not overwritten;
 - **join phase** (seed 004): a cluster new to the fleet (the hub's first snapshot says
-  ``join``: it never applied the fleet's gates, and the agent's agreed state is empty, so
-  no earlier run of it joined either) in a ``local`` deployment, or an agent
+  ``join``: it never applied the fleet's gates) in a ``local`` deployment, or an agent
   started with ``join``, pushes
   nothing until that snapshot is applied, and the fleet's gates overwrite its local ones (a
   joining cluster takes the fleet's gates, it does not impose its own); what it holds that
@@ -182,15 +181,9 @@ class GateSync:
             log.info("deployment type %s: %s", mode, "gates sync both ways" if mode == "local" else "local gate changes go up, the hub's are not written here")
             self.mode = mode
         if first and doc.get("join") and mode == "local" and not self.bootstrap and not self.joining:
-            if await self._load():
-                # It joined in an earlier run (it agreed on gates with the hub) and stopped before
-                # the hub heard so: joining again would take its later local changes as agreed
-                # and never send them. They go up now, and the hub hears of the join.
-                log.info("the hub has not heard that this cluster joined the fleet in an earlier run: its local changes since then go to the hub")
-            else:
-                # (seed 004: join nodes do not push in local deployments; in maas each cluster's own changes go up)
-                log.info("this cluster is new to the fleet: joining (the fleet's gates overwrite the local ones; start with --bootstrap to push them instead)")
-                self.joining = True
+            # (seed 004: join nodes do not push in local deployments; in maas each cluster's own changes go up)
+            log.info("this cluster is new to the fleet: joining (the fleet's gates overwrite the local ones; start with --bootstrap to push them instead)")
+            self.joining = True
         hub = {g["gate-key"]: (None if g.get("deleted") else bool(g["enabled"])) for g in doc.get("gates", [])}
         # Worked out on a copy, kept once written: a failed write leaves nothing half-agreed
         # (the target's old values would otherwise look like local changes).

@@ -28,8 +28,8 @@ def _pattern_problem(pattern: str) -> str:
         return f"{pattern!r} is not a type name or wildcard"
     if "*" not in pattern or _group_suffix(pattern) or _whole_group(pattern):
         return ""
-    name, _, group = pattern.partition(".")
-    if "*" in group or "/" in pattern or (name.strip("*") == "" and not group):
+    name, dot, group = pattern.partition(".")
+    if "*" in group or "/" in pattern or (dot and not group) or (name.strip("*") == "" and not group):
         return f"{pattern!r}: a wildcard is *.GROUP-SUFFIX, GROUP/* or NAME-PATTERN[.GROUP] (e.g. *bindings, virtual*.networking.istio.io)"
     return ""
 
@@ -78,7 +78,7 @@ class TypeSelection:
                     return True
             elif "*" in pattern:
                 name, _, in_group = pattern.partition(".")
-                if (not in_group or in_group == rtype.group) and fnmatchcase(rtype.plural, name.lower()):
+                if (not in_group or in_group == (rtype.group or "core")) and fnmatchcase(rtype.plural, name.lower()):
                     return True
             elif _names(rtype, pattern):
                 return True
