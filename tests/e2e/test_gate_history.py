@@ -84,6 +84,8 @@ def test_maas_clusters_values_differ_from_the_fleets_and_every_change_is_in_the_
         assert bad.returncode == 2 and "--limit" in bad.stderr, bad.stderr
         status, body = http("GET", f"{hub.url}/1.0/feature-gate-history?limit=lots")
         assert status == 400 and "limit must be a whole number" in body["error"], body
+        status, body = http("GET", f"{hub.url}/1.0/feature-gate-history?limit=%C2%B2")  # a digit to str.isdigit, not to int
+        assert status == 400 and "limit must be a whole number" in body["error"], body
     finally:
         fleet.stop()
 

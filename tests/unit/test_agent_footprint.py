@@ -62,8 +62,10 @@ def test_full_and_delta_carry_the_objects_as_made_for_the_wire() -> None:
 def test_pull_mode_snapshot_has_every_object() -> None:
     sync = TypeSync(POD, "inc", max_message_bytes=512 * 1024)
     sync.on_list([pod("a"), pod("b")])
-    assert sorted(sync.objects(), key=lambda o: o.name) == [codec.make_object(pod("a")), codec.make_object(pod("b"))]
-    assert all(isinstance(o, pb.Object) for o in sync.objects())
+    bundle = pb.Bundle()
+    sync.add_snapshot(bundle.upserts)
+    assert sorted(bundle.upserts, key=lambda o: o.name) == [codec.make_object(pod("a")), codec.make_object(pod("b"))]
+    assert all(isinstance(o, pb.Object) for o in bundle.upserts)
 
 
 def test_the_agent_does_not_load_the_clients_generated_classes_unless_asked() -> None:

@@ -315,24 +315,23 @@ class Agent:
         hello = self._hello()
         hello.token = ""
         del hello.resumable[:]
-        bundles = []
+        state = pb.State(agent=hello)
         for type_, sync in self.syncs.items():
             if not sync.listed and not sync.list_error:
                 continue  # nothing known yet: the hub keeps what it has
-            bundles.append(
-                pb.Bundle(
-                    type=type_,
-                    incarnation=self.incarnation,
-                    seq=self._snapshots,
-                    kind=pb.FULL,
-                    last=True,
-                    upserts=sync.objects() if sync.listed else [],
-                    compression=pb.COMPRESSION_LZ4,
-                    error=sync.error,
-                    collected_at_ms=int(time.time() * 1000),
-                )
+            bundle = state.bundles.add(
+                type=type_,
+                incarnation=self.incarnation,
+                seq=self._snapshots,
+                kind=pb.FULL,
+                last=True,
+                compression=pb.COMPRESSION_LZ4,
+                error=sync.error,
+                collected_at_ms=int(time.time() * 1000),
             )
-        return pb.State(agent=hello, bundles=bundles)
+            if sync.listed:
+                sync.add_snapshot(bundle.upserts)  # built in place: no copy per object or per bundle
+        return state
 
     # ---- main loop ---------------------------------------------------------------------------
 

@@ -83,8 +83,8 @@ class TypeSync:
         self.cache: dict[str, Cached] = {}
         self.pending: dict[str, Cached | None] = {}
         self.pending_since_ms = 0
-        self.oversized: dict[str, int] = {}  # key -> size of objects left out (too large for any message)
-        self._left_out: dict[str, Cached] = {}  # those objects, in case the hub's limit goes up again
+        #: Objects left out, too large for any message (kept in case the hub's limit goes up again).
+        self._left_out: dict[str, Cached] = {}
         self.listed = False
         self.list_error = ""
         self.error_reported: str | None = None  # None: not reported on this connection yet
@@ -99,18 +99,17 @@ class TypeSync:
         limit = min(self.max_message_bytes, hub_max_message_bytes or self.max_message_bytes)
         self.budget = max(limit, 4 * ENVELOPE_BYTES) - ENVELOPE_BYTES
         for key in [k for k, cached in self.cache.items() if cached.size > self.budget]:
-            self.oversized[key] = self.cache[key].size
             self._left_out[key] = self.cache.pop(key)
             self._changed(key, None)
-        for key in [k for k, size in self.oversized.items() if size <= self.budget and k in self._left_out]:
+        for key in [k for k, cached in self._left_out.items() if cached.size <= self.budget]:
             obj = self._left_out.pop(key)
-            del self.oversized[key]
             self.cache[key] = obj
             self._changed(key, obj)
 
-    def objects(self) -> list[pb.Object]:
-        """Every cached object as a message (pull mode's snapshot; the push path never needs them all at once)."""
-        return [pb.Object.FromString(cached.wire) for cached in self.cache.values()]
+    def add_snapshot(self, upserts: Any) -> None:
+        """Every cached object, into a bundle's ``upserts`` (pull mode's snapshot; the push path
+        never needs them all at once): each parsed once, into the bundle's own memory."""
+        _add_upserts(self.cache.values(), upserts)
 
     def wanted(self, namespace: str) -> bool:
         if self.include and namespace not in self.include:
@@ -121,10 +120,10 @@ class TypeSync:
     def error(self) -> str:
         """What the hub should show for this type: the list error and objects left out, if any."""
         parts = [self.list_error] if self.list_error else []
-        if self.oversized:
-            largest = sorted(self.oversized.items(), key=lambda kv: -kv[1])[:3]
+        if self._left_out:
+            largest = sorted(((k, cached.size) for k, cached in self._left_out.items()), key=lambda kv: -kv[1])[:3]
             parts.append(
-                f"{len(self.oversized)} object(s) larger than the max message size ({self.budget + ENVELOPE_BYTES} bytes) are not synced: "
+                f"{len(self._left_out)} object(s) larger than the max message size ({self.budget + ENVELOPE_BYTES} bytes) are not synced: "
                 + ", ".join(f"{k} ({size} bytes)" for k, size in largest)
             )
         return "; ".join(parts)
@@ -144,11 +143,9 @@ class TypeSync:
     def finish_list(self, listing: Listing) -> None:
         """The LIST is complete: it replaces the cache; what changed or went is pending."""
         fresh: dict[str, Cached] = {}
-        self.oversized.clear()
         self._left_out.clear()
         for key, obj in listing.objects.items():
             if obj.size > self.budget:  # the budget is checked here: the hub's limit may have changed while listing
-                self.oversized[key] = obj.size
                 self._left_out[key] = obj
             else:
                 fresh[key] = obj
@@ -168,19 +165,16 @@ class TypeSync:
             return
         if kind == "DELETED":
             key = codec.key_of(meta.get("namespace", ""), meta.get("name", ""))
-            self.oversized.pop(key, None)
             self._left_out.pop(key, None)
             if self.cache.pop(key, None) is not None:
                 self._changed(key, None)
             return
         key, obj = _wire(item)
         if obj.size > self.budget:
-            self.oversized[key] = obj.size
             self._left_out[key] = obj
             if self.cache.pop(key, None) is not None:  # it grew too large: the hub must not keep an old state
                 self._changed(key, None)
             return
-        self.oversized.pop(key, None)
         self._left_out.pop(key, None)
         old = self.cache.get(key)
         if old is None or old.hash != obj.hash:

@@ -53,7 +53,7 @@ class ClusterLabelsApi:
 
     async def patch(self, request: web.Request) -> web.Response:
         name = _name(request)
-        raw = await request.content.read(MAX_BODY + 1)
+        raw = await request.read()  # whole (content.read(n) may return a first chunk only); the app caps its size
         if len(raw) > MAX_BODY:
             raise ApiError(413, "RequestEntityTooLarge", f"a labels patch is at most {MAX_BODY} bytes")
         try:

@@ -32,7 +32,7 @@ from aiohttp import web
 from aiohttp.typedefs import Middleware
 
 from fleetsync.api.auth import caller_name
-from fleetsync.hub.gates import DEPLOYMENT_TYPE, GATES_CHANNEL, cluster_value, fleet_value
+from fleetsync.hub.gates import GATES_CHANNEL, cluster_value, deployment_type, fleet_value
 from fleetsync.model.gates import gate_key_problem
 from fleetsync.model.status import ApiError
 from fleetsync.store.contract import GateChange, GateExists, GateRecord, Store
@@ -166,7 +166,7 @@ class GatesApi:
         applied = await self.store.gates_applied()
         reported = {v.cluster: v for v in await self.store.cluster_gate_values(key=key)}
         settings = await self.store.hub_settings()
-        mode = settings.get(DEPLOYMENT_TYPE) or self.deployment_type or "local"
+        mode = deployment_type(settings, self.deployment_type) or "local"
         names = sorted({c.name for c in await self.store.clusters()} | set(applied) | set(reported))
         fleet_shown = fleet_value(fleet)
         clusters = []
@@ -188,7 +188,8 @@ class GatesApi:
     async def history(self, request: web.Request) -> web.Response:
         key = check_gate_key(request.match_info["key"]) if "key" in request.match_info else None
         raw = request.query.get("limit", str(DEFAULT_HISTORY_LIMIT))
-        if not raw.isdigit() or not 1 <= int(raw) <= MAX_HISTORY_LIMIT:
+        # ASCII digits only: str.isdigit also takes "²", which int refuses
+        if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= MAX_HISTORY_LIMIT:
             raise ApiError.bad_request(f"limit must be a whole number from 1 to {MAX_HISTORY_LIMIT}, not {raw[:40]!r}")
         changes = await self.store.gate_history(key=key, cluster=request.query.get("cluster"), limit=int(raw))
         return _sync([change_json(c) for c in changes])

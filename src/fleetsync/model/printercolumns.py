@@ -16,7 +16,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from fleetsync.model.objects import human_duration, parse_rfc3339
+from fleetsync.model.objects import dig, human_duration, parse_rfc3339
 from fleetsync.model.types import PrinterColumn
 
 Row = list[Any]
@@ -47,12 +47,6 @@ def _steps(path: str) -> list[tuple[str, Any]] | None:
     return steps
 
 
-def _dig(value: Any, dotted: str) -> Any:
-    for part in dotted.split("."):
-        value = value.get(part) if isinstance(value, dict) else None
-    return value
-
-
 def evaluate(path: str, obj: dict[str, Any]) -> Any:
     """The value at ``path`` in ``obj`` (None: absent, or a path outside the supported subset)."""
     steps = _steps(path)
@@ -66,7 +60,7 @@ def evaluate(path: str, obj: dict[str, Any]) -> Any:
             value = value[argument] if isinstance(value, list) and argument < len(value) else None
         else:
             key, wanted = argument
-            value = next((v for v in value if isinstance(v, dict) and str(_dig(v, key)) == wanted), None) if isinstance(value, list) else None
+            value = next((v for v in value if isinstance(v, dict) and str(dig(v, key)) == wanted), None) if isinstance(value, list) else None
         if value is None:
             return None
     return value
