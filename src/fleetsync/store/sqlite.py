@@ -98,7 +98,6 @@ from fleetsync.store.sqlitebatch import (
     BatchWriterKind,
     labels_json,
     open_batch_connection,
-    touch_statements,
 )
 
 log = logging.getLogger(__name__)
@@ -527,18 +526,14 @@ class SQLiteStore(ScopedListing):
         (cancellation included). Pending ``touch_cluster`` times are written along."""
         db = self._writer()
         async with self._lock:
-            seen, self._seen = self._seen, {}
+            await self._write_touches()  # committed first: they only ever move last_seen forward
             try:
                 await db.execute("BEGIN IMMEDIATE")
-                for sql, params in touch_statements(seen):  # in the same commit: a statement for many clusters
-                    await db.execute(sql, params)
                 yield db
                 await db.execute("COMMIT")
             except BaseException:
-                self._unflushed(seen)
                 await _rollback(db)
                 raise
-            self._seen_written.update(seen)
 
     @contextlib.asynccontextmanager
     async def _autocommit(self) -> AsyncIterator[aiosqlite.Connection]:
@@ -838,10 +833,10 @@ class SQLiteStore(ScopedListing):
 
     async def _write_touches(self) -> None:
         """Write the pending ``touch_cluster`` times, holding the write lock: one call of the
-        batch connection (a batch of no bundles), whatever the number of clusters, when no
-        other write carries them (batches and :meth:`_transaction` do). (As a statement per
-        cluster, each a round trip through a busy event loop, a thousand clusters' touches
-        held the lock, and every batch behind it, for half a second.)"""
+        batch connection (a batch of no bundles), whatever the number of clusters. (On the
+        writer connection it took a statement per cluster, each a round trip through a busy
+        event loop: a thousand clusters' touches held the lock, and every batch behind it,
+        for half a second.)"""
         if not self._seen or self._batch is None:
             return
         seen, self._seen = self._seen, {}

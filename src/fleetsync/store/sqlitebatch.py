@@ -31,7 +31,7 @@ import pickle
 import signal
 import sqlite3
 import sys
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, BinaryIO, Literal, Protocol, TypeVar
@@ -79,8 +79,9 @@ def write_batch(db: sqlite3.Connection, writes: Sequence[BundleWrite], seen: Map
     to its newest this many entries, in steps of 1% of it (0: never)."""
     db.execute("BEGIN IMMEDIATE")
     try:
-        for sql, params in touch_statements(seen):
-            db.execute(sql, params)
+        if seen:
+            touches = [(t, name) for name, t in seen.items()]
+            _many(db, "UPDATE clusters SET last_seen = max(last_seen, v.column1) FROM (", "(?, ?)", ") AS v WHERE clusters.name = v.column2", touches)
         _fence(db, writes)
         rev = first = int(db.execute("SELECT value FROM meta WHERE key = 'rev'").fetchone()[0])
         changes: list[int] = []
@@ -381,22 +382,9 @@ def _many(db: sqlite3.Connection, head: str, row: str, tail: str, rows: Sequence
     forth. On the batch thread each hand-over waits for the busy event loop (up to Python's
     switch interval), which made a 250-row batch take 200 ms; one statement for many rows is
     one step."""
-    for sql, params in _statements(head, row, tail, rows):
-        db.execute(sql, params)
-
-
-def _statements(head: str, row: str, tail: str, rows: Sequence[Sequence[Any]]) -> Iterator[tuple[str, list[Any]]]:
-    """The statements :func:`_many` runs: ``ROWS_PER_STATEMENT`` rows each."""
     for start in range(0, len(rows), ROWS_PER_STATEMENT):
         chunk = rows[start : start + ROWS_PER_STATEMENT]
-        yield f"{head} VALUES {', '.join([row] * len(chunk))} {tail}", [value for r in chunk for value in r]
-
-
-def touch_statements(seen: Mapping[str, float]) -> Iterator[tuple[str, list[Any]]]:
-    """The statements that move the clusters' ``last_seen`` forward to ``seen`` (cluster -> time):
-    one for many clusters, never back."""
-    touches = [(t, name) for name, t in seen.items()]
-    return _statements("UPDATE clusters SET last_seen = max(last_seen, v.column1) FROM (", "(?, ?)", ") AS v WHERE clusters.name = v.column2", touches)
+        db.execute(f"{head} VALUES {', '.join([row] * len(chunk))} {tail}", [value for r in chunk for value in r])
 
 
 def _fence(db: sqlite3.Connection, writes: Sequence[BundleWrite]) -> None:
