@@ -40,8 +40,8 @@ A broken connection is reconnected with backoff and resumes as the real agent do
 **The objects** are ``--objects`` Pods per cluster shaped like real ones (bench/store_apply.py's
 ``pod``: labels, annotations, a ReplicaSet owner reference, uid, resourceVersion, a container
 with env, probes, resources and mounts, volumes, tolerations, status with conditions and a
-container status; about 3.5 KB of JSON). 97 templates (one per app) are serialized once as the
-agent's codec does (sorted keys); each object substitutes its own namespace, name, uid,
+container status; about 3.5 KB of JSON). 97 templates (one per app) are serialized once with
+sorted keys, a body the agent's codec leaves as it is; each object substitutes its own namespace, name, uid,
 resourceVersion, pod IP and container id into its template, so every body is distinct
 canonical JSON (checked), hashed with xxh3-64 and lz4-compressed exactly as
 ``codec.make_object`` would make it: the hub's digests agree with the agents'. The objects are
@@ -236,8 +236,8 @@ class PodFactory:
             canonical = orjson.dumps(codec.strip(body), option=orjson.OPT_SORT_KEYS)
             self.templates.append(_Template(_FIELD.split(canonical), dict(meta["labels"]), f"ReplicaSet/{owner['name']}", owner["name"]))
         sample = lz4.frame.decompress(self.make(0, 0, "1")[0].body)
-        if orjson.dumps(orjson.loads(sample), option=orjson.OPT_SORT_KEYS) != sample:
-            raise AssertionError("the Pod template does not render canonical JSON")
+        if codec.make_object(orjson.loads(sample), compress=False).body != sample:
+            raise AssertionError("the Pod template does not render the body the agent's codec makes")
 
     def name(self, i: int) -> str:
         suffix, n = [], i
@@ -473,7 +473,7 @@ class SwarmAgent:
             self.inbox.put_nowait(exc)
 
     async def _session(self, connection: AgentConnection, welcome: pb.Welcome) -> None:
-        uplink = Uplink({POD.gvk: self.sync}, welcome, settings=UplinkSettings(), now=time.monotonic())
+        uplink = Uplink({POD.gvk: self.sync}, welcome, settings=UplinkSettings(), now=time.monotonic(), lossless=connection.lossless)
         while not self.inbox.empty():  # what is left from an earlier connection
             self.inbox.get_nowait()
         self.woken = False

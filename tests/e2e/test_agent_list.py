@@ -12,9 +12,11 @@ import pytest
 from kubernetes_asyncio import client
 from kubernetes_asyncio.client.exceptions import ApiException
 
+from fleetsync.agent.apijson import RAW
 from fleetsync.agent.kube import Pages, TypeWatcher, api_client
 from fleetsync.agent.typesync import TypeSync
 from fleetsync.model.types import POD, ResourceType
+from fleetsync.protocol.wireobject import RawFields
 from tests.harness import Sim, run_sim, wait_until
 
 
@@ -31,7 +33,7 @@ class Taker:
         self.pages: list[int] = []
         self.after_first_page: Callable[[], Awaitable[None]] | None = None
 
-    async def on_pages(self, _: ResourceType, pages: Pages) -> None:
+    async def on_pages(self, _: ResourceType, pages: Pages[RawFields]) -> None:
         self.pages = []
         listing = self.sync.listing()
         async for items in pages:
@@ -41,11 +43,11 @@ class Taker:
                 await self.after_first_page()
         self.sync.finish_list(listing)
 
-    def watcher(self, api: client.ApiClient, page_size: int) -> TypeWatcher:
+    def watcher(self, api: client.ApiClient, page_size: int) -> TypeWatcher[RawFields]:
         async def nothing(*_: object) -> None:
             pass
 
-        return TypeWatcher(api, POD, on_list=self.on_pages, on_event=nothing, on_error=nothing, page_size=page_size)
+        return TypeWatcher(api, POD, RAW, on_list=self.on_pages, on_event=nothing, on_error=nothing, page_size=page_size)
 
 
 @pytest.fixture

@@ -22,6 +22,7 @@ from fleetsync.aio import cancel_and_wait
 from fleetsync.backoff import Backoff
 from fleetsync.model.types import POD, SERVICE
 from fleetsync.protocol import fleetsync_pb2 as pb
+from fleetsync.protocol.wireobject import fields_of_dict
 from fleetsync.transport.base import parse_hub_url
 from tests.harness import eventually
 
@@ -61,6 +62,8 @@ def test_a_change_never_waits_longer_than_the_window() -> None:
 
 class FakeHub:
     """The agent's connection; the test plays the hub (nothing is acked unless it says so)."""
+
+    lossless = False
 
     def __init__(self) -> None:
         self.sent: list[tuple[float, pb.AgentMessage]] = []  # (monotonic time, message)
@@ -131,7 +134,7 @@ async def session(request: pytest.FixtureRequest) -> AsyncIterator[tuple[Agent, 
 
 
 async def change(agent: Agent, name: str, version: int = 1) -> None:
-    await agent._on_event(POD, "MODIFIED", pod(name, version))
+    await agent._on_event(POD, "MODIFIED", fields_of_dict(pod(name, version)))
 
 
 def ack(agent: Agent, seq: int) -> pb.HubMessage:

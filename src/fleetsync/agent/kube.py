@@ -20,7 +20,7 @@ import logging
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic
 
 import aiohttp
 import orjson
@@ -28,23 +28,24 @@ import yaml
 from kubernetes_asyncio import client, config
 from kubernetes_asyncio.client.exceptions import ApiException
 
+from fleetsync.agent.apijson import Decoding, Item
 from fleetsync.backoff import Backoff
 from fleetsync.errors import FleetsyncError
 from fleetsync.heap import release_free_memory
 from fleetsync.model.clusters import KUBERNETES_VERSION, NODE_COUNT
 from fleetsync.model.types import ResourceType
-from fleetsync.model.watchevents import Expired, WatchError, decode_event, event_version
+from fleetsync.model.watchevents import Expired, WatchError
 
 log = logging.getLogger(__name__)
 
 #: A source that has its objects at once (Istio detection, the service graph) hands them over as a list.
 OnList = Callable[[ResourceType, list[dict[str, Any]]], Awaitable[None]]
 #: A LIST's pages, each fetched when the one before has been taken.
-Pages = AsyncIterator[list[dict[str, Any]]]
+Pages = AsyncIterator[list[Item]]
 #: A TypeWatcher hands a LIST over page by page: a page can be made into wire objects and
 #: dropped before the next is read, so the agent never holds a whole type's JSON at once.
-OnPages = Callable[[ResourceType, Pages], Awaitable[None]]
-OnEvent = Callable[[ResourceType, str, dict[str, Any]], Awaitable[None]]
+OnPages = Callable[[ResourceType, Pages[Item]], Awaitable[None]]
+OnEvent = Callable[[ResourceType, str, Item], Awaitable[None]]
 OnError = Callable[[ResourceType, str], Awaitable[None]]
 
 
@@ -167,21 +168,22 @@ async def cluster_facts(api: client.ApiClient, *, timeout: float = 10.0) -> dict
     return facts
 
 
-async def no_pages() -> Pages:
+async def no_pages() -> Pages[Any]:
     """The pages of an empty list (a type that is absent)."""
     yield []
 
 
-class TypeWatcher:
+class TypeWatcher(Generic[Item]):
     """Keeps one type's objects flowing: LIST (paged), then WATCH from its version, forever."""
 
     def __init__(
         self,
         api: client.ApiClient,
         rtype: ResourceType,
+        decoding: Decoding[Item],
         *,
-        on_list: OnPages,
-        on_event: OnEvent,
+        on_list: OnPages[Item],
+        on_event: OnEvent[Item],
         on_error: OnError,
         page_size: int = 100,
         watch_seconds: int = 300,
@@ -192,6 +194,7 @@ class TypeWatcher:
     ) -> None:
         self.api = api
         self.rtype = rtype
+        self.decoding = decoding
         self.on_list = on_list
         self.on_event = on_event
         self.on_error = on_error
@@ -231,19 +234,17 @@ class TypeWatcher:
         """All objects, handed over page by page (``on_list`` must read every page); returns the list's resourceVersion."""
         listed: list[str] = []
 
-        async def pages() -> Pages:
+        async def pages() -> Pages[Item]:
             token = ""
             while True:
                 query: list[tuple[str, Any]] = [("limit", self.page_size)]
                 if token:
                     query.append(("continue", token))
                 response = await self._get(query, 60)
-                page = orjson.loads(await response.read())
-                metadata = page.get("metadata") or {}
-                token = metadata.get("continue") or ""
+                items, token, version = self.decoding.page(await response.read())
                 if not token:
-                    listed.append(str(metadata.get("resourceVersion", "")))
-                yield page.get("items") or []
+                    listed.append(version)
+                yield items
                 if not token:
                     return
 
@@ -264,13 +265,13 @@ class TypeWatcher:
         try:
             async for line in response.content:
                 try:
-                    decoded = decode_event(line)
+                    decoded = self.decoding.event(line)
                 except WatchError as exc:
                     raise ApiException(status=exc.code, reason=exc.message) from None
                 if decoded is None:
                     continue
-                kind, obj = decoded
-                rv = event_version(obj, rv)
+                kind, obj, version = decoded
+                rv = version or rv
                 if kind != "BOOKMARK":
                     await self.on_event(self.rtype, kind, obj)
         finally:

@@ -30,6 +30,7 @@ import aiohttp
 from kubernetes_asyncio.client.exceptions import ApiException
 
 from fleetsync import __version__, logs, tracing
+from fleetsync.agent.apijson import RAW
 from fleetsync.agent.batching import ChangeBatcher
 from fleetsync.agent.discovery import Discovery
 from fleetsync.agent.gatesync import GateSync
@@ -50,6 +51,7 @@ from fleetsync.model.typeselect import TypeSelection, is_secret
 from fleetsync.model.workpolicy import WorksPolicy
 from fleetsync.protocol import fleetsync_pb2 as pb
 from fleetsync.protocol.typeinfo import to_pb
+from fleetsync.protocol.wireobject import RawFields
 from fleetsync.transport.base import AgentConnection, ClientTls, HubAddress, TransportError
 from fleetsync.transport.connect import open_agent_connection
 from fleetsync.transport.faults import FaultInjector, FaultSpec, FaultyConnection
@@ -99,8 +101,8 @@ class AgentConfig:
     #: The longest wait (seconds) between retries of the cluster's API: lists and watches, the works
     #: task's discovery, the local config target; and of a failed agent task.
     kube_retry_max: float = 30.0
-    #: Objects per page of the cluster's LISTs (the heap keeps what a page took while it was parsed).
-    list_page_size: int = 250
+    #: Objects per page of the cluster's LISTs (a page's bytes are held while its objects are made into their wire form).
+    list_page_size: int = 500
     #: The longest wait (seconds) between retries of a work's failed manifests.
     works_retry_max: float = 60.0
     #: Look for Istio (istiod, its mesh config, the Istio CRDs) every this many seconds and sync what
@@ -262,13 +264,13 @@ class Agent:
             await detector.looked.wait()
         await source.run()
 
-    def _kept(self, rtype: ResourceType, obj: dict[str, Any]) -> dict[str, Any]:
+    def _kept(self, rtype: ResourceType, obj: RawFields) -> RawFields:
         """What is synced of ``obj``: a Secret without its values unless --sync-secret-data."""
         if is_secret(rtype) and not self.config.sync_secret_data:
             return {k: v for k, v in obj.items() if k not in ("data", "stringData")}
         return obj
 
-    async def _on_pages(self, rtype: ResourceType, pages: Pages) -> None:
+    async def _on_pages(self, rtype: ResourceType, pages: Pages[RawFields]) -> None:
         sync = self.syncs[rtype.gvk]
         listing = sync.listing()
         async for items in pages:
@@ -276,8 +278,8 @@ class Agent:
         sync.finish_list(listing)
         self._changed.set()
 
-    async def _on_event(self, rtype: ResourceType, kind: str, obj: dict[str, Any]) -> None:
-        self.syncs[rtype.gvk].on_event(kind, self._kept(rtype, obj))
+    async def _on_event(self, rtype: ResourceType, kind: str, obj: RawFields) -> None:
+        self.syncs[rtype.gvk].on_change(kind, self._kept(rtype, obj))
         self._changed.set()
 
     async def _on_error(self, rtype: ResourceType, error: str) -> None:
@@ -387,6 +389,7 @@ class Agent:
         watcher = TypeWatcher(
             api,
             rtype,
+            RAW,
             on_list=self._on_pages,
             on_event=self._on_event,
             on_error=self._on_error,
@@ -610,7 +613,7 @@ class Agent:
 
     async def _session(self, connection: AgentConnection, address: HubAddress, backoff: Backoff) -> None:
         welcome = await self._welcome(connection)
-        uplink = Uplink(self.syncs, welcome, settings=self.config.uplink, now=time.monotonic())
+        uplink = Uplink(self.syncs, welcome, settings=self.config.uplink, now=time.monotonic(), lossless=connection.lossless)
         log.info("connected to hub %s (%s) as agent %s, incarnation %s", address, welcome.hub_id, self.agent_id, self.incarnation)
         self.metrics.connections.labels("welcomed").inc()
         self.metrics.connected.set(1)

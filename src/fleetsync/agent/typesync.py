@@ -25,6 +25,7 @@ from fleetsync.model.types import ResourceType
 from fleetsync.protocol import codec
 from fleetsync.protocol import fleetsync_pb2 as pb
 from fleetsync.protocol.rules import AgentStream
+from fleetsync.protocol.wireobject import RawFields, fields_of_dict, meta_of, wire_object
 
 #: Room kept in every message for the envelope (type, incarnation, seqs, flags).
 ENVELOPE_BYTES = 1024
@@ -48,9 +49,9 @@ class Cached(NamedTuple):
         return len(self.wire) + FIELD_BYTES
 
 
-def _wire(item: dict[str, Any]) -> tuple[str, Cached]:
+def _wire(fields: RawFields) -> tuple[str, Cached]:
     """(key, cached form) of a cluster object."""
-    obj = codec.make_object(item)
+    obj = wire_object(fields)
     return codec.key_of(obj.namespace, obj.name), Cached(obj.hash, obj.SerializeToString())
 
 
@@ -135,9 +136,9 @@ class TypeSync:
         return Listing(self)
 
     def on_list(self, items: Iterable[dict[str, Any]]) -> None:
-        """A whole LIST at once."""
+        """A whole LIST at once, of objects held as Python values (a source that builds them)."""
         listing = self.listing()
-        listing.add(items)
+        listing.add(fields_of_dict(item) for item in items)
         self.finish_list(listing)
 
     def finish_list(self, listing: Listing) -> None:
@@ -160,16 +161,23 @@ class TypeSync:
         self.list_error = ""
 
     def on_event(self, kind: str, item: dict[str, Any]) -> None:
-        meta = item.get("metadata") or {}
-        if not self.wanted(meta.get("namespace", "")):
-            return
+        """A watch event of an object held as Python values."""
+        self.on_change(kind, fields_of_dict(item))
+
+    def on_change(self, kind: str, fields: RawFields) -> None:
+        """A watch event (ADDED, MODIFIED, DELETED) of the object whose JSON fields are ``fields``."""
         if kind == "DELETED":
-            key = codec.key_of(meta.get("namespace", ""), meta.get("name", ""))
+            meta = meta_of(fields)
+            if not self.wanted(meta.namespace):
+                return
+            key = codec.key_of(meta.namespace, meta.name)
             self._left_out.pop(key, None)
             if self.cache.pop(key, None) is not None:
                 self._changed(key, None)
             return
-        key, obj = _wire(item)
+        key, obj = _wire(fields)
+        if not self.wanted(key.partition("/")[0]):
+            return
         if obj.size > self.budget:
             self._left_out[key] = obj
             if self.cache.pop(key, None) is not None:  # it grew too large: the hub must not keep an old state
@@ -341,9 +349,9 @@ class Listing:
         #: key -> cached form, of the wanted namespaces.
         self.objects: dict[str, Cached] = {}
 
-    def add(self, items: Iterable[dict[str, Any]]) -> None:
-        for item in items:
-            meta = item.get("metadata") or {}
-            if self.sync.wanted(meta.get("namespace", "")):
-                key, obj = _wire(item)
+    def add(self, items: Iterable[RawFields]) -> None:
+        """Objects of the LIST, each as its JSON fields (:func:`fleetsync.protocol.wireobject.fields_of`)."""
+        for fields in items:
+            key, obj = _wire(fields)
+            if self.sync.wanted(key.partition("/")[0]):
                 self.objects[key] = obj

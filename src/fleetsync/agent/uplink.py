@@ -16,7 +16,12 @@ FULL. Then:
 - **Retransmission.** What stays unacked for ``ack_timeout`` without progress is sent
   again (doubling the timeout up to 8x while nothing moves). Duplicates are harmless:
   the hub acks and ignores them. This is what heals a lost bundle or a lost ack on a
-  transport that can lose messages (or when faults are injected).
+  transport that can lose messages (a broker, or when faults are injected). On a
+  *lossless* connection (gRPC: in order, and it breaks rather than lose a message) nothing
+  is resent while it is up: a message not acked yet is queued at a hub that is behind,
+  and a copy would only queue behind it. With 3,000 agents starting at once, the copies
+  were most of what the hub read (5,309 resent FULL chunks of 6,000 sent) and stalled
+  it for tens of seconds. What is unacked goes again after a reconnect (resume or FULL).
 - **Resync queue** (Global Hub's GlobalResyncQueue): digests requested by the hub (on
   a gap, on reactivation, at its startup, periodically, on demand) queue up FIFO, one
   type at a time, so a resync storm never starves the deltas of the other types. A
@@ -134,9 +139,11 @@ def _bundle(kind: str, bundle: pb.Bundle) -> Outgoing:
 class Uplink:
     """One connection's protocol state for all of an agent's types."""
 
-    def __init__(self, syncs: Mapping[str, TypeSync], welcome: pb.Welcome, *, settings: UplinkSettings, now: float) -> None:
+    def __init__(self, syncs: Mapping[str, TypeSync], welcome: pb.Welcome, *, settings: UplinkSettings, now: float, lossless: bool = False) -> None:
         self.syncs = syncs
         self.settings = settings
+        #: The connection loses nothing while it is up (``AgentConnection.lossless``): no resends on it.
+        self.lossless = lossless
         self.positions = {p.type: Position(p.incarnation, p.seq) for p in welcome.applied}
         self.heartbeat_interval = welcome.heartbeat_interval_ms / 1000 or settings.heartbeat_interval
         for sync in syncs.values():
@@ -307,7 +314,15 @@ class Uplink:
                 timer.since = now
             elif now - timer.since >= self.settings.ack_timeout * timer.factor:
                 unacked = sync.stream.unacked()
-                log.warning("%s: %d message(s) unacknowledged for %.0fs; sending them again", sync.type, len(unacked), now - timer.since)
-                out += [_bundle("resend", payload) for payload in unacked]  # type: ignore[arg-type]
+                if self.lossless:
+                    log.warning(
+                        "%s: %d message(s) unacknowledged for %.0fs: the hub is behind (not resent: the connection loses nothing)",
+                        sync.type,
+                        len(unacked),
+                        now - timer.since,
+                    )
+                else:
+                    log.warning("%s: %d message(s) unacknowledged for %.0fs; sending them again", sync.type, len(unacked), now - timer.since)
+                    out += [_bundle("resend", payload) for payload in unacked]  # type: ignore[arg-type]
                 timer.since, timer.factor = now, min(timer.factor * 2, MAX_BACKOFF_FACTOR)
         return out

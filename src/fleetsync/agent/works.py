@@ -52,6 +52,7 @@ from kubernetes_asyncio.client.exceptions import ApiException
 from kubernetes_asyncio.dynamic import DynamicClient
 from kubernetes_asyncio.dynamic.exceptions import ResourceNotFoundError
 
+from fleetsync.agent.apijson import DICTS
 from fleetsync.agent.kube import Pages, TypeWatcher, get_json, status_message
 from fleetsync.agent.metrics import AgentMetrics
 from fleetsync.aio import cancel_and_wait
@@ -133,7 +134,7 @@ class KindWatch:
         meta = obj.get("metadata") or {}
         return (self.rtype.api_version, self.rtype.kind, meta.get("namespace") or "", meta.get("name") or "")
 
-    async def on_list(self, _: ResourceType, pages: Pages) -> None:
+    async def on_list(self, _: ResourceType, pages: Pages[dict[str, Any]]) -> None:
         listed: dict[ObjectKey, dict[str, Any]] = {}
         async for items in pages:
             listed.update((self.key(o), o) for o in items)
@@ -442,6 +443,7 @@ class WorkApplier:
             watcher = TypeWatcher(
                 self.api,
                 rtype,
+                DICTS,
                 on_list=found.on_list,
                 on_event=found.on_event,
                 on_error=found.on_error,

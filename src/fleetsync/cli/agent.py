@@ -111,9 +111,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         p,
         "--list-page-size",
         type=positive_int,
-        default=250,
-        help="objects per page of the agent's LISTs: what a page holds stays in the agent's heap while it is parsed, so smaller pages "
-        "keep the peak lower; larger ones list a big cluster faster (docs/agent-memory.md)",
+        default=500,
+        help="objects per page of the agent's LISTs (client-go's default): a page's bytes are held while its objects are made "
+        "into their wire form, so smaller pages keep the peak lower; larger ones list a big cluster faster (docs/agent-memory.md)",
     )
     add_flag(p, "--tls-ca", default="", help="grpcs:// and mqtts://: CA bundle (PEM) the hub or broker certificate is verified against (default: the system's)")
     add_flag(p, "--tls-cert", default="", help="grpcs://: client certificate (PEM) for a hub that requires mutual TLS; its common name must be --cluster-id")

@@ -34,10 +34,16 @@ def decode_event(line: bytes) -> tuple[str, dict[str, Any]] | None:
     event = orjson.loads(line)
     kind, obj = event.get("type"), event.get("object") or {}
     if kind == "ERROR":
-        if obj.get("code") == 410:
-            raise Expired(obj.get("message") or "410 Gone")
-        raise WatchError(int(obj.get("code") or 500), str(obj.get("message") or obj))
+        raise_error_event(obj)
     return str(kind), obj
+
+
+def raise_error_event(status: Any) -> None:
+    """Raise what an ERROR event's Status says: :class:`Expired` (410) or :class:`WatchError`."""
+    obj = status if isinstance(status, dict) else {}
+    if obj.get("code") == 410:
+        raise Expired(obj.get("message") or "410 Gone")
+    raise WatchError(int(obj.get("code") or 500), str(obj.get("message") or obj))
 
 
 def event_version(obj: dict[str, Any], current: str) -> str:

@@ -15,16 +15,13 @@ from __future__ import annotations
 from typing import Any
 
 import lz4.frame
-import orjson
-import xxhash
 from google.protobuf.message import DecodeError
 
 from fleetsync.errors import FleetsyncError
 from fleetsync.model.objects import object_key
 from fleetsync.protocol import fleetsync_pb2 as pb
-
-#: Fields that are noise for a consolidated view and dominate object size.
-_LAST_APPLIED = "kubectl.kubernetes.io/last-applied-configuration"
+from fleetsync.protocol.wireobject import LAST_APPLIED, fields_of_dict, wire_object
+from fleetsync.protocol.wireobject import object_hash as object_hash  # (the digest hash, by the name the codec's users know)
 
 
 class CodecError(FleetsyncError, ValueError):
@@ -62,34 +59,17 @@ def strip(obj: dict[str, Any]) -> dict[str, Any]:
     if isinstance(meta, dict):
         meta.pop("managedFields", None)
         annotations = meta.get("annotations")
-        if isinstance(annotations, dict) and _LAST_APPLIED in annotations:
-            del annotations[_LAST_APPLIED]
+        if isinstance(annotations, dict) and LAST_APPLIED in annotations:
+            del annotations[LAST_APPLIED]
             if not annotations:
                 del meta["annotations"]
     return obj
 
 
-def object_hash(body: bytes) -> int:
-    """The digest hash of a canonical JSON body."""
-    return xxhash.xxh3_64_intdigest(body)
-
-
 def make_object(obj: dict[str, Any], *, compress: bool = True) -> pb.Object:
-    """Strip, serialize (sorted keys, so equal objects hash equal), hash and compress ``obj`` once."""
-    strip(obj)
-    body = orjson.dumps(obj, option=orjson.OPT_SORT_KEYS)
-    meta = obj.get("metadata") or {}
-    owner = next((f"{o.get('kind')}/{o.get('name')}" for o in meta.get("ownerReferences") or () if o.get("controller")), "")
-    return pb.Object(
-        namespace=meta.get("namespace", ""),
-        name=meta.get("name", ""),
-        uid=meta.get("uid", ""),
-        resource_version=meta.get("resourceVersion", ""),
-        hash=object_hash(body),
-        labels=meta.get("labels") or {},
-        owner=owner,
-        body=lz4.frame.compress(body) if compress else body,
-    )
+    """The wire form of an object held as Python values (``obj`` is not changed): as the agent
+    makes it from the cluster's JSON (:func:`fleetsync.protocol.wireobject.wire_object`)."""
+    return wire_object(fields_of_dict(obj), compress=compress)
 
 
 #: The most a stored object body may decompress to when it is read (a hub's

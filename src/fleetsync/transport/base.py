@@ -163,6 +163,12 @@ def parse_listen_address(text: str) -> tuple[str, int]:
 class AgentConnection(Protocol):
     """One agent's connection to a hub: ordered messages both ways."""
 
+    #: Every message sent while the connection is up reaches the other side, in order (a gRPC
+    #: stream: one HTTP/2 stream over TCP). What stays unacknowledged then is the hub being
+    #: behind, never a loss, and resending it on the same connection only queues a second copy
+    #: behind the first (agent/uplink.py). False where a broker may drop or redeliver.
+    lossless: bool
+
     async def send(self, message: pb.AgentMessage) -> None: ...
 
     async def receive(self) -> pb.HubMessage | None:

@@ -32,6 +32,9 @@ def describe(exc: BaseException) -> str:
 class BrokerConnection(ABC):
     """One agent session through a broker (an :class:`~fleetsync.transport.base.AgentConnection`)."""
 
+    #: A broker may drop or redeliver (QoS 1, JetStream redelivery): resends heal what it loses.
+    lossless = False
+
     def __init__(self, address: HubAddress, cluster: str) -> None:
         self._address = address
         self._cluster = cluster

@@ -124,6 +124,9 @@ class _Direction:
 class FaultyConnection:
     """An :class:`~fleetsync.transport.base.AgentConnection` whose messages, both ways, suffer ``injector``'s faults."""
 
+    #: It drops, duplicates and reorders on purpose.
+    lossless = False
+
     def __init__(self, inner: AgentConnection, injector: FaultInjector) -> None:
         self.inner = inner
         self.injector = injector

@@ -36,6 +36,9 @@ def grpc_options(max_message_bytes: int, *, keepalive_time: float = 20.0, keepal
 class GrpcAgentConnection:
     """The agent's end of a ``Connect`` stream."""
 
+    #: One HTTP/2 stream: in order, and nothing lost while it is up (it breaks instead).
+    lossless = True
+
     def __init__(self, channel: grpc.aio.Channel, call: grpc.aio.StreamStreamCall) -> None:  # type: ignore[type-arg]
         self._channel = channel
         self._call = call
