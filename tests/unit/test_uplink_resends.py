@@ -6,8 +6,10 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
+import pytest
+
 from fleetsync.agent.typesync import TypeSync
-from fleetsync.agent.uplink import Uplink, UplinkSettings
+from fleetsync.agent.uplink import HubStalled, Uplink, UplinkSettings
 from fleetsync.model.types import POD
 from fleetsync.protocol import fleetsync_pb2 as pb
 
@@ -51,10 +53,29 @@ def test_over_a_lossless_connection_nothing_is_resent_while_it_is_up_and_a_recon
     uplink = Uplink({POD.gvk: sync}, pb.Welcome(), settings=UplinkSettings(ack_timeout=TIMEOUT), now=0.0, lossless=True)
     first = [out.message.bundle for out in uplink.poll(0.0) if out.kind == "full"]
     assert len(first) == 4
-    assert "resend" not in kinds_over(uplink, 20 * TIMEOUT), "a hub that is behind gets no second copy behind the first"
-    uplink.receive(pb.HubMessage(ack=pb.Ack(type=POD.gvk, incarnation="inc", seq=first[0].seq, chunk=1, partial=True)), 301.0)
-    assert [out.message.bundle.chunk for out in uplink.poll(301.0)] == [4, 5], "an ack (of chunks 0 and 1) still moves the FULL on"
+    assert "resend" not in kinds_over(uplink, 200.0), "a hub that is behind gets no second copy behind the first"
+    uplink.receive(pb.HubMessage(ack=pb.Ack(type=POD.gvk, incarnation="inc", seq=first[0].seq, chunk=1, partial=True)), 201.0)
+    assert [out.message.bundle.chunk for out in uplink.poll(201.0)] == [4, 5], "an ack (of chunks 0 and 1) still moves the FULL on"
 
-    again = Uplink({POD.gvk: sync}, pb.Welcome(), settings=UplinkSettings(ack_timeout=TIMEOUT), now=400.0, lossless=True)
-    chunks = [out.message.bundle.chunk for out in again.poll(400.0) if out.kind == "full"]
+    again = Uplink({POD.gvk: sync}, pb.Welcome(), settings=UplinkSettings(ack_timeout=TIMEOUT), now=300.0, lossless=True)
+    chunks = [out.message.bundle.chunk for out in again.poll(300.0) if out.kind == "full"]
     assert chunks == [0, 1, 2, 3], "the new connection starts the unfinished FULL again"
+
+
+def test_a_lossless_connection_without_an_ack_through_the_whole_backoff_is_given_up() -> None:
+    """The net under a hub that would drop a message without a word: 15 + 30 + 60 + 120 s, then reconnect."""
+    uplink = Uplink({POD.gvk: listed()}, pb.Welcome(), settings=UplinkSettings(ack_timeout=TIMEOUT), now=0.0, lossless=True)
+    uplink.poll(0.0)
+    assert "resend" not in kinds_over(uplink, 224.0)
+    uplink.receive(pb.HubMessage(heartbeat=pb.Heartbeat()), 226.0)
+    with pytest.raises(HubStalled, match="unacknowledged for 225s while the hub answers heartbeats"):
+        uplink.poll(226.0)
+
+
+def test_a_type_the_hub_refused_is_sent_again_on_the_next_connection() -> None:
+    sync = listed()
+    uplink = Uplink({POD.gvk: sync}, pb.Welcome(), settings=UplinkSettings(), now=0.0, lossless=True)
+    uplink.receive(pb.HubMessage(reject=pb.Reject(reason=pb.PROTOCOL, message="not today", type=POD.gvk)), 0.0)
+    assert uplink.poll(0.1) == [] and sync.refused == "not today"
+    again = Uplink({POD.gvk: sync}, pb.Welcome(), settings=UplinkSettings(), now=1.0, lossless=True)
+    assert [out.kind for out in again.poll(1.0)].count("full") == 4, "the refusal held for its connection only (docs/protocol.md)"

@@ -198,9 +198,8 @@ class TypeWatcher(Generic[Item]):
         self.on_list = on_list
         self.on_event = on_event
         self.on_error = on_error
-        #: Objects per LIST page. 100, not client-go's 500: the heap keeps about what one parsed page
-        #: took (a 500-Pod page cost the agent 29 MiB of RSS for good, a 100-Pod page 7 MiB), and the
-        #: LIST is no slower (docs/agent-memory.md).
+        #: Objects per LIST page (the agent's --list-page-size, 500 as client-go's): what a page costs
+        #: is its bytes while its objects are made into their wire form (docs/agent-memory.md).
         self.page_size = page_size
         self.watch_seconds = watch_seconds
         #: Only objects with these labels (e.g. what a work owns); "": every object of the type.
@@ -210,9 +209,9 @@ class TypeWatcher(Generic[Item]):
         self.absent_recheck = absent_recheck
         #: Failed lists and watches are retried with backoff up to ``retry_max`` seconds (the agent's --kube-retry-max).
         self.backoff = Backoff(initial=0.5, maximum=retry_max)
-        #: Shared by the agent's watchers: how many LISTs run at once. A parsed page of 500 Pods is
-        #: ~10 MiB of Python objects; thirteen types listing together held one each, and the heap
-        #: kept that peak (fragmented by the cache built meanwhile) long after (docs/agent-memory.md).
+        #: Shared by the agent's watchers: how many LISTs run at once. Thirteen types listing together
+        #: each held a page, and the heap kept that peak (fragmented by the cache built meanwhile) long
+        #: after (docs/agent-memory.md).
         self.list_slots = list_slots
 
     async def _get(self, query: list[tuple[str, Any]], timeout: float | None) -> Any:

@@ -21,7 +21,9 @@ FULL. Then:
   is resent while it is up: a message not acked yet is queued at a hub that is behind,
   and a copy would only queue behind it. With 3,000 agents starting at once, the copies
   were most of what the hub read (5,309 resent FULL chunks of 6,000 sent) and stalled
-  it for tens of seconds. What is unacked goes again after a reconnect (resume or FULL).
+  it for tens of seconds. What is unacked goes again after a reconnect (resume or FULL);
+  a type that sees no ack through the whole backoff gives the connection up
+  (:class:`HubStalled`), so even a hub that dropped a message without a word is healed.
 - **Resync queue** (Global Hub's GlobalResyncQueue): digests requested by the hub (on
   a gap, on reactivation, at its startup, periodically, on demand) queue up FIFO, one
   type at a time, so a resync storm never starves the deltas of the other types. A
@@ -73,6 +75,13 @@ class ProtocolViolation(FleetsyncError):
 class HubSilent(TransportError):
     """Nothing from the hub for too long, heartbeats included: over a broker, where no
     connection breaks when the hub dies, this is how the agent learns that it is gone."""
+
+
+class HubStalled(TransportError):
+    """On a lossless connection, a type's messages have gone unacknowledged through the whole
+    backoff (15 + 30 + 60 + 120 s at the default timeout) while the hub answers heartbeats:
+    the connection is given up, and the reconnect's plan (resume, digest or FULL) takes over.
+    The net under a hub that would drop a message without a word; none is known to."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,6 +167,7 @@ class Uplink:
         self._last_heard = now
         for sync in syncs.values():
             sync.error_reported = None  # a new connection: report every type's error state once
+            sync.refused = ""  # a refusal holds for the connection it came on (the hub may take the type now)
 
     # ---- from the hub ------------------------------------------------------------------
 
@@ -314,6 +324,9 @@ class Uplink:
                 timer.since = now
             elif now - timer.since >= self.settings.ack_timeout * timer.factor:
                 unacked = sync.stream.unacked()
+                if self.lossless and timer.factor >= MAX_BACKOFF_FACTOR:
+                    waited = self.settings.ack_timeout * (2 * MAX_BACKOFF_FACTOR - 1)
+                    raise HubStalled(f"{sync.type}: {len(unacked)} message(s) unacknowledged for {waited:.0f}s while the hub answers heartbeats; reconnecting")
                 if self.lossless:
                     log.warning(
                         "%s: %d message(s) unacknowledged for %.0fs: the hub is behind (not resent: the connection loses nothing)",

@@ -43,7 +43,8 @@ def raise_error_event(status: Any) -> None:
     obj = status if isinstance(status, dict) else {}
     if obj.get("code") == 410:
         raise Expired(obj.get("message") or "410 Gone")
-    raise WatchError(int(obj.get("code") or 500), str(obj.get("message") or obj))
+    code = obj.get("code")
+    raise WatchError(code if isinstance(code, int) and 400 <= code < 600 else 500, str(obj.get("message") or obj))
 
 
 def event_version(obj: dict[str, Any], current: str) -> str:

@@ -70,7 +70,12 @@ _EMPTY_META = Meta()
 
 
 def fields_of(data: bytes | msgspec.Raw) -> RawFields:
-    """The top-level fields of one object's JSON (ObjectJsonError if it is not a JSON object)."""
+    """The top-level fields of one object's JSON (ObjectJsonError if it is not a JSON object).
+
+    The values are skipped, not validated: invalid UTF-8 inside a string, or a number no
+    double holds, passes here (an API server writes neither: Go's encoder replaces invalid
+    UTF-8) and is refused by the hub's check of each body, which refuses the bundle's type
+    on that connection."""
     try:
         return _fields.decode(data)
     except msgspec.DecodeError as exc:
@@ -141,10 +146,11 @@ def object_hash(body: bytes) -> int:
     return xxhash.xxh3_64_intdigest(body)
 
 
-def wire_object(fields: RawFields, *, compress: bool = True) -> pb.Object:
+def wire_object(fields: RawFields, *, compress: bool = True, meta: Meta | None = None) -> pb.Object:
     """The object's wire form: its body (:func:`body_of`) hashed and compressed once, and beside
-    it the metadata the hub indexes without reading the body."""
-    meta = meta_of(fields)
+    it the metadata the hub indexes without reading the body (``meta``: :func:`meta_of` of
+    ``fields``, if the caller has it already)."""
+    meta = meta or meta_of(fields)
     body = body_of(fields)
     return pb.Object(
         namespace=meta.namespace,
