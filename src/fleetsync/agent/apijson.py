@@ -16,7 +16,7 @@ import msgspec
 import orjson
 
 from fleetsync.model.watchevents import decode_event, event_version, raise_error_event
-from fleetsync.protocol.wireobject import RawFields, fields_of
+from fleetsync.protocol.wireobject import RawFields
 
 #: An object as a watcher hands it over: Python values (:data:`DICTS`) or raw JSON fields (:data:`RAW`).
 Item = TypeVar("Item", bound=dict[str, Any])
@@ -67,36 +67,31 @@ class _Version(msgspec.Struct):
     resourceVersion: str = ""
 
 
-class _Versioned(msgspec.Struct):
-    metadata: _Version = msgspec.field(default_factory=_Version)
-
-
 class _RawEvent(msgspec.Struct):
     type: str = ""
-    object: msgspec.Raw = msgspec.Raw(b"{}")
+    object: RawFields = msgspec.field(default_factory=dict)
 
 
 _raw_event = msgspec.json.Decoder(_RawEvent)
-_versioned = msgspec.json.Decoder(_Versioned)
+_version = msgspec.json.Decoder(_Version)
 
 
 def decode_raw_event(line: bytes) -> tuple[str, RawFields, str] | None:
     """(type, object as its raw JSON fields, the resourceVersion it moves the watch to or "") of
     one line of a watch (None for a blank one); an ERROR event raises as
-    :func:`fleetsync.model.watchevents.decode_event` does."""
+    :func:`fleetsync.model.watchevents.decode_event` does. The line is scanned once, and the
+    object's metadata once more for its version."""
     if not line.strip():
         return None
     try:
         event = _raw_event.decode(line)
+        if event.type == "ERROR":
+            raise_error_event({name: msgspec.json.decode(value) for name, value in event.object.items()})
+        metadata = event.object.get("metadata")
+        version = _version.decode(metadata).resourceVersion if metadata is not None else ""
     except msgspec.DecodeError as exc:
-        raise ValueError(f"a watch event that is not a Kubernetes WatchEvent: {exc}") from None
-    if event.type == "ERROR":
-        raise_error_event(msgspec.json.decode(event.object))
-    try:
-        version = _versioned.decode(event.object).metadata.resourceVersion
-    except msgspec.DecodeError as exc:
-        raise ValueError(f"a {event.type} watch event whose object has no valid metadata: {exc}") from None
-    return event.type, fields_of(event.object), version
+        raise ValueError(f"a watch event that is not a Kubernetes WatchEvent with an object: {exc}") from None
+    return event.type, event.object, version
 
 
 #: Objects as Python values (what the works' watches read).

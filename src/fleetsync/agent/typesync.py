@@ -25,7 +25,7 @@ from fleetsync.model.types import ResourceType
 from fleetsync.protocol import codec
 from fleetsync.protocol import fleetsync_pb2 as pb
 from fleetsync.protocol.rules import AgentStream
-from fleetsync.protocol.wireobject import Meta, RawFields, fields_of_dict, meta_of, wire_object
+from fleetsync.protocol.wireobject import Metadata, RawFields, fields_of_dict, metadata_of, wire_object
 
 #: Room kept in every message for the envelope (type, incarnation, seqs, flags).
 ENVELOPE_BYTES = 1024
@@ -49,9 +49,9 @@ class Cached(NamedTuple):
         return len(self.wire) + FIELD_BYTES
 
 
-def _wire(fields: RawFields, meta: Meta) -> tuple[str, Cached]:
-    """(key, cached form) of a cluster object whose metadata is ``meta``."""
-    obj = wire_object(fields, meta=meta)
+def _wire(fields: RawFields, metadata: Metadata) -> tuple[str, Cached]:
+    """(key, cached form) of a cluster object whose metadata is ``metadata``."""
+    obj = wire_object(fields, metadata=metadata)
     return codec.key_of(obj.namespace, obj.name), Cached(obj.hash, obj.SerializeToString())
 
 
@@ -166,7 +166,8 @@ class TypeSync:
 
     def on_change(self, kind: str, fields: RawFields) -> None:
         """A watch event (ADDED, MODIFIED, DELETED) of the object whose JSON fields are ``fields``."""
-        meta = meta_of(fields)
+        metadata = metadata_of(fields)
+        meta = metadata.meta
         if not self.wanted(meta.namespace):
             return
         if kind == "DELETED":
@@ -175,7 +176,7 @@ class TypeSync:
             if self.cache.pop(key, None) is not None:
                 self._changed(key, None)
             return
-        key, obj = _wire(fields, meta)
+        key, obj = _wire(fields, metadata)
         if obj.size > self.budget:
             self._left_out[key] = obj
             if self.cache.pop(key, None) is not None:  # it grew too large: the hub must not keep an old state
@@ -350,7 +351,7 @@ class Listing:
     def add(self, items: Iterable[RawFields]) -> None:
         """Objects of the LIST, each as its JSON fields (:func:`fleetsync.protocol.wireobject.fields_of`)."""
         for fields in items:
-            meta = meta_of(fields)
-            if self.sync.wanted(meta.namespace):
-                key, obj = _wire(fields, meta)
+            metadata = metadata_of(fields)
+            if self.sync.wanted(metadata.meta.namespace):
+                key, obj = _wire(fields, metadata)
                 self.objects[key] = obj

@@ -19,7 +19,7 @@ content did change may also change order, which costs nothing but being sent.
 from __future__ import annotations
 
 from functools import lru_cache
-from typing import Any
+from typing import Any, NamedTuple
 
 import lz4.frame
 import msgspec
@@ -87,13 +87,24 @@ def fields_of_dict(obj: dict[str, Any]) -> RawFields:
     return fields_of(orjson.dumps(obj))
 
 
-def meta_of(fields: RawFields) -> Meta:
-    """The object's metadata as the wire needs it (all empty if it has none)."""
+class Metadata(NamedTuple):
+    """An object's metadata read once: what the wire carries beside the body, and the metadata
+    as the body holds it (without managedFields and the last-applied annotation, keys sorted;
+    None if the object has none)."""
+
+    meta: Meta
+    synced: bytes | None
+
+
+def metadata_of(fields: RawFields) -> Metadata:
+    """The object's metadata, its raw JSON scanned once: ``managedFields`` (most of it) is
+    skipped there, and the wire's fields are decoded from the stripped metadata."""
     raw = fields.get("metadata")
     if raw is None:
-        return _EMPTY_META
+        return Metadata(_EMPTY_META, None)
+    synced = _stripped_metadata(raw)
     try:
-        return _meta.decode(raw)
+        return Metadata(_meta.decode(synced), synced)
     except msgspec.DecodeError as exc:
         raise ObjectJsonError(f"object metadata: {exc}") from None
 
@@ -117,7 +128,10 @@ def _object(fields: dict[str, msgspec.Raw | bytes]) -> bytes:
 
 def _stripped_metadata(raw: msgspec.Raw) -> bytes:
     """``metadata`` without managedFields and the last-applied annotation, its keys sorted."""
-    meta: dict[str, msgspec.Raw | bytes] = dict(fields_of(raw))
+    try:
+        meta: dict[str, msgspec.Raw | bytes] = dict(_fields.decode(raw))
+    except msgspec.DecodeError as exc:
+        raise ObjectJsonError(f"object metadata: {exc}") from None
     meta.pop("managedFields", None)
     annotations = meta.get("annotations")
     if annotations is not None and _LAST_APPLIED_BYTES in memoryview(annotations).tobytes():
@@ -133,11 +147,13 @@ def _stripped_metadata(raw: msgspec.Raw) -> bytes:
     return _object(meta)
 
 
-def body_of(fields: RawFields) -> bytes:
-    """The object's body as synced (module docstring): what is hashed, compressed and stored."""
+def body_of(fields: RawFields, metadata: Metadata | None = None) -> bytes:
+    """The object's body as synced (module docstring): what is hashed, compressed and stored
+    (``metadata``: :func:`metadata_of` of ``fields``, if the caller has it already)."""
+    synced = (metadata or metadata_of(fields)).synced
     out: dict[str, msgspec.Raw | bytes] = dict(fields)
-    if (metadata := fields.get("metadata")) is not None:
-        out["metadata"] = _stripped_metadata(metadata)
+    if synced is not None:
+        out["metadata"] = synced
     return _object(out)
 
 
@@ -146,12 +162,12 @@ def object_hash(body: bytes) -> int:
     return xxhash.xxh3_64_intdigest(body)
 
 
-def wire_object(fields: RawFields, *, compress: bool = True, meta: Meta | None = None) -> pb.Object:
+def wire_object(fields: RawFields, *, compress: bool = True, metadata: Metadata | None = None) -> pb.Object:
     """The object's wire form: its body (:func:`body_of`) hashed and compressed once, and beside
-    it the metadata the hub indexes without reading the body (``meta``: :func:`meta_of` of
-    ``fields``, if the caller has it already)."""
-    meta = meta or meta_of(fields)
-    body = body_of(fields)
+    it the metadata the hub indexes without reading the body (``metadata``: :func:`metadata_of`
+    of ``fields``, if the caller has it already)."""
+    metadata = metadata or metadata_of(fields)
+    meta, body = metadata.meta, body_of(fields, metadata)
     return pb.Object(
         namespace=meta.namespace,
         name=meta.name,
