@@ -1,6 +1,7 @@
 """The SQLite batch writer process (store/sqlitebatch.py), as the hub runs it: what it
 writes is what the store holds, errors come back as the store's own, and a writer
 process that dies costs its batch (StoreUnavailable, which the hub retries) and nothing else.
+Also the SQLite store's lease renewals, a statement of their own per so many leases.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+from fleetsync.store import sqlite as sqlite_store
 from fleetsync.store.contract import BundleWrite, LeaseLost, ObjectRecord, StoreUnavailable
 from fleetsync.store.sqlite import SQLiteStore
 
@@ -95,3 +97,15 @@ async def test_the_writer_process_ends_with_the_store(tmp_path: Path) -> None:
     child = writer_process(s)
     await s.close()  # waits for the process (it exits when its stdin closes)
     assert not child.is_running()
+
+
+async def test_leases_renewed_in_several_statements_are_all_renewed_and_the_lost_ones_named(store: SQLiteStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sqlite_store, "LEASES_PER_STATEMENT", 3)  # 8 leases: three statements
+    held = []
+    for i in range(8):
+        granted = await store.acquire_lease(f"c{i}", holder=f"agent-{i}", incarnation="i1", hub_id="hub", ttl=30, now=1.0)
+        held.append((f"c{i}", granted.lease.epoch))
+    held[5] = ("c5", held[5][1] + 1)  # an epoch c5's lease does not have: lost
+    assert await store.renew_leases(held, hub_id="hub", now=20.0, ttl=30) == ["c5"]
+    expiry = {lease.cluster: lease.expires_at for lease in await store.leases()}
+    assert expiry == {f"c{i}": 31.0 if i == 5 else 50.0 for i in range(8)}
