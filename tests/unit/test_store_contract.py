@@ -1360,6 +1360,20 @@ async def test_sqlite_events_keep_their_window_by_itself(tmp_path: Path) -> None
         await small.close()
 
 
+async def test_sqlite_events_written_many_at_once_keep_their_order_and_window(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "events.db", events_keep=1000)
+    await store.open()
+    try:
+        # more than one multi-row statement's worth in one call
+        await store.add_events([EventRecord(time=float(i), cluster="c1", reason="Connected", message=str(i)) for i in range(1201)])
+        kept = await store.events(limit=10_000)
+        assert 1000 <= len(kept) <= 1010 and kept[-1].message == "1200"
+        assert [int(e.message) for e in kept] == list(range(1201 - len(kept), 1201))
+        assert [e.id for e in kept] == sorted(e.id for e in kept)
+    finally:
+        await store.close()
+
+
 async def test_reported_types_are_replaced_per_cluster_and_survive_reopen(engine: Engine, store: Store) -> None:
     assert await store.reported_types() == {}
     widget = '{"group":"example.com","version":"v1","kind":"Widget","plural":"widgets"}'

@@ -93,6 +93,7 @@ from fleetsync.store.sqlitebatch import (
     BATCH_WRITER_KINDS,
     CHANGES_HEAD,
     OBJECT_FIELDS,
+    ROWS_PER_STATEMENT,
     BatchConnection,
     BatchWriterKind,
     labels_json,
@@ -1217,15 +1218,22 @@ class SQLiteStore(ScopedListing):
     async def add_events(self, events: Sequence[EventRecord]) -> None:
         if not events:
             return
+        # A multi-row INSERT ... RETURNING: one round trip (and, per statement, one commit) where
+        # executemany and a max(id) query were two, and a commit per row: on a busy event loop each
+        # round trip holds the write lock, and every batch behind it, for a turn of the loop.
+        newest = 0
         async with self._autocommit() as db:
-            await db.executemany(
-                "INSERT INTO events (at, cluster, reason, type, message, hub_id) VALUES (?, ?, ?, ?, ?, ?)",
-                [(e.time, e.cluster, e.reason, e.type, e.message, e.hub_id) for e in events],
-            )
+            for start in range(0, len(events), ROWS_PER_STATEMENT):
+                chunk = events[start : start + ROWS_PER_STATEMENT]
+                rows = await db.execute_fetchall(
+                    "INSERT INTO events (at, cluster, reason, type, message, hub_id) VALUES "
+                    + ", ".join(["(?, ?, ?, ?, ?, ?)"] * len(chunk))
+                    + " RETURNING id",
+                    [v for e in chunk for v in (e.time, e.cluster, e.reason, e.type, e.message, e.hub_id)],
+                )
+                newest = max(newest, *(int(r[0]) for r in rows))
             # trim in steps of 1% of the window, as the change log does
             step = max(1, self.events_keep // 100)
-            rows = list(await db.execute_fetchall("SELECT max(id) FROM events"))
-            newest = int(rows[0][0] or 0)
             if self.events_keep and newest // step != (newest - len(events)) // step:
                 await db.execute("DELETE FROM events WHERE id <= ?", (newest - self.events_keep,))
         self._dispatch("events", str(newest))
