@@ -315,8 +315,6 @@ class WorkerConfig:
     connect_concurrency: int
     hello_timeout: float
     log_file: str
-    #: "uvloop" or "asyncio": the workers' event loop (see ``--worker-loop``).
-    event_loop: str = "uvloop"
 
 
 _WAKE = object()
@@ -714,12 +712,7 @@ def worker_main(conn: Connection, config: WorkerConfig) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process's to handle: it stops the workers in order
     logging.basicConfig(filename=config.log_file, level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        if config.event_loop == "uvloop":
-            import uvloop
-
-            uvloop.run(Worker(conn, config).run())
-        else:
-            asyncio.run(Worker(conn, config).run())
+        asyncio.run(Worker(conn, config).run())
     except BaseException:
         with contextlib.suppress(Exception):
             conn.send(("error", traceback.format_exc()))
@@ -1148,9 +1141,7 @@ async def bench(args: argparse.Namespace, procs: Processes, tmp: Path, fig: dict
         ctx = multiprocessing.get_context("spawn")  # not fork: gRPC does not survive it
         for w in range(args.procs):  # agent k of worker w: replica (w + k) mod N
             mine = [(n, name, tokens[name], agent_urls[(w + k) % len(agent_urls)]) for k, (n, name) in enumerate(clusters[w :: args.procs])]
-            config = WorkerConfig(
-                w, mine, args.objects, args.seed, args.connect_concurrency, args.hello_timeout, str(tmp / f"worker-{w}.log"), args.worker_loop
-            )
+            config = WorkerConfig(w, mine, args.objects, args.seed, args.connect_concurrency, args.hello_timeout, str(tmp / f"worker-{w}.log"))
             handles.append(WorkerHandle(ctx, config, events, loop))
         fig["_workers"] = workers = Workers(handles, events, procs)
         print(f"{args.procs} workers making {args.clusters:,} x {args.objects:,} Pods ...", flush=True)
@@ -1542,12 +1533,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--settle-timeout", type=float, default=300.0, help="seconds allowed before the idle phase for the hub to ack every change")
     p.add_argument("--raw-objects", type=int, default=20_000, help="Pods of the raw store rate measurement")
     p.add_argument("--raw-bundle", type=int, default=1000, help="Pods per transaction of the raw store rate measurement")
-    p.add_argument(
-        "--worker-loop",
-        choices=("uvloop", "asyncio"),
-        default="uvloop",
-        help="the workers' event loop: uvloop (the load costs the machine the hub shares less CPU) or Python's own",
-    )
     p.add_argument("--connect-concurrency", type=int, default=100, help="handshakes (connect, Hello, Welcome) at a time per worker")
     p.add_argument("--hello-timeout", type=float, default=30.0, help="seconds an agent waits for Welcome (the real agent's)")
     p.add_argument("--prepare-timeout", type=float, default=900.0, help="seconds allowed for the workers to make their objects")
