@@ -236,9 +236,11 @@ def _node_id_for_schemathesis(request: pytest.FixtureRequest) -> None:
 
 
 def _first(value: Any) -> str:
-    """A query value as the hub reads it (the first of repeated ones), as text."""
-    if isinstance(value, list):
-        value = value[0] if value else ""
+    """A query value as the hub reads it (the first of repeated ones), as text. A generated list or
+    object goes out as repeated parameters (requests sends each of its items, an object's keys),
+    and the hub reads the first."""
+    if isinstance(value, list | dict):
+        value = next(iter(value), "")
     if isinstance(value, bool):
         return "true" if value else "false"
     return "" if value is None else str(value)

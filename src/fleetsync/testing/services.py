@@ -32,11 +32,22 @@ API_TOKEN = os.environ.setdefault("FLEETSYNC_TOKEN", new_token())
 BIN = Path(sys.executable).parent
 
 
+#: Ports :func:`free_port` handed out in this process: a port chosen for a process that has not
+#: bound it yet is free to the kernel, which may offer it again (two agents of one test got the same
+#: metrics port once).
+_handed_out: set[int] = set()
+
+
 def free_port() -> int:
-    """A loopback port free now (the process it is for binds it later: see the callers' retries)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A loopback port free now and not handed out before by this process (the process it is for
+    binds it later: see the callers' retries)."""
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        if port not in _handed_out:
+            _handed_out.add(port)
+            return port
 
 
 def admin_token_file(path: Path) -> Path:
