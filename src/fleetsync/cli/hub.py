@@ -174,7 +174,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         "--db-writer",
         choices=("process", "thread"),
         default="process",
-        help="SQLite: write the agents' bundles from a process of the hub's own (its own core: the hub's event loop is one core of Python) or from a thread of the hub",
+        help="write the agents' bundles from a process of the hub's own (its own core: the hub's event loop is one core of Python) or from the hub's process (SQLite: a thread; PostgreSQL: the event loop)",
     )
     add_flag(
         p,

@@ -24,7 +24,8 @@ def open_store(
     ``gate_history_keep``: how many gate history entries are kept (the oldest go first);
     ``busy_timeout``: SQLite only, seconds a write waits for another process's lock;
     ``timeout``: PostgreSQL only, seconds a connection attempt or a statement may take;
-    ``batch_writer``: SQLite only, where batches are written (:mod:`fleetsync.store.sqlitebatch`)."""
+    ``batch_writer``: where batches are written, in this process or a process of the store's
+    own (:mod:`fleetsync.store.writerprocess`)."""
     if url.startswith("sqlite:///"):
         from fleetsync.store.sqlite import SQLiteStore
 
@@ -42,5 +43,7 @@ def open_store(
     if url.startswith(("postgresql://", "postgres://")):
         from fleetsync.store.postgres import PostgresStore
 
-        return PostgresStore(url, change_log_keep=change_log_keep, events_keep=events_keep, gate_history_keep=gate_history_keep, timeout=timeout)
+        return PostgresStore(
+            url, change_log_keep=change_log_keep, events_keep=events_keep, gate_history_keep=gate_history_keep, timeout=timeout, batch_writer=batch_writer
+        )
     raise ValueError(f"--db {url!r}: expected sqlite:///PATH or postgresql://USER@HOST:PORT/DATABASE")

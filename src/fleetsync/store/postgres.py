@@ -56,7 +56,6 @@ from fleetsync.store.contract import (
     GateExists,
     GateRecord,
     Lease,
-    LeaseLost,
     LeaseResult,
     ObjectRecord,
     ReadScope,
@@ -68,8 +67,8 @@ from fleetsync.store.contract import (
     WorkRecord,
     WorkStatusRecord,
 )
-from fleetsync.store.leasing import fenced, fenced_message, may_take
-from fleetsync.store.plan import Held, RoundPlan, lookups, plan_round, rounds
+from fleetsync.store.leasing import may_take
+from fleetsync.store.pgbatch import OBJECT_FIELDS, PG_CHANNEL, UNAVAILABLE, ProcessBatchConnection, safe_url, write_batch
 from fleetsync.store.rows import (
     GATE_COLUMNS,
     GATE_HISTORY_COLUMNS,
@@ -90,18 +89,16 @@ from fleetsync.store.rows import (
     object_from_row,
     refresh_from_row,
     scope_text,
-    to_signed,
     to_unsigned,
     token_from_row,
     work_from_row,
     work_status_from_row,
 )
 from fleetsync.store.scopewalk import ScopedListing
+from fleetsync.store.writerprocess import BATCH_WRITER_KINDS, BatchWriterKind
 
 log = logging.getLogger(__name__)
 
-#: The one PostgreSQL notification channel; payloads are "CHANNEL\nPAYLOAD".
-PG_CHANNEL = "fleetsync"
 #: Advisory lock keys (any 64-bit numbers no one else uses).
 MIGRATION_LOCK = 0x666C_7379_6E63_0001
 EVENTS_LOCK = 0x666C_7379_6E63_0002
@@ -325,63 +322,9 @@ MIGRATIONS: tuple[str, ...] = (
     """,
 )
 
-_OBJECT_FIELDS = "uid, resource_version, hash, labels, owner, body, compression, incarnation"
-_OBJECT_COLUMNS = f"cluster, type, namespace, name, {_OBJECT_FIELDS}, rev"
-_ROW_ARRAYS = "$1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::int8[], $8::text[], $9::text[], $10::bytea[], $11::int2[], $12::text[], $13::int8[]"
-_ROW_NAMES = "cl, ty, ns, nm, uid, rv, h, l, ow, b, co, inc, r"
+_OBJECT_COLUMNS = f"cluster, type, namespace, name, {OBJECT_FIELDS}, rev"
 
-# One statement writes every changed object of a batch round, one its change-log entries.
-_UPSERT_OBJECTS = f"""
-    INSERT INTO objects (cluster, type, namespace, name, {_OBJECT_FIELDS}, full_seq, rev)
-    SELECT cl, ty, ns, nm, uid, rv, h, l::jsonb, ow, b, co, inc, fs, r
-    FROM unnest({_ROW_ARRAYS}, $14::int8[]) AS x({_ROW_NAMES}, fs)
-    ON CONFLICT (cluster, type, namespace, name) DO UPDATE SET
-        uid = excluded.uid, resource_version = excluded.resource_version, hash = excluded.hash,
-        labels = excluded.labels, owner = excluded.owner, body = excluded.body,
-        compression = excluded.compression, incarnation = excluded.incarnation,
-        full_seq = coalesce(excluded.full_seq, objects.full_seq), rev = excluded.rev
-"""
-_INSERT_CHANGES = f"""
-    INSERT INTO changes (rev, event, cluster, type, namespace, name, {_OBJECT_FIELDS})
-    SELECT r, CASE WHEN added THEN 'ADDED' ELSE 'MODIFIED' END, cl, ty, ns, nm, uid, rv, h, l::jsonb, ow, b, co, inc
-    FROM unnest({_ROW_ARRAYS}, $14::bool[]) AS x({_ROW_NAMES}, added)
-"""
-# Statements by key are planned so that each key is one primary-key lookup, whatever the
-# table statistics say: joined with ``unnest`` instead, the planner -- with statistics from
-# when the table was small, as during the first FULL into a new database -- read every
-# row of the cluster and type for every bundle (measured: ~0.7 s per 500-object bundle at
-# 20k objects). Lookups go through a LATERAL subquery with LIMIT (never flattened into a
-# join); updates and deletes by key are pipelined single-row statements (executemany).
-_MARK_FULL = "UPDATE objects SET full_seq = $3 WHERE cluster = $1 AND type = $2 AND namespace = $4 AND name = $5"
-_HELD = """
-    SELECT k.cl, k.ty, k.ns, k.nm, o.hash, o.full_seq FROM unnest($1::text[], $2::text[], $3::text[], $4::text[]) AS k(cl, ty, ns, nm)
-    CROSS JOIN LATERAL (
-        SELECT hash, full_seq FROM objects WHERE cluster = k.cl AND type = k.ty AND namespace = k.ns AND name = k.nm LIMIT 1
-    ) AS o
-"""
-_UNMARKED = "SELECT namespace, name FROM objects WHERE cluster = $1 AND type = $2 AND full_seq IS DISTINCT FROM $3 ORDER BY namespace, name"
-_DELETE_KEY = f"""
-    WITH gone AS (DELETE FROM objects WHERE cluster = $1 AND type = $2 AND namespace = $3 AND name = $4 RETURNING *)
-    INSERT INTO changes (rev, event, cluster, type, namespace, name, {_OBJECT_FIELDS})
-    SELECT $5, 'DELETED', cluster, type, namespace, name, {_OBJECT_FIELDS} FROM gone
-"""
-_MOVE_STREAM = """
-    INSERT INTO streams (cluster, type, incarnation, seq, error, updated_at) VALUES ($1, $2, $3, $4, '', $5)
-    ON CONFLICT (cluster, type) DO UPDATE SET incarnation = excluded.incarnation, seq = excluded.seq, updated_at = excluded.updated_at
-"""
-#: Errors that say the database could not be written at all, whatever was being written.
-_UNAVAILABLE = (
-    OSError,
-    asyncio.TimeoutError,
-    asyncpg.PostgresConnectionError,
-    asyncpg.InterfaceError,
-    # asyncpg's own state machine, confused by a connection cut in the middle of an operation
-    # ("cannot switch to state 15; another operation (2) is in progress", seen while PostgreSQL
-    # restarted): nothing to do with the bundle being written, so not a reason to refuse it
-    asyncpg.exceptions.InternalClientError,
-    asyncpg.exceptions.OperatorInterventionError,
-    asyncpg.exceptions.InsufficientResourcesError,
-)
+
 _LEASE_COLUMNS = "cluster, holder, incarnation, hub_id, expires_at, connected, epoch"
 _REFRESH_COLUMNS = "cluster, mode, url, interval, next_refresh_at"
 
@@ -431,12 +374,26 @@ class PostgresStore(ScopedListing):
     """The :class:`~fleetsync.store.contract.Store` on PostgreSQL (``postgresql://USER@HOST:PORT/DB``).
 
     ``change_log_keep`` and ``events_keep`` as for the SQLite engine; ``pool_size``: the
-    most connections this replica opens (plus one for LISTEN).
+    most connections this replica opens (plus one for LISTEN, and one for the batch writer's
+    process); ``batch_writer``: where :meth:`apply_batch` writes, on this process's event loop
+    or in a process of its own (:mod:`fleetsync.store.pgbatch`).
     """
 
     def __init__(
-        self, url: str, *, change_log_keep: int = 100_000, events_keep: int = 10_000, gate_history_keep: int = 10_000, pool_size: int = 8, timeout: float = 30.0
+        self,
+        url: str,
+        *,
+        change_log_keep: int = 100_000,
+        events_keep: int = 10_000,
+        gate_history_keep: int = 10_000,
+        pool_size: int = 8,
+        timeout: float = 30.0,
+        batch_writer: BatchWriterKind = "thread",
     ) -> None:
+        if batch_writer not in BATCH_WRITER_KINDS:
+            raise ValueError(f"batch_writer must be one of {', '.join(BATCH_WRITER_KINDS)}, not {batch_writer!r}")
+        self.batch_writer: BatchWriterKind = batch_writer
+        self._batch: ProcessBatchConnection | None = None
         if change_log_keep < 0:
             raise ValueError(f"change_log_keep must be >= 0, not {change_log_keep}")
         if gate_history_keep < 0:
@@ -465,7 +422,7 @@ class PostgresStore(ScopedListing):
         try:
             pool = await asyncpg.create_pool(self.url, min_size=1, max_size=self.pool_size, timeout=self.timeout, command_timeout=self.timeout)
         except (OSError, asyncpg.PostgresError, ValueError) as exc:
-            raise RuntimeError(f"cannot connect to PostgreSQL at {_safe_url(self.url)}: {exc}") from exc
+            raise RuntimeError(f"cannot connect to PostgreSQL at {safe_url(self.url)}: {exc}") from exc
         try:
             async with pool.acquire() as conn:
                 await self._migrate(conn)
@@ -475,7 +432,15 @@ class PostgresStore(ScopedListing):
         self._pool = pool
         ready = asyncio.get_running_loop().create_future()
         self._listener = asyncio.create_task(self._listen(ready), name="postgres-listen")
-        await ready
+        try:
+            await ready
+            if self.batch_writer == "process":
+                batch = ProcessBatchConnection(self.url, timeout=self.timeout, change_log_keep=self.change_log_keep)
+                await batch.open()
+                self._batch = batch
+        except BaseException:
+            await self._close()
+            raise
 
     async def _migrate(self, conn: asyncpg.Connection) -> None:
         async with conn.transaction():
@@ -483,11 +448,11 @@ class PostgresStore(ScopedListing):
             await conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version integer PRIMARY KEY, applied_at double precision NOT NULL)")
             version = int(await conn.fetchval("SELECT coalesce(max(version), 0) FROM schema_version"))
             if version > len(MIGRATIONS):
-                raise RuntimeError(f"{_safe_url(self.url)} has schema version {version}, newer than this fleetsync ({len(MIGRATIONS)}): upgrade fleetsync")
+                raise RuntimeError(f"{safe_url(self.url)} has schema version {version}, newer than this fleetsync ({len(MIGRATIONS)}): upgrade fleetsync")
             for number in range(version + 1, len(MIGRATIONS) + 1):
                 await conn.execute(MIGRATIONS[number - 1])
                 await conn.execute("INSERT INTO schema_version (version, applied_at) VALUES ($1, $2)", number, time.time())
-                log.info("%s: applied schema migration %d", _safe_url(self.url), number)
+                log.info("%s: applied schema migration %d", safe_url(self.url), number)
 
     async def schema_version(self) -> int:
         return int(await self._fetchval("SELECT coalesce(max(version), 0) FROM schema_version"))
@@ -550,10 +515,17 @@ class PostgresStore(ScopedListing):
         try:
             await self._flush_touches()
         finally:
-            pool, self._pool = self._pool, None
-            if self._listener is not None:
-                await cancel_and_wait([self._listener])
-                self._listener = None
+            await self._close()
+
+    async def _close(self) -> None:
+        pool, self._pool = self._pool, None
+        batch, self._batch = self._batch, None
+        if batch is not None:
+            await batch.close()
+        if self._listener is not None:
+            await cancel_and_wait([self._listener])
+            self._listener = None
+        if pool is not None:
             await pool.close()
 
     def _get_pool(self) -> asyncpg.Pool:
@@ -918,8 +890,8 @@ class PostgresStore(ScopedListing):
             objects = int(await conn.fetchval("SELECT count(*) FROM objects WHERE cluster = $1", name))
             if objects:
                 await conn.execute(
-                    f"INSERT INTO changes (rev, event, cluster, type, namespace, name, {_OBJECT_FIELDS})"
-                    f" SELECT $1 + row_number() OVER (ORDER BY type, namespace, name), 'DELETED', cluster, type, namespace, name, {_OBJECT_FIELDS}"
+                    f"INSERT INTO changes (rev, event, cluster, type, namespace, name, {OBJECT_FIELDS})"
+                    f" SELECT $1 + row_number() OVER (ORDER BY type, namespace, name), 'DELETED', cluster, type, namespace, name, {OBJECT_FIELDS}"
                     " FROM objects WHERE cluster = $2",
                     base,
                     name,
@@ -1031,45 +1003,16 @@ class PostgresStore(ScopedListing):
 
     async def apply_batch(self, writes: Sequence[BundleWrite]) -> Applied:
         """See the contract and :mod:`fleetsync.store.plan`; revisions are assigned exactly as the
-        SQLite engine does. Per round: one lookup statement, the plan, then the revisions taken
-        with one ``UPDATE`` of the counter (its row lock, held to the commit, orders the batches
-        of every replica: see the module docstring), then one statement per kind of write.
-        A lost or refused connection, a server shutting down or out of disk is raised as
-        StoreUnavailable."""
+        SQLite engine does. The transaction is :func:`~fleetsync.store.pgbatch.write_batch`, on a
+        connection of the pool or in the batch writer's process (``batch_writer``). A lost or
+        refused connection, a server shutting down or out of disk is raised as StoreUnavailable."""
+        if self._batch is not None:
+            return await self._batch.write(writes)
         try:
-            return await self._apply_batch(writes)
-        except _UNAVAILABLE as exc:
-            raise StoreUnavailable(f"PostgreSQL at {_safe_url(self.url)}: {exc!r}") from exc
-
-    async def _apply_batch(self, writes: Sequence[BundleWrite]) -> Applied:
-        async with self._transaction() as conn:
-            await _fence(conn, writes)
-            rev = first = None
-            changes: list[int] = []
-            for writes_ in rounds(writes):
-                keys = lookups(writes_)
-                held: dict[tuple[str, str, str, str], Held] = {}
-                if keys:
-                    rows = await conn.fetch(_HELD, *(list(column) for column in zip(*keys, strict=True)))
-                    held = {(r[0], r[1], r[2], r[3]): Held(to_unsigned(r[4]), r[5]) for r in rows}
-                unmarked = {
-                    (w.cluster, w.type): [(r[0], r[1]) for r in await conn.fetch(_UNMARKED, w.cluster, w.type, w.full_seq)] for w in writes_ if w.full_end
-                }
-                plan = plan_round(writes_, held, unmarked)
-                changes += plan.changes_per_bundle
-                base = 0
-                if plan.changes:
-                    rev = int(await conn.fetchval("UPDATE meta SET value = value + $1 WHERE key = 'rev' RETURNING value", plan.changes))
-                    base = rev - plan.changes
-                    first = base if first is None else first
-                await _write_round(conn, plan, base)
-            if rev is None or first is None:
-                return Applied(int(await conn.fetchval("SELECT value FROM meta WHERE key = 'rev'")), changes)
-            await conn.execute("SELECT pg_notify($1, $2)", PG_CHANNEL, f"changes\n{rev}")
-            step = max(1, self.change_log_keep // 100)
-            if self.change_log_keep and rev // step != first // step:
-                await conn.execute("DELETE FROM changes WHERE rev <= $1", rev - self.change_log_keep)
-        return Applied(rev, changes)
+            async with self._get_pool().acquire() as conn:
+                return await write_batch(conn, writes, self.change_log_keep)
+        except UNAVAILABLE as exc:
+            raise StoreUnavailable(f"PostgreSQL at {safe_url(self.url)}: {exc!r}") from exc
 
     async def set_stream_error(self, cluster: str, type: str, error: str, *, now: float) -> None:  # noqa: A002
         if error:
@@ -1151,7 +1094,7 @@ class PostgresStore(ScopedListing):
 
     async def changes_since(self, rev: int, *, limit: int = 1000) -> list[Change]:
         """``limit`` <= 0: all of them."""
-        sql = f"SELECT event, cluster, type, namespace, name, {_OBJECT_FIELDS}, rev FROM changes WHERE rev > $1 ORDER BY rev"
+        sql = f"SELECT event, cluster, type, namespace, name, {OBJECT_FIELDS}, rev FROM changes WHERE rev > $1 ORDER BY rev"
         if limit > 0:
             sql += f" LIMIT {int(limit)}"
         rows = await self._fetch(sql, rev)
@@ -1273,32 +1216,8 @@ class PostgresStore(ScopedListing):
         await self._execute("DELETE FROM locks WHERE name = $1 AND holder = $2", name, holder)
 
 
-def _safe_url(url: str) -> str:
-    """``url`` without its password, for messages."""
-    scheme, sep, rest = url.partition("://")
-    if not sep or "@" not in rest:
-        return url
-    credentials, _, host = rest.rpartition("@")
-    user = credentials.split(":", 1)[0]
-    return f"{scheme}://{user}@{host}"
-
-
 class _NothingToDelete(FleetsyncError):
     """Ends a gate delete's transaction without writing (see :meth:`PostgresStore.delete_gate`)."""
-
-
-async def _fence(conn: asyncpg.Connection, writes: Sequence[BundleWrite]) -> None:
-    """Raise LeaseLost, before anything is written, if a fenced write's session no longer holds
-    its cluster: one statement for the batch. FOR SHARE holds the lease rows to the commit,
-    so a grant (which updates the row) waits for this batch: none can slip in between."""
-    clusters = sorted({w.cluster for w in writes if w.epoch})
-    if not clusters:
-        return
-    rows = await conn.fetch("SELECT cluster, epoch FROM leases WHERE cluster = ANY($1::text[]) ORDER BY cluster FOR SHARE", clusters)
-    epochs = {r[0]: int(r[1]) for r in rows}
-    lost = fenced(writes, epochs)
-    if lost:
-        raise LeaseLost(lost, fenced_message(writes, lost, epochs))
 
 
 async def _next_gate_revision(conn: asyncpg.Connection) -> int:
@@ -1309,42 +1228,3 @@ async def _next_gate_revision(conn: asyncpg.Connection) -> int:
 async def _next_work_revision(conn: asyncpg.Connection) -> int:
     """The next work revision (in the caller's transaction, whose commit releases the counter's row lock)."""
     return int(await conn.fetchval("UPDATE meta SET value = value + 1 WHERE key = 'works_rev' RETURNING value"))
-
-
-async def _write_round(conn: asyncpg.Connection, plan: RoundPlan, base: int) -> None:
-    """Write a planned round whose offsets count from revision ``base``."""
-    columns: list[list[Any]] = [[] for _ in range(14)]
-    added: list[bool] = []
-    for w, u in plan.upserts:
-        o = u.record
-        row = (
-            w.cluster,
-            w.type,
-            o.namespace,
-            o.name,
-            o.uid,
-            o.resource_version,
-            to_signed(o.hash),
-            _text(o.labels),
-            o.owner,
-            o.body,
-            o.compression,
-            o.incarnation,
-            base + u.offset,
-            w.full_seq,
-        )
-        for column, value in zip(columns, row, strict=True):
-            column.append(value)
-        added.append(u.added)
-    if added:
-        await conn.execute(_UPSERT_OBJECTS, *columns)
-        await conn.execute(_INSERT_CHANGES, *columns[:13], added)
-    marks = [(w.cluster, w.type, w.full_seq, *key) for w, key in plan.marks]
-    if marks:
-        await conn.executemany(_MARK_FULL, marks)
-    deletes = [(w.cluster, w.type, *d.key, base + d.offset) for w, d in plan.deletes]
-    if deletes:
-        await conn.executemany(_DELETE_KEY, deletes)
-    moves = [(w.cluster, w.type, *w.move_to, w.now) for w in plan.moves if w.move_to is not None]
-    if moves:
-        await conn.executemany(_MOVE_STREAM, moves)

@@ -62,7 +62,6 @@ from fleetsync.store.contract import (
     WorkRecord,
     WorkStatusRecord,
 )
-from fleetsync.store.leasing import may_take
 from fleetsync.store.rows import (
     GATE_COLUMNS,
     GATE_HISTORY_COLUMNS,
@@ -89,16 +88,8 @@ from fleetsync.store.rows import (
     work_status_from_row,
 )
 from fleetsync.store.scopewalk import ScopedListing
-from fleetsync.store.sqlitebatch import (
-    BATCH_WRITER_KINDS,
-    CHANGES_HEAD,
-    OBJECT_FIELDS,
-    ROWS_PER_STATEMENT,
-    BatchConnection,
-    BatchWriterKind,
-    labels_json,
-    open_batch_connection,
-)
+from fleetsync.store.sqlitebatch import CHANGES_HEAD, LEASE_COLUMNS, OBJECT_FIELDS, ROWS_PER_STATEMENT, BatchConnection, LeaseRequest, open_batch_connection
+from fleetsync.store.writerprocess import BATCH_WRITER_KINDS, BatchWriterKind, labels_json
 
 log = logging.getLogger(__name__)
 
@@ -345,8 +336,6 @@ MIGRATIONS: tuple[str, ...] = (
 
 _OBJECT_FIELDS = OBJECT_FIELDS
 _OBJECT_COLUMNS = f"cluster, type, namespace, name, {_OBJECT_FIELDS}, rev"
-
-_LEASE_COLUMNS = "cluster, holder, incarnation, hub_id, expires_at, connected, epoch"
 
 
 def statements(script: str) -> list[str]:
@@ -929,30 +918,29 @@ class SQLiteStore(ScopedListing):
         return ClusterDeletion(objects=objects, tokens=tokens, rev=base + objects, found=found)
 
     async def leases(self) -> list[Lease]:
-        rows = await self._read(f"SELECT {_LEASE_COLUMNS} FROM leases ORDER BY cluster")
+        rows = await self._read(f"SELECT {LEASE_COLUMNS} FROM leases ORDER BY cluster")
         return [lease_from_row(r) for r in rows]
 
     async def acquire_lease(
         self, cluster: str, *, holder: str, incarnation: str, hub_id: str, now: float, ttl: float, silent_before: float = -math.inf
     ) -> LeaseResult:
-        async with self._transaction() as db:  # writes pending touches first: the holder's last message counts
-            rows = list(await db.execute_fetchall(f"SELECT {_LEASE_COLUMNS} FROM leases WHERE cluster = ?", (cluster,)))
-            current = lease_from_row(rows[0]) if rows else None
-            seen = list(await db.execute_fetchall("SELECT last_seen FROM clusters WHERE name = ?", (cluster,)))
-            last_seen = float(seen[0][0]) if seen else -math.inf
-            if current is not None and not may_take(current, holder=holder, incarnation=incarnation, now=now, last_seen=last_seen, silent_before=silent_before):
-                return LeaseResult(granted=False, lease=current)
-            epoch = (current.epoch if current is not None else 0) + 1
-            lease = Lease(cluster=cluster, holder=holder, incarnation=incarnation, hub_id=hub_id, expires_at=now + ttl, connected=True, epoch=epoch)
-            await db.execute(
-                f"""
-                INSERT INTO leases ({_LEASE_COLUMNS}) VALUES (?, ?, ?, ?, ?, 1, ?)
-                ON CONFLICT (cluster) DO UPDATE SET holder = excluded.holder, incarnation = excluded.incarnation,
-                    hub_id = excluded.hub_id, expires_at = excluded.expires_at, connected = 1, epoch = excluded.epoch
-                """,
-                (cluster, holder, incarnation, hub_id, lease.expires_at, epoch),
-            )
-            return LeaseResult(granted=True, lease=lease)
+        """One call of the batch connection (:func:`~fleetsync.store.sqlitebatch.take_lease`),
+        pending touches written along: the holder's last message counts."""
+        batch = self._batch
+        if batch is None:
+            raise RuntimeError("the store is not open")
+        request = LeaseRequest(cluster, holder, incarnation, hub_id, now, ttl, silent_before)
+        async with self._lock:
+            seen, self._seen = self._seen, {}
+            try:
+                result = await batch.take_lease(request, seen)
+            except asyncio.CancelledError:
+                raise  # the transaction ran to its end: committed, its touches with it
+            except BaseException:
+                self._unflushed(seen)
+                raise
+            self._seen_written.update(seen)
+        return result
 
     async def renew_leases(self, leases: Sequence[tuple[str, int]], *, hub_id: str, now: float, ttl: float) -> list[str]:
         if not leases:

@@ -11,11 +11,9 @@ The hub's group commit (:mod:`fleetsync.hub.writer`) hands the store one batch a
   row the writer binds needs the GIL from that busy loop: in a 1,000-cluster initial sync
   the writer held a quarter of the GIL's time, and each statement waited for it.
 - ``process`` (:class:`ProcessBatchConnection`): a process of its own, with its own GIL
-  and its own core. The batch travels to it pickled (its objects' bodies are the agent's
-  compressed bytes, copied as they are), the answer (the revisions) comes back. The hub
-  runs it so by default (``fleetsync hub --db-writer``). If the process dies, the batch in
-  it fails as :class:`~fleetsync.store.contract.StoreUnavailable` (the hub retries it
-  like a locked database) and the next batch starts a new one.
+  and its own core (:mod:`fleetsync.store.writerprocess`: how the batch travels, and what
+  happens when the process dies). The hub runs it so by default (``fleetsync hub
+  --db-writer``).
 
 Either way the transaction is one call: a statement's round trip never waits for the event
 loop, and the store's write lock (an asyncio lock in :class:`~fleetsync.store.sqlite.SQLiteStore`)
@@ -25,40 +23,29 @@ keeps the store's other writer connection out while it runs.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import io
-import pickle
+import math
 import signal
 import sqlite3
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, Literal, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import orjson
 
-from fleetsync.store.contract import BundleWrite, LeaseLost, ObjectRecord, StoreUnavailable
-from fleetsync.store.leasing import fenced, fenced_message
+from fleetsync.store.contract import BundleWrite, Lease, LeaseLost, LeaseResult
+from fleetsync.store.leasing import fenced, fenced_message, may_take
 from fleetsync.store.plan import Held, RoundPlan, lookups, plan_round, rounds
-from fleetsync.store.rows import Key, to_signed, to_unsigned
-
-#: Where batches are written: a thread of this process, or a process of its own.
-BatchWriterKind = Literal["thread", "process"]
-BATCH_WRITER_KINDS: tuple[BatchWriterKind, ...] = ("thread", "process")
+from fleetsync.store.rows import Key, lease_from_row, to_signed, to_unsigned
+from fleetsync.store.writerprocess import BATCH_WRITER_KINDS, BatchWriterKind, WriterProcess, labels_json, packed, run_shielded, serve, unpacked
 
 #: What a batch's transaction returns: the store's revision before and after it, and the
 #: revisions (changes) each write took, in the batch's order.
 BatchResult = tuple[int, int, list[int]]
 
 OBJECT_FIELDS = "uid, resource_version, hash, labels, owner, body, compression, incarnation"
-
-
-def labels_json(labels: Mapping[str, str]) -> str:
-    """An object's labels as the ``labels`` column holds them."""
-    if type(labels) is _Labels:
-        return labels.json
-    return orjson.dumps(labels if type(labels) is dict else dict(labels)).decode()
 
 
 def connect(path: Path, *, busy_timeout: float, synchronous: str) -> sqlite3.Connection:
@@ -79,9 +66,7 @@ def write_batch(db: sqlite3.Connection, writes: Sequence[BundleWrite], seen: Map
     to its newest this many entries, in steps of 1% of it (0: never)."""
     db.execute("BEGIN IMMEDIATE")
     try:
-        if seen:
-            touches = [(t, name) for name, t in seen.items()]
-            _many(db, "UPDATE clusters SET last_seen = max(last_seen, v.column1) FROM (", "(?, ?)", ") AS v WHERE clusters.name = v.column2", touches)
+        _touch(db, seen)
         _fence(db, writes)
         rev = first = int(db.execute("SELECT value FROM meta WHERE key = 'rev'").fetchone()[0])
         changes: list[int] = []
@@ -106,10 +91,76 @@ def write_batch(db: sqlite3.Connection, writes: Sequence[BundleWrite], seen: Map
     return rev, first, changes
 
 
+LEASE_COLUMNS = "cluster, holder, incarnation, hub_id, expires_at, connected, epoch"
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseRequest:
+    """What :func:`take_lease` is asked (see :meth:`~fleetsync.store.contract.Store.acquire_lease`)."""
+
+    cluster: str
+    holder: str
+    incarnation: str
+    hub_id: str
+    now: float
+    ttl: float
+    silent_before: float
+
+
+def take_lease(db: sqlite3.Connection, request: LeaseRequest, seen: Mapping[str, float]) -> LeaseResult:
+    """One transaction: the clusters' pending last-seen times ``seen`` (the holder's last
+    message counts), the cluster's lease and last-seen time read, :func:`~fleetsync.store.leasing.may_take`
+    decides, the lease written if taken.
+
+    On the batch connection because every agent's Hello takes a lease, and the store's write
+    lock is held for the whole transaction: as five statements on the hub's event loop it
+    held the lock five turns of a loop that a thousand connecting agents keep busy (up to
+    1.7 s measured), and every batch waited behind it. Here it is one call."""
+    r = request
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        _touch(db, seen)
+        row = db.execute(f"SELECT {LEASE_COLUMNS} FROM leases WHERE cluster = ?", (r.cluster,)).fetchone()
+        current = lease_from_row(row) if row is not None else None
+        seen_row = db.execute("SELECT last_seen FROM clusters WHERE name = ?", (r.cluster,)).fetchone()
+        last_seen = float(seen_row[0]) if seen_row is not None else -math.inf
+        if current is not None and not may_take(
+            current, holder=r.holder, incarnation=r.incarnation, now=r.now, last_seen=last_seen, silent_before=r.silent_before
+        ):
+            db.execute("COMMIT")  # the touches
+            return LeaseResult(granted=False, lease=current)
+        epoch = (current.epoch if current is not None else 0) + 1
+        lease = Lease(cluster=r.cluster, holder=r.holder, incarnation=r.incarnation, hub_id=r.hub_id, expires_at=r.now + r.ttl, connected=True, epoch=epoch)
+        db.execute(
+            f"""
+            INSERT INTO leases ({LEASE_COLUMNS}) VALUES (?, ?, ?, ?, ?, 1, ?)
+            ON CONFLICT (cluster) DO UPDATE SET holder = excluded.holder, incarnation = excluded.incarnation,
+                hub_id = excluded.hub_id, expires_at = excluded.expires_at, connected = 1, epoch = excluded.epoch
+            """,
+            (r.cluster, r.holder, r.incarnation, r.hub_id, lease.expires_at, epoch),
+        )
+        db.execute("COMMIT")
+    except BaseException:
+        if db.in_transaction:
+            db.execute("ROLLBACK")
+        raise
+    return LeaseResult(granted=True, lease=lease)
+
+
+def _touch(db: sqlite3.Connection, seen: Mapping[str, float]) -> None:
+    """Write the clusters' pending last-seen times (cluster -> time; they only move forward)."""
+    if seen:
+        touches = [(t, name) for name, t in seen.items()]
+        _many(db, "UPDATE clusters SET last_seen = max(last_seen, v.column1) FROM (", "(?, ?)", ") AS v WHERE clusters.name = v.column2", touches)
+
+
 class BatchConnection(Protocol):
-    """Where :func:`write_batch` runs; :meth:`write` returns once the transaction committed or failed."""
+    """Where :func:`write_batch` and :func:`take_lease` run; each returns once its transaction
+    committed or failed."""
 
     async def write(self, writes: Sequence[BundleWrite], seen: Mapping[str, float]) -> BatchResult: ...
+
+    async def take_lease(self, request: LeaseRequest, seen: Mapping[str, float]) -> LeaseResult: ...
 
     async def close(self) -> None: ...
 
@@ -131,19 +182,8 @@ T = TypeVar("T")
 
 
 async def _run_to_the_end(executor: Executor, fn: Callable[..., T], *args: Any) -> T:
-    """``fn(*args)`` on ``executor``, run to its end (see :func:`_run_shielded`)."""
-    return await _run_shielded(asyncio.get_running_loop().run_in_executor(executor, fn, *args))
-
-
-async def _run_shielded(task: asyncio.Future[T]) -> T:
-    """``task``'s result; if the caller is cancelled meanwhile, ``task`` still runs to its end
-    before the cancellation goes on (a transaction is never left half-way)."""
-    try:
-        return await asyncio.shield(task)
-    except asyncio.CancelledError:
-        with contextlib.suppress(BaseException):
-            await task
-        raise
+    """``fn(*args)`` on ``executor``, run to its end even if the caller is cancelled."""
+    return await run_shielded(asyncio.get_running_loop().run_in_executor(executor, fn, *args))
 
 
 class ThreadBatchConnection:
@@ -166,6 +206,11 @@ class ThreadBatchConnection:
             raise RuntimeError("the store is not open")
         return await _run_to_the_end(self._thread, write_batch, self._db, writes, seen, self.change_log_keep)
 
+    async def take_lease(self, request: LeaseRequest, seen: Mapping[str, float]) -> LeaseResult:
+        if self._db is None:
+            raise RuntimeError("the store is not open")
+        return await _run_to_the_end(self._thread, take_lease, self._db, request, seen)
+
     async def close(self) -> None:
         db, self._db = self._db, None
         if db is not None:
@@ -178,175 +223,43 @@ def _connected(path: Path, busy_timeout: float, synchronous: str) -> sqlite3.Con
 
 
 class ProcessBatchConnection:
-    """Batches written in a process of its own (see the module docstring).
-
-    The process is ``python -m fleetsync.store.sqlitebatch``, spoken to over its stdin and
-    stdout: each message a pickle with an 8-byte length before it, one request and one
-    answer at a time. (Not ``multiprocessing``: its ``spawn`` runs the parent's main module
-    again in the child, and ``fork`` copies a process full of gRPC's and SQLite's threads.)
-    It ends when its stdin closes: when the connection is closed, or the hub is gone. Its
-    stderr is the hub's, so what it logs is in the hub's log.
-    """
+    """Batches written in a process of its own, ``python -m fleetsync.store.sqlitebatch``
+    (see the module docstring and :mod:`fleetsync.store.writerprocess`)."""
 
     def __init__(self, path: Path, *, busy_timeout: float, synchronous: str, change_log_keep: int) -> None:
-        self.config = (str(path), busy_timeout, synchronous, change_log_keep)
         self.path = path
-        self._proc: asyncio.subprocess.Process | None = None
-        self._exchange: asyncio.Task[Any] | None = None
+        self.process = WriterProcess(__name__, (str(path), busy_timeout, synchronous, change_log_keep), name=f"SQLite {path}")
 
     async def open(self) -> None:
-        self._proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", __name__, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, limit=_MAX_ANSWER
-        )
-        try:
-            await self._call(self.config)  # the answer: the connection is open (or why not)
-        except BaseException:
-            await self.close()
-            raise
+        await self.process.open()
 
     async def write(self, writes: Sequence[BundleWrite], seen: Mapping[str, float]) -> BatchResult:
-        if self._proc is None:
-            raise RuntimeError("the store is not open")
-        try:
-            result: BatchResult = await self._call(([_packed(w) for w in writes], dict(seen)))
-        except (ConnectionError, asyncio.IncompleteReadError) as exc:
-            # killed (OOM, a signal) or crashed: what it was writing was rolled back by SQLite;
-            # the next batch gets a new process
-            await self.close()
-            await self.open()
-            raise StoreUnavailable(f"SQLite {self.path}: the batch writer process exited ({exc!r}); a new one takes the next batch") from exc
+        result: BatchResult = await self.process.call(("batch", [packed(w) for w in writes], dict(seen)))
         return result
 
-    async def _call(self, request: Any) -> Any:
-        """Send ``request``, return the answer or raise what the process raised. The exchange
-        runs to its end even if the caller is cancelled (the next one must find the pipe clean,
-        and a transaction is never left half-way)."""
-        proc = self._proc
-        assert proc is not None and proc.stdin is not None and proc.stdout is not None
-        stdin, stdout = proc.stdin, proc.stdout
-
-        async def exchange() -> Any:
-            data = _dumps(request)
-            stdin.write(len(data).to_bytes(8, "little"))
-            stdin.write(data)
-            await stdin.drain()
-            size = int.from_bytes(await stdout.readexactly(8), "little")
-            return pickle.loads(await stdout.readexactly(size))
-
-        self._exchange = asyncio.ensure_future(exchange())
-        ok, value = await _run_shielded(self._exchange)
-        if not ok:
-            raise value
-        return value
+    async def take_lease(self, request: LeaseRequest, seen: Mapping[str, float]) -> LeaseResult:
+        result: LeaseResult = await self.process.call(("lease", request, dict(seen)))
+        return result
 
     async def close(self) -> None:
-        proc, self._proc = self._proc, None
-        if proc is None:
-            return
-        if self._exchange is not None and not self._exchange.done():
-            with contextlib.suppress(BaseException):
-                await self._exchange
-        if proc.stdin is not None:
-            proc.stdin.close()  # the process's cue to close its connection and exit
-        try:
-            async with asyncio.timeout(10):
-                await proc.wait()
-        except TimeoutError:
-            proc.kill()
-            await proc.wait()
+        await self.process.close()
 
 
-def _dumps(value: Any) -> bytes:
-    """``value`` pickled without the memo: a batch is a tree of tuples, strings and bytes with
-    no shared or recursive parts, and memoizing each of its thousands of small strings cost
-    more than writing them (pickling a batch took a third of the time it took to write it)."""
-    buffer = io.BytesIO()
-    pickler = pickle.Pickler(buffer, protocol=pickle.HIGHEST_PROTOCOL)
-    pickler.fast = True
-    pickler.dump(value)
-    return buffer.getvalue()
+class _ProcessWriter:
+    """The writer in the process: a connection, and :func:`write_batch` or :func:`take_lease` for each request."""
 
+    def __init__(self, config: tuple[str, float, str, int]) -> None:
+        path, busy_timeout, synchronous, self.change_log_keep = config
+        self.db = connect(Path(path), busy_timeout=busy_timeout, synchronous=synchronous)
 
-#: A bundle write as it travels to the process: plain tuples (what pickles fastest), its
-#: objects' labels already as the JSON the ``labels`` column holds.
-_Packed = tuple[str, str, str, int, list[tuple[Any, ...]], tuple[str, ...], int | None, bool, tuple[str, int] | None, float, int]
+    def write(self, request: tuple[str, Any, dict[str, float]]) -> BatchResult | LeaseResult:
+        kind, what, seen = request
+        if kind == "lease":
+            return take_lease(self.db, what, seen)
+        return write_batch(self.db, [unpacked(p) for p in what], seen, self.change_log_keep)
 
-
-def _packed(w: BundleWrite) -> _Packed:
-    rows = [(o.namespace, o.name, o.uid, o.resource_version, o.hash, labels_json(o.labels), o.owner, o.body, o.compression, o.incarnation) for o in w.upserts]
-    return (w.cluster, w.type, w.incarnation, w.seq, rows, tuple(w.deletes), w.full_seq, w.full_end, w.move_to, w.now, w.epoch)
-
-
-def _unpacked(p: _Packed) -> BundleWrite:
-    cluster, type_, incarnation, seq, rows, deletes, full_seq, full_end, move_to, now, epoch = p
-    upserts = [
-        ObjectRecord(cluster, type_, ns, name, uid, rv, h, _Labels(labels), owner, body, compression, inc)
-        for ns, name, uid, rv, h, labels, owner, body, compression, inc in rows
-    ]
-    return BundleWrite(cluster, type_, incarnation, seq, upserts, deletes, full_seq, full_end, move_to, now, epoch)
-
-
-class _Labels(dict[str, str]):
-    """Labels that travelled as their JSON (made once, in the hub's process): a mapping like any
-    other, and :func:`labels_json` writes the JSON it came as instead of making it again."""
-
-    __slots__ = ("json",)
-
-    def __init__(self, json: str) -> None:
-        super().__init__(orjson.loads(json))
-        self.json = json
-
-
-#: The largest answer the process sends is a batch's revisions: small.
-_MAX_ANSWER = 1 << 20
-
-
-# ---- in the batch writer process -----------------------------------------------------------
-
-
-def _read(stream: BinaryIO) -> Any:
-    header = stream.read(8)
-    if len(header) < 8:
-        return None  # stdin closed: the hub is done with this process
-    size = int.from_bytes(header, "little")
-    data = stream.read(size)
-    if len(data) < size:
-        return None
-    return pickle.loads(data)
-
-
-def _answer(stream: BinaryIO, ok: bool, value: Any) -> None:
-    try:
-        data = pickle.dumps((ok, value), protocol=pickle.HIGHEST_PROTOCOL)
-    except Exception:  # an exception that does not pickle is told by its text
-        data = pickle.dumps((False, RuntimeError(repr(value))), protocol=pickle.HIGHEST_PROTOCOL)
-    stream.write(len(data).to_bytes(8, "little"))
-    stream.write(data)
-    stream.flush()
-
-
-def serve(stdin: BinaryIO, stdout: BinaryIO) -> None:
-    """The batch writer process: the first request is its configuration, each next one a batch."""
-    config = _read(stdin)
-    if config is None:
-        return
-    path, busy_timeout, synchronous, change_log_keep = config
-    try:
-        db = connect(Path(path), busy_timeout=busy_timeout, synchronous=synchronous)
-    except Exception as exc:
-        _answer(stdout, False, exc)
-        return
-    _answer(stdout, True, None)
-    try:
-        while (request := _read(stdin)) is not None:
-            packed, seen = request
-            writes = [_unpacked(p) for p in packed]
-            try:
-                _answer(stdout, True, write_batch(db, writes, seen, change_log_keep))
-            except Exception as exc:
-                _answer(stdout, False, exc)
-    finally:
-        db.close()
+    def close(self) -> None:
+        self.db.close()
 
 
 # ---- the statements ------------------------------------------------------------------------
@@ -459,4 +372,4 @@ def _write_round(db: sqlite3.Connection, plan: RoundPlan, base: int) -> None:
 
 if __name__ == "__main__":
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole process group: the hub stops this process itself
-    serve(sys.stdin.buffer, sys.stdout.buffer)
+    serve(sys.stdin.buffer, sys.stdout.buffer, _ProcessWriter)

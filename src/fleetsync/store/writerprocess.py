@@ -1,0 +1,276 @@
+"""A store engine's batch writer in a process of its own, spoken to over its stdin and stdout.
+
+The hub is bound by one core of Python: its event loop decodes and checks what a thousand
+agents send. A batch written from that loop waits for a turn of it at every step (a
+statement's round trip, a commit), and a turn takes tens of milliseconds when the loop is
+busy. Written by a process of its own, a batch's steps never wait for the hub's loop, and
+the writer has a core and a GIL of its own. Both engines do so
+(:mod:`fleetsync.store.sqlitebatch`, :mod:`fleetsync.store.pgbatch`); this module is what
+they share:
+
+- the hub's side, :class:`WriterProcess`: starts ``python -m MODULE``, sends it a request
+  and returns its answer, one at a time; if the process dies, the batch in it fails as
+  :class:`~fleetsync.store.contract.StoreUnavailable` (the hub retries it like a locked or
+  unreachable database) and the next batch starts a new process;
+- the process's side, :func:`serve`: reads requests, hands them to the engine's writer,
+  answers;
+- a batch as it travels (:func:`packed`, :func:`unpacked`): plain tuples, its objects'
+  bodies the agent's compressed bytes copied as they are, their labels already as the JSON
+  both engines store.
+
+The wire: each message a pickle with an 8-byte length before it; the first request is the
+writer's configuration, each next one a batch; each answer ``(ok, value)``, where a value
+that is not ``ok`` is the exception to raise. Not ``multiprocessing``: its ``spawn`` runs
+the parent's main module again in the child, and ``fork`` copies a process full of gRPC's
+and the database drivers' threads. The process ends when its stdin closes: when the store
+is closed, or the hub is gone. Its stderr is the hub's, so what it logs is in the hub's log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import pickle
+import sys
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any, BinaryIO, Literal, Protocol, TypeVar
+
+import orjson
+
+from fleetsync.errors import FleetsyncError
+from fleetsync.store.contract import BundleWrite, ObjectRecord, StoreUnavailable
+
+T = TypeVar("T")
+
+#: Where an engine writes its batches: in the hub's process (SQLite: a thread of it;
+#: PostgreSQL: its event loop), or in a process of its own.
+BatchWriterKind = Literal["thread", "process"]
+BATCH_WRITER_KINDS: tuple[BatchWriterKind, ...] = ("thread", "process")
+
+#: The largest answer a writer process sends is a batch's revisions: small.
+MAX_ANSWER = 1 << 20
+
+
+async def run_shielded(task: asyncio.Future[T]) -> T:
+    """``task``'s result; if the caller is cancelled meanwhile, ``task`` still runs to its end
+    before the cancellation goes on (a transaction is never left half-way, and the next
+    exchange finds the pipe clean)."""
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        with contextlib.suppress(BaseException):
+            await task
+        raise
+
+
+class WriterProcess:
+    """The hub's side of a writer process: ``python -m module``, configured with ``config``
+    (the first request). ``name`` says which store it writes, in errors."""
+
+    def __init__(self, module: str, config: Any, *, name: str) -> None:
+        self.module, self.config, self.name = module, config, name
+        self._proc: asyncio.subprocess.Process | None = None
+        self._exchange: asyncio.Task[Any] | None = None
+        self._lock = asyncio.Lock()  # one request at a time on the pipes
+
+    @property
+    def pid(self) -> int | None:
+        return None if self._proc is None else self._proc.pid
+
+    async def open(self) -> None:
+        """Start the process and configure it; raises what it raised if it could not start."""
+        self._proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", self.module, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, limit=MAX_ANSWER
+        )
+        try:
+            await self._call(self.config)  # the answer: the writer is ready (or why not)
+        except BaseException:
+            await self.close()
+            raise
+
+    async def call(self, request: Any) -> Any:
+        """``request``'s answer. A process that exited (killed, crashed, out of memory) fails
+        the request as StoreUnavailable and is replaced for the next one: what it was writing
+        was rolled back by the database."""
+        async with self._lock:
+            if self._proc is None:
+                raise RuntimeError("the store is not open")
+            try:
+                return await self._call(request)
+            except (ConnectionError, asyncio.IncompleteReadError) as exc:
+                await self.close()
+                await self.open()
+                raise StoreUnavailable(f"{self.name}: the batch writer process exited ({exc!r}); a new one takes the next batch") from exc
+
+    async def _call(self, request: Any) -> Any:
+        """Send ``request``, return the answer or raise what the process raised. The exchange
+        runs to its end even if the caller is cancelled."""
+        proc = self._proc
+        assert proc is not None and proc.stdin is not None and proc.stdout is not None
+        stdin, stdout = proc.stdin, proc.stdout
+
+        async def exchange() -> Any:
+            data = dumps(request)
+            stdin.write(len(data).to_bytes(8, "little"))
+            stdin.write(data)
+            await stdin.drain()
+            size = int.from_bytes(await stdout.readexactly(8), "little")
+            return pickle.loads(await stdout.readexactly(size))
+
+        self._exchange = asyncio.ensure_future(exchange())
+        ok, value = await run_shielded(self._exchange)
+        if not ok:
+            raise value
+        return value
+
+    async def close(self) -> None:
+        """Close the process's stdin (its cue to close its connection and exit) and wait for it."""
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        if self._exchange is not None and not self._exchange.done():
+            with contextlib.suppress(BaseException):
+                await self._exchange
+        if proc.stdin is not None:
+            proc.stdin.close()
+        try:
+            async with asyncio.timeout(10):
+                await proc.wait()
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+
+
+def dumps(value: Any) -> bytes:
+    """``value`` pickled without the memo: a batch is a tree of tuples, strings and bytes with
+    no shared or recursive parts, and memoizing each of its thousands of small strings cost
+    more than writing them (pickling a batch took a third of the time it took to write it)."""
+    buffer = io.BytesIO()
+    pickler = pickle.Pickler(buffer, protocol=pickle.HIGHEST_PROTOCOL)
+    pickler.fast = True
+    pickler.dump(value)
+    return buffer.getvalue()
+
+
+# ---- a batch as it travels -------------------------------------------------------------------
+
+
+def labels_json(labels: Mapping[str, str]) -> str:
+    """An object's labels as both engines' ``labels`` column holds them (JSON text)."""
+    if type(labels) is Labels:
+        return labels.json
+    return orjson.dumps(labels if type(labels) is dict else dict(labels)).decode()
+
+
+#: A bundle write as it travels to the process: plain tuples (what pickles fastest), its
+#: objects' labels already as JSON.
+Packed = tuple[str, str, str, int, list[tuple[Any, ...]], tuple[str, ...], int | None, bool, tuple[str, int] | None, float, int]
+
+
+def packed(w: BundleWrite) -> Packed:
+    rows = [(o.namespace, o.name, o.uid, o.resource_version, o.hash, labels_json(o.labels), o.owner, o.body, o.compression, o.incarnation) for o in w.upserts]
+    return (w.cluster, w.type, w.incarnation, w.seq, rows, tuple(w.deletes), w.full_seq, w.full_end, w.move_to, w.now, w.epoch)
+
+
+def unpacked(p: Packed) -> BundleWrite:
+    cluster, type_, incarnation, seq, rows, deletes, full_seq, full_end, move_to, now, epoch = p
+    upserts = [
+        ObjectRecord(cluster, type_, ns, name, uid, rv, h, Labels(labels), owner, body, compression, inc)
+        for ns, name, uid, rv, h, labels, owner, body, compression, inc in rows
+    ]
+    return BundleWrite(cluster, type_, incarnation, seq, upserts, deletes, full_seq, full_end, move_to, now, epoch)
+
+
+class Labels(Mapping[str, str]):
+    """Labels that travelled as their JSON (made once, in the hub's process): :func:`labels_json`
+    writes the JSON they came as, and the writer, which only stores them, never parses them
+    (a mapping all the same, parsed when first read)."""
+
+    __slots__ = ("_parsed", "json")
+
+    def __init__(self, json: str) -> None:
+        self.json = json
+        self._parsed: dict[str, str] | None = None
+
+    def _mapping(self) -> dict[str, str]:
+        if self._parsed is None:
+            self._parsed = orjson.loads(self.json)
+        return self._parsed
+
+    def __getitem__(self, key: str) -> str:
+        return self._mapping()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._mapping())
+
+    def __len__(self) -> int:
+        return len(self._mapping())
+
+    def __repr__(self) -> str:
+        return f"Labels({self.json})"
+
+
+# ---- in the writer process -------------------------------------------------------------------
+
+
+class Writer(Protocol):
+    """An engine's writer, in the writer process."""
+
+    def write(self, request: Any) -> Any:
+        """The answer to a request; an exception raised is sent back to be raised in the hub."""
+        ...
+
+    def close(self) -> None: ...
+
+
+def serve(stdin: BinaryIO, stdout: BinaryIO, start: Callable[[Any], Writer]) -> None:
+    """The writer process's life: ``start(config)`` with the first request, then each next
+    request to the writer, until stdin closes."""
+    config = _read(stdin)
+    if config is None:
+        return
+    try:
+        writer = start(config)
+    except Exception as exc:
+        _answer(stdout, False, exc)
+        return
+    _answer(stdout, True, None)
+    try:
+        while (request := _read(stdin)) is not None:
+            try:
+                _answer(stdout, True, writer.write(request))
+            except Exception as exc:
+                _answer(stdout, False, exc)
+    finally:
+        writer.close()
+
+
+def _read(stream: BinaryIO) -> Any:
+    header = stream.read(8)
+    if len(header) < 8:
+        return None  # stdin closed: the hub is done with this process
+    size = int.from_bytes(header, "little")
+    data = stream.read(size)
+    if len(data) < size:
+        return None
+    return pickle.loads(data)
+
+
+def _answer(stream: BinaryIO, ok: bool, value: Any) -> None:
+    if not ok and not _travels(value):
+        value = RuntimeError(f"{type(value).__name__}: {value}")
+    try:
+        data = pickle.dumps((ok, value), protocol=pickle.HIGHEST_PROTOCOL)
+    except Exception:  # an exception that does not pickle is told by its text
+        data = pickle.dumps((False, RuntimeError(repr(value))), protocol=pickle.HIGHEST_PROTOCOL)
+    stream.write(len(data).to_bytes(8, "little"))
+    stream.write(data)
+    stream.flush()
+
+
+def _travels(exc: BaseException) -> bool:
+    """Whether ``exc`` may be sent to the hub as it is: Python's own exceptions and fleetsync's
+    pickle and unpickle alike; a driver's may not be importable or rebuildable in the hub (its
+    constructor takes other arguments), so those travel as their text."""
+    return type(exc).__module__ in ("builtins", "sqlite3") or isinstance(exc, FleetsyncError)
