@@ -88,6 +88,7 @@ class Agent:
         kind = pb.FULL if full else pb.DELTA
         bundle = pb.Bundle(type=POD, incarnation="inc", seq=seq, base_seq=0 if full else seq - 1, kind=kind, upserts=[obj], last=full)
         await self.session.handle(pb.AgentMessage(bundle=bundle))
+        await self.session.room()  # as a transport does before it reads the next message
 
     def acked(self, seq: int) -> bool:
         return any(m.WhichOneof("message") == "ack" and m.ack.seq >= seq and not m.ack.partial for m in self.received)

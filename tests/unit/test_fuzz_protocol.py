@@ -134,6 +134,7 @@ class Hub:
                         await session.reject(pb.PROTOCOL, str(exc))
                 async with asyncio.timeout(10):
                     await session.handle(item)
+                    await session.room()
             if (engine := session.engine) is not None:  # what was queued is applied (or refused) before the session ends
                 async with asyncio.timeout(10):
                     while len(engine.inbox) or engine.inbox.in_hand:  # noqa: ASYNC110 (the inbox has no "drained" event for a test to wait on)

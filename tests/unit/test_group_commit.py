@@ -140,7 +140,9 @@ class Agent:
         await self.send(pb.Bundle(type=POD, incarnation="inc", seq=1, kind=pb.FULL, chunk=0, last=True))  # a stream starts with a FULL
 
     async def send(self, bundle: pb.Bundle) -> None:
+        """As a transport does: the message handled, then its next one read once there is room."""
         await self.session.handle(pb.AgentMessage(bundle=bundle))
+        await self.session.room()
 
     def acked(self, seq: int) -> bool:
         return any(m.WhichOneof("message") == "ack" and m.ack.seq >= seq and not m.ack.partial for m in self.received)
@@ -231,6 +233,39 @@ async def test_backpressure_holds_what_the_hub_keeps_of_received_bundles_under_t
         assert core.inbox_budget.bytes == 0
         counts = [(await store.counts(f"c{i}")).get(POD, 0) for i in range(4)]
         assert counts == [40] * 4
+    finally:
+        await core.stop()
+        await store.close()
+
+
+async def test_an_agent_held_back_by_the_budget_hears_a_heartbeat_every_interval(tmp_path: Path) -> None:
+    # its own heartbeats are not read while it waits: without word from the hub for four
+    # intervals it would count the hub as gone and start over on a new connection
+    body = b'{"x": "' + b"x" * 60_000 + b'"}'
+    store, core = await hub(tmp_path, 2, inbox_budget=100_000, store_retry=60.0, heartbeat_interval=0.2)
+    try:
+        agents = [Agent(core, f"c{i}") for i in range(2)]
+        for agent in agents:
+            await agent.hello()
+
+        async def pump(agent: Agent) -> None:
+            for seq in range(2, 8):
+                await agent.send(pod_delta(seq, f"p{seq}", body))
+
+        def heartbeats(agent: Agent) -> int:
+            return sum(m.WhichOneof("message") == "heartbeat" for m in agent.received)
+
+        with locked(tmp_path / "hub.db"):
+            pumps = [asyncio.create_task(pump(a)) for a in agents]
+            await eventually(lambda: _async(all(a.session.engine and a.session.engine.inbox.waiting for a in agents)), timeout=10, what="every agent held back")
+            heard = [heartbeats(a) for a in agents]
+            await eventually(
+                lambda: _async(all(heartbeats(a) >= n + 3 for a, n in zip(agents, heard, strict=True))), timeout=10, what="heartbeats while held back"
+            )
+            assert not any(p.done() for p in pumps)  # still held back: the heartbeats did not let more in
+        await asyncio.wait_for(asyncio.gather(*pumps), timeout=60)
+        await eventually(lambda: _async(all(a.acked(7) for a in agents)), timeout=30, what="every bundle applied")
+        assert not any(a.ended.is_set() for a in agents)
     finally:
         await core.stop()
         await store.close()

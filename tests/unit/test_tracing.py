@@ -68,6 +68,7 @@ class Link:
                 tracing.bundle_sent("c1", out.kind, out.message.bundle)
                 sent.append(out.message.bundle)
             await self.session.handle(out.message)
+            await self.session.room()
         self.sent += sent
         return sent
 

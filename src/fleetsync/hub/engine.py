@@ -147,14 +147,15 @@ class ClusterEngine:
 
     # ---- in -----------------------------------------------------------------------------
 
-    async def submit(self, message: pb.Bundle | pb.Digest) -> None:
-        """Queue a received bundle or digest chunk; waits while too much is queued (backpressure)."""
+    def put(self, message: pb.Bundle | pb.Digest) -> None:
+        """Queue a received bundle or digest chunk. The session's reader then waits for
+        ``inbox.room()`` (backpressure) before it reads the agent's next message, holding no
+        reference to this one: see :meth:`fleetsync.hub.session.Session.room`."""
         if tracing.enabled() and isinstance(message, pb.Bundle):
             tracing.bundle_received(self.cluster, message)
         self.inbox.put(message)
         self._idle.clear()
         self._observe_inbox()
-        await self.inbox.room()
 
     def _observe_inbox(self) -> None:
         if self.inbox.conflated != self._conflated:

@@ -270,6 +270,8 @@ class BrokerSessions:
                     self._schedule_end((connection.cluster, connection.session_id))
                     return
                 await self._handle(connection, payload)
+                payload = None  # not held while the session waits for room: see Session.room
+                await connection.session.room()  # before the ack: the broker holds the next messages meanwhile
             except SessionClosed:
                 self._schedule_end((connection.cluster, connection.session_id))
                 return

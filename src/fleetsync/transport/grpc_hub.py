@@ -83,9 +83,8 @@ class _Servicer:
             """The first message, which must come within the Hello timeout; None: the stream is over."""
             try:
                 async with asyncio.timeout(limits.hello_timeout):
-                    return await anext(aiter(request_iterator))
-            except StopAsyncIteration:
-                return None
+                    first = await context.read()
+                    return None if first is grpc.aio.EOF else first
             except TimeoutError:
                 self.core.metrics.rejected.labels("PROTOCOL").inc()
                 log.debug("closing the stream from %s: no Hello within %gs", context.peer(), limits.hello_timeout)
@@ -100,16 +99,17 @@ class _Servicer:
             waiting = True
             self.pending += 1
             try:
-                first = await hello()
+                message = await hello()
                 self.pending, waiting = self.pending - 1, False
-                if first is not None:
-                    await handle(first)
-                    del first
-                    async for message in request_iterator:
-                        await handle(message)
-                        # Not held while the next one is awaited: a FULL chunk (half a megabyte)
-                        # per idle agent would otherwise stay alive after it was applied.
-                        del message
+                # context.read(), not the request iterator: grpc's iterator (an async generator)
+                # holds the last message it gave until the next one arrives, and a FULL chunk
+                # (~650 KiB decoded) per waiting or idle agent would stay alive after it was
+                # applied. Nor is a message held while its session waits for room.
+                while message is not None and message is not grpc.aio.EOF:
+                    await handle(message)
+                    del message
+                    await session.room()
+                    message = await context.read()
             except SessionClosed:
                 pass
             except Exception:
