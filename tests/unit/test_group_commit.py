@@ -382,3 +382,16 @@ async def test_a_fleet_starting_at_once_is_let_in_a_budget_at_a_time_and_quiet_s
 def pod_bundle(seq: int, size: int) -> pb.Bundle:
     obj = pb.Object(namespace="default", name=f"p{seq}", body=b'{"x": "' + b"x" * size + b'"}')  # a JSON object, as the hub applies only those
     return pb.Bundle(type=POD, incarnation="inc", seq=seq, base_seq=seq - 1, kind=pb.DELTA, upserts=[obj])
+
+
+async def test_room_is_found_at_once_only_when_it_fits_and_nobody_waits_first() -> None:
+    budget = InboxBudget(100, reservation=60, reservation_seconds=60)
+    a, b, c = Inbox(budget=budget), Inbox(budget=budget), Inbox(budget=budget)
+    assert a.try_room()  # a reserves 60 of 100
+    assert not b.try_room()  # 60 more do not fit
+    waiting = asyncio.create_task(b.room())
+    await eventually(lambda: _async(b.waiting), timeout=5, what="b waiting")
+    c.last_size = 10
+    assert not c.try_room()  # 10 would fit, but b waits first: no overtaking
+    budget.release(a)  # a's message came and went
+    await asyncio.wait_for(waiting, timeout=5)

@@ -190,13 +190,19 @@ class InboxBudget:
         self._timer = None
         self._admit()
 
+    def try_room(self, holder: object, size: int | None = None) -> bool:
+        """Whether ``holder`` may read its next message now, without waiting (see :meth:`room`);
+        if not, :meth:`room` waits for it."""
+        self.release(holder)
+        size = self.reservation if size is None else max(1, min(size, self.reservation))
+        return not self._waiters and self._let_in(id(holder), size)
+
     async def room(self, holder: object, size: int | None = None) -> None:
         """Wait until ``holder`` may read its next message, expected to be ``size`` bytes (at
         most :attr:`reservation`; the largest, if not given; see the class docstring)."""
-        self.release(holder)
-        size = self.reservation if size is None else max(1, min(size, self.reservation))
-        if not self._waiters and self._let_in(id(holder), size):
+        if self.try_room(holder, size):
             return
+        size = self.reservation if size is None else max(1, min(size, self.reservation))
         waiter = asyncio.get_running_loop().create_future()
         self._waiters.append((id(holder), size, waiter))
         self._admit()
@@ -399,6 +405,11 @@ class Inbox:
         self._queue.clear()
         self._assembling.clear()
         self._digest_started.clear()
+
+    def try_room(self) -> bool:
+        """Whether there is room now (see :meth:`room`), without waiting: what a session finds
+        after almost every message, and then needs no task or timer to wait with."""
+        return self.bytes < self.max_bytes and self.budget.try_room(self, self.last_size)
 
     async def room(self) -> None:
         """Wait until less than ``max_bytes`` is queued here and the hub's budget has room."""

@@ -121,6 +121,8 @@ class Session:
         if not self._room_due or self.engine is None:
             return
         self._room_due = False
+        if self.engine.inbox.try_room():
+            return
         waiting = asyncio.ensure_future(self.engine.inbox.room())  # one wait: its place in the queue is kept
         try:
             while not (await asyncio.wait({waiting}, timeout=self.core.settings.heartbeat_interval))[0]:

@@ -58,6 +58,8 @@ class _Servicer:
         self.pending = 0
 
     async def connect(self, request_iterator: AsyncIterator[pb.AgentMessage | _Undecodable], context: grpc.aio.ServicerContext) -> AsyncIterator[pb.HubMessage]:  # type: ignore[type-arg]
+        """One agent's stream. Its messages are read with ``context.read()``, never through
+        ``request_iterator`` (see ``pump``)."""
         limits = self.core.settings.limits
         if self.pending >= limits.max_pending_hellos:
             self.core.metrics.rejected.labels("RESOURCE_EXHAUSTED").inc()
