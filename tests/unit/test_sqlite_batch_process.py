@@ -6,6 +6,8 @@ Also the SQLite store's lease renewals, a statement of their own per so many lea
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import signal
 import sqlite3
@@ -16,7 +18,7 @@ import psutil
 import pytest
 
 from fleetsync.store import sqlite as sqlite_store
-from fleetsync.store.contract import BundleWrite, LeaseLost, ObjectRecord, StoreUnavailable
+from fleetsync.store.contract import BundleWrite, LeaseLost, LeaseResult, ObjectRecord, StoreUnavailable
 from fleetsync.store.sqlite import SQLiteStore
 
 POD = "v1/Pod"
@@ -89,6 +91,24 @@ async def test_a_killed_writer_process_fails_its_batch_as_unavailable_and_a_new_
     assert await store.apply_batch([bundle("c1", 2, pod("c1", "web", 2))]) == 2
     held = await store.get_object("c1", POD, "default", "web")
     assert held is not None and held.body == b'{"v": 2}'
+
+
+async def test_a_caller_cancelled_twice_mid_write_leaves_the_next_call_its_own_answer(store: SQLiteStore) -> None:
+    # a session ending cancels its tasks, sometimes twice: the write runs to its end either
+    # way, and the next request must not start on the pipe before that write's answer is read
+    big = [bundle(f"c{i}", 1, *(pod(f"c{i}", f"p{j}", 1) for j in range(200))) for i in range(40)]
+    for _ in range(5):
+        writing = asyncio.create_task(store.apply_batch(big))
+        await asyncio.sleep(0.005)
+        writing.cancel()
+        await asyncio.sleep(0)
+        writing.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await writing
+        lease = await store.acquire_lease("c0", holder="agent-0", incarnation="i1", hub_id="hub", ttl=30, now=1.0)
+        assert isinstance(lease, LeaseResult), lease
+        assert lease.lease.cluster == "c0"
+    assert await store.current_rev() > 0
 
 
 async def test_the_writer_process_ends_with_the_store(tmp_path: Path) -> None:

@@ -66,17 +66,10 @@ def make_engine(name: str, request: pytest.FixtureRequest) -> Engine:
     if name == "postgres":
         url = request.getfixturevalue("pg_url")
         return Engine(name, lambda: PostgresStore(url), f"__import__('fleetsync.store.postgres', fromlist=['x']).PostgresStore({url!r})")
-    if name == "postgres-process":  # the hub's way: batches written by a process of their own
-        url = request.getfixturevalue("pg_url")
-        return Engine(
-            name,
-            lambda: PostgresStore(url, batch_writer="process"),
-            f"__import__('fleetsync.store.postgres', fromlist=['x']).PostgresStore({url!r}, batch_writer='process')",
-        )
     raise AssertionError(f"unknown engine {name}")
 
 
-@pytest.fixture(params=["sqlite", "sqlite-process", "postgres", "postgres-process"])
+@pytest.fixture(params=["sqlite", "sqlite-process", "postgres"])
 def engine(request: pytest.FixtureRequest) -> Engine:
     return make_engine(request.param, request)
 

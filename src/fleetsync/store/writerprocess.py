@@ -54,8 +54,7 @@ MAX_ANSWER = 1 << 20
 
 async def run_shielded(task: asyncio.Future[T]) -> T:
     """``task``'s result; if the caller is cancelled meanwhile, ``task`` still runs to its end
-    before the cancellation goes on (a transaction is never left half-way, and the next
-    exchange finds the pipe clean)."""
+    before the cancellation goes on (a transaction is never left half-way)."""
     try:
         return await asyncio.shield(task)
     except asyncio.CancelledError:
@@ -73,6 +72,7 @@ class WriterProcess:
         self._proc: asyncio.subprocess.Process | None = None
         self._exchange: asyncio.Task[Any] | None = None
         self._lock = asyncio.Lock()  # one request at a time on the pipes
+        self._closed = False
 
     @property
     def pid(self) -> int | None:
@@ -80,58 +80,79 @@ class WriterProcess:
 
     async def open(self) -> None:
         """Start the process and configure it; raises what it raised if it could not start."""
+        self._closed = False
+        await self._start()
+
+    async def _start(self) -> None:
         self._proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", self.module, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, limit=MAX_ANSWER
         )
         try:
-            await self._call(self.config)  # the answer: the writer is ready (or why not)
+            ok, value = await self._exchange_once(self.config)  # the answer: the writer is ready (or why not)
+            if not ok:
+                raise value
         except BaseException:
-            await self.close()
+            await self._stop()
             raise
 
     async def call(self, request: Any) -> Any:
-        """``request``'s answer. A process that exited (killed, crashed, out of memory) fails
-        the request as StoreUnavailable and is replaced for the next one: what it was writing
-        was rolled back by the database."""
-        async with self._lock:
-            if self._proc is None:
+        """``request``'s answer, or what the process raised for it.
+
+        The exchange runs to its end even if the caller is cancelled (a transaction is never
+        left half-way), and the next request waits for it: the pipe is free only once the
+        answer was read. (Had the next request started while a cancelled caller's answer was
+        still to come, it would have read that answer as its own.)"""
+        await self._lock.acquire()
+        try:
+            if self._closed:
                 raise RuntimeError("the store is not open")
-            try:
-                return await self._call(request)
-            except (ConnectionError, asyncio.IncompleteReadError) as exc:
-                await self.close()
-                await self.open()
-                raise StoreUnavailable(f"{self.name}: the batch writer process exited ({exc!r}); a new one takes the next batch") from exc
-
-    async def _call(self, request: Any) -> Any:
-        """Send ``request``, return the answer or raise what the process raised. The exchange
-        runs to its end even if the caller is cancelled."""
-        proc = self._proc
-        assert proc is not None and proc.stdin is not None and proc.stdout is not None
-        stdin, stdout = proc.stdin, proc.stdout
-
-        async def exchange() -> Any:
-            data = dumps(request)
-            stdin.write(len(data).to_bytes(8, "little"))
-            stdin.write(data)
-            await stdin.drain()
-            size = int.from_bytes(await stdout.readexactly(8), "little")
-            return pickle.loads(await stdout.readexactly(size))
-
-        self._exchange = asyncio.ensure_future(exchange())
-        ok, value = await run_shielded(self._exchange)
+            exchange = self._exchange = asyncio.ensure_future(self._exchange_or_replace(request))
+        except BaseException:
+            self._lock.release()
+            raise
+        exchange.add_done_callback(lambda _: self._lock.release())
+        ok, value = await asyncio.shield(exchange)
         if not ok:
             raise value
         return value
 
+    async def _exchange_or_replace(self, request: Any) -> tuple[bool, Any]:
+        """The exchange; a process that exited (killed, crashed, out of memory) fails the
+        request as StoreUnavailable and is replaced for the next one: what it was writing was
+        rolled back by the database."""
+        try:
+            if self._proc is None:  # the last one could not be started again
+                await self._start()
+            return await self._exchange_once(request)
+        except (ConnectionError, asyncio.IncompleteReadError) as exc:
+            await self._stop()
+            await self._start()
+            return False, StoreUnavailable(f"{self.name}: the batch writer process exited ({exc!r}); a new one takes the next batch")
+
+    async def _exchange_once(self, request: Any) -> tuple[bool, Any]:
+        proc = self._proc
+        assert proc is not None and proc.stdin is not None and proc.stdout is not None
+        data = dumps(request)
+        proc.stdin.write(len(data).to_bytes(8, "little"))
+        proc.stdin.write(data)
+        await proc.stdin.drain()
+        size = int.from_bytes(await proc.stdout.readexactly(8), "little")
+        answer: tuple[bool, Any] = pickle.loads(await proc.stdout.readexactly(size))
+        return answer
+
     async def close(self) -> None:
+        """Wait for the exchange in progress, if any, then stop the process."""
+        self._closed = True
+        if self._exchange is not None and not self._exchange.done():
+            with contextlib.suppress(BaseException):
+                await self._exchange
+        await self._stop()
+
+    async def _stop(self) -> None:
         """Close the process's stdin (its cue to close its connection and exit) and wait for it."""
         proc, self._proc = self._proc, None
         if proc is None:
             return
-        if self._exchange is not None and not self._exchange.done():
-            with contextlib.suppress(BaseException):
-                await self._exchange
         if proc.stdin is not None:
             proc.stdin.close()
         try:
