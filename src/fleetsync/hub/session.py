@@ -126,13 +126,16 @@ class Session:
         waiting = asyncio.ensure_future(self.engine.inbox.room())  # one wait: its place in the queue is kept
         try:
             while not (await asyncio.wait({waiting}, timeout=self.core.settings.heartbeat_interval))[0]:
-                await self.send(pb.HubMessage(heartbeat=pb.Heartbeat(sent_at_ms=int(self.core.clock() * 1000))))
+                await self._heartbeat()
         finally:
             if not waiting.done():
                 waiting.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await waiting
         waiting.result()
+
+    async def _heartbeat(self) -> None:
+        await self.send(pb.HubMessage(heartbeat=pb.Heartbeat(sent_at_ms=int(self.core.clock() * 1000))))
 
     @property
     def cluster(self) -> str:
@@ -198,7 +201,7 @@ class Session:
                 if decision.first:
                     log.warning("cluster %s: %s (logged once per session)", self.cluster, decision.note)
             case AnswerHeartbeat():
-                await self.send(pb.HubMessage(heartbeat=pb.Heartbeat(sent_at_ms=int(self.core.clock() * 1000))))
+                await self._heartbeat()
             case TakeLocalChange():
                 await self._local_change(decision.change)
             case TakeStatus():

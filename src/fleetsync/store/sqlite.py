@@ -32,9 +32,9 @@ import logging
 import math
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Callable, Collection, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import aiosqlite
 import orjson
@@ -92,6 +92,8 @@ from fleetsync.store.sqlitebatch import CHANGES_HEAD, LEASE_COLUMNS, OBJECT_FIEL
 from fleetsync.store.writerprocess import BATCH_WRITER_KINDS, BatchWriterKind, labels_json
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 MIN_SQLITE = (3, 37, 0)
 SYNCHRONOUS = ("OFF", "NORMAL", "FULL", "EXTRA")
@@ -834,15 +836,26 @@ class SQLiteStore(ScopedListing):
         writer connection it took a statement per cluster, each a round trip through a busy
         event loop: a thousand clusters' touches held the lock, and every batch behind it,
         for half a second.)"""
-        if not self._seen or self._batch is None:
+        batch = self._batch
+        if not self._seen or batch is None:
             return
+        await self._with_touches(lambda seen: batch.write([], seen))
+
+    async def _with_touches(self, write: Callable[[dict[str, float]], Awaitable[T]]) -> T:
+        """``write(seen)``, a call of the batch connection that writes the pending touches
+        ``seen`` (cluster -> time) in its transaction, with the write lock held by the caller.
+        Touches of a write that failed are pending again; a cancelled caller's transaction ran
+        to its end (committed, its touches with it)."""
         seen, self._seen = self._seen, {}
         try:
-            await self._batch.write([], seen)
+            result = await write(seen)
+        except asyncio.CancelledError:
+            raise
         except BaseException:
             self._unflushed(seen)
             raise
         self._seen_written.update(seen)
+        return result
 
     def _unflushed(self, seen: dict[str, float]) -> None:
         """Put back touches whose write failed."""
@@ -931,16 +944,7 @@ class SQLiteStore(ScopedListing):
             raise RuntimeError("the store is not open")
         request = LeaseRequest(cluster, holder, incarnation, hub_id, now, ttl, silent_before)
         async with self._lock:
-            seen, self._seen = self._seen, {}
-            try:
-                result = await batch.take_lease(request, seen)
-            except asyncio.CancelledError:
-                raise  # the transaction ran to its end: committed, its touches with it
-            except BaseException:
-                self._unflushed(seen)
-                raise
-            self._seen_written.update(seen)
-        return result
+            return await self._with_touches(lambda seen: batch.take_lease(request, seen))
 
     async def renew_leases(self, leases: Sequence[tuple[str, int]], *, hub_id: str, now: float, ttl: float) -> list[str]:
         if not leases:
@@ -1014,15 +1018,7 @@ class SQLiteStore(ScopedListing):
         if batch is None:
             raise RuntimeError("the store is not open")
         async with self._lock:
-            seen, self._seen = self._seen, {}
-            try:
-                rev, first, changes = await batch.write(writes, seen)
-            except asyncio.CancelledError:
-                raise  # the transaction ran to its end: committed, its touches with it
-            except BaseException:
-                self._unflushed(seen)
-                raise
-            self._seen_written.update(seen)
+            rev, first, changes = await self._with_touches(lambda seen: batch.write(writes, seen))
         if rev != first:
             self._dispatch("changes", str(rev))
         return Applied(rev, changes)
