@@ -1341,6 +1341,7 @@ async def bench(args: argparse.Namespace, procs: Processes, tmp: Path, fig: dict
                     "fleetsync_inactive",
                     "fleetsync_store_errors",
                     "fleetsync_bundles_conflated",
+                    "fleetsync_inbox_budget",
                 )
             )
         }

@@ -89,12 +89,12 @@ def test_free_memory_is_released_on_glibc() -> None:
     assert release_free_memory() is (sys.platform == "linux")
 
 
-def test_a_full_keeps_at_most_four_chunks_in_flight_and_streams_on_each_ack() -> None:
+def test_a_full_keeps_at_most_its_bytes_in_flight_and_streams_on_each_ack() -> None:
     sync = TypeSync(POD, "inc", max_message_bytes=4096)
     sync.on_list([pod(f"p{i:03}") for i in range(60)])  # ~10 per 4 KiB chunk: six chunks or more
-    uplink = Uplink({POD.gvk: sync}, pb.Welcome(), settings=UplinkSettings(), now=0.0)
+    uplink = Uplink({POD.gvk: sync}, pb.Welcome(), settings=UplinkSettings(full_bytes_in_flight=4 * 4096), now=0.0)
     first = [out.message.bundle for out in uplink.poll(0.0) if out.kind == "full"]
-    assert [b.chunk for b in first] == [0, 1, 2, 3], "four chunks, though the window allows 32 messages"
+    assert [b.chunk for b in first] == [0, 1, 2, 3], "four chunks of 4 KiB, though the window allows 32 messages"
     assert [out.kind for out in uplink.poll(0.1)] == [], "no more until one is acked"
     uplink.receive(pb.HubMessage(ack=pb.Ack(type=POD.gvk, incarnation="inc", seq=first[0].seq, chunk=1, partial=True)), 0.2)
     assert [out.message.bundle.chunk for out in uplink.poll(0.2) if out.kind == "full"] == [4, 5]

@@ -379,6 +379,31 @@ async def test_a_fleet_starting_at_once_is_let_in_a_budget_at_a_time_and_quiet_s
     assert quiet.held < 200 * 2_000, "200 quiet sessions reading hold reservations of their small messages, not 200 x 100 KB"
 
 
+async def test_a_session_in_the_middle_of_a_full_keeps_its_reservation_until_its_next_chunk_comes() -> None:
+    # On a busy loop a FULL's next chunk can take longer than the short lapse to arrive; had
+    # its reservation lapsed, another session would be let in and both chunks held over the
+    # budget. A session whose last message ended what it had to send still lapses at once.
+    now = [0.0]
+    budget = InboxBudget(1_000, reservation=600, reservation_seconds=0.05, continuing_seconds=2.0, clock=lambda: now[0])
+    sending, other = Inbox(budget=budget), Inbox(budget=budget)
+    for inbox, last in ((sending, False), (other, True)):
+        inbox.put(full_chunk(last=last, size=500))
+        await inbox.get()
+        inbox.done()
+    assert sending.try_room()  # reserves its next chunk, which is on its way
+    now[0] = 1.0  # long past the short lapse
+    assert not other.try_room(), "the FULL's next chunk still has its room"
+    now[0] = 2.5  # the chunk never came: the room is given back
+    assert other.try_room()
+    now[0] = 2.6  # the other session's last message was a FULL's last chunk: it may have nothing more
+    assert sending.try_room(), "a reservation of a session that ended its FULL lapses after the short lapse"
+
+
+def full_chunk(*, last: bool, size: int) -> pb.Bundle:
+    obj = pb.Object(namespace="default", name="p", body=b'{"x": "' + b"x" * size + b'"}')
+    return pb.Bundle(type=POD, incarnation="inc", seq=1, base_seq=0, kind=pb.FULL, chunk=0, last=last, upserts=[obj])
+
+
 def pod_bundle(seq: int, size: int) -> pb.Bundle:
     obj = pb.Object(namespace="default", name=f"p{seq}", body=b'{"x": "' + b"x" * size + b'"}')  # a JSON object, as the hub applies only those
     return pb.Bundle(type=POD, incarnation="inc", seq=seq, base_seq=seq - 1, kind=pb.DELTA, upserts=[obj])
@@ -395,3 +420,29 @@ async def test_room_is_found_at_once_only_when_it_fits_and_nobody_waits_first() 
     assert not c.try_room()  # 10 would fit, but b waits first: no overtaking
     budget.release(a)  # a's message came and went
     await asyncio.wait_for(waiting, timeout=5)
+
+
+async def test_agents_are_asked_for_chunks_of_the_hubs_size_and_the_budgets_peak_is_reported(tmp_path: Path) -> None:
+    store, core = await hub(tmp_path, 1, chunk_bytes=32 * 1024, max_message_bytes=256 * 1024)
+    try:
+        agent = Agent(core, "c0")
+        await agent.hello()
+        welcome = agent.received[0].welcome
+        assert (welcome.chunk_bytes, welcome.max_message_bytes) == (32 * 1024, 256 * 1024)
+        await agent.send(pod_delta(2, "web", body=b'{"kind": "Pod", "x": "' + b"x" * 10_000 + b'"}'))
+        await eventually(lambda: _async(agent.acked(2)), timeout=10, what="the delta acked")
+        sample = core.metrics.registry.get_sample_value
+        assert sample("fleetsync_inbox_budget_bytes") == 0, "nothing is held once applied"
+        assert (sample("fleetsync_inbox_budget_peak_bytes") or 0) > 10_000, "the delta was held until it was applied"
+    finally:
+        await core.stop()
+        await store.close()
+    (tmp_path / "second").mkdir()
+    store, core = await hub(tmp_path / "second", 1, chunk_bytes=1024 * 1024, max_message_bytes=256 * 1024)
+    try:
+        agent = Agent(core, "c0")
+        await agent.hello()
+        assert agent.received[0].welcome.chunk_bytes == 256 * 1024, "never more than an agent may send"
+    finally:
+        await core.stop()
+        await store.close()

@@ -32,3 +32,21 @@ def test_objects_left_out_under_a_small_hub_limit_are_synced_again_when_it_goes_
     assert "ns/huge" in sync.error and "ns/big" not in sync.cache
     sync.on_event("DELETED", config_map("huge", 10))
     assert sync.error == "", "a deleted object is no longer reported"
+
+
+def test_a_full_is_cut_at_the_hubs_chunk_size_and_an_object_larger_goes_alone() -> None:
+    # The hub's memory for an agent it holds back follows the size of the chunks in flight
+    # to it, so it asks for small ones (Welcome.chunk_bytes); an object larger than that
+    # still syncs, alone in its chunk, up to the max message size.
+    sync = TypeSync(CONFIG_MAP, "inc", max_message_bytes=512 * 1024)
+    sync.on_list([config_map(f"small-{i:02}", 3_000) for i in range(40)] + [config_map("big", 100_000)])
+    sync.limit_to(512 * 1024, 16 * 1024)
+    sync.start_full()
+    chunks = [sync.next_full_chunk()]
+    while not chunks[-1].last:
+        chunks.append(sync.next_full_chunk())
+    sizes = {tuple(o.name for o in c.upserts): c.ByteSize() for c in chunks}
+    assert [names for names in sizes if "big" in names] == [("big",)], "the large object goes alone"
+    assert all(size <= 16 * 1024 for names, size in sizes.items() if names != ("big",)), sizes
+    assert sum(len(c.upserts) for c in chunks) == 41 and len(chunks) >= 8, "every object, in chunks of ~5 small ones"
+    assert sync.error == "", "nothing is left out"

@@ -7,7 +7,9 @@ bundle takes), not as a protobuf message, which costs ~1.5 KiB more per object
 (docs/agent-memory.md).
 
 Every message this module builds stays under ``max_message_bytes``: FULLs and
-deltas are split into bundles, digests into chunks. A FULL is cut into chunks
+deltas are split into bundles, digests into chunks, each filled to the size the hub asks
+for (``Welcome.chunk_bytes``: what a hub holding an agent back has in flight from it
+follows the size of its chunks); an object larger than that goes alone in its message. A FULL is cut into chunks
 lazily, as the in-flight window lets them go, from a snapshot of the keys taken
 when it starts; a chunk carries each object's state at the time the chunk is made
 (a change after the start is also pending, so a delta repeats it after the FULL).
@@ -79,6 +81,8 @@ class TypeSync:
         self.stream = AgentStream(incarnation, window=resume_window)
         self.max_message_bytes = max_message_bytes
         self.budget = max_message_bytes - ENVELOPE_BYTES
+        #: What a message is filled to (at most :attr:`budget`; an object larger goes alone).
+        self.fill = self.budget
         self.include = namespaces or set()
         self.exclude = exclude or set()
         self.cache: dict[str, Cached] = {}
@@ -93,12 +97,14 @@ class TypeSync:
         self._full_keys: list[str] = []
         self._full_next = 0
 
-    def limit_to(self, hub_max_message_bytes: int) -> None:
-        """Use the smaller of the agent's own limit and the hub's (Welcome.max_message_bytes; 0: none).
+    def limit_to(self, hub_max_message_bytes: int, hub_chunk_bytes: int = 0) -> None:
+        """Use the smaller of the agent's own limit and the hub's (Welcome.max_message_bytes; 0: none),
+        and fill messages to the hub's chunk size (Welcome.chunk_bytes; 0: to the limit).
         Cached objects that no longer fit are left out from now on; left-out ones that fit again
         (a hub whose limit went up) are synced again."""
         limit = min(self.max_message_bytes, hub_max_message_bytes or self.max_message_bytes)
         self.budget = max(limit, 4 * ENVELOPE_BYTES) - ENVELOPE_BYTES
+        self.fill = min(self.budget, max(hub_chunk_bytes, 4 * ENVELOPE_BYTES) - ENVELOPE_BYTES) if hub_chunk_bytes else self.budget
         for key in [k for k, cached in self.cache.items() if cached.size > self.budget]:
             self._left_out[key] = self.cache.pop(key)
             self._changed(key, None)
@@ -201,7 +207,7 @@ class TypeSync:
         size = 0
         for key, obj in changes:
             cost = obj.size if obj is not None else len(key) + FIELD_BYTES
-            if group and size + cost > self.budget:
+            if group and size + cost > self.fill:
                 yield group
                 group, size = {}, 0
             group[key] = obj
@@ -228,7 +234,7 @@ class TypeSync:
             obj = self.cache.get(key)  # gone since the FULL started: leave it out (its delete is pending)
             if obj is not None:
                 cost = obj.size
-                if objects and size + cost > self.budget:
+                if objects and size + cost > self.fill:
                     break
                 objects.append(obj)
                 size += cost
@@ -259,7 +265,7 @@ class TypeSync:
         size = 0
         for entry in entries:
             cost = len(entry.key) + 2 * FIELD_BYTES + 8
-            if chunks[-1] and size + cost > self.budget:
+            if chunks[-1] and size + cost > self.fill:
                 chunks.append([])
                 size = 0
             chunks[-1].append(entry)

@@ -9,7 +9,7 @@ connection: resume (resend the held deltas after the hub's position), digest, or
 FULL. Then:
 
 - **Flow control.** At most ``window`` messages per type are unacknowledged, and of
-  them at most ``full_chunks_in_flight`` FULL chunks; FULL chunks are acked one by one,
+  them FULL chunks of at most ``full_bytes_in_flight`` together; FULL chunks are acked one by one,
   so a 200,000-object FULL streams at the pace the hub commits and never piles up in a
   broker's queue or the agent's memory. Changes that do not fit wait in
   the type's pending map, where later changes to a key replace earlier ones.
@@ -44,7 +44,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from fleetsync.agent.typesync import TypeSync
+from fleetsync.agent.typesync import ENVELOPE_BYTES, TypeSync
 from fleetsync.errors import FleetsyncError
 from fleetsync.protocol import fleetsync_pb2 as pb
 from fleetsync.protocol.rules import Plan, Position
@@ -88,11 +88,12 @@ class HubStalled(TransportError):
 class UplinkSettings:
     #: Unacknowledged messages allowed per type.
     window: int = 32
-    #: Of those, FULL chunks (each up to the max message size, 512 KiB): a chunk in flight is held
-    #: for resends and queued in the transport, so 32 of them were ~16 MiB twice over, most of an
-    #: agent's peak during its initial sync (docs/agent-memory.md). Acked one by one, 4 keep a hub
-    #: busy: ~1,000 Pods per round trip.
-    full_chunks_in_flight: int = 4
+    #: Of those, FULL chunks of at most this many bytes together (at least one chunk; the hub's
+    #: Welcome.chunk_bytes sets their size, 128 KiB by default: 16 chunks): a chunk in flight is
+    #: held for resends and queued in the transport, so 32 chunks of 512 KiB were ~16 MiB twice
+    #: over, most of an agent's peak during its initial sync (docs/agent-memory.md). Acked one by
+    #: one, 2 MiB keep a hub busy: ~1,000 Pods per round trip.
+    full_bytes_in_flight: int = 2 * 1024 * 1024
     #: Seconds without an ack (or a digest's answer) before resending.
     ack_timeout: float = 15.0
     #: Seconds between heartbeats when the hub's Welcome does not say.
@@ -156,7 +157,7 @@ class Uplink:
         self.positions = {p.type: Position(p.incarnation, p.seq) for p in welcome.applied}
         self.heartbeat_interval = welcome.heartbeat_interval_ms / 1000 or settings.heartbeat_interval
         for sync in syncs.values():
-            sync.limit_to(welcome.max_message_bytes)
+            sync.limit_to(welcome.max_message_bytes, welcome.chunk_bytes)
         self.queue = ResyncQueue()
         self._planned: set[str] = set()
         self._digest: tuple[str, float] | None = None  # (type, sent at) of the digest awaiting its diff
@@ -237,9 +238,8 @@ class Uplink:
             if sync.type not in self._planned:
                 out += self._plan(sync)
         window = self.settings.window
-        full_window = min(window, self.settings.full_chunks_in_flight)
         for sync in live:
-            full = sync.stream.full
+            full, full_window = sync.stream.full, min(window, max(1, self.settings.full_bytes_in_flight // (sync.fill + ENVELOPE_BYTES)))
             while full is not None and not full.all_sent and sync.stream.in_flight() < window and len(full.unacked) < full_window:
                 out.append(_bundle("full", sync.next_full_chunk()))
         out += self._next_digest(now)

@@ -111,6 +111,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     add_flag(p, "--max-message-bytes", type=positive_int, default=512 * 1024, help="largest agent message accepted; agents chunk below it")
     add_flag(
         p,
+        "--chunk-bytes",
+        type=positive_int,
+        default=128 * 1024,
+        help="agents fill their messages (FULL chunks, delta bundles, digest chunks) to this size; a larger object goes alone, up to --max-message-bytes",
+    )
+    add_flag(
+        p,
         "--digest-interval",
         default="300",
         help="anti-entropy, partial syncs: seconds between digests of each type, as DEFAULT[,TYPE=SECONDS...] (e.g. 300,v1/Pod=60); 0 turns one off",
@@ -162,7 +169,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         p,
         "--stream-window",
         type=positive_int,
-        default=256 * 1024,
+        default=64 * 1024,
         help="gRPC: bytes each agent may have in flight to the hub beyond what it has read (the stream's HTTP/2 window)",
     )
     add_flag(p, "--batch-bundles", type=positive_int, default=1000, help="group commit: most bundles (of any clusters) in one store transaction")
@@ -332,6 +339,7 @@ def settings_from(args: argparse.Namespace) -> HubSettings:
         grace_period=args.grace_period,
         lease_ttl=args.lease_ttl,
         max_message_bytes=args.max_message_bytes,
+        chunk_bytes=args.chunk_bytes,
         digest_schedule=DigestSchedule.parse(args.digest_interval),
         resync_on_startup=args.resync_on_startup is not False,
         push_refresh_interval=args.push_refresh_interval,

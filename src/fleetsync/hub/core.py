@@ -103,7 +103,9 @@ class HubCore:
             store, metrics=self.metrics, max_bundles=self.settings.batch_bundles, max_bytes=self.settings.batch_bytes, linger=self.settings.batch_linger
         )
         #: What every session's inbox may hold together.
-        self.inbox_budget = InboxBudget(self.settings.inbox_budget, reservation=self.settings.max_message_bytes)
+        self.inbox_budget = budget = InboxBudget(self.settings.inbox_budget, reservation=self.settings.max_message_bytes)
+        self.metrics.budget_bytes.set_function(lambda: budget.bytes)
+        self.metrics.budget_peak_bytes.set_function(lambda: budget.peak)
         self._connected_since_start: set[str] = set()
         #: cluster -> the incarnation last refused ALREADY_CONNECTED here (one event per newcomer, not one per retry).
         self.refused_incarnations: dict[str, str] = {}

@@ -51,6 +51,12 @@ class HubMetrics:
             registry=self.registry,
         )
         self.queued_bytes = Gauge("fleetsync_inbox_bytes", "Bytes received and not yet applied, per cluster", ["cluster"], registry=self.registry)
+        self.budget_bytes = Gauge(
+            "fleetsync_inbox_budget_bytes", "Bytes received and not yet applied, every cluster together (held against --inbox-budget)", registry=self.registry
+        )
+        self.budget_peak_bytes = Gauge(
+            "fleetsync_inbox_budget_peak_bytes", "The most fleetsync_inbox_budget_bytes has been since the hub started", registry=self.registry
+        )
         self.events = Counter("fleetsync_events_total", "Cluster events recorded, by reason", ["reason"], registry=self.registry)
         self.inactive = Gauge("fleetsync_inactive_clusters", "Clusters with no message for the inactivity timeout", registry=self.registry)
         self.refused = Counter(

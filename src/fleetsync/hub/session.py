@@ -486,6 +486,7 @@ class Session:
                     applied=[pb.StreamPosition(type=s.type, incarnation=s.incarnation, seq=s.seq) for s in streams if s.incarnation],
                     heartbeat_interval_ms=int(settings.heartbeat_interval * 1000),
                     max_message_bytes=settings.max_message_bytes,
+                    chunk_bytes=min(settings.chunk_bytes, settings.max_message_bytes),
                 )
             )
         )

@@ -59,6 +59,9 @@ class HubSettings:
     grace_period: float = 15.0
     #: No agent message may be larger (agents are told in Welcome and chunk below it).
     max_message_bytes: int = 512 * 1024
+    #: Agents fill their messages to this size (told in Welcome): what each agent the hub holds
+    #: back has in flight to it follows the size of its chunks (docs/performance.md).
+    chunk_bytes: int = 128 * 1024
     #: Anti-entropy, partial syncs: a digest of each type this often (``hub/antientropy.py``).
     digest_schedule: DigestSchedule = field(default_factory=DigestSchedule)
     #: Ask each cluster for a digest of every type on its first connection after this hub starts.
@@ -72,7 +75,7 @@ class HubSettings:
     #: this, not by the fleet's size (the agents wait, through the transports' flow control).
     inbox_budget: int = 64 * 1024 * 1024
     #: gRPC: bytes each agent's stream may have in flight to the hub (its HTTP/2 window).
-    stream_window: int = 256 * 1024
+    stream_window: int = 64 * 1024
     #: Group commit: at most this many bundles, and this many bytes of objects, in one transaction.
     batch_bundles: int = 1000
     batch_bytes: int = 16 * 1024 * 1024

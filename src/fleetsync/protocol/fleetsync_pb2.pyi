@@ -746,9 +746,16 @@ class Welcome(_message.Message):
     APPLIED_FIELD_NUMBER: _builtins.int
     HEARTBEAT_INTERVAL_MS_FIELD_NUMBER: _builtins.int
     MAX_MESSAGE_BYTES_FIELD_NUMBER: _builtins.int
+    CHUNK_BYTES_FIELD_NUMBER: _builtins.int
     hub_id: _builtins.str
     heartbeat_interval_ms: _builtins.int
     max_message_bytes: _builtins.int
+    chunk_bytes: _builtins.int
+    """The size the hub asks the agent to fill its messages to: FULL chunks, the bundles of a
+    delta and digest chunks are cut at it, and an object larger than it goes alone in its
+    message (up to max_message_bytes). A hub's memory per agent it holds back follows the
+    size of the chunks in flight to it. 0: max_message_bytes.
+    """
     @_builtins.property
     def applied(self) -> _containers.RepeatedCompositeFieldContainer[Global___StreamPosition]:
         """what the hub has committed, per type"""
@@ -760,10 +767,11 @@ class Welcome(_message.Message):
         applied: _abc.Iterable[Global___StreamPosition] | None = ...,
         heartbeat_interval_ms: _builtins.int = ...,
         max_message_bytes: _builtins.int = ...,
+        chunk_bytes: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["applied", b"applied", "heartbeat_interval_ms", b"heartbeat_interval_ms", "hub_id", b"hub_id", "max_message_bytes", b"max_message_bytes"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["applied", b"applied", "chunk_bytes", b"chunk_bytes", "heartbeat_interval_ms", b"heartbeat_interval_ms", "hub_id", b"hub_id", "max_message_bytes", b"max_message_bytes"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
