@@ -144,7 +144,10 @@ class GrpcHubServer:
         #
         # Each stream's receive window is fixed at --stream-window (no BDP probing, which grows
         # windows to megabytes): when the hub pushes back (its inbox budget is full), what a
-        # thousand agents have in flight to it is bounded by a thousand windows.
+        # thousand agents have in flight to it is bounded by a thousand windows. Not quite: while
+        # a read is pending, chttp2 also lets in the rest of the message being read, so what an
+        # agent held back costs the hub follows the size of its messages too; hence the agents'
+        # chunks of --chunk-bytes (Welcome.chunk_bytes; docs/performance.md).
         window, limits = core.settings.stream_window, core.settings.limits
         self.server = grpc.aio.server(
             options=[
