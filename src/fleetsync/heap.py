@@ -13,8 +13,8 @@ its high-water mark for the rest of its life. ``malloc_trim(0)`` returns the fre
 (it costs a few milliseconds, once per LIST).
 
 :func:`retain_less`, once at the agent's start, makes glibc give memory back by itself: a
-block of 256 KiB or more (a page's JSON, a FULL chunk of 512 KiB, its serialized message)
-gets its own mapping, returned when freed (by default that threshold grows up to 32 MiB
+block of 256 KiB or more (a page's JSON, a FULL chunk of 512 KiB, its serialized message;
+not the 128 KiB chunks hubs ask for by default, which the trims return) gets its own mapping, returned when freed (by default that threshold grows up to 32 MiB
 after the first such block is freed, and such blocks then stay in the heap), free memory
 at the heap's top beyond 1 MiB is returned, and the threads of the gRPC core share two
 heaps (arenas) instead of one per thread. On a libc without these (musl, macOS) both do

@@ -4,6 +4,8 @@ client's generated classes are not loaded by the agent (but still work if some c
 
 from __future__ import annotations
 
+import random
+import string
 import subprocess
 import sys
 from typing import Any
@@ -11,7 +13,7 @@ from typing import Any
 from fleetsync.agent.typesync import Cached, TypeSync
 from fleetsync.agent.uplink import Uplink, UplinkSettings
 from fleetsync.heap import release_free_memory
-from fleetsync.model.types import POD
+from fleetsync.model.types import CONFIG_MAP, POD
 from fleetsync.protocol import codec
 from fleetsync.protocol import fleetsync_pb2 as pb
 from fleetsync.protocol.rules import Position
@@ -98,3 +100,23 @@ def test_a_full_keeps_at_most_its_bytes_in_flight_and_streams_on_each_ack() -> N
     assert [out.kind for out in uplink.poll(0.1)] == [], "no more until one is acked"
     uplink.receive(pb.HubMessage(ack=pb.Ack(type=POD.gvk, incarnation="inc", seq=first[0].seq, chunk=1, partial=True)), 0.2)
     assert [out.message.bundle.chunk for out in uplink.poll(0.2) if out.kind == "full"] == [4, 5]
+
+
+def test_full_chunks_in_flight_are_counted_by_their_size_not_their_number() -> None:
+    # At the hub's 128 KiB chunks 2 MiB are 16 chunks; objects larger than a chunk go alone,
+    # each chunk its own size, and count as such: still 2 MiB in flight, not 16 x 400 KiB.
+    def config_map(name: str, size: int) -> dict[str, object]:
+        noise = "".join(random.Random(name).choices(string.ascii_letters + string.digits, k=size))  # lz4 cannot shrink it
+        return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name, "namespace": "ns", "resourceVersion": "1"}, "data": {"blob": noise}}
+
+    def in_flight(objects: list[dict[str, object]]) -> list[pb.Bundle]:
+        sync = TypeSync(CONFIG_MAP, "inc", max_message_bytes=512 * 1024)
+        sync.on_list(objects)
+        uplink = Uplink({CONFIG_MAP.gvk: sync}, pb.Welcome(max_message_bytes=512 * 1024, chunk_bytes=128 * 1024), settings=UplinkSettings(), now=0.0)
+        return [out.message.bundle for out in uplink.poll(0.0) if out.kind == "full"]
+
+    small = in_flight([config_map(f"s{i:04}", 2_000) for i in range(2_000)])  # ~4 MB: more than 2 MiB
+    assert len(small) == 16 and sum(b.ByteSize() for b in small) <= 2 * 1024 * 1024
+    large = in_flight([config_map(f"b{i:02}", 400_000) for i in range(20)])
+    assert all(len(b.upserts) == 1 for b in large), "each larger than a chunk: alone"
+    assert len(large) == 5 and sum(b.ByteSize() for b in large) <= 2 * 1024 * 1024 + 400 * 1024, [b.ByteSize() for b in large]

@@ -446,3 +446,33 @@ async def test_agents_are_asked_for_chunks_of_the_hubs_size_and_the_budgets_peak
     finally:
         await core.stop()
         await store.close()
+
+
+async def test_a_short_reservation_taken_behind_a_long_one_wakes_the_next_session_when_it_lapses() -> None:
+    # The timer that lets waiting sessions in when a reservation lapses was set for a FULL's
+    # long reservation; a quiet session's short one, taken after, lapses first, and the next
+    # session must not wait for the long one.
+    budget = InboxBudget(1_000, reservation=1_000, reservation_seconds=0.05, continuing_seconds=60.0)
+    sending, quiet, third = object(), object(), object()
+    assert budget.try_room(sending, 300, more=True)  # 60 s: its next chunk is on its way
+    budget.take(400)  # queued bytes
+    waiting_quiet = asyncio.create_task(budget.room(quiet, 500))  # 300 + 400 + 500 > 1,000: waits
+    waiting_third = asyncio.create_task(budget.room(third, 600))
+    await asyncio.sleep(0)
+    budget.give(400)  # applied: quiet fits (800); third does not (1,400)
+    await asyncio.wait_for(waiting_quiet, timeout=5)
+    await asyncio.wait_for(waiting_third, timeout=5)  # let in once quiet's 50 ms lapsed, not after 60 s
+
+
+async def test_a_session_waiting_for_its_own_inbox_holds_no_reservation_of_the_hubs_budget() -> None:
+    budget = InboxBudget(10_000_000, reservation=100_000, reservation_seconds=60, continuing_seconds=60)
+    inbox = Inbox(budget=budget, max_bytes=1_000)
+    assert inbox.try_room()  # reserves the largest message: it has sent nothing yet
+    message = pod_bundle(1, 2_000)
+    inbox.put(message)  # over this cluster's own limit
+    waiting = asyncio.create_task(inbox.room())
+    await eventually(lambda: _async(inbox.waiting), timeout=5, what="the session waiting")
+    assert budget.held == message.ByteSize(), "the message's bytes count, and its reservation no longer"
+    await inbox.get()
+    inbox.done()
+    await asyncio.wait_for(waiting, timeout=5)

@@ -7,9 +7,11 @@ bundle takes), not as a protobuf message, which costs ~1.5 KiB more per object
 (docs/agent-memory.md).
 
 Every message this module builds stays under ``max_message_bytes``: FULLs and
-deltas are split into bundles, digests into chunks, each filled to the size the hub asks
-for (``Welcome.chunk_bytes``: what a hub holding an agent back has in flight from it
-follows the size of its chunks); an object larger than that goes alone in its message. A FULL is cut into chunks
+deltas are split into bundles, digests into chunks. FULL chunks and delta bundles are
+filled to the size the hub asks for (``Welcome.chunk_bytes``: what a hub holding an agent
+back has in flight from it follows the size of its chunks); an object larger than that
+goes alone in its message. Digest chunks, packed to ~22 bytes an entry, are cut at the max
+message size: cut smaller, a large cluster's digest would need thousands of chunks. A FULL is cut into chunks
 lazily, as the in-flight window lets them go, from a snapshot of the keys taken
 when it starts; a chunk carries each object's state at the time the chunk is made
 (a change after the start is also pending, so a delta repeats it after the FULL).
@@ -96,6 +98,8 @@ class TypeSync:
         self.refused = ""  # the hub refused this type (Reject with type): nothing more is sent for it
         self._full_keys: list[str] = []
         self._full_next = 0
+        #: chunk -> its bytes, for the FULL chunks not acknowledged yet (see :meth:`full_bytes_unacked`).
+        self._chunk_bytes: dict[int, int] = {}
 
     def limit_to(self, hub_max_message_bytes: int, hub_chunk_bytes: int = 0) -> None:
         """Use the smaller of the agent's own limit and the hub's (Welcome.max_message_bytes; 0: none),
@@ -221,6 +225,7 @@ class TypeSync:
         self.pending.clear()
         self._full_keys = sorted(self.cache)
         self._full_next = 0
+        self._chunk_bytes = {}
 
     def next_full_chunk(self) -> pb.Bundle:
         """The next chunk of the FULL in progress (the last one has ``last`` set)."""
@@ -252,10 +257,19 @@ class TypeSync:
             collected_at_ms=_now_ms(),
         )
         _add_upserts(objects, chunk.upserts)
+        self._chunk_bytes[full.next_chunk] = size + ENVELOPE_BYTES  # as budgeted: its objects and the room kept for the rest
         self.stream.full_chunk_sent(full.next_chunk, chunk, last=last)
         if last:
             self._full_keys = []
         return chunk
+
+    def full_bytes_unacked(self) -> int:
+        """The bytes of the FULL chunks sent and not acknowledged yet."""
+        full = self.stream.full
+        if full is None:
+            return 0
+        self._chunk_bytes = {c: size for c, size in self._chunk_bytes.items() if c in full.unacked}
+        return sum(self._chunk_bytes.values())
 
     def digest(self) -> list[pb.Digest]:
         """The cache's (key, hash) as of now, in chunks under the message size; deltas wait for the diff."""
@@ -265,7 +279,7 @@ class TypeSync:
         size = 0
         for entry in entries:
             cost = len(entry.key) + 2 * FIELD_BYTES + 8
-            if chunks[-1] and size + cost > self.fill:
+            if chunks[-1] and size + cost > self.budget:  # packed, ~22 B an entry: small for the hub as they are
                 chunks.append([])
                 size = 0
             chunks[-1].append(entry)

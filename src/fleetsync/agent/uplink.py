@@ -239,8 +239,8 @@ class Uplink:
                 out += self._plan(sync)
         window = self.settings.window
         for sync in live:
-            full, full_window = sync.stream.full, min(window, max(1, self.settings.full_bytes_in_flight // (sync.fill + ENVELOPE_BYTES)))
-            while full is not None and not full.all_sent and sync.stream.in_flight() < window and len(full.unacked) < full_window:
+            full = sync.stream.full
+            while full is not None and not full.all_sent and sync.stream.in_flight() < window and self._full_room(sync):
                 out.append(_bundle("full", sync.next_full_chunk()))
         out += self._next_digest(now)
         if changes:
@@ -253,6 +253,13 @@ class Uplink:
             out.append(Outgoing("heartbeat", pb.AgentMessage(heartbeat=pb.Heartbeat(sent_at_ms=int(time.time() * 1000)))))
             self._last_sent = now
         return out
+
+    def _full_room(self, sync: TypeSync) -> bool:
+        """Whether another FULL chunk (of up to the hub's chunk size) fits in ``full_bytes_in_flight``
+        beside those unacknowledged; one always does. An object larger than the chunk size goes
+        alone in a chunk of its own size, counted as such."""
+        unacked = sync.full_bytes_unacked()
+        return unacked == 0 or unacked + sync.fill + ENVELOPE_BYTES <= self.settings.full_bytes_in_flight
 
     @property
     def in_flight(self) -> int:

@@ -114,7 +114,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         "--chunk-bytes",
         type=positive_int,
         default=128 * 1024,
-        help="agents fill their messages (FULL chunks, delta bundles, digest chunks) to this size; a larger object goes alone, up to --max-message-bytes",
+        help="agents fill their FULL chunks and delta bundles to this size; a larger object goes alone, up to --max-message-bytes",
     )
     add_flag(
         p,

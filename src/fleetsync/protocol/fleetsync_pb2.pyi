@@ -751,10 +751,11 @@ class Welcome(_message.Message):
     heartbeat_interval_ms: _builtins.int
     max_message_bytes: _builtins.int
     chunk_bytes: _builtins.int
-    """The size the hub asks the agent to fill its messages to: FULL chunks, the bundles of a
-    delta and digest chunks are cut at it, and an object larger than it goes alone in its
-    message (up to max_message_bytes). A hub's memory per agent it holds back follows the
-    size of the chunks in flight to it. 0: max_message_bytes.
+    """The size the hub asks the agent to fill its messages to: FULL chunks and the bundles of
+    a delta are cut at it, and an object larger than it goes alone in its message (up to
+    max_message_bytes); digest chunks (~22 bytes an entry) are cut at max_message_bytes. A
+    hub's memory per agent it holds back follows the size of the chunks in flight to it.
+    0: max_message_bytes.
     """
     @_builtins.property
     def applied(self) -> _containers.RepeatedCompositeFieldContainer[Global___StreamPosition]:
