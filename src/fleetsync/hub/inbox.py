@@ -111,7 +111,7 @@ class _Reservations:
         self.bytes = 0
 
     def add(self, holder: int, size: int, now: float) -> None:
-        self.pop(holder)
+        """A reservation for ``holder``, which holds none (of either duration: see ``InboxBudget._let_in``)."""
         self.by_holder[holder] = (now + self.seconds, size)
         self.bytes += size
 
@@ -211,7 +211,7 @@ class InboxBudget:
         held = self.held
         if held + size > self.max_bytes and held > 0:
             return False
-        self._idle.pop(holder)
+        self._idle.pop(holder)  # a holder has one reservation at most, of either duration
         self._continuing.pop(holder)
         (self._continuing if more else self._idle).add(holder, size, self.clock())
         return True
