@@ -129,3 +129,23 @@ async def test_leases_renewed_in_several_statements_are_all_renewed_and_the_lost
     assert await store.renew_leases(held, hub_id="hub", now=20.0, ttl=30) == ["c5"]
     expiry = {lease.cluster: lease.expires_at for lease in await store.leases()}
     assert expiry == {f"c{i}": 31.0 if i == 5 else 50.0 for i in range(8)}
+
+
+async def test_the_writer_process_gives_back_a_large_batch_once_it_is_written(store: SQLiteStore) -> None:
+    """A hub's writer process passes gigabytes through it in an initial sync: its RSS follows
+    the batch it writes, not the largest it ever wrote (store/writerprocess.py, ``serve``)."""
+    child = writer_process(store)
+    await store.apply_batch([bundle("c0", 1, pod("c0", "warm", 1))])
+    before = child.memory_info().rss
+    body = os.urandom(3000)
+    objects = [
+        ObjectRecord(f"c{c}", POD, "default", f"p{i}", f"uid-{c}-{i}", "1", i, {"app": f"a{i}"}, "", body + b"%d" % i, 0)
+        for c in range(20)
+        for i in range(1000)
+    ]
+    await store.apply_batch([bundle(f"c{c}", 1, *objects[c * 1000 : (c + 1) * 1000]) for c in range(20)])  # ~60 MB of rows
+    deadline = asyncio.get_running_loop().time() + 10
+    while (rss := child.memory_info().rss) > before + 24 * 2**20:
+        assert asyncio.get_running_loop().time() < deadline, f"the writer process kept {(rss - before) / 2**20:.0f} MiB of a written batch"
+        await asyncio.sleep(0.1)
+    assert await store.current_rev() == 20_001

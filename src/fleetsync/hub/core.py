@@ -85,7 +85,8 @@ class HubCore:
         #: Refused Hellos: rate-limited per peer, their events capped fleet-wide.
         self.guard = HelloGuard(self.settings.limits)
         #: The change log as a live stream (every replica's applies), for watches.
-        self.feed = ChangeFeed(store)
+        self.feed = feed = ChangeFeed(store)
+        self.metrics.feed_changes.set_function(lambda: feed.held)
         #: Every cluster's admin-set labels, for works' placement and watches with a cluster selector.
         self.cluster_labels = ClusterLabels(store)
         #: Scheduled refreshes of pull clusters (seed 003).

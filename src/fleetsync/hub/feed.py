@@ -6,6 +6,11 @@ PostgreSQL, any replica's, through LISTEN/NOTIFY) and, in case a notification is
 every ``poll_interval``. What it reads is kept in memory for a while, so a hundred
 watchers cost one query per batch of commits, not a hundred.
 
+While nobody watches, the reader reads no changes, only the newest revision: an initial
+sync of a thousand clusters commits a million changes, and reading them back (a row with
+its body each, decoded into records) took a fifth of the hub's event loop and a reader
+thread contending for its GIL, for no one. The memory is dropped then too.
+
 A watcher follows from a revision: older entries come from the store (while the change
 log still holds them), then from memory, then as they commit. Revisions arrive in
 order and without gaps in what the log holds: the stores commit revisions in order
@@ -44,11 +49,22 @@ class ChangeFeed:
         self.batch = batch
         self.poll_interval = poll_interval
         self.memory = memory
-        self._recent: list[Change] = []  # in revision order; trimmed to ``memory`` now and then
-        self.rev = 0  # the newest revision read
+        self._recent: list[Change] = []  # in revision order, without gaps; trimmed to ``memory`` now and then
+        self.rev = 0  # the newest revision read (while nobody follows: the newest committed)
+        self._followers = 0
         self._wake = asyncio.Event()
         self._advanced = asyncio.Condition()
         self._task: asyncio.Task[None] | None = None
+
+    @property
+    def held(self) -> int:
+        """How many changes the feed holds in memory (up to twice ``memory`` while anyone follows; none otherwise)."""
+        return len(self._recent)
+
+    @property
+    def followers(self) -> int:
+        """How many follow the feed now."""
+        return self._followers
 
     async def start(self) -> None:
         if self._task is not None:
@@ -78,6 +94,14 @@ class ChangeFeed:
                 log.warning("change feed: reading the change log failed: %s; retrying", exc)
 
     async def _catch_up(self) -> None:
+        if not self._followers:
+            self._recent.clear()  # it would have a gap once changes are skipped
+            rev = await self.store.current_rev()
+            if rev > self.rev:
+                self.rev = rev
+                async with self._advanced:
+                    self._advanced.notify_all()
+            return
         while True:
             changes = await self.store.changes_since(self.rev, limit=self.batch)
             if not changes:
@@ -95,6 +119,16 @@ class ChangeFeed:
         """Batches of changes after revision ``since``, in order, as they come; forever; an
         empty batch after ``idle`` seconds without any (a watch's cue for a bookmark).
         Raises :class:`Gone` if the change log no longer reaches back to ``since``."""
+        self._followers += 1
+        if self._followers == 1:
+            self._wake.set()  # the reader reads changes again from the next commit on
+        try:
+            async for batch in self._follow(since, idle):
+                yield batch
+        finally:
+            self._followers -= 1
+
+    async def _follow(self, since: int, idle: float | None) -> AsyncGenerator[list[Change], None]:
         oldest = await self.store.oldest_rev()
         if since < oldest:
             raise Gone(since, oldest)

@@ -57,6 +57,11 @@ class HubMetrics:
         self.budget_peak_bytes = Gauge(
             "fleetsync_inbox_budget_peak_bytes", "The most fleetsync_inbox_budget_bytes has been since the hub started", registry=self.registry
         )
+        self.feed_changes = Gauge(
+            "fleetsync_feed_changes_held",
+            "Changes the change feed holds in memory for watches (none while nothing watches)",
+            registry=self.registry,
+        )
         self.events = Counter("fleetsync_events_total", "Cluster events recorded, by reason", ["reason"], registry=self.registry)
         self.inactive = Gauge("fleetsync_inactive_clusters", "Clusters with no message for the inactivity timeout", registry=self.registry)
         self.refused = Counter(

@@ -30,7 +30,7 @@ from fleetsync.store.contract import Applied, BundleWrite, LeaseLost, StoreUnava
 from fleetsync.store.leasing import fenced, fenced_message
 from fleetsync.store.plan import Held, RoundPlan, lookups, plan_round, rounds
 from fleetsync.store.rows import to_signed, to_unsigned
-from fleetsync.store.writerprocess import WriterProcess, labels_json, packed, serve, unpacked
+from fleetsync.store.writerprocess import WriterProcess, labels_json, packed, serve, stdin, unpacked
 
 #: The one PostgreSQL notification channel; payloads are "CHANNEL\nPAYLOAD".
 PG_CHANNEL = "fleetsync"
@@ -257,4 +257,4 @@ if __name__ == "__main__":
     import signal
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole process group: the hub stops this process itself
-    serve(sys.stdin.buffer, sys.stdout.buffer, _ProcessWriter)
+    serve(stdin(), sys.stdout.buffer, _ProcessWriter)

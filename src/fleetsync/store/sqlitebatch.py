@@ -39,7 +39,7 @@ from fleetsync.store.contract import BundleWrite, Lease, LeaseLost, LeaseResult
 from fleetsync.store.leasing import fenced, fenced_message, may_take
 from fleetsync.store.plan import Held, RoundPlan, lookups, plan_round, rounds
 from fleetsync.store.rows import Key, lease_from_row, to_signed, to_unsigned
-from fleetsync.store.writerprocess import BATCH_WRITER_KINDS, BatchWriterKind, WriterProcess, labels_json, packed, run_shielded, serve, unpacked
+from fleetsync.store.writerprocess import BATCH_WRITER_KINDS, BatchWriterKind, WriterProcess, labels_json, packed, run_shielded, serve, stdin, unpacked
 
 #: What a batch's transaction returns: the store's revision before and after it, and the
 #: revisions (changes) each write took, in the batch's order.
@@ -372,4 +372,4 @@ def _write_round(db: sqlite3.Connection, plan: RoundPlan, base: int) -> None:
 
 if __name__ == "__main__":
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole process group: the hub stops this process itself
-    serve(sys.stdin.buffer, sys.stdout.buffer, _ProcessWriter)
+    serve(stdin(), sys.stdout.buffer, _ProcessWriter)

@@ -32,13 +32,16 @@ import asyncio
 import contextlib
 import io
 import pickle
+import select
 import sys
+import time
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, BinaryIO, Literal, Protocol, TypeVar
 
 import orjson
 
 from fleetsync.errors import FleetsyncError
+from fleetsync.heap import release_free_memory, retain_less
 from fleetsync.store.contract import BundleWrite, ObjectRecord, StoreUnavailable
 
 T = TypeVar("T")
@@ -245,9 +248,26 @@ class Writer(Protocol):
     def close(self) -> None: ...
 
 
-def serve(stdin: BinaryIO, stdout: BinaryIO, start: Callable[[Any], Writer]) -> None:
+#: Seconds without a request after which the writer process gives its heap's free pages
+#: back to the kernel (:func:`serve`).
+TRIM_WHEN_IDLE = 0.5
+
+#: At most this many seconds between two such returns while batches keep coming.
+TRIM_INTERVAL = 5.0
+
+
+def serve(stdin: io.RawIOBase, stdout: BinaryIO, start: Callable[[Any], Writer]) -> None:
     """The writer process's life: ``start(config)`` with the first request, then each next
-    request to the writer, until stdin closes."""
+    request to the writer, until stdin (unbuffered: :func:`stdin`) closes.
+
+    A batch passes up to ``--batch-bytes`` through this process three times over (the
+    request's bytes, the unpickled rows, the statements' parameters), all garbage once it is
+    committed. glibc would keep the heap at that high-water mark for good (in a 1,000-cluster
+    initial sync the process stayed at ~150 MiB for the hub's whole life), so the process
+    returns large blocks as they are freed (:func:`~fleetsync.heap.retain_less`) and its free
+    pages when no request has come for :data:`TRIM_WHEN_IDLE` s, or every
+    :data:`TRIM_INTERVAL` s while batches keep coming (a trim costs a few milliseconds)."""
+    retain_less()
     config = _read(stdin)
     if config is None:
         return
@@ -257,25 +277,57 @@ def serve(stdin: BinaryIO, stdout: BinaryIO, start: Callable[[Any], Writer]) -> 
         _answer(stdout, False, exc)
         return
     _answer(stdout, True, None)
+    trimmed = time.monotonic()
+    written = False
     try:
-        while (request := _read(stdin)) is not None:
+        while True:
+            if written and (time.monotonic() - trimmed >= TRIM_INTERVAL or not _ready(stdin, TRIM_WHEN_IDLE)):
+                release_free_memory()
+                trimmed, written = time.monotonic(), False
+            if (request := _read(stdin)) is None:
+                break
+            written = True
             try:
                 _answer(stdout, True, writer.write(request))
             except Exception as exc:
                 _answer(stdout, False, exc)
+            del request  # garbage before the next trim, not kept until the next request
     finally:
         writer.close()
 
 
-def _read(stream: BinaryIO) -> Any:
-    header = stream.read(8)
-    if len(header) < 8:
+def stdin() -> io.RawIOBase:
+    """This process's stdin, unbuffered (what :func:`serve` reads)."""
+    return open(sys.stdin.fileno(), "rb", buffering=0, closefd=False)
+
+
+def _ready(stream: io.RawIOBase, timeout: float) -> bool:
+    """Whether ``stream`` has something to read within ``timeout`` s (it is unbuffered:
+    nothing of it waits in this process where ``select`` would not see it)."""
+    readable, _, _ = select.select([stream], [], [], timeout)
+    return bool(readable)
+
+
+def _read(stream: io.RawIOBase) -> Any:
+    header = _read_exactly(stream, 8)
+    if header is None:
         return None  # stdin closed: the hub is done with this process
-    size = int.from_bytes(header, "little")
-    data = stream.read(size)
-    if len(data) < size:
-        return None
-    return pickle.loads(data)
+    data = _read_exactly(stream, int.from_bytes(header, "little"))
+    return None if data is None else pickle.loads(data)
+
+
+def _read_exactly(stream: io.RawIOBase, size: int) -> bytearray | None:
+    """``size`` bytes of ``stream``; None if it ends first (an unbuffered read may return
+    less than asked: a pipe gives what it holds)."""
+    data = bytearray(size)
+    view = memoryview(data)
+    done = 0
+    while done < size:
+        got = stream.readinto(view[done:])
+        if not got:
+            return None
+        done += got
+    return data
 
 
 def _answer(stream: BinaryIO, ok: bool, value: Any) -> None:
