@@ -67,8 +67,22 @@ def full_mark(incarnation: str, seq: int) -> int:
 
 def object_record(cluster: str, type_: str, incarnation: str, obj: pb.Object, compression: int) -> ObjectRecord:
     # positional: this runs for every object an agent sends (see ObjectRecord for the field order)
+    labels = obj.labels
+    # not dict(labels): protobuf's map goes through the Mapping ABC's Python-level iterator
+    # that way (1.3 µs for a Pod's four labels, against 0.75 µs for its own iteration here)
     return ObjectRecord(
-        cluster, type_, obj.namespace, obj.name, obj.uid, obj.resource_version, obj.hash, dict(obj.labels), obj.owner, obj.body, compression, incarnation
+        cluster,
+        type_,
+        obj.namespace,
+        obj.name,
+        obj.uid,
+        obj.resource_version,
+        obj.hash,
+        {k: labels[k] for k in labels},
+        obj.owner,
+        obj.body,
+        compression,
+        incarnation,
     )
 
 
