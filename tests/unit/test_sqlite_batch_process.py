@@ -17,6 +17,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+from fleetsync.heap import release_free_memory
 from fleetsync.store import sqlite as sqlite_store
 from fleetsync.store.contract import BundleWrite, LeaseLost, LeaseResult, ObjectRecord, StoreUnavailable
 from fleetsync.store.sqlite import SQLiteStore
@@ -134,6 +135,8 @@ async def test_leases_renewed_in_several_statements_are_all_renewed_and_the_lost
 async def test_the_writer_process_gives_back_a_large_batch_once_it_is_written(store: SQLiteStore) -> None:
     """A hub's writer process passes gigabytes through it in an initial sync: its RSS follows
     the batch it writes, not the largest it ever wrote (store/writerprocess.py, ``serve``)."""
+    if not release_free_memory():
+        pytest.skip("this libc cannot give free heap pages back (no malloc_trim)")
     child = writer_process(store)
     await store.apply_batch([bundle("c0", 1, pod("c0", "warm", 1))])
     before = child.memory_info().rss
@@ -145,7 +148,7 @@ async def test_the_writer_process_gives_back_a_large_batch_once_it_is_written(st
     ]
     await store.apply_batch([bundle(f"c{c}", 1, *objects[c * 1000 : (c + 1) * 1000]) for c in range(20)])  # ~60 MB of rows
     deadline = asyncio.get_running_loop().time() + 10
-    while (rss := child.memory_info().rss) > before + 24 * 2**20:
+    while (rss := child.memory_info().rss) > before + 40 * 2**20:  # ~20 MiB measured; 80 MiB kept before
         assert asyncio.get_running_loop().time() < deadline, f"the writer process kept {(rss - before) / 2**20:.0f} MiB of a written batch"
         await asyncio.sleep(0.1)
     assert await store.current_rev() == 20_001

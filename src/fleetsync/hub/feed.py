@@ -123,8 +123,9 @@ class ChangeFeed:
         if self._followers == 1:
             self._wake.set()  # the reader reads changes again from the next commit on
         try:
-            async for batch in self._follow(since, idle):
-                yield batch
+            async with contextlib.aclosing(self._follow(since, idle)) as batches:
+                async for batch in batches:
+                    yield batch
         finally:
             self._followers -= 1
 
