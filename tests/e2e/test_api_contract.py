@@ -355,12 +355,13 @@ def errors_are_statuses_with_a_message(ctx: CheckContext, response: Response, ca
 
 
 def _check_stream(case: Case, body: bytes) -> None:
-    """A watch's body: JSON objects, one per line (Kubernetes WatchEvents, or events of /apis/fleetsync.io/v1/fleetsyncevents)."""
+    """A watch's body: JSON objects, one per line (Kubernetes WatchEvents, or events of
+    /apis/fleetsync.io/v1/fleetsyncevents and /clusters/{cluster}/apis/fleetsync.io/v1/fleetsyncevents)."""
     for line in body.splitlines():
         if not line.strip():
             continue
         event = json.loads(line)
-        if case.path == "/apis/fleetsync.io/v1/fleetsyncevents":
+        if case.path.endswith("/apis/fleetsync.io/v1/fleetsyncevents"):  # fleet-wide, or /clusters/{cluster}/...: the same stream of one cluster
             assert {"id", "reason", "cluster", "message"} <= event.keys(), event
         else:
             assert event.get("type") in ("ADDED", "MODIFIED", "DELETED", "BOOKMARK", "ERROR") and isinstance(event.get("object"), dict), event
