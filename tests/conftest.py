@@ -1,11 +1,14 @@
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 
+from fleetsync.store.contract import Store
+from fleetsync.store.postgres import PostgresStore
+from fleetsync.store.sqlite import SQLiteStore
 from fleetsync.testing.postgres import PostgresServer
 from tests.harness import GRPC, SPAWNED, Sim, Transport, log_tails, run_sim, start_broker
 
@@ -70,3 +73,14 @@ def postgres() -> Iterator[PostgresServer]:
 def pg_url(postgres: PostgresServer) -> str:
     """A new, empty database on the run's PostgreSQL server."""
     return postgres.create_database(f"t{next(_DATABASES)}")
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+async def each_store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
+    """An open, empty store of each engine in turn: SQLite in ``tmp_path``, and a database of the run's PostgreSQL server."""
+    s: Store = SQLiteStore(tmp_path / "hub.db") if request.param == "sqlite" else PostgresStore(request.getfixturevalue("pg_url"))
+    await s.open()
+    try:
+        yield s
+    finally:
+        await s.close()

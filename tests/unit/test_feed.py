@@ -1,4 +1,4 @@
-"""The change feed (hub/feed.py) on a real SQLite store: a watch gets every change after its
+"""The change feed (hub/feed.py) on real stores of both engines: a watch gets every change after its
 revision, in order, whether or not anyone was watching when the changes were committed, and
 the feed holds changes in memory only while someone follows it."""
 
@@ -7,13 +7,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable
-from pathlib import Path
 
 import pytest
 
 from fleetsync.hub.feed import ChangeFeed
-from fleetsync.store.contract import BundleWrite, Change, ObjectRecord
-from fleetsync.store.sqlite import SQLiteStore
+from fleetsync.store.contract import BundleWrite, Change, ObjectRecord, Store
 from tests.harness import eventually
 
 POD = "v1/Pod"
@@ -23,7 +21,7 @@ def pod(cluster: str, name: str, version: int) -> ObjectRecord:
     return ObjectRecord(cluster, POD, "default", name, f"uid-{name}", str(version), version, {}, "", b'{"v": %d}' % version, 0)
 
 
-async def commit(store: SQLiteStore, version: int, clusters: int = 5, pods: int = 4) -> None:
+async def commit(store: Store, version: int, clusters: int = 5, pods: int = 4) -> None:
     """One batch: every Pod of every cluster at ``version`` (each a change)."""
     await store.apply_batch(
         [
@@ -41,18 +39,8 @@ async def until(condition: Callable[[], bool], what: str, timeout: float = 10.0)
 
 
 @pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[SQLiteStore]:
-    s = SQLiteStore(tmp_path / "hub.db")
-    await s.open()
-    try:
-        yield s
-    finally:
-        await s.close()
-
-
-@pytest.fixture
-async def feed(store: SQLiteStore) -> AsyncIterator[ChangeFeed]:
-    f = ChangeFeed(store, memory=50, batch=30, poll_interval=0.05)
+async def feed(each_store: Store) -> AsyncIterator[ChangeFeed]:
+    f = ChangeFeed(each_store, memory=50, batch=30, poll_interval=0.05)
     await f.start()
     try:
         yield f
@@ -67,7 +55,8 @@ async def collect(feed: ChangeFeed, since: int, until_rev: int, seen: list[Chang
             return
 
 
-async def test_a_watch_gets_every_change_committed_while_nobody_watched_in_order(store: SQLiteStore, feed: ChangeFeed) -> None:
+async def test_a_watch_gets_every_change_committed_while_nobody_watched_in_order(each_store: Store, feed: ChangeFeed) -> None:
+    store = each_store
     for version in range(1, 6):
         await commit(store, version)
     await until(lambda: feed.rev == 100, "the feed knows the newest revision")
@@ -82,7 +71,8 @@ async def test_a_watch_gets_every_change_committed_while_nobody_watched_in_order
     assert [(c.obj.cluster, c.obj.name, c.obj.resource_version) for c in seen[-20:]] == [(f"c{c}", f"p{i}", "8") for c in range(5) for i in range(4)]
 
 
-async def test_the_feed_holds_changes_only_while_someone_follows(store: SQLiteStore, feed: ChangeFeed) -> None:
+async def test_the_feed_holds_changes_only_while_someone_follows(each_store: Store, feed: ChangeFeed) -> None:
+    store = each_store
     seen: list[Change] = []
     follower = asyncio.create_task(collect(feed, 0, 10**9, seen))
     await until(lambda: feed.followers == 1, "the follower is counted")

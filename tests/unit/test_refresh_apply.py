@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import lz4.frame
 import pytest
@@ -19,8 +18,6 @@ from fleetsync.hub.core import HubCore, HubSettings
 from fleetsync.protocol import fleetsync_pb2 as pb
 from fleetsync.protocol.codec import make_object
 from fleetsync.store.contract import RefreshTarget, Store
-from fleetsync.store.postgres import PostgresStore
-from fleetsync.store.sqlite import SQLiteStore
 
 POD, NODE = "v1/Pod", "v1/Node"
 NEVER = 1e12  # the scheduler's own claims never come: the test refreshes by hand
@@ -51,18 +48,9 @@ class PullAgent:
         return pb.State(agent=hello, bundles=bundles).SerializeToString()
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
-    s: Store = SQLiteStore(tmp_path / "hub.db") if request.param == "sqlite" else PostgresStore(request.getfixturevalue("pg_url"))
-    await s.open()
-    try:
-        yield s
-    finally:
-        await s.close()
-
-
 @pytest.fixture
-async def hub(store: Store) -> AsyncIterator[tuple[HubCore, PullAgent, RefreshTarget]]:
+async def hub(each_store: Store) -> AsyncIterator[tuple[HubCore, PullAgent, RefreshTarget]]:
+    store = each_store
     agent = PullAgent()
 
     async def serve(_: web.Request) -> web.Response:
